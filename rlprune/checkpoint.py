@@ -1,0 +1,151 @@
+"""Checkpoints as safetensors weights + a JSON sidecar; loading never unpickles.
+
+The sidecar records what is needed to rebuild and use the model (model name and kwargs, classes, normalization,
+input size) and what it is (accuracy, training recipe, dataset), plus the sha256 of the weights file so a tampered
+or truncated checkpoint is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rlprune.config import atomic_write_text
+from rlprune.errors import RLPruneError
+from rlprune.models import build_model
+
+FORMAT = "rlprune-checkpoint/1"
+
+# Hook for checkpoints whose architecture differs from the factory's (pruned models): ``meta["plan"]`` is handed to
+# the registered rebuilder together with the dense model, which returns the reshaped model before weights load.
+_rebuilders: dict[str, Callable[[nn.Module, dict[str, Any]], nn.Module]] = {}
+
+
+def register_rebuilder(key: str, fn: Callable[[nn.Module, dict[str, Any]], nn.Module]) -> None:
+    _rebuilders[key] = fn
+
+
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    """Map ``x``, ``x.json`` or ``x.safetensors`` to the (weights, sidecar) pair."""
+    p = Path(path)
+    if p.suffix in (".json", ".safetensors"):
+        p = p.with_suffix("")
+    if p.is_dir():
+        p = p / "model"
+    return p.with_suffix(".safetensors"), p.with_suffix(".json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``path.safetensors`` and ``path.json`` atomically; returns the sidecar path.
+
+    :param meta: must hold ``model`` (name) and may hold ``model_kwargs``, ``classes``, ``mean``, ``std``, ...
+    """
+    weights, sidecar = checkpoint_paths(path)
+    if "model" not in meta:
+        raise ValueError("checkpoint meta needs 'model'")
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{weights.name}.", dir=weights.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp)
+        digest = _sha256(Path(tmp))
+        os.replace(tmp, weights)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    full = {"format": FORMAT, **meta, "weights_file": weights.name, "weights_sha256": digest}
+    atomic_write_text(sidecar, json.dumps(full, indent=2, default=str) + "\n")
+    return sidecar
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Read and check a checkpoint's sidecar JSON."""
+    _, sidecar = checkpoint_paths(path)
+    if not sidecar.is_file():
+        raise RLPruneError(f"{sidecar}: checkpoint metadata not found (expected <name>.json beside <name>.safetensors)")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except json.JSONDecodeError as exc:
+        raise RLPruneError(f"{sidecar}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
+        raise RLPruneError(f"{sidecar}: not an rlprune checkpoint (expected format '{FORMAT}' and a 'model' field)")
+    return meta
+
+
+def load_weights(model: nn.Module, path: str | Path, expected_sha256: str | None = None) -> None:
+    """Load safetensors weights into ``model``; shape or key mismatches are one-line errors."""
+    weights, _ = checkpoint_paths(path)
+    if not weights.is_file():
+        raise RLPruneError(f"{weights}: checkpoint weights not found")
+    if expected_sha256 is not None and _sha256(weights) != expected_sha256:
+        raise RLPruneError(f"{weights}: checksum does not match its metadata; the checkpoint was altered or is corrupt")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise RLPruneError(f"{weights}: unreadable safetensors file ({exc})") from exc
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise RLPruneError(
+            f"{weights}: weights do not fit the model ({what}; {len(missing)} missing, {len(unexpected)} unexpected)"
+        )
+    for key, tensor in state.items():
+        if own[key].shape != tensor.shape:
+            got, want = tuple(tensor.shape), tuple(own[key].shape)
+            raise RLPruneError(f"{weights}: weights do not fit the model ('{key}' is {got}, model expects {want})")
+    model.load_state_dict(state)
+
+
+def load_checkpoint(path: str | Path, model_name: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from its checkpoint: factory from the sidecar, reshape for a plan if any, load weights.
+
+    :param model_name: build this model instead of the one named in the sidecar (e.g. an import path).
+    """
+    meta = read_meta(path)
+    model = build_model(model_name or meta["model"], **meta.get("model_kwargs", {}))
+    for key, rebuild in _rebuilders.items():
+        if meta.get(key) is not None:
+            model = rebuild(model, meta)
+    load_weights(model, path, meta.get("weights_sha256"))
+    return model, meta
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Training-resume state (optimizer, scheduler, counters): tensors and plain values, written atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Load resume state with ``weights_only=True``: no arbitrary objects are unpickled."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RLPruneError(f"{path}: cannot read resume state ({type(exc).__name__}: {exc})") from exc

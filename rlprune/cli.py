@@ -1,0 +1,102 @@
+"""Command-line entry point: ``rlprune <command> ...``.
+
+Every user error ends in one line on stderr (``error: ...``) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from rlprune.errors import RLPruneError
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from rlprune.config import PretrainConfig, load_config
+    from rlprune.pretrain import run_pretrain
+
+    cfg = load_config(args.config, PretrainConfig, args.set)
+    final = run_pretrain(cfg, resume=not args.restart, progress=not args.quiet)
+    print(json.dumps({"val_accuracy": final["val_accuracy"], "test_accuracy": final["test_accuracy"]}))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from rlprune.checkpoint import load_checkpoint
+    from rlprune.data import load_splits
+    from rlprune.evaluation import evaluate
+    from rlprune.seeding import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, meta = load_checkpoint(args.checkpoint)
+    ds = meta.get("dataset", {})
+    splits = load_splits(
+        ds.get("name", "cifar10"),
+        args.data_root or ds.get("root"),
+        val_size=ds.get("val_size", 5000),
+        seed=ds.get("split_seed", 0),
+        input_size=ds.get("input_size", 32),
+        channels=ds.get("channels", 3),
+    )
+    if splits.classes != meta.get("classes", splits.classes):
+        raise RLPruneError(f"{args.checkpoint}: checkpoint classes differ from the dataset's classes")
+    device = resolve_device(args.device)
+    data = {"train": splits.train, "val": splits.val, "test": splits.test}[args.split]
+    # Inputs are normalized with the statistics the model was trained with, not recomputed ones.
+    mean, std = meta.get("mean", splits.mean), meta.get("std", splits.std)
+    metrics = evaluate(model.to(device), data, mean, std, batch_size=args.batch_size, device=device)
+    out = {
+        "checkpoint": str(args.checkpoint),
+        "split": args.split,
+        "accuracy": round(metrics["accuracy"], 2),
+        "loss": round(metrics["loss"], 4),
+        "images": metrics["images"],
+    }
+    recorded = meta.get(f"{args.split}_accuracy")
+    if recorded is not None:
+        out["recorded_accuracy"] = recorded
+    print(json.dumps(out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlprune", description="Learn per-layer pruning ratios with RL.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="train a dense model from a YAML config")
+    p.add_argument("config", help="experiment YAML (see experiments/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--restart", action="store_true", help="ignore a saved state and start from epoch 0")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("evaluate", help="accuracy of a checkpoint on a split")
+    p.add_argument("--checkpoint", required=True, help="path to <name>.json / <name>.safetensors (or <name>)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--data-root", default=None, help="dataset file or folder (default: the usual locations)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except RLPruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

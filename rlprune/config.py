@@ -1,0 +1,180 @@
+"""Experiment configuration: YAML files validated by pydantic (``extra="forbid"``, so a typo'd key is an error),
+with ``--set a.b=value`` overrides, and the resolved config written into the run directory."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlprune.errors import RLPruneError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(Strict):
+    """Where the data comes from and how it is split and batched."""
+
+    dataset: Literal["cifar10", "imagefolder"] = "cifar10"
+    root: str | None = None
+    download: bool = False
+    sha256: str | None = None
+    val_size: int = Field(5000, ge=0)
+    split_seed: int = 0
+    input_size: int = Field(32, ge=8)
+    channels: Literal[1, 3] = 3
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(500, ge=1)
+    augment: bool = True
+    limit_train: int | None = Field(None, ge=1)
+    limit_test: int | None = Field(None, ge=1)
+
+
+class ModelConfig(Strict):
+    """A zoo name (``resnet20``) or an import path (``package.module:factory``) and its keyword arguments."""
+
+    name: str = "resnet20"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class DistillConfig(Strict):
+    """Knowledge distillation from a teacher checkpoint: loss = (1-w)·CE + w·T²·KL(student/T ‖ teacher/T)."""
+
+    teacher: str | None = None
+    temperature: float = Field(4.0, gt=0)
+    weight: float = Field(0.5, ge=0, le=1)
+
+
+class TrainConfig(Strict):
+    """The training recipe shared by pretraining and fine-tuning."""
+
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    schedule: Literal["onecycle", "cosine"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    eval_every: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainConfig:
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
+        return self
+
+
+class PretrainConfig(Strict):
+    """``rlprune pretrain``: train a dense model from scratch."""
+
+    name: str
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    output_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse an override value as YAML (``5``, ``0.1``, ``true``, ``[1, 2]``, ``null``), else keep the string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw config dict (before validation, so they are validated too)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RLPruneError(f"--set '{item}': expected KEY=VALUE, e.g. train.epochs=5")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RLPruneError(f"--set '{item}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(value)
+    return raw
+
+
+def _fields_at(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (sub)model that ``loc``'s last key belongs to, for "did you mean" hints."""
+    model: Any = schema
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _describe(error: ValidationError, source: str, schema: type[BaseModel]) -> str:
+    errors = error.errors()
+    # A misspelled key also shows up as a missing one: report the unknown key, it names the typo.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(str(first["loc"][-1]), _fields_at(schema, first["loc"]), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{source}: unknown key '{loc}'{hint}"
+    if kind == "missing":
+        return f"{source}: missing required key '{loc}'"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{source}: {loc}: {msg} (got {first.get('input')!r})"
+
+
+def load_config(path: str | Path, schema: type[T], overrides: list[str] | None = None) -> T:
+    """Read a YAML config, apply overrides, validate; every problem becomes a one-line :class:`RLPruneError`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise RLPruneError(f"{path}: config file not found") from exc
+    except yaml.YAMLError as exc:
+        raise RLPruneError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(raw, dict):
+        raise RLPruneError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        raise RLPruneError(_describe(exc, str(path), schema)) from exc
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_resolved(config: BaseModel, run_dir: Path) -> Path:
+    """Save the fully resolved config (defaults included) as ``config.yaml`` in the run directory."""
+    path = run_dir / "config.yaml"
+    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return path

@@ -1,0 +1,135 @@
+"""``rlprune pretrain``: train a dense model from a config and write a checkpoint with its test accuracy."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlprune.checkpoint import load_checkpoint, save_checkpoint
+from rlprune.config import DataConfig, ModelConfig, PretrainConfig, write_resolved
+from rlprune.data import DataSplits, load_splits
+from rlprune.evaluation import evaluate
+from rlprune.logs import setup_logging
+from rlprune.models import MODELS, build_model
+from rlprune.seeding import resolve_device, seed_everything
+from rlprune.training.engine import fit
+
+log = logging.getLogger("rlprune.pretrain")
+
+
+def load_data(cfg: DataConfig) -> DataSplits:
+    """Load the splits a data config describes."""
+    return load_splits(
+        cfg.dataset,
+        cfg.root,
+        val_size=cfg.val_size,
+        seed=cfg.split_seed,
+        input_size=cfg.input_size,
+        channels=cfg.channels,
+        download=cfg.download,
+        sha256=cfg.sha256,
+        limit_train=cfg.limit_train,
+        limit_test=cfg.limit_test,
+    )
+
+
+def model_kwargs(cfg: ModelConfig, splits: DataSplits) -> dict[str, Any]:
+    """Zoo models get the dataset's class and channel count; a user's model gets exactly its configured kwargs."""
+    kwargs = dict(cfg.kwargs)
+    if cfg.name in MODELS:
+        kwargs.setdefault("num_classes", splits.num_classes)
+        kwargs.setdefault("in_channels", splits.in_channels)
+    return kwargs
+
+
+def data_meta(cfg: DataConfig, splits: DataSplits) -> dict[str, Any]:
+    """What a checkpoint must remember about its data: to normalize inputs and to re-create the same splits."""
+    return {
+        "dataset": {
+            "name": cfg.dataset,
+            "root": cfg.root,
+            "val_size": cfg.val_size,
+            "split_seed": cfg.split_seed,
+            "input_size": cfg.input_size,
+            "channels": cfg.channels,
+            "source_sha256": splits.info.get("source_sha256"),
+        },
+        "classes": splits.classes,
+        "mean": list(splits.mean),
+        "std": list(splits.std),
+        "input_size": cfg.input_size,
+        "in_channels": splits.in_channels,
+    }
+
+
+def run_pretrain(cfg: PretrainConfig, resume: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Train, evaluate on the test split and save ``runs/<name>/model.{safetensors,json}``; returns the metadata."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    # Everything that can fail on bad input happens before the run directory is touched.
+    splits = load_data(cfg.data)
+    kwargs = model_kwargs(cfg.model, splits)
+    model = build_model(cfg.model.name, **kwargs)
+    teacher = load_checkpoint(cfg.train.distill.teacher)[0] if cfg.train.distill.teacher else None
+    run_dir = Path(cfg.output_dir) / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir / "train.log")
+    write_resolved(cfg, run_dir)
+    meta: dict[str, Any] = {
+        "model": cfg.model.name,
+        "model_kwargs": kwargs,
+        **data_meta(cfg.data, splits),
+        "seed": cfg.seed,
+    }
+    log.info(
+        "run %s: %s on %s (train %d, val %d, test %d), device %s, %d threads",
+        cfg.name,
+        cfg.model.name,
+        cfg.data.dataset,
+        len(splits.train),
+        len(splits.val),
+        len(splits.test),
+        device,
+        torch.get_num_threads(),
+    )
+    result = fit(
+        model,
+        splits,
+        cfg.train,
+        run_dir,
+        meta=meta,
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        augment=cfg.data.augment,
+        seed=cfg.seed,
+        device=device,
+        teacher=teacher,
+        resume=resume,
+        progress=progress,
+    )
+    test = evaluate(model, splits.test, splits.mean, splits.std, batch_size=cfg.data.eval_batch_size, device=device)
+    final = {
+        **meta,
+        "recipe": cfg.train.model_dump(mode="json"),
+        "epochs_done": cfg.train.epochs,
+        "val_accuracy": round(result.val["accuracy"], 2),
+        "test_accuracy": round(test["accuracy"], 2),
+        "test_images": test["images"],
+        "train_seconds": round(sum(h["epoch_seconds"] for h in result.history), 1),
+        "environment": {
+            "torch": torch.__version__,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+        },
+        "config": cfg.model_dump(mode="json"),
+    }
+    path = save_checkpoint(run_dir / "model", model.cpu(), final)
+    log.info("done: val %.2f%%, test %.2f%% -> %s", final["val_accuracy"], final["test_accuracy"], path)
+    return final

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlprune.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path: Path, data_root: Path, **train: object) -> Path:
+    cfg = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"dataset": "imagefolder", "root": str(data_root), "val_size": 6, "batch_size": 16},
+        "model": {"name": "resnet20", "kwargs": {"width": 4}},
+        "train": {"epochs": 1, "warmup_epochs": 0, **train},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_pretrain_then_evaluate(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pretrain", str(_config(tmp_path, image_folder)), "--set", "train.epochs=2", "--quiet"]) == 0
+    run = tmp_path / "runs" / "tiny"
+    for name in ("config.yaml", "model.json", "model.safetensors", "history.json", "train.log"):
+        assert (run / name).is_file(), name
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
+    meta = json.loads((run / "model.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run / "model.json")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["accuracy"] == pytest.approx(meta["test_accuracy"], abs=0.01) and out["images"] == 18
+    assert main(["evaluate", "--checkpoint", str(run / "model"), "--split", "val"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(meta["val_accuracy"], abs=0.01)
+
+
+def test_misspelled_key(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["pretrain", str(_config(tmp_path, image_folder, epoch=3))])
+    _one_line_error(capsys, code, "unknown key 'train.epoch'", "did you mean 'epochs'")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_data_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["pretrain", str(_config(tmp_path, tmp_path / "missing"))])
+    _one_line_error(capsys, code, "data.root", "does not exist")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tampered_checkpoint(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pretrain", str(_config(tmp_path, image_folder)), "--quiet"]) == 0
+    src = tmp_path / "runs" / "tiny"
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    capsys.readouterr()
+    _one_line_error(capsys, main(["evaluate", "--checkpoint", str(copy / "model.json")]), "checksum")
+
+
+def test_module_entry_point_help() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "rlprune", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and "pretrain" in out.stdout and "evaluate" in out.stdout

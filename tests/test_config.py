@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlprune.config import PretrainConfig, load_config, write_resolved
+from rlprune.errors import RLPruneError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_shipped_experiment_configs_validate() -> None:
+    cfg = load_config(ROOT / "experiments" / "resnet20_cifar10_pretrain.yaml", PretrainConfig)
+    assert cfg.model.name == "resnet20" and cfg.train.epochs > 0
+
+
+def test_overrides_are_typed_and_validated(tmp_path: Path) -> None:
+    p = _write(tmp_path, {"name": "x"})
+    cfg = load_config(
+        p, PretrainConfig, ["train.epochs=3", "train.lr=0.05", "data.augment=false", "model.kwargs={width: 8}"]
+    )
+    assert (cfg.train.epochs, cfg.train.lr, cfg.data.augment, cfg.model.kwargs) == (3, 0.05, False, {"width": 8})
+    with pytest.raises(RLPruneError, match="train.epochs"):
+        load_config(p, PretrainConfig, ["train.epochs=0"])
+    with pytest.raises(RLPruneError, match="expected KEY=VALUE"):
+        load_config(p, PretrainConfig, ["train.epochs"])
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"name": "x", "train": {"epoch": 3}}, "unknown key 'train.epoch' \\(did you mean 'epochs'\\?\\)"),
+        ({"nmae": "x"}, "unknown key 'nmae'"),
+        ({"train": {}}, "missing required key 'name'"),
+        ({"name": "x", "train": {"schedule": "step"}}, "train.schedule"),
+        ({"name": "x", "train": {"epochs": 2, "warmup_epochs": 5}}, "warmup_epochs"),
+    ],
+)
+def test_config_errors_are_one_line(tmp_path: Path, data: dict, match: str) -> None:
+    with pytest.raises(RLPruneError, match=match) as info:
+        load_config(_write(tmp_path, data), PretrainConfig)
+    assert "\n" not in str(info.value) and "c.yaml" in str(info.value)
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(RLPruneError, match="config file not found"):
+        load_config(tmp_path / "none.yaml", PretrainConfig)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(RLPruneError, match="not valid YAML"):
+        load_config(bad, PretrainConfig)
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, {"name": "x"}), PretrainConfig, ["seed=7"])
+    path = write_resolved(cfg, tmp_path / "run")
+    assert load_config(path, PretrainConfig) == cfg

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASSES, make_image_folder, make_tarball
+from PIL import Image
+
+from rlprune.data import BatchLoader, load_splits, random_crop_flip, stratified_split
+from rlprune.errors import RLPruneError
+
+
+def test_image_folder_loads_split_and_normalizes(image_folder: Path) -> None:
+    s = load_splits("imagefolder", image_folder, val_size=6, seed=1)
+    assert s.classes == sorted(CLASSES)
+    assert (len(s.train), len(s.val), len(s.test)) == (54, 6, 18)
+    assert s.val.class_counts() == [2, 2, 2]
+    assert s.train.images.dtype == torch.uint8 and s.train.images.shape[1:] == (3, 32, 32)
+    assert all(0 < m < 1 for m in s.mean) and all(0 < v < 1 for v in s.std)
+
+
+def test_tarball_equals_directory(image_folder: Path, tmp_path: Path) -> None:
+    tar = make_tarball(image_folder, tmp_path / "shapes.tar.gz")
+    a = load_splits("imagefolder", image_folder, val_size=6)
+    b = load_splits("imagefolder", tar, val_size=6)
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)
+
+
+def test_cache_is_reused_and_invalidated(image_folder: Path, tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "d", 4, 2)
+    first = load_splits("imagefolder", folder, val_size=3)
+    cached = list((Path(__import__("os").environ["RLPRUNE_CACHE"]) / "datasets").iterdir())
+    assert len(cached) == 1
+    again = load_splits("imagefolder", folder, val_size=3)
+    assert torch.equal(first.train.images, again.train.images)
+    # A changed source gets a new entry rather than the stale one.
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "train" / "circle" / "9999.png")
+    changed = load_splits("imagefolder", folder, val_size=3)
+    assert len(changed.train) + len(changed.val) == len(first.train) + len(first.val) + 1
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "d", 4, 2)
+    first = load_splits("imagefolder", folder, val_size=3)
+    entry = next((Path(__import__("os").environ["RLPRUNE_CACHE"]) / "datasets").iterdir())
+    np.save(entry / "train_labels.npy", np.zeros(12, dtype=np.int64))  # wrong class counts
+    again = load_splits("imagefolder", folder, val_size=3)
+    assert torch.equal(first.train.labels, again.train.labels)
+
+
+def test_grayscale_and_resize(tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "big", 3, 2, size=48)
+    s = load_splits("imagefolder", folder, val_size=0, input_size=24, channels=1)
+    assert s.train.images.shape[1:] == (1, 24, 24)
+    rgb = load_splits("imagefolder", folder, val_size=0, input_size=24, channels=3)
+    assert rgb.train.images.shape[1:] == (3, 24, 24)
+
+
+def test_split_is_seeded_disjoint_and_stratified() -> None:
+    labels = torch.arange(1000) % 7
+    tr1, va1 = stratified_split(labels, 140, seed=3)
+    _, va2 = stratified_split(labels, 140, seed=3)
+    _, va3 = stratified_split(labels, 140, seed=4)
+    assert np.array_equal(va1, va2) and not np.array_equal(va1, va3)
+    assert not set(tr1) & set(va1) and len(tr1) + len(va1) == 1000
+    assert np.bincount(labels.numpy()[va1]).tolist() == [20] * 7
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(RLPruneError, match="does not exist"):
+        load_splits("imagefolder", tmp_path / "nope")
+    empty = make_image_folder(tmp_path / "e", 2, 2)
+    for f in (empty / "train" / "square").iterdir():
+        f.unlink()
+    with pytest.raises(RLPruneError, match="train/square' holds no images"):
+        load_splits("imagefolder", empty, val_size=1)
+    bad = make_image_folder(tmp_path / "b", 2, 2)
+    (bad / "test" / "circle" / "0000.png").write_bytes(b"not an image")
+    with pytest.raises(RLPruneError, match=r"test/circle/0000.png: cannot decode"):
+        load_splits("imagefolder", bad, val_size=1)
+    diff = make_image_folder(tmp_path / "c", 2, 2)
+    (diff / "test" / "square").rename(diff / "test" / "triangle")
+    with pytest.raises(RLPruneError, match="class folders differ.*square, triangle"):
+        load_splits("imagefolder", diff, val_size=1)
+    tar = make_tarball(make_image_folder(tmp_path / "t", 2, 2), tmp_path / "t.tar.gz")
+    with pytest.raises(RLPruneError, match="wrong checksum"):
+        load_splits("imagefolder", tar, val_size=1, sha256="0" * 64)
+    for e in (RLPruneError("x"),):
+        assert "\n" not in str(e)
+
+
+def _write_batches(folder: Path, rng: np.random.Generator, n: int = 20) -> None:
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(range(10)) * (n // 10)}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {b"label_names": [f"c{i}".encode() for i in range(10)]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+
+
+def test_cifar_python_format(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder, np.random.default_rng(0))
+    s = load_splits("cifar10", folder, val_size=10)
+    assert len(s.train) + len(s.val) == 100 and len(s.test) == 20
+    assert s.classes == [f"c{i}" for i in range(10)] and s.train.images.shape[1:] == (3, 32, 32)
+    # The root folder holding cifar-10-batches-py also works.
+    assert len(load_splits("cifar10", tmp_path, val_size=10).test) == 20
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (Path("/tmp/rlprune-pwned"),))
+
+
+def test_malicious_batch_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder, np.random.default_rng(0))
+    marker = Path("/tmp/rlprune-pwned")
+    marker.unlink(missing_ok=True)
+    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": _Exploit(), b"labels": []}))
+    with pytest.raises(RLPruneError, match="data_batch_3: not a valid CIFAR batch.*refusing to load global"):
+        load_splits("cifar10", folder, val_size=10)
+    assert not marker.exists()
+
+
+def test_download_without_network_says_where_to_put_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlprune.data import download
+
+    monkeypatch.setenv("RLPRUNE_DATA", str(tmp_path / "empty"))
+    with pytest.raises(RLPruneError, match="cannot fetch .*RLPRUNE_DATA"):
+        download.download_cifar10(tmp_path / "dl", url="http://127.0.0.1:9/cifar.tar.gz", timeout=2)
+    assert not any((tmp_path / "dl").glob("*.tar.gz"))
+
+
+def test_augmentation_keeps_content_and_is_seeded() -> None:
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    a = random_crop_flip(images, 4, torch.Generator().manual_seed(0))
+    b = random_crop_flip(images, 4, torch.Generator().manual_seed(0))
+    assert a.shape == images.shape and a.dtype == torch.uint8 and torch.equal(a, b)
+    same = random_crop_flip(images, 0, torch.Generator().manual_seed(1))
+    flipped = torch.tensor([torch.equal(s, i.flip(2)) for s, i in zip(same, images, strict=True)])
+    unchanged = torch.tensor([torch.equal(s, i) for s, i in zip(same, images, strict=True)])
+    assert bool((flipped | unchanged).all()) and 0 < int(flipped.sum()) < 64
+
+
+def test_loader_epochs_are_reproducible(image_folder: Path) -> None:
+    s = load_splits("imagefolder", image_folder, val_size=6)
+    loader = BatchLoader(s.train, 16, s.mean, s.std, shuffle=True, augment=True, seed=5)
+    loader.set_epoch(2)
+    first = [y for _, y in loader]
+    loader.set_epoch(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, [y for _, y in loader], strict=True))
+    x, _ = next(iter(loader))
+    assert x.dtype == torch.float32 and abs(float(x.mean())) < 1.0

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlprune.config import TrainConfig
+from rlprune.data import load_splits
+from rlprune.models import build_model
+from rlprune.training.engine import fit
+from rlprune.training.losses import distillation_loss
+from rlprune.training.schedule import lr_multiplier
+
+META = {"model": "resnet20", "model_kwargs": {"num_classes": 3, "width": 4}}
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("resnet20", num_classes=3, width=4)
+
+
+def _recipe(**kw: object) -> TrainConfig:
+    return TrainConfig(**{"epochs": 3, "lr": 0.05, "warmup_epochs": 0, "amp": "off", **kw})
+
+
+def test_training_reduces_loss(image_folder: Path, tmp_path: Path) -> None:
+    splits = load_splits("imagefolder", image_folder, val_size=6)
+    result = fit(_model(), splits, _recipe(epochs=4), tmp_path, meta=META, batch_size=8, progress=False)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert (tmp_path / "last.safetensors").is_file() and (tmp_path / "tb").is_dir()
+    assert len(result.history) == 4 and "val_accuracy" in result.history[-1]
+
+
+def test_resume_continues_from_saved_epoch(image_folder: Path, tmp_path: Path) -> None:
+    splits = load_splits("imagefolder", image_folder, val_size=6)
+    straight = _model()
+    fit(straight, splits, _recipe(), tmp_path / "a", meta=META, batch_size=8, progress=False)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(epoch: int, _: dict) -> None:
+        if epoch == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        fit(
+            _model(),
+            splits,
+            _recipe(),
+            tmp_path / "b",
+            meta=META,
+            batch_size=8,
+            progress=False,
+            on_epoch_end=crash_after_two,
+        )
+    epochs_run: list[int] = []
+    resumed = _model()
+    result = fit(
+        resumed,
+        splits,
+        _recipe(),
+        tmp_path / "b",
+        meta=META,
+        batch_size=8,
+        progress=False,
+        on_epoch_end=lambda e, _: epochs_run.append(e),
+    )
+    assert result.resumed_from_epoch == 2 and epochs_run == [3]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_distillation_term() -> None:
+    torch.manual_seed(0)
+    s, y = torch.randn(8, 3), torch.randint(0, 3, (8,))
+    ce = distillation_loss(s, y)
+    assert torch.isclose(distillation_loss(s, y, s.clone(), weight=0.5), 0.5 * ce)  # KL(s‖s) = 0
+    assert distillation_loss(s, y, torch.randn(8, 3), weight=0.5) > 0.5 * ce
+
+
+def test_schedules() -> None:
+    cos = lr_multiplier("cosine", 100, 10)
+    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0) and cos(99) < 0.01
+    one = lr_multiplier("onecycle", 100, 10)
+    assert one(0) == pytest.approx(1 / 25 + (1 - 1 / 25) / 10) and one(100) == pytest.approx(1e-4)
