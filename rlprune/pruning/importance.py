@@ -1,0 +1,91 @@
+"""Channel-importance criteria as strategy objects in a name -> class registry.
+
+Each criterion scores every channel of a dependency group (higher = keep). They wrap torch-pruning's group
+importances, which aggregate over all coupled layers of the group, so residual-coupled channels are ranked jointly.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch_pruning as tp
+
+from rlprune.errors import RLPruneError
+
+
+class Criterion(ABC):
+    """Scores the channels of one group; ``needs_gradients`` asks for a backward pass on calibration data first."""
+
+    name: str = ""
+    needs_gradients: bool = False
+
+    @abstractmethod
+    def __call__(self, group: object) -> torch.Tensor: ...
+
+
+class _TorchPruningCriterion(Criterion):
+    def __init__(self, impl: tp.importance.Importance) -> None:
+        self.impl = impl
+
+    @torch.no_grad()
+    def __call__(self, group: object) -> torch.Tensor:
+        scores = self.impl(group)
+        if scores is None:  # torch-pruning returns None when no layer of the group carries the criterion
+            n = len(group[0].idxs)
+            return torch.arange(n, 0, -1, dtype=torch.float32)
+        return scores.float().cpu()
+
+
+class L1(_TorchPruningCriterion):
+    """Mean L1 norm of each channel's weights over the coupled layers (Li et al., 2017)."""
+
+    name = "l1"
+
+    def __init__(self) -> None:
+        super().__init__(tp.importance.GroupMagnitudeImportance(p=1))
+
+
+class L2(_TorchPruningCriterion):
+    """Mean L2 norm of each channel's weights over the coupled layers."""
+
+    name = "l2"
+
+    def __init__(self) -> None:
+        super().__init__(tp.importance.GroupMagnitudeImportance(p=2))
+
+
+class BNScale(_TorchPruningCriterion):
+    """|gamma| of the batch-norm layers in the group (network slimming, Liu et al., 2017)."""
+
+    name = "bn_scale"
+
+    def __init__(self) -> None:
+        super().__init__(tp.importance.BNScaleImportance())
+
+
+class Taylor(Criterion):
+    """First-order Taylor estimate |w · dL/dw| (Molchanov et al., 2019); needs gradients from calibration batches."""
+
+    name = "taylor"
+    needs_gradients = True
+
+    def __init__(self) -> None:
+        self.impl = tp.importance.GroupTaylorImportance()
+
+    def __call__(self, group: object) -> torch.Tensor:
+        scores = self.impl(group)
+        if scores is None:
+            return torch.arange(len(group[0].idxs), 0, -1, dtype=torch.float32)
+        return scores.float().cpu()
+
+
+CRITERIA: dict[str, type[Criterion]] = {c.name: c for c in (L1, L2, BNScale, Taylor)}
+
+
+def get_criterion(name: str) -> Criterion:
+    """Instantiate a criterion by registry name."""
+    try:
+        return CRITERIA[name]()
+    except KeyError:
+        raise RLPruneError(f"importance '{name}': unknown (expected one of {', '.join(sorted(CRITERIA))})") from None

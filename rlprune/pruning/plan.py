@@ -1,0 +1,148 @@
+"""Pruning plans: per-unit ratios, the channels they keep, and (after pruning) which channel indices were kept.
+
+A plan is tied to one architecture through its fingerprint; its JSON form is the portable way to share a pruned
+model: dense architecture + plan + safetensors weights rebuild it exactly, with nothing unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlprune.config import atomic_write_text
+from rlprune.errors import RLPruneError
+from rlprune.pruning.structure import Structure
+
+PLAN_FORMAT = "rlprune-plan/1"
+log = logging.getLogger("rlprune.pruning")
+
+
+def kept_channels(channels: int, ratio: float, round_to: int | None = None, min_channels: int = 1) -> int:
+    """Channels a unit keeps for a pruning ratio: ``round((1-ratio)·C)``, rounded to a multiple of ``round_to``
+    (never below one multiple), then clipped to ``[min_channels, C]``."""
+    keep = round((1.0 - ratio) * channels)
+    if round_to and round_to > 1 and channels > round_to:
+        keep = max(round_to, round_to * round(keep / round_to))
+    return int(min(channels, max(min_channels, keep, 1)))
+
+
+@dataclass
+class Plan:
+    """How much of each unit to prune.
+
+    :param fingerprint: architecture fingerprint of the dense model the plan is for.
+    :param ratios: unit name -> pruning ratio in [0, 1).
+    :param channels: unit name -> channels kept (after rounding and the minimum).
+    :param kept: unit name -> indices of the kept channels, filled in by pruning (needed to rebuild a pruned model).
+    """
+
+    fingerprint: str
+    ratios: dict[str, float]
+    channels: dict[str, int]
+    model: str = ""
+    importance: str = "l1"
+    round_to: int | None = None
+    min_channels: int = 1
+    kept: dict[str, list[int]] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_ratios(
+        cls,
+        structure: Structure,
+        ratios: Mapping[str, float] | list[float],
+        *,
+        model: str = "",
+        importance: str = "l1",
+        round_to: int | None = None,
+        min_channels: int = 1,
+    ) -> Plan:
+        """Build a plan from ratios by unit name (missing units keep everything) or a list in forward order.
+
+        Ratios outside [0, 1) and unknown unit names are errors; a ratio that would leave fewer than ``min_channels``
+        channels is clipped with a warning naming the unit.
+        """
+        if isinstance(ratios, list | tuple):
+            if len(ratios) != len(structure.units):
+                raise RLPruneError(f"plan: {len(ratios)} ratios given for {len(structure.units)} prunable units")
+            ratios = {u.name: float(r) for u, r in zip(structure.units, ratios, strict=True)}
+        known = {u.name for u in structure.units}
+        for name in ratios:
+            if name not in known:
+                raise RLPruneError(f"plan: unit '{name}' is not a prunable unit of this model")
+        if min_channels < 1:
+            raise RLPruneError(f"min_channels: expected >= 1, got {min_channels}")
+        full: dict[str, float] = {}
+        channels: dict[str, int] = {}
+        for unit in structure.units:
+            r = float(ratios.get(unit.name, 0.0))
+            if not (0.0 <= r < 1.0) or math.isnan(r):
+                raise RLPruneError(f"plan: unit '{unit.name}': ratio {r} outside [0, 1)")
+            full[unit.name] = r
+            keep = kept_channels(unit.channels, r, round_to, min_channels)
+            if round((1.0 - r) * unit.channels) < min(min_channels, unit.channels):
+                log.warning("unit '%s': ratio %.3f would leave %d of %d channels; keeping %d", unit.name, r,
+                            round((1.0 - r) * unit.channels), unit.channels, keep)
+            channels[unit.name] = keep
+        return cls(fingerprint=structure.fingerprint, ratios=full, channels=channels, model=model,
+                   importance=importance, round_to=round_to, min_channels=min_channels)
+
+    def check(self, structure: Structure, what: str = "plan") -> None:
+        """Refuse a plan made for another architecture."""
+        if self.fingerprint != structure.fingerprint:
+            raise RLPruneError(
+                f"{what}: made for another model (fingerprint {self.fingerprint}, this model is {structure.fingerprint}"
+                f"{', plan model ' + repr(self.model) if self.model else ''})"
+            )
+
+    def key(self) -> str:
+        """Hash of what decides the pruned model: channels kept per unit and the importance criterion."""
+        payload = json.dumps([self.fingerprint, sorted(self.channels.items()), self.importance, self.kept],
+                             sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": PLAN_FORMAT, "model": self.model, "fingerprint": self.fingerprint,
+                "importance": self.importance, "round_to": self.round_to, "min_channels": self.min_channels,
+                "ratios": self.ratios, "channels": self.channels, "kept": self.kept, "metrics": self.metrics}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "plan") -> Plan:
+        if not isinstance(data, Mapping) or data.get("format") != PLAN_FORMAT:
+            raise RLPruneError(f"{source}: not an rlprune plan (expected format '{PLAN_FORMAT}')")
+        try:
+            return cls(
+                fingerprint=str(data["fingerprint"]),
+                ratios={str(k): float(v) for k, v in data["ratios"].items()},
+                channels={str(k): int(v) for k, v in data["channels"].items()},
+                model=str(data.get("model", "")),
+                importance=str(data.get("importance", "l1")),
+                round_to=data.get("round_to"),
+                min_channels=int(data.get("min_channels", 1)),
+                kept={str(k): [int(i) for i in v] for k, v in data["kept"].items()} if data.get("kept") else None,
+                metrics=dict(data.get("metrics", {})),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RLPruneError(f"{source}: malformed plan ({type(exc).__name__}: {exc})") from exc
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise RLPruneError(f"{path}: plan file not found") from exc
+        except json.JSONDecodeError as exc:
+            raise RLPruneError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        return cls.from_dict(data, str(path))

@@ -1,0 +1,124 @@
+"""Physical structured pruning: a plan in, a smaller copy of the model out (smaller tensors, not masks)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlprune.checkpoint import register_rebuilder
+from rlprune.errors import RLPruneError
+from rlprune.pruning.importance import get_criterion
+from rlprune.pruning.plan import Plan
+from rlprune.pruning.structure import (
+    _trace_shapes,
+    architecture_fingerprint,
+    build_graph,
+    check_supported,
+    sorted_groups,
+)
+
+
+def _accumulate_gradients(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    model.zero_grad(set_to_none=True)
+    was_training = model.training
+    model.eval()
+    for x, y in batches:
+        F.cross_entropy(model(x), y).backward()
+    model.train(was_training)
+
+
+def prune(
+    model: nn.Module,
+    plan: Plan,
+    example_input: torch.Tensor,
+    *,
+    importance: str | None = None,
+    calibration: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[nn.Module, Plan]:
+    """Return a pruned copy of ``model`` and the plan with the kept channel indices recorded.
+
+    If ``plan.kept`` is set, exactly those channels are kept (rebuilding a saved pruned model); otherwise each unit
+    keeps its ``plan.channels[unit]`` most important channels by ``importance`` (default: the plan's criterion).
+    Channels coupled through residual additions or depthwise convolutions are removed together.
+
+    :param example_input: an input batch for tracing (batch size 1 is enough).
+    :param calibration: ``(inputs, labels)`` batches, required by gradient-based criteria (``taylor``).
+    """
+    pruned = copy.deepcopy(model)
+    if architecture_fingerprint(pruned) != plan.fingerprint:
+        raise RLPruneError(
+            f"plan: made for another model (fingerprint {plan.fingerprint}, "
+            f"this model is {architecture_fingerprint(pruned)})"
+        )
+    graph = build_graph(pruned, example_input)
+    check_supported(pruned, graph)
+    order, _ = _trace_shapes(pruned, example_input)
+    names = {m: n for n, m in pruned.named_modules()}
+    groups = {names[g[0].dep.target.module]: g for g in sorted_groups(pruned, graph, order)}
+    missing = sorted(set(plan.channels) - set(groups))
+    if missing:
+        raise RLPruneError(f"plan: unit '{missing[0]}' is not a prunable unit of this model")
+
+    kept: dict[str, list[int]] = {}
+    if plan.kept is not None:
+        for name, idxs in plan.kept.items():
+            total = graph.get_out_channels(names_to_module(pruned, name))
+            if name not in groups or not idxs or len(set(idxs)) != len(idxs) or min(idxs) < 0 or max(idxs) >= total:
+                raise RLPruneError(f"plan: unit '{name}': kept channel indices are invalid for this model")
+            kept[name] = sorted(idxs)
+    else:
+        criterion = get_criterion(importance or plan.importance)
+        if criterion.needs_gradients:
+            if calibration is None:
+                raise RLPruneError(f"importance '{criterion.name}': needs calibration batches for gradients")
+            _accumulate_gradients(pruned, calibration)
+        for name, group in groups.items():
+            total = len(group[0].idxs)
+            keep = plan.channels.get(name, total)
+            if keep >= total:
+                kept[name] = list(range(total))
+                continue
+            scores = criterion(group)
+            top = torch.topk(scores, keep, largest=True, sorted=False).indices
+            kept[name] = sorted(int(i) for i in top)
+        if criterion.needs_gradients:
+            pruned.zero_grad(set_to_none=True)
+
+    for name, idxs in kept.items():
+        root = groups[name][0].dep.target.module
+        total = graph.get_out_channels(root)
+        remove = sorted(set(range(total)) - set(idxs))
+        if not remove:
+            continue
+        if not idxs:
+            raise RLPruneError(f"plan: unit '{name}' would lose all of its {total} channels")
+        pruner = graph.get_pruner_of_module(root)
+        group = graph.get_pruning_group(root, pruner.prune_out_channels, remove)
+        group.prune()
+    return pruned, replace(plan, kept=kept, channels={n: len(i) for n, i in kept.items()})
+
+
+def names_to_module(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError as exc:
+        raise RLPruneError(f"plan: unit '{name}' is not a module of this model") from exc
+
+
+def rebuild_pruned(dense: nn.Module, meta: dict[str, Any]) -> nn.Module:
+    """Reshape a freshly built dense model to a checkpoint's pruned architecture (its plan's kept channels)."""
+    plan = Plan.from_dict(meta["plan"], "checkpoint plan")
+    if plan.kept is None:
+        raise RLPruneError("checkpoint plan: has no kept channel indices; cannot rebuild the pruned model")
+    shape = (int(meta.get("in_channels", 3)), int(meta.get("input_size", 32)), int(meta.get("input_size", 32)))
+    pruned, _ = prune(dense, plan, torch.zeros(1, *shape))
+    return pruned
+
+
+register_rebuilder("plan", rebuild_pruned)

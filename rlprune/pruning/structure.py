@@ -1,0 +1,276 @@
+"""Which channels of a network can be pruned together: the dependency groups of torch-pruning's
+``DependencyGraph``, in forward order, with the per-unit features the environment observes.
+
+Facts about torch-pruning 1.6.1 this module works around: ``get_all_groups`` does not yield groups in forward order
+(we sort by the first module of each group the forward pass reaches), and the graph cannot be deep-copied (it is
+rebuilt on each copy of the model, which takes tens of milliseconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from rlprune.errors import RLPruneError
+
+# Leaf modules with parameters that need no channel handling of their own (they follow their input's channels).
+_PARAM_FREE_OK = (nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A prunable unit: one dependency group, pruned as a whole along its root's output channels.
+
+    :param index: position in forward order.
+    :param name: qualified name of the root module (the group's key in a plan).
+    :param kind: ``conv``, ``depthwise`` or ``linear``.
+    :param channels: prunable channels of the group.
+    :param in_channels: input channels of the root module.
+    :param kernel: kernel size of the root (1 for linear).
+    :param stride: stride of the root (1 for linear).
+    :param fmap: output feature-map side of the root (1 for linear).
+    :param params: parameters of the modules whose outputs this unit prunes.
+    :param macs: MACs of the conv/linear layers whose outputs this unit prunes.
+    :param coupled: number of modules whose weights change when this unit is pruned.
+    :param members: names of the conv/linear layers whose output channels belong to this unit.
+    """
+
+    index: int
+    name: str
+    kind: str
+    channels: int
+    in_channels: int
+    kernel: int
+    stride: int
+    fmap: int
+    params: int
+    macs: int
+    coupled: int
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A conv or linear layer, for predicting a plan's MACs and parameters without pruning.
+
+    ``out_unit`` / ``in_unit`` index the units that prune its output / input channels (``None``: never pruned).
+    """
+
+    name: str
+    macs: int
+    weight: int
+    bias: int
+    out_unit: int | None
+    in_unit: int | None
+    depthwise: bool
+
+
+@dataclass
+class Structure:
+    """Prunable units of a model in forward order, its layers and totals, and a fingerprint of its architecture."""
+
+    units: list[Unit]
+    layers: list[Layer]
+    total_macs: int
+    total_params: int
+    fingerprint: str
+    input_shape: tuple[int, ...]
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def unit(self, name: str) -> Unit:
+        for u in self.units:
+            if u.name == name:
+                return u
+        raise RLPruneError(f"unit '{name}': not a prunable unit of this model")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"units": [asdict(u) for u in self.units], "total_macs": self.total_macs,
+                "total_params": self.total_params, "fingerprint": self.fingerprint}
+
+
+def architecture_fingerprint(model: nn.Module) -> str:
+    """sha256 over every parameter's and buffer's name and shape: equal for models of identical architecture."""
+    items = [(n, tuple(t.shape)) for n, t in model.state_dict().items()]
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def find_classifier(model: nn.Module) -> nn.Module:
+    """The last Linear (or, failing that, last conv) in registration order: its outputs are never pruned."""
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    if last is None:
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d | nn.Conv1d):
+                last = m
+    if last is None:
+        raise RLPruneError("model has no Linear or Conv layer to serve as the classifier")
+    return last
+
+
+def _trace_shapes(model: nn.Module, example: torch.Tensor) -> tuple[dict[nn.Module, int], dict[nn.Module, tuple]]:
+    """Forward order of every module's first call and its output shape."""
+    order: dict[nn.Module, int] = {}
+    shapes: dict[nn.Module, tuple] = {}
+    hooks = []
+
+    def hook(mod: nn.Module, _inp: object, out: object) -> None:
+        if mod not in order:
+            order[mod] = len(order)
+            if isinstance(out, torch.Tensor):
+                shapes[mod] = tuple(out.shape)
+
+    for m in model.modules():
+        hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order, shapes
+
+
+def layer_macs(module: nn.Module, out_shape: tuple) -> int:
+    """Multiply-accumulates of one conv or linear call (batch 1), bias excluded, as FlopCounterMode counts them."""
+    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        spatial = 1
+        for s in out_shape[2:]:
+            spatial *= s
+        k = 1
+        for s in module.kernel_size:
+            k *= s
+        return spatial * module.out_channels * (module.in_channels // module.groups) * k
+    if isinstance(module, nn.Linear):
+        rows = 1
+        for s in out_shape[1:-1]:
+            rows *= s
+        return rows * module.in_features * module.out_features
+    return 0
+
+
+def check_supported(model: nn.Module, graph: tp.DependencyGraph) -> None:
+    """Refuse models with parameterised layers torch-pruning has no handler for, naming the first one."""
+    for name, m in model.named_modules():
+        own = list(m.parameters(recurse=False))
+        if not own or isinstance(m, _PARAM_FREE_OK):
+            continue
+        if graph.get_pruner_of_module(m) is None:
+            raise RLPruneError(f"layer '{name}' ({type(m).__name__}): unsupported operation for structural pruning")
+    if graph.unwrapped_parameters:
+        pname = graph._param_to_name.get(graph.unwrapped_parameters[0].parameters, "?")
+        raise RLPruneError(f"parameter '{pname}': not inside a supported layer; structural pruning cannot follow it")
+
+
+def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """Trace ``model`` into a torch-pruning dependency graph (in train mode, with gradients, as tracing needs)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    except Exception as exc:  # noqa: BLE001 - tracing failures come in many types
+        raise RLPruneError(f"model cannot be traced for pruning ({type(exc).__name__}: {exc})") from exc
+    finally:
+        model.train(was_training)
+    return graph
+
+
+def sorted_groups(model: nn.Module, graph: tp.DependencyGraph, order: dict[nn.Module, int]) -> list:
+    """Dependency groups (classifier outputs excluded), sorted by the forward position of their first member."""
+    classifier = find_classifier(model)
+    groups = list(graph.get_all_groups(ignored_layers=[classifier]))
+
+    def first_call(group: object) -> int:
+        return min(order.get(dep.target.module, 1 << 30) for dep, _ in group)
+
+    return sorted(groups, key=first_call)
+
+
+def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
+    """Prunable units of ``model`` in forward order with their features; raises on unsupported layers.
+
+    :param example_input: one input batch of the shape the model expects (batch size 1 is enough).
+    """
+    graph = build_graph(model, example_input)
+    check_supported(model, graph)
+    order, shapes = _trace_shapes(model, example_input)
+    names = {m: n for n, m in model.named_modules()}
+    groups = sorted_groups(model, graph, order)
+    if not groups:
+        raise RLPruneError("model has no prunable units (no conv/linear layer whose outputs can be pruned)")
+
+    out_unit: dict[nn.Module, int] = {}
+    in_unit: dict[nn.Module, int] = {}
+    units: list[Unit] = []
+    for idx, group in enumerate(groups):
+        root = group[0].dep.target.module
+        touched = {dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.Module)}
+        owned = []
+        for dep, _ in group:
+            m = dep.target.module
+            if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
+                continue
+            if graph.is_out_channel_pruning_fn(dep.handler) or dep.handler == tp.prune_depthwise_conv_out_channels:
+                out_unit[m] = idx
+                owned.append(m)
+            elif graph.is_in_channel_pruning_fn(dep.handler):
+                in_unit[m] = idx
+        owned.sort(key=lambda m: order.get(m, 1 << 30))
+        first = owned[0] if owned else root
+        depthwise = isinstance(first, nn.Conv2d) and first.groups > 1 and first.groups == first.out_channels
+        kind = "linear" if isinstance(first, nn.Linear) else ("depthwise" if depthwise else "conv")
+        out_shape = shapes.get(first, (1, 1, 1, 1))
+        owned_params = sum(
+            p.numel() for m in touched if graph.is_out_channel_pruning_fn(_handler_of(group, m))
+            for p in m.parameters(recurse=False)
+        )
+        units.append(Unit(
+            index=idx,
+            name=names[root],
+            kind=kind,
+            channels=int(graph.get_out_channels(root)),
+            in_channels=int(getattr(first, "in_channels", getattr(first, "in_features", 0))),
+            kernel=int(first.kernel_size[0]) if hasattr(first, "kernel_size") else 1,
+            stride=int(first.stride[0]) if hasattr(first, "stride") else 1,
+            fmap=int(out_shape[-1]) if len(out_shape) >= 3 else 1,
+            params=int(owned_params),
+            macs=sum(layer_macs(m, shapes.get(m, ())) for m in owned),
+            coupled=len(touched),
+            members=tuple(names[m] for m in owned),
+        ))
+
+    layers = []
+    for m in sorted((m for m in shapes if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)),
+                    key=lambda m: order[m]):
+        depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels
+        o = out_unit.get(m)
+        bias = m.bias.numel() if m.bias is not None else 0
+        layers.append(Layer(
+            name=names[m], macs=layer_macs(m, shapes[m]), weight=m.weight.numel(), bias=bias,
+            out_unit=o, in_unit=None if depthwise else in_unit.get(m), depthwise=depthwise,
+        ))
+    # Normalization layers' affine parameters follow the unit that prunes their channels (as a bias does).
+    bn_unit = {dep.target.module: i for i, g in enumerate(groups) for dep, _ in g}
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+            layers.append(Layer(name=names[m], macs=0, weight=0, bias=m.weight.numel() + m.bias.numel(),
+                                out_unit=bn_unit.get(m), in_unit=None, depthwise=False))
+    total_params = sum(p.numel() for p in model.parameters())
+    return Structure(
+        units=units, layers=layers, total_macs=sum(la.macs for la in layers), total_params=total_params,
+        fingerprint=architecture_fingerprint(model), input_shape=tuple(example_input.shape[1:]),
+    )
+
+
+def _handler_of(group: object, module: nn.Module) -> object:
+    for dep, _ in group:
+        if dep.target.module is module:
+            return dep.handler
+    return None
