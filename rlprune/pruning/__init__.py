@@ -6,6 +6,15 @@ from rlprune.pruning.prune import prune, rebuild_pruned
 from rlprune.pruning.structure import Structure, Unit, analyze, architecture_fingerprint
 
 __all__ = [
-    "CRITERIA", "Criterion", "Plan", "Structure", "Unit", "analyze", "architecture_fingerprint", "get_criterion",
-    "kept_channels", "prune", "rebuild_pruned",
+    "CRITERIA",
+    "Criterion",
+    "Plan",
+    "Structure",
+    "Unit",
+    "analyze",
+    "architecture_fingerprint",
+    "get_criterion",
+    "kept_channels",
+    "prune",
+    "rebuild_pruned",
 ]

@@ -87,11 +87,24 @@ class Plan:
             full[unit.name] = r
             keep = kept_channels(unit.channels, r, round_to, min_channels)
             if round((1.0 - r) * unit.channels) < min(min_channels, unit.channels):
-                log.warning("unit '%s': ratio %.3f would leave %d of %d channels; keeping %d", unit.name, r,
-                            round((1.0 - r) * unit.channels), unit.channels, keep)
+                log.warning(
+                    "unit '%s': ratio %.3f would leave %d of %d channels; keeping %d",
+                    unit.name,
+                    r,
+                    round((1.0 - r) * unit.channels),
+                    unit.channels,
+                    keep,
+                )
             channels[unit.name] = keep
-        return cls(fingerprint=structure.fingerprint, ratios=full, channels=channels, model=model,
-                   importance=importance, round_to=round_to, min_channels=min_channels)
+        return cls(
+            fingerprint=structure.fingerprint,
+            ratios=full,
+            channels=channels,
+            model=model,
+            importance=importance,
+            round_to=round_to,
+            min_channels=min_channels,
+        )
 
     def check(self, structure: Structure, what: str = "plan") -> None:
         """Refuse a plan made for another architecture."""
@@ -103,14 +116,24 @@ class Plan:
 
     def key(self) -> str:
         """Hash of what decides the pruned model: channels kept per unit and the importance criterion."""
-        payload = json.dumps([self.fingerprint, sorted(self.channels.items()), self.importance, self.kept],
-                             sort_keys=True)
+        payload = json.dumps(
+            [self.fingerprint, sorted(self.channels.items()), self.importance, self.kept], sort_keys=True
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, "model": self.model, "fingerprint": self.fingerprint,
-                "importance": self.importance, "round_to": self.round_to, "min_channels": self.min_channels,
-                "ratios": self.ratios, "channels": self.channels, "kept": self.kept, "metrics": self.metrics}
+        return {
+            "format": PLAN_FORMAT,
+            "model": self.model,
+            "fingerprint": self.fingerprint,
+            "importance": self.importance,
+            "round_to": self.round_to,
+            "min_channels": self.min_channels,
+            "ratios": self.ratios,
+            "channels": self.channels,
+            "kept": self.kept,
+            "metrics": self.metrics,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "plan") -> Plan:

@@ -89,8 +89,12 @@ class Structure:
         raise RLPruneError(f"unit '{name}': not a prunable unit of this model")
 
     def to_dict(self) -> dict[str, object]:
-        return {"units": [asdict(u) for u in self.units], "total_macs": self.total_macs,
-                "total_params": self.total_params, "fingerprint": self.fingerprint}
+        return {
+            "units": [asdict(u) for u in self.units],
+            "total_macs": self.total_macs,
+            "total_params": self.total_params,
+            "fingerprint": self.fingerprint,
+        }
 
 
 def architecture_fingerprint(model: nn.Module) -> str:
@@ -228,44 +232,69 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
         kind = "linear" if isinstance(first, nn.Linear) else ("depthwise" if depthwise else "conv")
         out_shape = shapes.get(first, (1, 1, 1, 1))
         owned_params = sum(
-            p.numel() for m in touched if graph.is_out_channel_pruning_fn(_handler_of(group, m))
+            p.numel()
+            for m in touched
+            if graph.is_out_channel_pruning_fn(_handler_of(group, m))
             for p in m.parameters(recurse=False)
         )
-        units.append(Unit(
-            index=idx,
-            name=names[root],
-            kind=kind,
-            channels=int(graph.get_out_channels(root)),
-            in_channels=int(getattr(first, "in_channels", getattr(first, "in_features", 0))),
-            kernel=int(first.kernel_size[0]) if hasattr(first, "kernel_size") else 1,
-            stride=int(first.stride[0]) if hasattr(first, "stride") else 1,
-            fmap=int(out_shape[-1]) if len(out_shape) >= 3 else 1,
-            params=int(owned_params),
-            macs=sum(layer_macs(m, shapes.get(m, ())) for m in owned),
-            coupled=len(touched),
-            members=tuple(names[m] for m in owned),
-        ))
+        units.append(
+            Unit(
+                index=idx,
+                name=names[root],
+                kind=kind,
+                channels=int(graph.get_out_channels(root)),
+                in_channels=int(getattr(first, "in_channels", getattr(first, "in_features", 0))),
+                kernel=int(first.kernel_size[0]) if hasattr(first, "kernel_size") else 1,
+                stride=int(first.stride[0]) if hasattr(first, "stride") else 1,
+                fmap=int(out_shape[-1]) if len(out_shape) >= 3 else 1,
+                params=int(owned_params),
+                macs=sum(layer_macs(m, shapes.get(m, ())) for m in owned),
+                coupled=len(touched),
+                members=tuple(names[m] for m in owned),
+            )
+        )
 
     layers = []
-    for m in sorted((m for m in shapes if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)),
-                    key=lambda m: order[m]):
+    for m in sorted(
+        (m for m in shapes if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)), key=lambda m: order[m]
+    ):
         depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels
         o = out_unit.get(m)
         bias = m.bias.numel() if m.bias is not None else 0
-        layers.append(Layer(
-            name=names[m], macs=layer_macs(m, shapes[m]), weight=m.weight.numel(), bias=bias,
-            out_unit=o, in_unit=None if depthwise else in_unit.get(m), depthwise=depthwise,
-        ))
+        layers.append(
+            Layer(
+                name=names[m],
+                macs=layer_macs(m, shapes[m]),
+                weight=m.weight.numel(),
+                bias=bias,
+                out_unit=o,
+                in_unit=None if depthwise else in_unit.get(m),
+                depthwise=depthwise,
+            )
+        )
     # Normalization layers' affine parameters follow the unit that prunes their channels (as a bias does).
     bn_unit = {dep.target.module: i for i, g in enumerate(groups) for dep, _ in g}
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
-            layers.append(Layer(name=names[m], macs=0, weight=0, bias=m.weight.numel() + m.bias.numel(),
-                                out_unit=bn_unit.get(m), in_unit=None, depthwise=False))
+            layers.append(
+                Layer(
+                    name=names[m],
+                    macs=0,
+                    weight=0,
+                    bias=m.weight.numel() + m.bias.numel(),
+                    out_unit=bn_unit.get(m),
+                    in_unit=None,
+                    depthwise=False,
+                )
+            )
     total_params = sum(p.numel() for p in model.parameters())
     return Structure(
-        units=units, layers=layers, total_macs=sum(la.macs for la in layers), total_params=total_params,
-        fingerprint=architecture_fingerprint(model), input_shape=tuple(example_input.shape[1:]),
+        units=units,
+        layers=layers,
+        total_macs=sum(la.macs for la in layers),
+        total_params=total_params,
+        fingerprint=architecture_fingerprint(model),
+        input_shape=tuple(example_input.shape[1:]),
     )
 
 

@@ -1,0 +1,191 @@
+"""Per-layer latency lookup table: predict a plan's latency without building or running the pruned model.
+
+Every conv/linear layer of the dense model (together with the BN and activation that follow it, which scale with its
+outputs) is timed in isolation on a grid of kept-channel fractions for its input and output; a plan's latency is
+an affine function ``a + b·S`` of the sum ``S`` of bilinearly interpolated layer latencies. ``a`` and ``b`` are
+fitted on two measured models, the dense one and one pruned uniformly to half its channels, which absorbs what
+isolated layers do not show (pooling, additions, framework overhead, cache effects). Identical layer shapes are
+timed once.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlprune.config import atomic_write_text
+from rlprune.cost.latency import _time_once, compare_latency, num_threads
+from rlprune.pruning.plan import Plan
+from rlprune.pruning.prune import prune
+from rlprune.pruning.structure import Structure
+
+GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class LatencyTable:
+    """Per-layer latencies on a grid of (input fraction, output fraction), for one batch size."""
+
+    batch_size: int
+    grid: tuple[float, ...]
+    layers: dict[str, list[list[float]]]  # layer name -> [in_idx][out_idx] ms
+    offset_ms: float
+    scale: float
+    dense_ms: float
+    fingerprint: str
+
+    def predict(self, structure: Structure, channels: Mapping[str, int]) -> float:
+        """Predicted milliseconds for the model pruned to ``channels`` (unit name -> kept channels)."""
+        return self.offset_ms + self.scale * self.layer_sum(structure, channels)
+
+    def layer_sum(self, structure: Structure, channels: Mapping[str, int]) -> float:
+        """Sum of the interpolated per-layer latencies (ms)."""
+        frac = [channels.get(u.name, u.channels) / u.channels for u in structure.units]
+        grid = np.asarray(self.grid)
+        total = 0.0
+        for la in structure.layers:
+            table = self.layers.get(la.name)
+            if table is None:
+                continue
+            f_out = frac[la.out_unit] if la.out_unit is not None else 1.0
+            f_in = f_out if la.depthwise else (frac[la.in_unit] if la.in_unit is not None else 1.0)
+            total += _bilinear(grid, np.asarray(table), f_in, f_out)
+        return float(total)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "batch_size": self.batch_size,
+            "grid": list(self.grid),
+            "layers": self.layers,
+            "offset_ms": self.offset_ms,
+            "scale": self.scale,
+            "dense_ms": self.dense_ms,
+            "fingerprint": self.fingerprint,
+        }
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict()) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> LatencyTable:
+        d = json.loads(Path(path).read_text())
+        return cls(
+            batch_size=int(d["batch_size"]),
+            grid=tuple(d["grid"]),
+            layers=d["layers"],
+            offset_ms=float(d["offset_ms"]),
+            scale=float(d["scale"]),
+            dense_ms=float(d["dense_ms"]),
+            fingerprint=d["fingerprint"],
+        )
+
+
+def _bilinear(grid: np.ndarray, table: np.ndarray, fx: float, fy: float) -> float:
+    def locate(f: float) -> tuple[int, int, float]:
+        f = float(np.clip(f, grid[0], grid[-1]))
+        j = int(np.searchsorted(grid, f))
+        if j == 0:
+            return 0, 0, 0.0
+        i = j - 1
+        return i, j, (f - grid[i]) / (grid[j] - grid[i])
+
+    i0, i1, tx = locate(fx)
+    j0, j1, ty = locate(fy)
+    top = table[i0][j0] * (1 - ty) + table[i0][j1] * ty
+    bottom = table[i1][j0] * (1 - ty) + table[i1][j1] * ty
+    return float(top * (1 - tx) + bottom * tx)
+
+
+def _layer_block(layer: nn.Module, cin: int, cout: int, with_bn: bool) -> nn.Module:
+    if isinstance(layer, nn.Linear):
+        return nn.Linear(cin, cout)
+    depthwise = layer.groups > 1 and layer.groups == layer.out_channels
+    conv = nn.Conv2d(
+        cin,
+        cout,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        groups=cout if depthwise else 1,
+        bias=layer.bias is not None,
+    )
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU()) if with_bn else conv
+
+
+def build_latency_table(
+    model: nn.Module,
+    structure: Structure,
+    batch_size: int = 1,
+    *,
+    grid: Sequence[float] = GRID,
+    threads: int | None = None,
+    repeats: int = 7,
+) -> LatencyTable:
+    """Time every conv/linear layer of ``model`` at each grid point (see module docstring)."""
+    example = torch.zeros(1, *structure.input_shape)
+    inputs: dict[nn.Module, tuple] = {}
+
+    def record(mod: nn.Module, inp: tuple, _out: object) -> None:
+        inputs.setdefault(mod, tuple(inp[0].shape))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    with torch.no_grad():
+        model.eval()(example)
+    for h in hooks:
+        h.remove()
+    modules = dict(model.named_modules())
+    timed: dict[tuple, list[list[float]]] = {}
+    layers: dict[str, list[list[float]]] = {}
+    with num_threads(threads), torch.inference_mode():
+        for la in structure.layers:
+            if la.macs == 0:
+                continue
+            layer = modules[la.name]
+            in_shape = inputs[layer]
+            cin = in_shape[1] if isinstance(layer, nn.Conv2d) else in_shape[-1]
+            cout = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+            depthwise = la.depthwise
+            key = (
+                type(layer).__name__,
+                in_shape[1:],
+                cout,
+                getattr(layer, "kernel_size", None),
+                getattr(layer, "stride", None),
+                depthwise,
+                la.in_unit is None,
+                la.out_unit is None,
+            )
+            if key not in timed:
+                table = []
+                for fi in grid:
+                    row = []
+                    for fo in grid:
+                        ci = cin if la.in_unit is None and not depthwise else max(1, round(cin * fi))
+                        co = cout if la.out_unit is None else max(1, round(cout * fo))
+                        if depthwise:
+                            ci = co
+                        block = _layer_block(layer, ci, co, with_bn=isinstance(layer, nn.Conv2d)).eval()
+                        x = torch.randn(batch_size, ci, *in_shape[2:])
+                        iters = max(1, min(200, int(5.0 / max(_time_once(block, x, 1), 1e-3))))
+                        _time_once(block, x, iters)
+                        row.append(statistics.median(_time_once(block, x, iters) for _ in range(repeats)))
+                    table.append(row)
+                timed[key] = table
+            layers[la.name] = timed[key]
+    half = Plan.from_ratios(structure, [0.5] * len(structure.units))
+    pruned, _ = prune(model, half, example)
+    measured = compare_latency({"dense": model, "half": pruned}, structure.input_shape, (batch_size,), threads=threads)
+    dense_ms, half_ms = measured["dense"][batch_size], measured["half"][batch_size]
+    table = LatencyTable(batch_size, tuple(grid), layers, 0.0, 1.0, dense_ms, structure.fingerprint)
+    s_dense, s_half = table.layer_sum(structure, {}), table.layer_sum(structure, half.channels)
+    table.scale = (dense_ms - half_ms) / (s_dense - s_half) if s_dense > s_half else dense_ms / s_dense
+    table.offset_ms = dense_ms - table.scale * s_dense
+    return table

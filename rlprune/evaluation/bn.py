@@ -1,0 +1,40 @@
+"""Adaptive batch-norm recalibration (EagleEye, Li et al., 2020).
+
+After pruning, the running statistics of BN layers describe activations that no longer exist. Resetting them and
+re-estimating them from a few training batches (no gradients, no weight updates) makes a pruned model's accuracy
+a far better predictor of its accuracy after fine-tuning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Reset every BN layer's running mean/var and re-estimate them as the exact average over ``batches``.
+
+    :returns: the number of batches forwarded.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    momenta = [bn.momentum for bn in bns]
+    was_training = model.training
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch weighs the same
+    model.train()
+    n = 0
+    try:
+        for x in batches:
+            model(x)
+            n += 1
+    finally:
+        for bn, m in zip(bns, momenta, strict=True):
+            bn.momentum = m
+        model.train(was_training)
+    return n

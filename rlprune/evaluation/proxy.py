@@ -1,0 +1,142 @@
+"""The proxy evaluator the search calls thousands of times: prune, recalibrate BN, score on validation images.
+
+Only the train split (recalibration, optional short fine-tune) and the validation split (scoring) are touched; the
+test split never is. Results are cached by the plan's key (channels kept per unit + criterion).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlprune.cost.macs import count_params, predict_costs
+from rlprune.data import ArrayDataset, BatchLoader, DataSplits, stratified_split
+from rlprune.evaluation import evaluate
+from rlprune.evaluation.bn import recalibrate_bn
+from rlprune.pruning import Plan, Structure, analyze, prune
+
+
+@dataclass
+class ProxyResult:
+    """Validation accuracy (percent) and loss of a pruned candidate, its costs, and how long scoring took."""
+
+    accuracy: float
+    loss: float
+    macs: int
+    params: int
+    macs_ratio: float
+    seconds: float
+    cached: bool = False
+
+
+class ProxyEvaluator:
+    """Score plans for one dense model.
+
+    :param model: the dense, trained model (not modified).
+    :param splits: data; ``train`` feeds recalibration/fine-tuning, ``val`` is scored.
+    :param recal_batches: training batches forwarded to re-estimate BN statistics (0 = raw pruned accuracy).
+    :param recal_batch_size: images per recalibration batch.
+    :param val_images: score on a fixed, stratified subset of this many validation images (``None``: all).
+    :param finetune_steps: optional SGD steps on augmented training batches before recalibration.
+    :param importance: channel criterion used to prune.
+    :param seed: seeds the recalibration/fine-tune batches and the validation subset.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        splits: DataSplits,
+        *,
+        recal_batches: int = 20,
+        recal_batch_size: int = 64,
+        val_images: int | None = 2000,
+        eval_batch_size: int = 500,
+        finetune_steps: int = 0,
+        finetune_lr: float = 0.01,
+        importance: str = "l1",
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        cache: bool = True,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.splits = splits
+        self.example = torch.zeros(1, splits.in_channels, splits.input_size, splits.input_size, device=self.device)
+        self.structure: Structure = analyze(self.model, self.example)
+        self.importance = importance
+        self.eval_batch_size = eval_batch_size
+        self.finetune_steps = finetune_steps
+        self.finetune_lr = finetune_lr
+        self.seed = seed
+        self._cache: dict[str, ProxyResult] | None = {} if cache else None
+        self.val: ArrayDataset = splits.val
+        if val_images is not None and val_images < len(splits.val):
+            _, idx = stratified_split(splits.val.labels, val_images, seed)
+            self.val = splits.val.subset(idx)
+        loader = BatchLoader(
+            splits.train, recal_batch_size, splits.mean, splits.std, shuffle=True, seed=seed + 7919, device=self.device
+        )
+        self.recal = [x for _, (x, _) in zip(range(recal_batches), loader)]
+        self._ft_loader = BatchLoader(
+            splits.train,
+            recal_batch_size,
+            splits.mean,
+            splits.std,
+            shuffle=True,
+            augment=True,
+            drop_last=True,
+            seed=seed + 104729,
+            device=self.device,
+        )
+
+    def plan(self, ratios: dict[str, float] | list[float], round_to: int | None = None, min_channels: int = 1) -> Plan:
+        """A plan for this evaluator's model from per-unit ratios."""
+        return Plan.from_ratios(
+            self.structure, ratios, importance=self.importance, round_to=round_to, min_channels=min_channels
+        )
+
+    def pruned(self, plan: Plan) -> nn.Module:
+        """The pruned, fine-tuned (if configured) and BN-recalibrated candidate."""
+        model, _ = prune(self.model, plan, self.example, importance=self.importance)
+        if self.finetune_steps:
+            self._finetune(model)
+        recalibrate_bn(model, self.recal)
+        return model.eval()
+
+    def _finetune(self, model: nn.Module) -> None:
+        opt = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        model.train()
+        self._ft_loader.set_epoch(0)
+        for _, (x, y) in zip(range(self.finetune_steps), self._ft_loader):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    def __call__(self, plan: Plan) -> ProxyResult:
+        plan.check(self.structure)
+        key = plan.key()
+        if self._cache is not None and key in self._cache:
+            hit = self._cache[key]
+            return ProxyResult(**{**hit.__dict__, "cached": True})
+        start = time.perf_counter()
+        model = self.pruned(plan)
+        metrics = evaluate(
+            model, self.val, self.splits.mean, self.splits.std, batch_size=self.eval_batch_size, device=self.device
+        )
+        macs, _ = predict_costs(self.structure, plan.channels)
+        result = ProxyResult(
+            accuracy=metrics["accuracy"],
+            loss=metrics["loss"],
+            macs=macs,
+            params=count_params(model),
+            macs_ratio=macs / self.structure.total_macs,
+            seconds=time.perf_counter() - start,
+        )
+        if self._cache is not None:
+            self._cache[key] = result
+        return result

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from rlprune.cost.latency import compare_latency, measure_latency
+from rlprune.cost.lut import LatencyTable, build_latency_table
+from rlprune.data import load_splits
+from rlprune.evaluation.bn import recalibrate_bn
+from rlprune.evaluation.proxy import ProxyEvaluator
+from rlprune.models import build_model
+from rlprune.pruning import analyze
+
+X = torch.zeros(1, 3, 32, 32)
+
+
+def test_bn_recalibration_is_the_exact_batch_average() -> None:
+    bn = nn.BatchNorm2d(3)
+    model = nn.Sequential(bn).eval()
+    batches = [torch.randn(16, 3, 4, 4) * (i + 1) + i for i in range(3)]
+    assert recalibrate_bn(model, batches) == 3
+    expected = torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0)
+    assert torch.allclose(bn.running_mean, expected, atol=1e-5)
+    assert bn.momentum == 0.1 and not model.training
+
+
+def test_proxy_never_touches_test_and_caches(image_folder: Path) -> None:
+    splits = load_splits("imagefolder", image_folder, val_size=12)
+    splits.test = None  # any use of the test split would fail loudly
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=3, width=8)
+    proxy = ProxyEvaluator(model, splits, recal_batches=2, recal_batch_size=8, val_images=None)
+    plan = proxy.plan([0.5] * len(proxy.structure.units))
+    first = proxy(plan)
+    second = proxy(plan)
+    assert not first.cached and second.cached and first.accuracy == second.accuracy
+    assert 0 <= first.accuracy <= 100 and 0.2 < first.macs_ratio < 0.3
+    uncached = ProxyEvaluator(model, splits, recal_batches=2, recal_batch_size=8, val_images=None, cache=False)
+    assert uncached(plan).accuracy == first.accuracy  # deterministic across evaluator instances
+    tuned = ProxyEvaluator(model, splits, recal_batches=2, recal_batch_size=8, finetune_steps=2, val_images=6)
+    assert len(tuned.val) == 6 and tuned(plan).macs == first.macs
+
+
+def test_latency_measurement_and_cache() -> None:
+    model = build_model("resnet20", width=4)
+    lat = measure_latency(model, (3, 32, 32), (1, 4), repeats=3, warmup=1, threads=1)
+    assert set(lat) == {1, 4} and all(v > 0 for v in lat.values())
+    assert measure_latency(model, (3, 32, 32), (1, 4), repeats=3, warmup=1, threads=1) == lat  # cached
+    both = compare_latency({"a": model, "b": build_model("resnet20", width=8)}, (3, 32, 32), (2,), repeats=3)
+    assert set(both) == {"a", "b"} and both["a"][2] > 0
+
+
+def test_latency_table_fits_its_two_anchor_models(tmp_path: Path) -> None:
+    model = build_model("resnet20", width=4).eval()
+    s = analyze(model, X)
+    table = build_latency_table(model, s, 1, grid=(0.5, 1.0), repeats=2, threads=1)
+    assert table.predict(s, {}) == pytest.approx(table.dense_ms)
+    half = {u.name: max(1, round(u.channels / 2)) for u in s.units}
+    assert table.predict(s, half) < table.predict(s, {}) or table.scale <= 0
+    table.save(tmp_path / "lut.json")
+    assert LatencyTable.load(tmp_path / "lut.json") == table
