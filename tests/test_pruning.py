@@ -177,7 +177,7 @@ def test_plan_json_round_trip_and_rebuild(tmp_path: Path) -> None:
         pruned,
         {"model": "resnet20", "model_kwargs": {}, "plan": recorded.to_dict(), "input_size": 32, "in_channels": 3},
     )
-    rebuilt, meta = load_checkpoint(tmp_path / "pruned.json")
+    rebuilt, _ = load_checkpoint(tmp_path / "pruned.json")
     x = torch.randn(3, 3, 32, 32)
     assert torch.equal(pruned.eval()(x), rebuilt.eval()(x))
     bad = json.loads(path.read_text())

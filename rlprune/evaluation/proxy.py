@@ -80,7 +80,7 @@ class ProxyEvaluator:
         loader = BatchLoader(
             splits.train, recal_batch_size, splits.mean, splits.std, shuffle=True, seed=seed + 7919, device=self.device
         )
-        self.recal = [x for _, (x, _) in zip(range(recal_batches), loader)]
+        self.recal = [x for _, (x, _) in zip(range(recal_batches), loader, strict=False)]
         self._ft_loader = BatchLoader(
             splits.train,
             recal_batch_size,
@@ -111,7 +111,7 @@ class ProxyEvaluator:
         opt = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
         model.train()
         self._ft_loader.set_epoch(0)
-        for _, (x, y) in zip(range(self.finetune_steps), self._ft_loader):
+        for _, (x, y) in zip(range(self.finetune_steps), self._ft_loader, strict=False):
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

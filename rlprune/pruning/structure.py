@@ -179,7 +179,7 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     try:
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
-    except Exception as exc:  # noqa: BLE001 - tracing failures come in many types
+    except Exception as exc:  # tracing failures come in many types
         raise RLPruneError(f"model cannot be traced for pruning ({type(exc).__name__}: {exc})") from exc
     finally:
         model.train(was_training)
