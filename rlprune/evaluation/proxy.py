@@ -140,3 +140,24 @@ class ProxyEvaluator:
         if self._cache is not None:
             self._cache[key] = result
         return result
+
+
+def proxy_from_checkpoint(
+    checkpoint: str, data_root: str | None = None, device: str = "cpu", **kwargs: object
+) -> ProxyEvaluator:
+    """A proxy evaluator for a checkpoint, on the data split recorded in its metadata (validation only)."""
+    from rlprune.checkpoint import load_checkpoint
+    from rlprune.data import load_splits
+
+    model, meta = load_checkpoint(checkpoint)
+    ds = meta.get("dataset", {})
+    splits = load_splits(
+        ds.get("name", "cifar10"),
+        data_root or ds.get("root"),
+        val_size=ds.get("val_size", 5000),
+        seed=ds.get("split_seed", 0),
+        input_size=ds.get("input_size", 32),
+        channels=ds.get("channels", 3),
+    )
+    splits.test = None  # the search never sees the test split
+    return ProxyEvaluator(model, splits, device=device, **kwargs)  # type: ignore[arg-type]
