@@ -64,6 +64,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rlprune.config import SearchConfig, load_config
+    from rlprune.search import run_search
+
+    cfg = load_config(args.config, SearchConfig, args.set)
+    summary = run_search(cfg, resume=args.resume, progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from rlprune.agents.searchers import SEARCHERS
+    from rlprune.config import SearchConfig, load_config
+    from rlprune.search import run_search
+
+    if args.searcher not in SEARCHERS:
+        raise RLPruneError(f"--searcher '{args.searcher}': expected one of {', '.join(sorted(SEARCHERS))}")
+    cfg = load_config(args.config, SearchConfig, args.set)
+    if not any(o.startswith("name=") for o in args.set):
+        cfg = cfg.model_copy(update={"name": f"{cfg.name}-{args.searcher}"})
+    summary = run_search(cfg, searcher=args.searcher, resume=args.resume, progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlprune", description="Learn per-layer pruning ratios with RL.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore a saved state and start from epoch 0")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("train", help="learn a pruning policy with an RL agent (PPO by default)")
+    p.add_argument("config", help="search YAML (see experiments/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--resume", action="store_true", help="continue the run in runs/<name>/")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("search", help="baseline search (uniform, random, evolution) with the same budget")
+    p.add_argument("config", help="search YAML (see experiments/)")
+    p.add_argument("--searcher", required=True, help="uniform | random | evolution")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--resume", action="store_true", help="continue the run in runs/<name>-<searcher>/")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("evaluate", help="accuracy of a checkpoint on a split")
     p.add_argument("--checkpoint", required=True, help="path to <name>.json / <name>.safetensors (or <name>)")

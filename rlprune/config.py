@@ -178,3 +178,72 @@ def write_resolved(config: BaseModel, run_dir: Path) -> Path:
     path = run_dir / "config.yaml"
     atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     return path
+
+
+class EnvConfig(Strict):
+    """The pruning environment: budget, reward, action range."""
+
+    target: float | tuple[float, float] = 0.5
+    budget: Literal["macs", "latency"] = "macs"
+    reward: str = "accuracy"
+    reward_weight: float = Field(1.0, ge=0)
+    min_ratio: float = Field(0.0, ge=0, lt=1)
+    max_ratio: float = Field(0.8, gt=0, lt=1)
+    round_to: int | None = Field(None, ge=1)
+    min_channels: int = Field(1, ge=1)
+    tolerance: float = Field(0.01, gt=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _check(self) -> EnvConfig:
+        from rlprune.envs.rewards import REWARDS
+
+        targets = (self.target,) if isinstance(self.target, float | int) else self.target
+        if not all(0 < t <= 1 for t in targets) or (len(targets) == 2 and targets[0] > targets[1]):
+            raise ValueError(f"target must be a ratio in (0, 1] or a range [low, high] inside it, got {self.target}")
+        if self.min_ratio > self.max_ratio:
+            raise ValueError(f"min_ratio ({self.min_ratio}) > max_ratio ({self.max_ratio})")
+        if self.reward not in REWARDS:
+            raise ValueError(f"unknown reward '{self.reward}' (expected one of {', '.join(sorted(REWARDS))})")
+        return self
+
+
+class ProxyConfig(Strict):
+    """How candidates are scored: BN recalibration, validation subset, optional short fine-tune."""
+
+    recal_batches: int = Field(20, ge=0)
+    recal_batch_size: int = Field(64, ge=1)
+    val_images: int | None = Field(2000, ge=1)
+    finetune_steps: int = Field(0, ge=0)
+    importance: str = "l1"
+
+
+class LatencyConfig(Strict):
+    """Latency measurement for latency budgets and rewards (a per-layer lookup table is built once per run)."""
+
+    batch_size: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1)
+
+
+class AgentConfig(Strict):
+    """The RL agent: algorithm by name, how many episodes (evaluated plans), hyperparameter overrides."""
+
+    algorithm: Literal["ppo", "ddpg", "sac", "td3"] = "ppo"
+    episodes: int = Field(300, ge=1)
+    checkpoint_every: int = Field(20, ge=0)
+    hyperparams: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchConfig(Strict):
+    """``rlprune train`` / ``rlprune search``: learn a pruning policy for a trained checkpoint."""
+
+    name: str
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = Field(None, ge=1)
+    output_dir: str = "runs"
+    checkpoint: str
+    data_root: str | None = None
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)

@@ -71,7 +71,7 @@ def test_rewards_only_at_the_end_and_info() -> None:
     env.reset(seed=0)
     rewards = []
     for _ in range(len(env.units)):
-        _, r, done, _, info = env.step(np.array([0.0], dtype=np.float32))
+        _, r, _, _, info = env.step(np.array([0.0], dtype=np.float32))
         rewards.append(r)
     assert all(r == 0 for r in rewards[:-1]) and rewards[-1] > 0
     for key in ("accuracy", "macs_ratio", "latency_ratio", "plan", "ratios", "reward"):

@@ -117,6 +117,20 @@ class ProxyEvaluator:
             loss.backward()
             opt.step()
 
+    def remember(self, plan: Plan, accuracy: float) -> None:
+        """Seed the cache with a result recorded earlier (resuming a search re-evaluates nothing)."""
+        if self._cache is None:
+            return
+        macs, params = predict_costs(self.structure, plan.channels)
+        self._cache[plan.key()] = ProxyResult(
+            accuracy=accuracy,
+            loss=float("nan"),
+            macs=macs,
+            params=params,
+            macs_ratio=macs / self.structure.total_macs,
+            seconds=0.0,
+        )
+
     def __call__(self, plan: Plan) -> ProxyResult:
         plan.check(self.structure)
         key = plan.key()

@@ -1,0 +1,116 @@
+"""Shareable policies: the policy network's weights as safetensors plus JSON metadata.
+
+stable-baselines3's ``.zip`` files unpickle cloudpickled objects on load, so a policy received from someone else is
+never loaded that way. Here the policy class is rebuilt from the JSON (algorithm, network sizes, spaces) and only
+tensors are read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from safetensors.torch import load_file, save_file
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from rlprune.config import atomic_write_text
+from rlprune.envs.features import FEATURE_VERSION, FEATURES, N_FEATURES
+from rlprune.errors import RLPruneError
+
+POLICY_FORMAT = "rlprune-policy/1"
+
+
+def policy_paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "policy"
+    if p.suffix in (".json", ".safetensors"):
+        p = p.with_suffix("")
+    return p.with_suffix(".safetensors"), p.with_suffix(".json")
+
+
+def save_policy(path: str | Path, agent: BaseAlgorithm, algorithm: str, meta: dict[str, Any]) -> Path:
+    """Write ``policy.safetensors`` + ``policy.json``; returns the JSON path.
+
+    :param meta: action scaling (``min_ratio``, ``max_ratio``), budget, training config, ... (JSON-serialisable).
+    """
+    weights, sidecar = policy_paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in agent.policy.state_dict().items()}
+    tmp = weights.with_name(f".{weights.name}.tmp")
+    save_file(state, str(tmp))
+    tmp.replace(weights)
+    full = {
+        "format": POLICY_FORMAT,
+        "algorithm": algorithm,
+        "feature_version": FEATURE_VERSION,
+        "features": list(FEATURES),
+        "policy_kwargs": _plain(agent.policy_kwargs),
+        **meta,
+    }
+    atomic_write_text(sidecar, json.dumps(full, indent=1, default=str) + "\n")
+    return sidecar
+
+
+def _plain(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Keep only JSON-representable policy kwargs (network sizes); classes such as activations are named."""
+    out: dict[str, Any] = {}
+    for k, v in (kwargs or {}).items():
+        if isinstance(v, type):
+            out[k] = f"{v.__module__}.{v.__name__}"
+        elif isinstance(v, int | float | str | bool | list | dict | type(None)):
+            out[k] = v
+    return out
+
+
+_ACTIVATIONS = {"torch.nn.modules.activation.Tanh": torch.nn.Tanh, "torch.nn.modules.activation.ReLU": torch.nn.ReLU}
+
+
+class LoadedPolicy:
+    """A deterministic policy rebuilt from weights + JSON: ``act(obs) -> action in [-1, 1]``."""
+
+    def __init__(self, policy: torch.nn.Module, meta: dict[str, Any]) -> None:
+        self.policy = policy.eval()
+        self.meta = meta
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        action, _ = self.policy.predict(obs, deterministic=True)
+        return np.asarray(action, dtype=np.float32).reshape(1)
+
+
+def load_policy(path: str | Path) -> LoadedPolicy:
+    """Rebuild a saved policy without unpickling; refuses another feature-spec version."""
+    weights, sidecar = policy_paths(path)
+    if not sidecar.is_file():
+        raise RLPruneError(f"{sidecar}: policy metadata not found")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except json.JSONDecodeError as exc:
+        raise RLPruneError(f"{sidecar}: not valid JSON ({exc.msg})") from exc
+    if meta.get("format") != POLICY_FORMAT:
+        raise RLPruneError(f"{sidecar}: not an rlprune policy (expected format '{POLICY_FORMAT}')")
+    if meta.get("feature_version") != FEATURE_VERSION:
+        raise RLPruneError(
+            f"{sidecar}: policy uses feature spec v{meta.get('feature_version')}, this rlprune uses v{FEATURE_VERSION}"
+        )
+    from rlprune.agents.sb3_agents import policy_class
+
+    kwargs = dict(meta.get("policy_kwargs", {}))
+    if isinstance(kwargs.get("activation_fn"), str):
+        kwargs["activation_fn"] = _ACTIVATIONS.get(kwargs["activation_fn"], torch.nn.Tanh)
+    obs_space = spaces.Box(0.0, 1.0, (N_FEATURES,), dtype=np.float32)
+    act_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+    policy = policy_class(meta["algorithm"])(obs_space, act_space, lambda _: 0.0, **kwargs)
+    try:
+        state = load_file(str(weights))
+        policy.load_state_dict(state)
+    except FileNotFoundError as exc:
+        raise RLPruneError(f"{weights}: policy weights not found") from exc
+    except (RuntimeError, OSError) as exc:
+        raise RLPruneError(f"{weights}: weights do not fit a {meta['algorithm']} policy ({str(exc)[:120]})") from exc
+    return LoadedPolicy(policy, meta)

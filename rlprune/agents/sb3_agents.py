@@ -1,0 +1,75 @@
+"""stable-baselines3 agents by name, with defaults suited to short episodic problems with a terminal reward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from stable_baselines3 import DDPG, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.noise import NormalActionNoise
+
+from rlprune.errors import RLPruneError
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "ddpg": DDPG, "sac": SAC, "td3": TD3}
+
+
+def policy_class(algorithm: str) -> type:
+    """The policy network class an algorithm's ``MlpPolicy`` resolves to (to rebuild a saved policy)."""
+    algo = ALGORITHMS.get(algorithm)
+    if algo is None:
+        raise RLPruneError(f"agent '{algorithm}': unknown (expected one of {', '.join(sorted(ALGORITHMS))})")
+    return algo.policy_aliases["MlpPolicy"]
+
+
+def default_hyperparams(algorithm: str, episode_length: int, warmup_episodes: int = 20) -> dict[str, Any]:
+    """Defaults: gamma 1 (the only reward is terminal), rollouts a whole number of episodes, small networks."""
+    if algorithm == "ppo":
+        n_steps = episode_length * 8
+        return {
+            "n_steps": n_steps,
+            "batch_size": n_steps // 2 if n_steps >= 32 else n_steps,
+            "n_epochs": 10,
+            "gamma": 1.0,
+            "gae_lambda": 0.95,
+            "ent_coef": 0.005,
+            "learning_rate": 3e-4,
+            "clip_range": 0.2,
+            "policy_kwargs": {"net_arch": [64, 64], "log_std_init": -0.5},
+        }
+    common = {
+        "gamma": 1.0,
+        "learning_starts": warmup_episodes * episode_length,
+        "batch_size": 64,
+        "learning_rate": 1e-3,
+        "policy_kwargs": {"net_arch": [64, 64]},
+        "train_freq": (1, "episode"),
+        "gradient_steps": episode_length,
+    }
+    if algorithm == "sac":
+        return {**common, "ent_coef": "auto"}
+    return common
+
+
+def make_agent(
+    algorithm: str,
+    env: Any,
+    seed: int,
+    hyperparams: dict[str, Any] | None = None,
+    tensorboard_log: str | None = None,
+    noise_sigma: float = 0.3,
+) -> BaseAlgorithm:
+    """Build an SB3 agent on ``env``; ``hyperparams`` override the defaults key by key."""
+    algo = ALGORITHMS.get(algorithm)
+    if algo is None:
+        raise RLPruneError(f"agent '{algorithm}': unknown (expected one of {', '.join(sorted(ALGORITHMS))})")
+    length = len(env.unwrapped.units) if hasattr(env, "unwrapped") else len(env.units)
+    params = {**default_hyperparams(algorithm, length), **(hyperparams or {})}
+    if algorithm in ("ddpg", "td3"):
+        params.setdefault("action_noise", NormalActionNoise(np.zeros(1), noise_sigma * np.ones(1)))
+    if isinstance(params.get("train_freq"), list):
+        params["train_freq"] = tuple(params["train_freq"])
+    try:
+        return algo("MlpPolicy", env, seed=seed, verbose=0, tensorboard_log=tensorboard_log, device="cpu", **params)
+    except TypeError as exc:
+        raise RLPruneError(f"agent.hyperparams: not accepted by {algorithm} ({exc})") from exc

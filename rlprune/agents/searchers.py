@@ -1,0 +1,110 @@
+"""Baseline searchers that drive the same environment as the RL agents (so the same budget clamp applies and the
+same episodes are recorded): uniform ratio, random search, and a simple evolutionary search."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from rlprune.envs.layer_pruning import LayerPruningEnv
+from rlprune.errors import RLPruneError
+
+
+def run_episode(env: LayerPruningEnv, actions: np.ndarray, seed: int | None = None) -> float:
+    """Play one episode with a fixed action per unit; returns the final reward."""
+    env.reset(seed=seed)
+    reward = 0.0
+    for a in actions:
+        _, reward, terminated, _, _ = env.step(np.array([a], dtype=np.float32))
+        if terminated:
+            break
+    return float(reward)
+
+
+class Searcher(ABC):
+    name = ""
+
+    def __init__(self, env: LayerPruningEnv, seed: int = 0) -> None:
+        self.env = env
+        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+
+    @abstractmethod
+    def run(self, episodes: int) -> None:
+        """Play ``episodes`` episodes. Deterministic for a seed, so a resumed run replays the episodes it already
+        recorded (answered from the evaluator's cache) and continues exactly where it stopped."""
+
+
+class UniformSearcher(Searcher):
+    """The same ratio for every unit: the one that meets the budget (solved by the environment's clamp, which
+    with a uniform action raises later ratios only as far as needed). One plan; further episodes are cached."""
+
+    name = "uniform"
+
+    def run(self, episodes: int) -> None:
+        n = len(self.env.units)
+        lo, hi = -1.0, 1.0
+        # Bisection on one shared action: the smallest uniform ratio that meets the budget.
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            self.env.reset(seed=self.seed)
+            ratio = self.env.action_to_ratio(mid)
+            channels = {u.name: self.env._channels(ratio, u.index) for u in self.env.units}
+            if self.env.cost(channels) > self.env.target:
+                lo = mid
+            else:
+                hi = mid
+        for i in range(episodes):
+            run_episode(self.env, np.full(n, hi), seed=self.seed + i)
+
+
+class RandomSearcher(Searcher):
+    """Independent uniform actions in [-1, 1] per unit (after the clamp, random plans on the budget)."""
+
+    name = "random"
+
+    def run(self, episodes: int) -> None:
+        n = len(self.env.units)
+        for i in range(episodes):
+            run_episode(self.env, self.rng.uniform(-1, 1, n), seed=self.seed + i)
+
+
+class EvolutionSearcher(Searcher):
+    """(mu + lambda) evolution over action vectors: Gaussian mutation of the best, truncation selection."""
+
+    name = "evolution"
+
+    def __init__(
+        self, env: LayerPruningEnv, seed: int = 0, population: int = 16, parents: int = 4, sigma: float = 0.3
+    ) -> None:
+        super().__init__(env, seed)
+        self.population, self.parents, self.sigma = population, parents, sigma
+
+    def run(self, episodes: int) -> None:
+        n = len(self.env.units)
+        scored: list[tuple[float, np.ndarray]] = []
+        count = 0
+        pop = [self.rng.uniform(-1, 1, n) for _ in range(self.population)]
+        while count < episodes:
+            for genome in pop:
+                if count >= episodes:
+                    break
+                scored.append((run_episode(self.env, genome, seed=self.seed + count), genome))
+                count += 1
+            scored.sort(key=lambda t: t[0], reverse=True)
+            elite = [g for _, g in scored[: self.parents]]
+            pop = [
+                np.clip(elite[i % len(elite)] + self.rng.normal(0, self.sigma, n), -1, 1)
+                for i in range(self.population)
+            ]
+
+
+SEARCHERS: dict[str, type[Searcher]] = {s.name: s for s in (UniformSearcher, RandomSearcher, EvolutionSearcher)}
+
+
+def get_searcher(name: str, env: LayerPruningEnv, seed: int) -> Searcher:
+    try:
+        return SEARCHERS[name](env, seed)
+    except KeyError:
+        raise RLPruneError(f"searcher '{name}': unknown (expected one of {', '.join(sorted(SEARCHERS))})") from None

@@ -1,0 +1,261 @@
+"""``rlprune train`` (an RL agent) and ``rlprune search`` (a baseline searcher): one run directory each.
+
+``runs/<name>/`` holds the resolved config, TensorBoard logs (``tb/``), ``episodes.jsonl`` (every evaluated plan),
+``best_plan.json``, ``agent_state.pt`` checkpoints, the final ``policy.safetensors`` + ``policy.json``, and
+``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from stable_baselines3.common.logger import HParam
+from torch.utils.tensorboard import SummaryWriter
+
+from rlprune.agents.callbacks import SearchCallback
+from rlprune.agents.policy_io import save_policy
+from rlprune.agents.recorder import SearchRecorder
+from rlprune.agents.sb3_agents import make_agent
+from rlprune.agents.searchers import get_searcher
+from rlprune.checkpoint import load_state, save_state
+from rlprune.config import SearchConfig, atomic_write_text, write_resolved
+from rlprune.cost.lut import LatencyTable, build_latency_table
+from rlprune.envs.layer_pruning import LayerPruningEnv
+from rlprune.errors import RLPruneError
+from rlprune.evaluation.proxy import ProxyEvaluator, proxy_from_checkpoint
+from rlprune.logs import setup_logging
+from rlprune.pruning import Plan
+from rlprune.seeding import seed_everything
+
+log = logging.getLogger("rlprune.search")
+
+
+def _latency_table(cfg: SearchConfig, scorer: ProxyEvaluator, run_dir: Path) -> LatencyTable | None:
+    if cfg.env.budget != "latency" and cfg.env.reward != "accuracy_latency":
+        return None
+    path = run_dir / "latency_table.json"
+    if path.is_file():
+        table = LatencyTable.load(path)
+        if table.fingerprint == scorer.structure.fingerprint and table.batch_size == cfg.latency.batch_size:
+            return table
+    log.info("building the per-layer latency table (batch %d)", cfg.latency.batch_size)
+    table = build_latency_table(
+        scorer.model.cpu(), scorer.structure, cfg.latency.batch_size, threads=cfg.latency.threads
+    )
+    table.save(path)
+    return table
+
+
+def _agent_optimizers(agent: Any) -> dict[str, torch.optim.Optimizer]:
+    found = {}
+    for name in ("policy.optimizer", "actor.optimizer", "critic.optimizer", "ent_coef_optimizer"):
+        obj = agent
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, torch.optim.Optimizer):
+            found[name] = obj
+    return found
+
+
+def save_agent_state(agent: Any, path: Path, episodes: int) -> None:
+    """Checkpoint the agent as tensors only (policy, optimizers, step count); loaded with ``weights_only``."""
+    state: dict[str, Any] = {
+        "policy": agent.policy.state_dict(),
+        "num_timesteps": agent.num_timesteps,
+        "episodes": episodes,
+    }
+    for name, opt in _agent_optimizers(agent).items():
+        state[f"optim:{name}"] = opt.state_dict()
+    if getattr(agent, "log_ent_coef", None) is not None:
+        state["log_ent_coef"] = agent.log_ent_coef.detach().clone()
+    save_state(path, state)
+
+
+def load_agent_state(agent: Any, path: Path) -> int:
+    state = load_state(path)
+    agent.policy.load_state_dict(state["policy"])
+    for name, opt in _agent_optimizers(agent).items():
+        if f"optim:{name}" in state:
+            opt.load_state_dict(state[f"optim:{name}"])
+    if "log_ent_coef" in state and getattr(agent, "log_ent_coef", None) is not None:
+        with torch.no_grad():
+            agent.log_ent_coef.copy_(state["log_ent_coef"])
+    agent.num_timesteps = int(state["num_timesteps"])
+    return int(state["episodes"])
+
+
+def _prepare(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
+    if (run_dir / "episodes.jsonl").is_file() and not resume:
+        raise RLPruneError(f"{run_dir}: a search already ran here; pass --resume to continue it or set another name")
+
+
+def run_search(
+    cfg: SearchConfig,
+    *,
+    searcher: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    scorer: Any | None = None,
+) -> dict[str, Any]:
+    """Run an RL agent (``searcher=None``) or a baseline searcher; returns the summary.
+
+    :param scorer: use this scorer instead of building a proxy evaluator from ``cfg.checkpoint`` (tests).
+    """
+    run_dir = Path(cfg.output_dir) / cfg.name
+    _prepare(cfg, run_dir, resume)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    if scorer is None:
+        scorer = proxy_from_checkpoint(
+            cfg.checkpoint,
+            cfg.data_root,
+            device=cfg.device,
+            recal_batches=cfg.proxy.recal_batches,
+            recal_batch_size=cfg.proxy.recal_batch_size,
+            val_images=cfg.proxy.val_images,
+            finetune_steps=cfg.proxy.finetune_steps,
+            importance=cfg.proxy.importance,
+            seed=cfg.seed,
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir / "search.log", verbose=progress)
+    write_resolved(cfg, run_dir)
+    table = _latency_table(cfg, scorer, run_dir) if isinstance(scorer, ProxyEvaluator) else None
+    writer = SummaryWriter(str(run_dir / "tb" / (searcher or "agent"))) if searcher else None
+    recorder = SearchRecorder(run_dir, writer)
+    if hasattr(scorer, "remember"):
+        for rec in recorder.records:
+            scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"])
+    e = cfg.env
+    env = LayerPruningEnv(
+        scorer,
+        target=e.target if isinstance(e.target, float) else tuple(e.target),
+        budget=e.budget,
+        reward=e.reward,
+        reward_weight=e.reward_weight,
+        min_ratio=e.min_ratio,
+        max_ratio=e.max_ratio,
+        round_to=e.round_to,
+        min_channels=e.min_channels,
+        tolerance=e.tolerance,
+        latency_table=table,
+        on_episode=recorder,
+    )
+    episodes = cfg.agent.episodes
+    started = time.perf_counter()
+    prior = recorder.episodes
+    log.info(
+        "%s on %s: %d units, target %s, %d episodes (%d already recorded)",
+        searcher or cfg.agent.algorithm,
+        cfg.checkpoint,
+        len(env.units),
+        e.target,
+        episodes,
+        prior,
+    )
+    if searcher:
+        recorder.replay = prior
+        get_searcher(searcher, env, cfg.seed).run(episodes)
+        writer.close()
+    else:
+        _train_agent(cfg, env, recorder, run_dir, resume, progress)
+    best = recorder.best
+    if best is None:
+        raise RLPruneError("search evaluated no plan")
+    wall = time.perf_counter() - started
+    summary = {
+        "name": cfg.name,
+        "searcher": searcher or cfg.agent.algorithm,
+        "episodes": recorder.episodes,
+        "best": {k: best[k] for k in ("episode", "reward", "accuracy", "macs_ratio", "latency_ratio", "target")},
+        "wall_seconds_this_session": round(wall, 1),
+        "seconds_per_episode": round(wall / max(1, recorder.episodes - prior), 3),
+        "mean_eval_seconds": round(sum(r["eval_seconds"] for r in recorder.records) / recorder.episodes, 3),
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    log.info(
+        "best: accuracy %.2f%% at MACs ratio %.3f (episode %d) -> %s",
+        best["accuracy"],
+        best["macs_ratio"],
+        best["episode"],
+        run_dir / "best_plan.json",
+    )
+    return summary
+
+
+def _train_agent(
+    cfg: SearchConfig, env: LayerPruningEnv, recorder: SearchRecorder, run_dir: Path, resume: bool, progress: bool
+) -> None:
+    algorithm = cfg.agent.algorithm
+    agent = make_agent(algorithm, env, cfg.seed, cfg.agent.hyperparams, tensorboard_log=str(run_dir / "tb"))
+    state_path = run_dir / "agent_state.pt"
+    resumed = resume and state_path.is_file()
+    if resumed:
+        at = load_agent_state(agent, state_path)
+        log.info("resumed the agent from its checkpoint at episode %d", at)
+    meta = {
+        "min_ratio": cfg.env.min_ratio,
+        "max_ratio": cfg.env.max_ratio,
+        "round_to": cfg.env.round_to,
+        "min_channels": cfg.env.min_channels,
+        "budget": cfg.env.budget,
+        "target": cfg.env.target,
+        "reward": cfg.env.reward,
+        "trained_on": cfg.checkpoint,
+        "config": cfg.model_dump(mode="json"),
+    }
+
+    def save() -> None:
+        save_agent_state(agent, state_path, recorder.episodes)
+        save_policy(run_dir / "policy", agent, algorithm, {**meta, "episodes": recorder.episodes})
+
+    callback = _with_hparams(
+        SearchCallback(
+            recorder,
+            cfg.agent.episodes,
+            cfg.agent.checkpoint_every,
+            save,
+            [u.name for u in env.units],
+            progress=progress,
+        ),
+        {
+            "algorithm": algorithm,
+            "episodes": cfg.agent.episodes,
+            "seed": cfg.seed,
+            "reward": cfg.env.reward,
+            "budget": cfg.env.budget,
+            "target": str(cfg.env.target),
+            "max_ratio": cfg.env.max_ratio,
+        },
+    )
+    remaining = max(0, cfg.agent.episodes - recorder.episodes)
+    if remaining:
+        # Upper bound on steps; the callback stops the agent once the episode budget is evaluated.
+        agent.learn(
+            total_timesteps=agent.num_timesteps + (remaining + 64) * len(env.units),
+            callback=callback,
+            tb_log_name="agent",
+            reset_num_timesteps=not resumed,
+        )
+    save()
+
+
+def _with_hparams(callback: SearchCallback, hparams: dict[str, Any]) -> SearchCallback:
+    original = callback._on_training_start
+
+    def on_start() -> None:
+        callback.logger.record(
+            "hparams",
+            HParam(hparams, {"search/best_reward": 0.0, "search/best_accuracy": 0.0}),
+            exclude=("stdout", "log", "json", "csv"),
+        )
+        original()
+
+    callback._on_training_start = on_start  # type: ignore[method-assign]
+    return callback
