@@ -1,0 +1,43 @@
+"""Checks on the real CIFAR-10 copy and the committed zoo checkpoint (skipped where either is absent)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlprune.cli import main
+from rlprune.data import default_data_dirs
+from rlprune.evaluation.proxy import proxy_from_checkpoint
+from rlprune.pruning.budget import uniform_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "zoo" / "resnet20_cifar10.json"
+HAVE_DATA = any((d / "cifar10-jpeg.tar.gz").is_file() for d in default_data_dirs())
+pytestmark = pytest.mark.skipif(not (HAVE_DATA and ZOO.is_file()), reason="needs ../shared/data and zoo/")
+
+
+@pytest.fixture(autouse=True)
+def _shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RLPRUNE_CACHE", raising=False)  # decode the 60k images once per machine, not per test
+
+
+def test_zoo_checkpoint_reproduces_its_test_accuracy(capsys: pytest.CaptureFixture[str]) -> None:
+    meta = json.loads(ZOO.read_text())
+    assert main(["evaluate", "--checkpoint", str(ZOO)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["images"] == 10_000
+    assert out["accuracy"] == pytest.approx(meta["test_accuracy"], abs=0.1)
+    assert meta["test_accuracy"] >= 90.0
+
+
+def test_bn_recalibration_recovers_accuracy_on_real_data() -> None:
+    torch.manual_seed(0)
+    raw = proxy_from_checkpoint(str(ZOO), recal_batches=0, val_images=1000)
+    recal = proxy_from_checkpoint(str(ZOO), recal_batches=20, val_images=1000)
+    plan = uniform_plan(raw.structure, 0.5)
+    a, b = raw(plan), recal(plan)
+    assert b.accuracy > a.accuracy + 5  # pruned BN statistics are stale; recalibration fixes most of the damage
+    assert 0.49 <= b.macs_ratio <= 0.5
