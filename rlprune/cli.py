@@ -89,6 +89,95 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from rlprune.apply import finetune_plan, load_dense, splits_for
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.finetune_epochs < 1:
+        raise RLPruneError(f"--finetune-epochs: expected >= 1, got {args.finetune_epochs}")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise RLPruneError(f"--out {out}: exists and is not empty")
+    dense, meta, structure = load_dense(args.checkpoint, args.model)
+    plan, source = plan_fn(dense, meta, structure)  # type: ignore[operator]
+    splits = splits_for(meta, args.data_root)
+    report = finetune_plan(
+        dense,
+        meta,
+        plan,
+        splits,
+        out,
+        epochs=args.finetune_epochs,
+        lr=args.lr,
+        distill=not args.no_distill,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        source=source,
+    )
+    after = report["pruned"]["after_finetune"]
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "macs_ratio": round(report["pruned"]["macs_ratio"], 4),
+                "dense_test_accuracy": round(report["dense"]["test"], 2),
+                "test_accuracy": round(after["test"], 2),
+                "report": str(out / "report.md"),
+                "tensorboard": str(out / "finetune"),
+            }
+        )
+    )
+    return 0
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from rlprune.apply import rollout_plan
+
+    if (args.target_macs is None) == (args.target_latency is None):
+        raise RLPruneError("give exactly one of --target-macs or --target-latency")
+    budget = "macs" if args.target_macs is not None else "latency"
+    target = args.target_macs if args.target_macs is not None else args.target_latency
+    if not 0 < target <= 1:
+        raise RLPruneError(f"--target-{budget}: expected a ratio in (0, 1], got {target}")
+
+    def plan_fn(dense, meta, structure):
+        plan = rollout_plan(args.policy, dense, structure, target=target, budget=budget, threads=args.threads)
+        return plan, {"policy": args.policy, "checkpoint": args.checkpoint, "target": target, "budget": budget}
+
+    return _finetune_common(args, plan_fn)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from rlprune.pruning import Plan
+
+    def plan_fn(dense, meta, structure):
+        plan = Plan.load(args.plan)
+        plan.check(structure, args.plan)
+        return plan, {"plan": args.plan, "checkpoint": args.checkpoint}
+
+    return _finetune_common(args, plan_fn)
+
+
+def _add_finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="dense checkpoint (<name>.json)")
+    p.add_argument("--model", default=None, help="zoo name or package.module:factory (default: from the checkpoint)")
+    p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--no-distill", action="store_true", help="fine-tune on labels only (default: distill from dense)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlprune", description="Learn per-layer pruning ratios with RL.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in runs/<name>-<searcher>/")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("apply", help="roll a learned policy out on a model, prune, fine-tune, export, report")
+    p.add_argument("--policy", required=True, help="run directory or policy.json of a search")
+    p.add_argument("--target-macs", type=float, default=None, help="pruned/dense MACs ratio")
+    p.add_argument("--target-latency", type=float, default=None, help="pruned/dense batch-1 CPU latency ratio")
+    _add_finetune_args(p)
+    p.set_defaults(func=_cmd_apply)
+
+    p = sub.add_parser("finetune", help="prune with a saved plan, fine-tune, export, report")
+    p.add_argument("--plan", required=True, help="plan JSON (e.g. a search's best_plan.json)")
+    _add_finetune_args(p)
+    p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("evaluate", help="accuracy of a checkpoint on a split")
     p.add_argument("--checkpoint", required=True, help="path to <name>.json / <name>.safetensors (or <name>)")

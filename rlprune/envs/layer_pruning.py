@@ -206,28 +206,46 @@ class LayerPruningEnv(gym.Env):
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
         return self.min_ratio + (a + 1.0) / 2.0 * (self.max_ratio - self.min_ratio)
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def _decide(self, action: np.ndarray | float) -> tuple[float, float]:
+        """Clamp the action's ratio into the feasible interval and commit it for the current unit."""
         if self.t >= len(self.units):
             raise RuntimeError("step() called after the episode ended; call reset()")
         wanted = self.action_to_ratio(action)
         lo, hi = self._interval
         ratio = float(min(max(wanted, lo), hi))
-        unit = self.units[self.t]
-        self._decided[unit.name] = self._channels(ratio, self.t)
+        self._decided[self.units[self.t].name] = self._channels(ratio, self.t)
         self.ratios.append(ratio)
         self.t += 1
+        return ratio, wanted
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        ratio, wanted = self._decide(action)
         if self.t < len(self.units):
             return self._obs(), 0.0, False, False, {"ratio": ratio, "wanted": wanted}
         return self._finish(ratio, wanted)
 
-    def _finish(self, ratio: float, wanted: float) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        plan = Plan.from_ratios(
+    def make_plan(self) -> Plan:
+        """The plan of the ratios chosen so far (units not yet visited keep all channels)."""
+        ratios = {u.name: r for u, r in zip(self.units, self.ratios, strict=False)}
+        return Plan.from_ratios(
             self.structure,
-            self.ratios,
+            ratios,
             importance=getattr(self.scorer, "importance", "l1"),
             round_to=self.round_to,
             min_channels=self.min_channels,
         )
+
+    def rollout(self, act: Callable[[np.ndarray], np.ndarray], target: float | None = None) -> Plan:
+        """Play one episode with ``act(obs) -> action`` without scoring it: how a trained policy is applied."""
+        obs, _ = self.reset(options=None if target is None else {"target": target})
+        while True:
+            self._decide(act(obs))
+            if self.t >= len(self.units):
+                return self.make_plan()
+            obs = self._obs()
+
+    def _finish(self, ratio: float, wanted: float) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        plan = self.make_plan()
         result = self.scorer(plan)
         macs = predict_costs(self.structure, plan.channels)[0]
         macs_ratio = macs / self.structure.total_macs

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from rlprune.checkpoint import load_state, load_weights, read_meta, save_checkpoint, save_state
 from rlprune.config import TrainConfig, atomic_write_text
 from rlprune.data import BatchLoader, DataSplits
+from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
 from rlprune.training.losses import distillation_loss
 from rlprune.training.schedule import lr_multiplier
@@ -108,7 +109,7 @@ def fit(
     )
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise ValueError(f"training split has {len(splits.train)} images, fewer than one batch of {batch_size}")
+        raise RLPruneError(f"batch size {batch_size}: the training split has only {len(splits.train)} images")
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:

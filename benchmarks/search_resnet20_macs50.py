@@ -1,0 +1,101 @@
+"""Search quality at the same number of evaluated plans: uniform, random, evolution, PPO and DDPG on ResNet-20,
+CIFAR-10 (JPEG copy), 50% MACs. PPO and random search run with 3 seeds, the others with one.
+
+    python benchmarks/search_resnet20_macs50.py [--episodes 300] [--only ppo,random]
+
+Every search is an ordinary ``rlprune`` run under ``runs/bench_search/`` and resumes if interrupted (re-run the same
+command). Writes benchmarks/results/search_resnet20_macs50.{json,md}: best validation proxy accuracy per searcher
+(mean and per seed), MACs ratio, wall time per search and per episode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from rlprune.config import SearchConfig, load_config
+from rlprune.results import environment, md_table, write_results
+from rlprune.search import run_search
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "experiments" / "resnet20_cifar10_macs50.yaml"
+OUT = ROOT / "benchmarks" / "results" / "search_resnet20_macs50"
+PLAN = [
+    ("uniform", None, (0,)),
+    ("random", None, (0, 1, 2)),
+    ("evolution", None, (0,)),
+    ("ppo", "ppo", (0, 1, 2)),
+    ("ddpg", "ddpg", (0,)),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--episodes", type=int, default=300)
+    ap.add_argument("--only", default="", help="comma-separated subset of uniform,random,evolution,ppo,ddpg")
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "bench_search"))
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    results: dict[str, list[dict]] = {}
+    for label, algorithm, seeds in PLAN:
+        if only and label not in only:
+            continue
+        for seed in seeds:
+            name = f"{label}-s{seed}"
+            overrides = [f"name={name}", f"seed={seed}", f"output_dir={args.runs}", f"agent.episodes={args.episodes}"]
+            if algorithm:
+                overrides.append(f"agent.algorithm={algorithm}")
+            cfg = load_config(CONFIG, SearchConfig, overrides)
+            cfg = cfg.model_copy(update={"checkpoint": str(ROOT / cfg.checkpoint)})
+            run_dir = Path(args.runs) / name
+            summary_path = run_dir / "summary.json"
+            episodes_file = run_dir / "episodes.jsonl"
+            finished = summary_path.is_file() and json.loads(summary_path.read_text())["episodes"] >= args.episodes
+            if not finished:
+                run_search(cfg, searcher=None if algorithm else label, resume=episodes_file.is_file())
+            summary = json.loads(summary_path.read_text())
+            records = [json.loads(x) for x in episodes_file.read_text().splitlines()]
+            summary["wall_seconds"] = round(sum(r["eval_seconds"] for r in records), 1)
+            results.setdefault(label, []).append({"seed": seed, **summary})
+    rows, table = [], {}
+    for label, runs in results.items():
+        accs = [r["best"]["accuracy"] for r in runs]
+        table[label] = {
+            "best_accuracy_mean": statistics.mean(accs),
+            "best_accuracy_per_seed": accs,
+            "macs_ratio": [r["best"]["macs_ratio"] for r in runs],
+            "seconds_per_episode": statistics.mean(r["seconds_per_episode"] for r in runs),
+            "runs": runs,
+        }
+        rows.append(
+            [
+                label,
+                len(runs),
+                statistics.mean(accs),
+                " / ".join(f"{a:.2f}" for a in accs),
+                statistics.mean(r["best"]["macs_ratio"] for r in runs),
+                statistics.mean(r["seconds_per_episode"] for r in runs),
+            ]
+        )
+    env = environment()
+    md = "\n".join(
+        [
+            f"# Search quality — ResNet-20, CIFAR-10 (JPEG copy), 50% MACs, {args.episodes} evaluated plans per search",
+            "",
+            md_table(["searcher", "seeds", "best val proxy acc (mean)", "per seed", "MACs ratio", "s / episode"], rows),
+            "",
+            f"Proxy: BN-recalibrated validation accuracy (see experiments/resnet20_cifar10_macs50.yaml). "
+            f"{env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}.",
+            "",
+            "Reproduce: `python benchmarks/search_resnet20_macs50.py`.",
+        ]
+    )
+    write_results(args.out, {"episodes": args.episodes, "searchers": table, "environment": env}, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

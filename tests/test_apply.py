@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+
+from rlprune.checkpoint import load_checkpoint
+from rlprune.cli import main
+
+
+def _pretrain(tmp: Path, data: Path, name: str, model: str) -> Path:
+    cfg = tmp / f"{name}.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "output_dir": str(tmp / "runs"),
+                "data": {"dataset": "imagefolder", "root": str(data), "val_size": 12, "batch_size": 16},
+                "model": {"name": model, "kwargs": {"width": 8}},
+                "train": {"epochs": 1, "warmup_epochs": 0},
+            }
+        )
+    )
+    assert main(["pretrain", str(cfg), "--quiet"]) == 0
+    return tmp / "runs" / name / "model.json"
+
+
+@pytest.fixture(scope="module")
+def trained(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("apply")
+    ck20 = _pretrain(tmp, image_folder, "r20", "resnet20")
+    ck32 = _pretrain(tmp, image_folder, "r32", "resnet32")
+    search = tmp / "search.yaml"
+    search.write_text(
+        yaml.safe_dump(
+            {
+                "name": "policy",
+                "checkpoint": str(ck20),
+                "output_dir": str(tmp / "runs"),
+                "proxy": {"recal_batches": 2, "recal_batch_size": 8},
+                "agent": {"episodes": 4, "hyperparams": {"n_steps": 24, "batch_size": 12}},
+            }
+        )
+    )
+    assert main(["train", str(search), "--quiet"]) == 0
+    return {"tmp": tmp, "ck20": ck20, "ck32": ck32, "policy": tmp / "runs" / "policy"}
+
+
+def test_apply_to_a_deeper_model_end_to_end(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    out = trained["tmp"] / "applied32"
+    capsys.readouterr()
+    code = main(
+        [
+            "apply",
+            "--policy",
+            str(trained["policy"]),
+            "--checkpoint",
+            str(trained["ck32"]),
+            "--target-macs",
+            "0.5",
+            "--out",
+            str(out),
+            "--quiet",
+            "--batch-size",
+            "16",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert 0.45 <= summary["macs_ratio"] <= 0.51
+    for name in (
+        "model.safetensors",
+        "model.json",
+        "plan.json",
+        "model.onnx",
+        "report.json",
+        "report.md",
+        "ratios.png",
+    ):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["pruned"]["params"] < report["dense"]["params"]
+    assert set(report["latency_ms_cpu"]["pruned"]) == {"1", "64"} or set(report["latency_ms_cpu"]["pruned"]) == {1, 64}
+    model, meta = load_checkpoint(out / "model.json")
+    assert meta["plan"]["kept"] and meta["model"] == "resnet32"
+    x = torch.randn(3, 3, 32, 32)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert np.abs(session.run(None, {"input": x.numpy()})[0] - model.eval()(x).numpy()).max() < 1e-4
+
+
+def test_finetune_a_saved_plan(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    out = trained["tmp"] / "ft20"
+    plan = trained["policy"] / "best_plan.json"
+    assert (
+        main(
+            [
+                "finetune",
+                "--plan",
+                str(plan),
+                "--checkpoint",
+                str(trained["ck20"]),
+                "--out",
+                str(out),
+                "--no-distill",
+                "--quiet",
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
+    assert (out / "report.md").read_text().startswith("# Pruning report — resnet20")
+
+
+def _error(capsys: pytest.CaptureFixture[str], code: int, needle: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err and needle in err, err
+
+
+def test_apply_errors_leave_nothing_behind(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    tmp = trained["tmp"]
+    out = tmp / "bad"
+    base = [
+        "apply",
+        "--policy",
+        str(trained["policy"]),
+        "--checkpoint",
+        str(trained["ck20"]),
+        "--target-macs",
+        "0.5",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    # A policy with another feature-spec version.
+    meta = json.loads((trained["policy"] / "policy.json").read_text())
+    odd = tmp / "odd"
+    odd.mkdir(exist_ok=True)
+    (odd / "policy.safetensors").write_bytes((trained["policy"] / "policy.safetensors").read_bytes())
+    (odd / "policy.json").write_text(json.dumps({**meta, "feature_version": 99}))
+    capsys.readouterr()
+    _error(capsys, main([*base[:2], str(odd), *base[3:]]), "feature spec v99")
+    # An import path that does not resolve.
+    _error(capsys, main([*base, "--model", "no_such_pkg.nets:make"]), "cannot import module 'no_such_pkg.nets'")
+    # A checkpoint whose shapes do not fit the model.
+    _error(capsys, main([*base, "--model", "resnet56"]), "weights do not fit the model")
+    # A plan for another model.
+    fin = [
+        "finetune",
+        "--plan",
+        str(trained["policy"] / "best_plan.json"),
+        "--checkpoint",
+        str(trained["ck32"]),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    _error(capsys, main(fin), "made for another model")
+    _error(capsys, main([*base[:5], "--target-macs", "1.5", *base[7:]]), "--target-macs: expected a ratio")
+    assert not out.exists()
+    assert not list(tmp.glob(".bad-*"))
+
+
+def test_model_without_prunable_units(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rlprune.checkpoint import save_checkpoint
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
+    save_checkpoint(tmp_path / "lin", model, {"model": "netlib:flat_linear", "model_kwargs": {}})
+    code = main(
+        [
+            "apply",
+            "--policy",
+            "p",
+            "--checkpoint",
+            str(tmp_path / "lin.json"),
+            "--target-macs",
+            "0.5",
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
+    _error(capsys, code, "no prunable units")
