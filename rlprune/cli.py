@@ -74,6 +74,55 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rlprune.apply import finetune_plan, load_dense, splits_for
+    from rlprune.config import SearchConfig, load_config
+    from rlprune.pruning import Plan
+    from rlprune.search import run_search
+
+    cfg = load_config(args.config, SearchConfig, args.set)
+    run_dir = Path(cfg.output_dir) / cfg.name
+    out = run_dir / "pruned"
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise RLPruneError(f"{out}: already exists; use another name or --resume")
+    summary = run_search(cfg, resume=args.resume, progress=not args.quiet)
+    dense, meta, _ = load_dense(cfg.checkpoint)
+    plan = Plan.load(run_dir / "best_plan.json")
+    f = cfg.finetune
+    if out.exists() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        finetune_plan(
+            dense,
+            meta,
+            plan,
+            splits_for(meta, cfg.data_root),
+            out,
+            epochs=f.epochs,
+            lr=f.lr,
+            distill=f.distill,
+            batch_size=f.batch_size,
+            seed=cfg.seed,
+            progress=not args.quiet,
+            source={"search": str(run_dir), "checkpoint": cfg.checkpoint},
+        )
+    print(
+        json.dumps(
+            {
+                "best_val_proxy_accuracy": round(summary["best"]["accuracy"], 2),
+                "macs_ratio": round(summary["best"]["macs_ratio"], 4),
+                "report": str(out / "report.md"),
+                "pruned_model": str(out / "model.json"),
+                "tensorboard": f"tensorboard --logdir {run_dir}",
+            }
+        )
+    )
+    print((out / "report.md").read_text())
+    return 0
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from rlprune.agents.searchers import SEARCHERS
     from rlprune.config import SearchConfig, load_config
@@ -195,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in runs/<name>/")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("run", help="the main job: search, fine-tune the best plan, export and report")
+    p.add_argument("config", help="search YAML (e.g. experiments/quickstart.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("search", help="baseline search (uniform, random, evolution) with the same budget")
     p.add_argument("config", help="search YAML (see experiments/)")

@@ -233,6 +233,15 @@ class AgentConfig(Strict):
     hyperparams: dict[str, Any] = Field(default_factory=dict)
 
 
+class FinetuneConfig(Strict):
+    """Fine-tuning the best plan after a search (``rlprune run``)."""
+
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(0.02, gt=0)
+    distill: bool = True
+    batch_size: int = Field(128, ge=1)
+
+
 class SearchConfig(Strict):
     """``rlprune train`` / ``rlprune search``: learn a pruning policy for a trained checkpoint."""
 
@@ -247,3 +256,4 @@ class SearchConfig(Strict):
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)

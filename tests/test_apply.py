@@ -187,3 +187,27 @@ def test_model_without_prunable_units(tmp_path: Path, capsys: pytest.CaptureFixt
         ]
     )
     _error(capsys, code, "no prunable units")
+
+
+def test_run_is_the_main_job_in_one_command(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    tmp = trained["tmp"]
+    cfg = tmp / "run.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "main",
+                "checkpoint": str(trained["ck20"]),
+                "output_dir": str(tmp / "runs"),
+                "proxy": {"recal_batches": 2, "recal_batch_size": 8},
+                "agent": {"episodes": 3, "hyperparams": {"n_steps": 24, "batch_size": 12}},
+                "finetune": {"epochs": 1, "batch_size": 16},
+            }
+        )
+    )
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    first = json.loads(out.splitlines()[0])
+    assert Path(first["report"]).is_file() and "tensorboard --logdir" in first["tensorboard"]
+    assert "# Pruning report" in out
+    assert main(["run", str(cfg), "--quiet"]) == 2  # a finished run is not overwritten
