@@ -1,0 +1,125 @@
+"""Transfer: a policy learned on ResNet-20 applied, with no new search, to other models, against uniform pruning at
+the same MACs — BN-recalibrated validation accuracy before fine-tuning and test accuracy after the same short
+fine-tune — and, optionally, against a fresh search on that model (quality and cost).
+
+    python benchmarks/transfer.py --policy runs/bench_search/ppo-s0 \
+        --target resnet32=zoo/resnet32_cifar10.json --target resnet56=zoo/resnet56_cifar10.json \
+        [--finetune-epochs 2] [--fresh-search-episodes 100]
+
+Writes benchmarks/results/transfer.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rlprune.apply import finetune_plan, load_dense, rollout_plan, splits_for
+from rlprune.config import SearchConfig, load_config
+from rlprune.evaluation.proxy import ProxyEvaluator
+from rlprune.pruning import Plan
+from rlprune.pruning.budget import uniform_plan
+from rlprune.results import environment, md_table, write_results
+from rlprune.search import run_search
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "transfer"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--policy", required=True)
+    ap.add_argument("--target", action="append", required=True, metavar="LABEL=CHECKPOINT")
+    ap.add_argument("--macs", type=float, default=0.5)
+    ap.add_argument("--finetune-epochs", type=int, default=2)
+    ap.add_argument("--fresh-search-episodes", type=int, default=0)
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "bench_transfer"))
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    rows, results = [], {}
+    for item in args.target:
+        label, _, ckpt = item.partition("=")
+        dense, meta, structure = load_dense(ckpt)
+        splits = splits_for(meta, None)
+        proxy = ProxyEvaluator(dense, splits, recal_batches=20, val_images=None)
+        plans: dict[str, Plan] = {
+            "policy": rollout_plan(args.policy, dense, structure, target=args.macs),
+            "uniform": uniform_plan(structure, args.macs),
+        }
+        costs = {"policy": 0.0, "uniform": 0.0}
+        if args.fresh_search_episodes:
+            cfg = load_config(
+                ROOT / "experiments" / "resnet20_cifar10_macs50.yaml",
+                SearchConfig,
+                [
+                    f"name={label}-fresh",
+                    f"output_dir={args.runs}",
+                    f"checkpoint={ckpt}",
+                    f"agent.episodes={args.fresh_search_episodes}",
+                    f"env.target={args.macs}",
+                ],
+            )
+            started = time.perf_counter()
+            run_dir = Path(args.runs) / f"{label}-fresh"
+            if not (run_dir / "summary.json").is_file():
+                run_search(cfg, resume=(run_dir / "episodes.jsonl").is_file())
+            costs["fresh search"] = time.perf_counter() - started
+            plans["fresh search"] = Plan.load(run_dir / "best_plan.json")
+        results[label] = {}
+        for name, plan in plans.items():
+            proxy_acc = proxy(plan).accuracy
+            out = Path(args.runs) / label / name.replace(" ", "_")
+            if not (out / "report.json").is_file():
+                finetune_plan(
+                    dense,
+                    meta,
+                    plan,
+                    splits,
+                    out,
+                    epochs=args.finetune_epochs,
+                    distill=True,
+                    source={"plan": name, "checkpoint": ckpt},
+                )
+            r = json.loads((out / "report.json").read_text())
+            results[label][name] = {"proxy_val_accuracy": proxy_acc, "report": r, "search_seconds": costs[name]}
+            rows.append(
+                [
+                    label,
+                    name,
+                    r["pruned"]["macs_ratio"],
+                    proxy_acc,
+                    r["pruned"]["after_finetune"]["test"],
+                    r["dense"]["test"],
+                    round(costs[name]),
+                ]
+            )
+    env = environment()
+    md = "\n".join(
+        [
+            f"# Transfer of a ResNet-20 policy — {args.macs:.0%} MACs, {args.finetune_epochs} fine-tune epoch(s)",
+            "",
+            md_table(
+                [
+                    "model",
+                    "plan",
+                    "MACs ratio",
+                    "val proxy acc (BN-recal)",
+                    "test acc after FT",
+                    "dense test acc",
+                    "search seconds",
+                ],
+                rows,
+            ),
+            "",
+            f"Policy: {args.policy}. {env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit "
+            f"{env['commit']}. Reproduce: see the script's docstring.",
+        ]
+    )
+    write_results(args.out, {"policy": args.policy, "macs": args.macs, "results": results, "environment": env}, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
