@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,6 @@ from rlprune.errors import RLPruneError
 from rlprune.models import build_model
 
 FORMAT = "rlprune-checkpoint/1"
-
-# Hook for checkpoints whose architecture differs from the factory's (pruned models): ``meta["plan"]`` is handed to
-# the registered rebuilder together with the dense model, which returns the reshaped model before weights load.
-_rebuilders: dict[str, Callable[[nn.Module, dict[str, Any]], nn.Module]] = {}
-
-
-def register_rebuilder(key: str, fn: Callable[[nn.Module, dict[str, Any]], nn.Module]) -> None:
-    _rebuilders[key] = fn
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -124,9 +115,11 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> tuple[nn
     """
     meta = read_meta(path)
     model = build_model(model_name or meta["model"], **meta.get("model_kwargs", {}))
-    for key, rebuild in _rebuilders.items():
-        if meta.get(key) is not None:
-            model = rebuild(model, meta)
+    if meta.get("plan") is not None:
+        # A pruned model: reshape the dense architecture with the plan's kept channels before loading weights.
+        from rlprune.pruning.prune import rebuild_pruned
+
+        model = rebuild_pruned(model, meta)
     load_weights(model, path, meta.get("weights_sha256"))
     return model, meta
 

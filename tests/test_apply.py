@@ -88,6 +88,9 @@ def test_apply_to_a_deeper_model_end_to_end(trained: dict[str, Path], capsys: py
     assert set(report["latency_ms_cpu"]["pruned"]) == {"1", "64"} or set(report["latency_ms_cpu"]["pruned"]) == {1, 64}
     model, meta = load_checkpoint(out / "model.json")
     assert meta["plan"]["kept"] and meta["model"] == "resnet32"
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "model.json")]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(meta["test_accuracy"], abs=0.01)
     x = torch.randn(3, 3, 32, 32)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     with torch.no_grad():

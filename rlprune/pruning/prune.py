@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlprune.checkpoint import register_rebuilder
 from rlprune.errors import RLPruneError
 from rlprune.pruning.importance import get_criterion
 from rlprune.pruning.plan import Plan
@@ -119,6 +118,3 @@ def rebuild_pruned(dense: nn.Module, meta: dict[str, Any]) -> nn.Module:
     shape = (int(meta.get("in_channels", 3)), int(meta.get("input_size", 32)), int(meta.get("input_size", 32)))
     pruned, _ = prune(dense, plan, torch.zeros(1, *shape))
     return pruned
-
-
-register_rebuilder("plan", rebuild_pruned)
