@@ -23,7 +23,8 @@ def policy_class(algorithm: str) -> type:
 
 
 def default_hyperparams(algorithm: str, episode_length: int, warmup_episodes: int = 20) -> dict[str, Any]:
-    """Defaults: gamma 1 (the only reward is terminal), rollouts a whole number of episodes, small networks."""
+    """Defaults: gamma 1 and GAE lambda 1 (the only reward is terminal: every step gets the Monte-Carlo return, as in
+    AMC), rollouts a whole number of episodes, small networks."""
     if algorithm == "ppo":
         n_steps = episode_length * 8
         return {
@@ -31,9 +32,9 @@ def default_hyperparams(algorithm: str, episode_length: int, warmup_episodes: in
             "batch_size": n_steps // 2 if n_steps >= 32 else n_steps,
             "n_epochs": 10,
             "gamma": 1.0,
-            "gae_lambda": 0.95,
+            "gae_lambda": 1.0,
             "ent_coef": 0.005,
-            "learning_rate": 3e-4,
+            "learning_rate": 1e-3,
             "clip_range": 0.2,
             "policy_kwargs": {"net_arch": [64, 64], "log_std_init": -0.5},
         }
