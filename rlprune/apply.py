@@ -26,7 +26,7 @@ from rlprune.config import TrainConfig, atomic_write_text
 from rlprune.cost.latency import compare_latency
 from rlprune.cost.lut import build_latency_table
 from rlprune.cost.macs import count_macs, count_params
-from rlprune.data import BatchLoader, DataSplits, load_splits
+from rlprune.data import BatchLoader, DataSplits, splits_from_meta
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
@@ -102,16 +102,7 @@ def rollout_plan(
     return env.rollout(policy.act, target)
 
 
-def splits_for(meta: dict[str, Any], data_root: str | None) -> DataSplits:
-    ds = meta.get("dataset", {})
-    return load_splits(
-        ds.get("name", "cifar10"),
-        data_root or ds.get("root"),
-        val_size=ds.get("val_size", 5000),
-        seed=ds.get("split_seed", 0),
-        input_size=ds.get("input_size", 32),
-        channels=ds.get("channels", 3),
-    )
+splits_for = splits_from_meta
 
 
 def finetune_plan(

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rlprune.config import atomic_write_text
+from rlprune.config import atomic_write_text, read_json
 from rlprune.errors import RLPruneError
 from rlprune.models import build_model
 
@@ -71,12 +71,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 def read_meta(path: str | Path) -> dict[str, Any]:
     """Read and check a checkpoint's sidecar JSON."""
     _, sidecar = checkpoint_paths(path)
-    if not sidecar.is_file():
-        raise RLPruneError(f"{sidecar}: checkpoint metadata not found (expected <name>.json beside <name>.safetensors)")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except json.JSONDecodeError as exc:
-        raise RLPruneError(f"{sidecar}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    meta = read_json(sidecar, "checkpoint metadata")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
         raise RLPruneError(f"{sidecar}: not an rlprune checkpoint (expected format '{FORMAT}' and a 'model' field)")
     return meta

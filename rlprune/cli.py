@@ -27,22 +27,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from rlprune.checkpoint import load_checkpoint
-    from rlprune.data import load_splits
+    from rlprune.data import splits_from_meta
     from rlprune.evaluation import evaluate
     from rlprune.seeding import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model, meta = load_checkpoint(args.checkpoint)
-    ds = meta.get("dataset", {})
-    splits = load_splits(
-        ds.get("name", "cifar10"),
-        args.data_root or ds.get("root"),
-        val_size=ds.get("val_size", 5000),
-        seed=ds.get("split_seed", 0),
-        input_size=ds.get("input_size", 32),
-        channels=ds.get("channels", 3),
-    )
+    splits = splits_from_meta(meta, args.data_root)
     if splits.classes != meta.get("classes", splits.classes):
         raise RLPruneError(f"{args.checkpoint}: checkpoint classes differ from the dataset's classes")
     device = resolve_device(args.device)
@@ -231,34 +223,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlprune", description="Learn per-layer pruning ratios with RL.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="train a dense model from a YAML config")
-    p.add_argument("config", help="experiment YAML (see experiments/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    def config_command(name: str, help_: str, func: object, resume_help: str | None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("config", help="experiment YAML (see experiments/)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+        if resume_help:
+            p.add_argument("--resume", action="store_true", help=resume_help)
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
+        return p
+
+    p = config_command("pretrain", "train a dense model from a YAML config", _cmd_pretrain, None)
     p.add_argument("--restart", action="store_true", help="ignore a saved state and start from epoch 0")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_pretrain)
-
-    p = sub.add_parser("train", help="learn a pruning policy with an RL agent (PPO by default)")
-    p.add_argument("config", help="search YAML (see experiments/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--resume", action="store_true", help="continue the run in runs/<name>/")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("run", help="the main job: search, fine-tune the best plan, export and report")
-    p.add_argument("config", help="search YAML (e.g. experiments/quickstart.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_run)
-
-    p = sub.add_parser("search", help="baseline search (uniform, random, evolution) with the same budget")
-    p.add_argument("config", help="search YAML (see experiments/)")
+    config_command(
+        "train",
+        "learn a pruning policy with an RL agent (PPO by default)",
+        _cmd_train,
+        "continue the run in runs/<name>/",
+    )
+    config_command(
+        "run",
+        "the main job: search, fine-tune the best plan, export and report",
+        _cmd_run,
+        "continue an interrupted run",
+    )
+    p = config_command(
+        "search",
+        "baseline search (uniform, random, evolution) with the same budget",
+        _cmd_search,
+        "continue the run in runs/<name>-<searcher>/",
+    )
     p.add_argument("--searcher", required=True, help="uniform | random | evolution")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--resume", action="store_true", help="continue the run in runs/<name>-<searcher>/")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("apply", help="roll a learned policy out on a model, prune, fine-tune, export, report")
     p.add_argument("--policy", required=True, help="run directory or policy.json of a search")

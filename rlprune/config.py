@@ -4,6 +4,7 @@ with ``--set a.b=value`` overrides, and the resolved config written into the run
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -171,6 +172,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file; a missing or malformed file is a one-line error naming it and what it should be."""
+    if not path.is_file():
+        raise RLPruneError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RLPruneError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
 
 
 def write_resolved(config: BaseModel, run_dir: Path) -> Path:

@@ -17,7 +17,7 @@ from gymnasium import spaces
 from safetensors.torch import load_file, save_file
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from rlprune.config import atomic_write_text
+from rlprune.config import atomic_write_text, read_json
 from rlprune.envs.features import FEATURE_VERSION, FEATURES, N_FEATURES
 from rlprune.errors import RLPruneError
 
@@ -86,13 +86,8 @@ class LoadedPolicy:
 def load_policy(path: str | Path) -> LoadedPolicy:
     """Rebuild a saved policy without unpickling; refuses another feature-spec version."""
     weights, sidecar = policy_paths(path)
-    if not sidecar.is_file():
-        raise RLPruneError(f"{sidecar}: policy metadata not found")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except json.JSONDecodeError as exc:
-        raise RLPruneError(f"{sidecar}: not valid JSON ({exc.msg})") from exc
-    if meta.get("format") != POLICY_FORMAT:
+    meta = read_json(sidecar, "policy metadata")
+    if not isinstance(meta, dict) or meta.get("format") != POLICY_FORMAT:
         raise RLPruneError(f"{sidecar}: not an rlprune policy (expected format '{POLICY_FORMAT}')")
     if meta.get("feature_version") != FEATURE_VERSION:
         raise RLPruneError(

@@ -124,6 +124,19 @@ def load_splits(
     return DataSplits(train, val, test, mean, std, name=dataset, info=info)
 
 
+def splits_from_meta(meta: dict, data_root: str | Path | None = None) -> DataSplits:
+    """The same train/val/test splits a checkpoint was trained with, from its metadata's ``dataset`` record."""
+    ds = meta.get("dataset", {})
+    return load_splits(
+        ds.get("name", "cifar10"),
+        data_root or ds.get("root"),
+        val_size=ds.get("val_size", 5000),
+        seed=ds.get("split_seed", 0),
+        input_size=ds.get("input_size", 32),
+        channels=ds.get("channels", 3),
+    )
+
+
 __all__ = [
     "ArrayDataset",
     "BatchLoader",
@@ -133,5 +146,6 @@ __all__ = [
     "default_data_dirs",
     "load_splits",
     "random_crop_flip",
+    "splits_from_meta",
     "stratified_split",
 ]

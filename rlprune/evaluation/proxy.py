@@ -161,17 +161,9 @@ def proxy_from_checkpoint(
 ) -> ProxyEvaluator:
     """A proxy evaluator for a checkpoint, on the data split recorded in its metadata (validation only)."""
     from rlprune.checkpoint import load_checkpoint
-    from rlprune.data import load_splits
+    from rlprune.data import splits_from_meta
 
     model, meta = load_checkpoint(checkpoint)
-    ds = meta.get("dataset", {})
-    splits = load_splits(
-        ds.get("name", "cifar10"),
-        data_root or ds.get("root"),
-        val_size=ds.get("val_size", 5000),
-        seed=ds.get("split_seed", 0),
-        input_size=ds.get("input_size", 32),
-        channels=ds.get("channels", 3),
-    )
+    splits = splits_from_meta(meta, data_root)
     splits.test = None  # the search never sees the test split
     return ProxyEvaluator(model, splits, device=device, **kwargs)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlprune.config import atomic_write_text
+from rlprune.config import atomic_write_text, read_json
 from rlprune.errors import RLPruneError
 from rlprune.pruning.structure import Structure
 
@@ -162,10 +162,4 @@ class Plan:
     @classmethod
     def load(cls, path: str | Path) -> Plan:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise RLPruneError(f"{path}: plan file not found") from exc
-        except json.JSONDecodeError as exc:
-            raise RLPruneError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json(path, "plan file"), str(path))
