@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rlprune.config import atomic_write_text, read_json
+from rlprune.config import atomic_write_text, make_readable, read_json
 from rlprune.errors import RLPruneError
 from rlprune.models import build_model
 
@@ -58,6 +58,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     os.close(fd)
     try:
         save_file(state, tmp)
+        make_readable(tmp)
         digest = _sha256(Path(tmp))
         os.replace(tmp, weights)
     except BaseException:

@@ -161,6 +161,13 @@ def load_config(path: str | Path, schema: type[T], overrides: list[str] | None =
         raise RLPruneError(_describe(exc, str(path), schema)) from exc
 
 
+def make_readable(path: str | Path) -> None:
+    """Give a temporary file (created 0600 by mkstemp) the permissions a normally created file would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +175,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
