@@ -52,6 +52,8 @@ def spearman(a: list[float], b: list[float]) -> float:
         return r
 
     ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0  # a constant score ranks nothing
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
@@ -156,6 +158,8 @@ def main() -> None:
                 ],
             ],
         ),
+        "",
+        "A Spearman of 0 for a constant proxy means it ranks nothing (e.g. every raw pruned model at chance level).",
         "",
         f"Proxy scored on {args.val_images} validation images (held out of train; the test split is not loaded "
         f"into the ranking). {env['threads']} threads, {env['cpu']}, torch {env['torch']}.",
