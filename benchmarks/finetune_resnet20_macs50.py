@@ -12,10 +12,10 @@ Writes benchmarks/results/finetune_resnet20_macs50.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from rlprune.apply import finetune_plan, load_dense, splits_for
+from rlprune.apply import finetune_plan, load_dense
+from rlprune.data import splits_from_meta
 from rlprune.pruning import Plan
 from rlprune.pruning.budget import uniform_plan
 from rlprune.results import environment, md_table, write_results
@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     dense, meta, structure = load_dense(args.checkpoint)
-    splits = splits_for(meta, None)
+    splits = splits_from_meta(meta, None)
     plans = {"uniform": uniform_plan(structure, args.target)}
     for item in args.plan:
         label, _, path = item.partition("=")
@@ -42,18 +42,17 @@ def main() -> None:
     rows, reports = [], {}
     for label, plan in plans.items():
         out = Path(args.runs) / label
-        if not (out / "report.json").is_file():
-            finetune_plan(
-                dense,
-                meta,
-                plan,
-                splits,
-                out,
-                epochs=args.epochs,
-                distill=True,
-                source={"plan": label, "checkpoint": args.checkpoint},
-            )
-        r = json.loads((out / "report.json").read_text())
+        r = finetune_plan(
+            dense,
+            meta,
+            plan,
+            splits,
+            out,
+            epochs=args.epochs,
+            distill=True,
+            source={"plan": label, "checkpoint": args.checkpoint},
+            reuse=True,
+        )
         reports[label] = r
         lat = r["latency_ms_cpu"]
         rows.append(

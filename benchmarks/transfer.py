@@ -12,12 +12,12 @@ Writes benchmarks/results/transfer.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from rlprune.apply import finetune_plan, load_dense, rollout_plan, splits_for
+from rlprune.apply import finetune_plan, load_dense, rollout_plan
 from rlprune.config import SearchConfig, load_config
+from rlprune.data import splits_from_meta
 from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.pruning import Plan
 from rlprune.pruning.budget import uniform_plan
@@ -42,7 +42,7 @@ def main() -> None:
     for item in args.target:
         label, _, ckpt = item.partition("=")
         dense, meta, structure = load_dense(ckpt)
-        splits = splits_for(meta, None)
+        splits = splits_from_meta(meta, None)
         proxy = ProxyEvaluator(dense, splits, recal_batches=20, val_images=None)
         plans: dict[str, Plan] = {
             "policy": rollout_plan(args.policy, dense, structure, target=args.macs),
@@ -71,18 +71,17 @@ def main() -> None:
         for name, plan in plans.items():
             proxy_acc = proxy(plan).accuracy
             out = Path(args.runs) / label / name.replace(" ", "_")
-            if not (out / "report.json").is_file():
-                finetune_plan(
-                    dense,
-                    meta,
-                    plan,
-                    splits,
-                    out,
-                    epochs=args.finetune_epochs,
-                    distill=True,
-                    source={"plan": name, "checkpoint": ckpt},
-                )
-            r = json.loads((out / "report.json").read_text())
+            r = finetune_plan(
+                dense,
+                meta,
+                plan,
+                splits,
+                out,
+                epochs=args.finetune_epochs,
+                distill=True,
+                source={"plan": name, "checkpoint": ckpt},
+                reuse=True,
+            )
             results[label][name] = {"proxy_val_accuracy": proxy_acc, "report": r, "search_seconds": costs[name]}
             rows.append(
                 [

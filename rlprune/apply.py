@@ -26,7 +26,7 @@ from rlprune.config import TrainConfig, atomic_write_text
 from rlprune.cost.latency import compare_latency
 from rlprune.cost.lut import build_latency_table
 from rlprune.cost.macs import count_macs, count_params
-from rlprune.data import BatchLoader, DataSplits, splits_from_meta
+from rlprune.data import BatchLoader, DataSplits
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
@@ -102,9 +102,6 @@ def rollout_plan(
     return env.rollout(policy.act, target)
 
 
-splits_for = splits_from_meta
-
-
 def finetune_plan(
     dense: nn.Module,
     meta: dict[str, Any],
@@ -121,8 +118,15 @@ def finetune_plan(
     latency_batches: tuple[int, ...] = (1, 64),
     progress: bool = True,
     source: dict[str, Any] | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
-    """Prune ``dense`` with ``plan``, fine-tune, evaluate, export and report into ``out_dir``; returns the report."""
+    """Prune ``dense`` with ``plan``, fine-tune, evaluate, export and report into ``out_dir``; returns the report.
+
+    :param reuse: if ``out_dir`` already holds a finished report (outputs are renamed into place only when complete),
+        return it instead of fine-tuning again.
+    """
+    if reuse and (out_dir / "report.json").is_file():
+        return json.loads((out_dir / "report.json").read_text())
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RLPruneError(f"{out_dir}: output directory exists and is not empty")
     example = example_input(meta)
@@ -239,7 +243,7 @@ def _run(
         dense.cpu()
         pruned.cpu()
     (work / "ratios.png").write_bytes(
-        ratio_plot_png(list(plan.ratios.values()), list(plan.ratios), f"{meta['model']}: per-unit pruning ratio")
+        ratio_plot_png(list(plan.ratios.values()), f"{meta['model']}: per-unit pruning ratio")
     )
     report = {
         "model": meta["model"],

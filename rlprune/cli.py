@@ -69,8 +69,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rlprune.apply import finetune_plan, load_dense, splits_for
+    from rlprune.apply import finetune_plan, load_dense
     from rlprune.config import SearchConfig, load_config
+    from rlprune.data import splits_from_meta
     from rlprune.pruning import Plan
     from rlprune.search import run_search
 
@@ -83,23 +84,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     dense, meta, _ = load_dense(cfg.checkpoint)
     plan = Plan.load(run_dir / "best_plan.json")
     f = cfg.finetune
-    if out.exists() and not any(out.iterdir()):
-        out.rmdir()
-    if not out.exists():
-        finetune_plan(
-            dense,
-            meta,
-            plan,
-            splits_for(meta, cfg.data_root),
-            out,
-            epochs=f.epochs,
-            lr=f.lr,
-            distill=f.distill,
-            batch_size=f.batch_size,
-            seed=cfg.seed,
-            progress=not args.quiet,
-            source={"search": str(run_dir), "checkpoint": cfg.checkpoint},
-        )
+    finetune_plan(
+        dense,
+        meta,
+        plan,
+        splits_from_meta(meta, cfg.data_root),
+        out,
+        epochs=f.epochs,
+        lr=f.lr,
+        distill=f.distill,
+        batch_size=f.batch_size,
+        seed=cfg.seed,
+        progress=not args.quiet,
+        source={"search": str(run_dir), "checkpoint": cfg.checkpoint},
+        reuse=True,
+    )
     print(
         json.dumps(
             {
@@ -135,7 +134,8 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
 
     import torch
 
-    from rlprune.apply import finetune_plan, load_dense, splits_for
+    from rlprune.apply import finetune_plan, load_dense
+    from rlprune.data import splits_from_meta
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,7 +146,7 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
         raise RLPruneError(f"--out {out}: exists and is not empty")
     dense, meta, structure = load_dense(args.checkpoint, args.model)
     plan, source = plan_fn(dense, meta, structure)  # type: ignore[operator]
-    splits = splits_for(meta, args.data_root)
+    splits = splits_from_meta(meta, args.data_root)
     report = finetune_plan(
         dense,
         meta,

@@ -221,7 +221,6 @@ def _train_agent(
             cfg.agent.episodes,
             cfg.agent.checkpoint_every,
             save,
-            [u.name for u in env.units],
             progress=progress,
         ),
         {

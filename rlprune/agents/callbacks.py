@@ -27,7 +27,6 @@ class SearchCallback(BaseCallback):
         max_episodes: int,
         checkpoint_every: int,
         save: Callable[[], None],
-        unit_names: list[str],
         progress: bool = True,
     ) -> None:
         super().__init__()
@@ -35,7 +34,6 @@ class SearchCallback(BaseCallback):
         self.max_episodes = max_episodes
         self.checkpoint_every = checkpoint_every
         self.save = save
-        self.unit_names = unit_names
         self.bar = tqdm(
             total=max_episodes,
             initial=recorder.episodes,
@@ -64,7 +62,7 @@ class SearchCallback(BaseCallback):
             self.logger.record("search/episodes", self.recorder.episodes)
             if best["episode"] != self._best_seen:
                 self._best_seen = best["episode"]
-                png = ratio_plot_png(best["ratios"], self.unit_names, f"best plan, episode {best['episode']}")
+                png = ratio_plot_png(best["ratios"], f"best plan, episode {best['episode']}")
                 self.logger.record(
                     "search/best_plan", Image(_png_to_hwc(png), "HWC"), exclude=("stdout", "log", "json", "csv")
                 )

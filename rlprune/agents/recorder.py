@@ -86,7 +86,7 @@ class SearchRecorder:
             self.writer.add_scalar("search/best_reward", self.best["reward"], step)
 
 
-def ratio_plot_png(ratios: list[float], names: list[str], title: str) -> bytes:
+def ratio_plot_png(ratios: list[float], title: str) -> bytes:
     """A bar chart of per-layer pruning ratios as PNG bytes (drawn with Pillow; no plotting dependency)."""
     from PIL import Image, ImageDraw
 
@@ -106,5 +106,4 @@ def ratio_plot_png(ratios: list[float], names: list[str], title: str) -> bytes:
         d.text((2, y - 5), f"{frac:.1f}", fill="black")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    del names
     return buf.getvalue()
