@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,9 @@ from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.export import export_onnx
 from rlprune.pruning import Plan, Structure, analyze, prune
+from rlprune.pruning.importance import get_criterion
 from rlprune.results import environment, md_table
+from rlprune.seeding import resolve_device
 from rlprune.training.engine import fit
 
 log = logging.getLogger("rlprune.apply")
@@ -75,11 +76,15 @@ def rollout_plan(
     budget: str = "macs",
     latency_batch: int = 1,
     threads: int | None = None,
-    importance: str = "l1",
+    importance: str | None = None,
 ) -> Plan:
-    """Roll a saved policy out deterministically on ``model``'s units, clamped to the budget like in training."""
+    """Roll a saved policy out deterministically on ``model``'s units, clamped to the budget like in training.
+
+    :param importance: channel criterion recorded in the plan (default: the one the policy was trained with).
+    """
     policy = load_policy(policy_path)
     m = policy.meta
+    importance = importance or m.get("importance", "l1")
     trained = m.get("target")
     lo, hi = (trained, trained) if isinstance(trained, int | float) else tuple(trained or (target, target))
     if not lo - 0.1 <= target <= hi + 0.1:
@@ -119,11 +124,17 @@ def finetune_plan(
     progress: bool = True,
     source: dict[str, Any] | None = None,
     reuse: bool = False,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Prune ``dense`` with ``plan``, fine-tune, evaluate, export and report into ``out_dir``; returns the report.
 
-    :param reuse: if ``out_dir`` already holds a finished report (outputs are renamed into place only when complete),
-        return it instead of fine-tuning again.
+    Work happens in ``.<out_dir name>.partial`` beside ``out_dir`` and is renamed into place when complete, so
+    ``out_dir`` is never half-written. A fine-tune that was killed resumes from its last finished epoch when the same
+    command is run again (the partial folder keeps its per-epoch state; a failure before any epoch removes it).
+
+    :param reuse: if ``out_dir`` already holds a finished report, return it instead of fine-tuning again.
+    :param device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when present) for the fine-tune and evaluation;
+        CPU latency is always measured on CPU.
     """
     if reuse and (out_dir / "report.json").is_file():
         return json.loads((out_dir / "report.json").read_text())
@@ -133,7 +144,30 @@ def finetune_plan(
     structure = analyze(dense.eval(), example)
     plan.check(structure, "plan")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    work = out_dir.parent / f".{out_dir.name}.partial"
+    request = json.dumps(
+        {
+            "plan": plan.key(),
+            "dense": meta.get("weights_sha256"),
+            "epochs": epochs,
+            "lr": lr,
+            "distill": distill,
+            "batch_size": batch_size,
+            "recal_batches": recal_batches,
+            "seed": seed,
+        },
+        sort_keys=True,
+    )
+    resumable = (work / "finetune" / "state.pt").is_file()
+    if resumable and _read_text(work / "request.json") != request:
+        log.warning("%s: left by a fine-tune with other settings; starting over", work)
+        resumable = False
+    if work.exists() and not resumable:
+        shutil.rmtree(work)  # nothing worth resuming
+    if resumable:
+        log.info("resuming the fine-tune in %s", work)
+    work.mkdir(exist_ok=True)
+    atomic_write_text(work / "request.json", request + "\n")
     try:
         report = _run(
             dense,
@@ -151,14 +185,26 @@ def finetune_plan(
             latency_batches=latency_batches,
             progress=progress,
             source=source or {},
+            device=resolve_device(device),
         )
+        # complete: drop what only served resuming (the TensorBoard logs stay)
+        for name in ("finetune/last.safetensors", "finetune/last.json", "finetune/state.pt", "request.json"):
+            (work / name).unlink(missing_ok=True)
         if out_dir.exists():
             out_dir.rmdir()
         work.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+    except BaseException as exc:
+        if not (work / "finetune" / "state.pt").is_file():
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed ({type(exc).__name__})"
+            log.warning("fine-tune %s; the same command resumes from the last finished epoch in %s", why, work)
         raise
     return report
+
+
+def _read_text(path: Path) -> str | None:
+    return path.read_text().strip() if path.is_file() else None
 
 
 def _run(
@@ -178,17 +224,22 @@ def _run(
     latency_batches: tuple[int, ...],
     progress: bool,
     source: dict[str, Any],
+    device: torch.device,
 ) -> dict[str, Any]:
     mean, std = meta.get("mean", splits.mean), meta.get("std", splits.std)
     shape = tuple(example_input(meta).shape[1:])
-    pruned, plan = prune(dense, plan, example_input(meta))
     loader = BatchLoader(splits.train, batch_size, mean, std, shuffle=True, seed=seed + 1)
+    calibration = None
+    if get_criterion(plan.importance).needs_gradients:  # e.g. taylor: channel scores from a few labelled batches
+        calibration = [b for _, b in zip(range(4), loader, strict=False)]
+    pruned, plan = prune(dense, plan, example_input(meta), calibration=calibration)
     recalibrate_bn(pruned, (x for _, (x, _) in zip(range(recal_batches), loader, strict=False)))
 
     def scores(model: nn.Module) -> dict[str, float]:
+        model.to(device)
         return {
-            "val": evaluate(model, splits.val, mean, std)["accuracy"],
-            "test": evaluate(model, splits.test, mean, std)["accuracy"],
+            "val": evaluate(model, splits.val, mean, std, device=device)["accuracy"],
+            "test": evaluate(model, splits.test, mean, std, device=device)["accuracy"],
         }
 
     dense_acc = scores(dense)
@@ -210,13 +261,11 @@ def _run(
         seed=seed,
         teacher=dense if distill else None,
         progress=progress,
-        resume=False,
+        resume=True,
+        device=device,
     ).history
-    pruned = pruned.cpu().eval()
-    after = scores(pruned)
-    shutil.rmtree(work / "finetune" / "tb", ignore_errors=True)
-    for name in ("last.safetensors", "last.json", "state.pt"):
-        (work / "finetune" / name).unlink(missing_ok=True)
+    after = scores(pruned.eval())
+    pruned, dense = pruned.cpu(), dense.cpu()
 
     plan.metrics = {"val_accuracy": after["val"], "test_accuracy": after["test"]}
     ckpt_meta = {k: v for k, v in meta.items() if k not in ("weights_file", "weights_sha256", "format")}
@@ -236,10 +285,11 @@ def _run(
     if not identical:
         raise RLPruneError("rebuilt model differs from the pruned model; refusing to write an unfaithful checkpoint")
     onnx = export_onnx(pruned, shape, work / "model.onnx")
-    lat = compare_latency({"dense": dense.cpu().eval(), "pruned": pruned}, shape, latency_batches, repeats=15)
+    lat = _str_keys(compare_latency({"dense": dense.eval(), "pruned": pruned}, shape, latency_batches, repeats=15))
     gpu = None
     if torch.cuda.is_available():
         gpu = compare_latency({"dense": dense.cuda(), "pruned": pruned.cuda()}, shape, latency_batches, repeats=30)
+        gpu = _str_keys(gpu)
         dense.cpu()
         pruned.cpu()
     (work / "ratios.png").write_bytes(
@@ -268,6 +318,11 @@ def _run(
     return report
 
 
+def _str_keys(latency: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
+    """Batch sizes as strings: the report reads the same whether it was just computed or loaded from JSON."""
+    return {name: {str(bs): ms for bs, ms in by_batch.items()} for name, by_batch in latency.items()}
+
+
 def _markdown(r: dict[str, Any]) -> str:
     d, p = r["dense"], r["pruned"]
     lat = r["latency_ms_cpu"]
@@ -275,7 +330,7 @@ def _markdown(r: dict[str, Any]) -> str:
         ["parameters", f"{d['params']:,}", f"{p['params']:,}", f"{p['params'] / d['params']:.3f}"],
         ["MACs", f"{d['macs']:,}", f"{p['macs']:,}", f"{p['macs_ratio']:.3f}"],
     ]
-    for bs in sorted(lat["dense"]):
+    for bs in sorted(lat["dense"], key=int):
         rows.append(
             [
                 f"CPU latency, batch {bs} (ms)",
@@ -286,7 +341,7 @@ def _markdown(r: dict[str, Any]) -> str:
         )
     if r["latency_ms_gpu"]:
         g = r["latency_ms_gpu"]
-        for bs in sorted(g["dense"]):
+        for bs in sorted(g["dense"], key=int):
             rows.append(
                 [
                     f"GPU latency, batch {bs} (ms)",
@@ -308,6 +363,7 @@ def _markdown(r: dict[str, Any]) -> str:
             f"{p['after_finetune']['test']:.2f}",
             f"{p['after_finetune']['test'] - d['test']:+.2f}",
         ],
+        ["validation accuracy before fine-tune (%)", "", f"{p['before_finetune']['val']:.2f}", ""],
         ["test accuracy before fine-tune (%)", "", f"{p['before_finetune']['test']:.2f}", ""],
     ]
     ft = r["finetune"]

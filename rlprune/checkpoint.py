@@ -117,6 +117,8 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> tuple[nn
 
         model = rebuild_pruned(model, meta)
     load_weights(model, path, meta.get("weights_sha256"))
+    if model_name:
+        meta = {**meta, "model": model_name}  # what was built is what a derived checkpoint must rebuild
     return model, meta
 
 

@@ -98,6 +98,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         source={"search": str(run_dir), "checkpoint": cfg.checkpoint},
         reuse=True,
+        device=cfg.device,
     )
     print(
         json.dumps(
@@ -160,6 +161,7 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
         source=source,
+        device=args.device,
     )
     after = report["pruned"]["after_finetune"]
     print(
@@ -170,7 +172,7 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
                 "dense_test_accuracy": round(report["dense"]["test"], 2),
                 "test_accuracy": round(after["test"], 2),
                 "report": str(out / "report.md"),
-                "tensorboard": str(out / "finetune"),
+                "tensorboard": f"tensorboard --logdir {out / 'finetune'}",
             }
         )
     )
@@ -198,7 +200,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from rlprune.pruning import Plan
 
     def plan_fn(dense, meta, structure):
-        plan = Plan.load(args.plan)
+        plan = Plan.load(args.plan, structure)  # a saved plan or a hand-written {"ratios": ...}
         plan.check(structure, args.plan)
         return plan, {"plan": args.plan, "checkpoint": args.checkpoint}
 
@@ -216,6 +218,7 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (CUDA when present)")
     p.add_argument("--quiet", action="store_true")
 
 

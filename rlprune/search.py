@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -14,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from stable_baselines3.common.logger import HParam
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from rlprune.agents.callbacks import SearchCallback
 from rlprune.agents.policy_io import save_policy
@@ -24,12 +27,13 @@ from rlprune.agents.sb3_agents import make_agent
 from rlprune.agents.searchers import get_searcher
 from rlprune.checkpoint import load_state, save_state
 from rlprune.config import SearchConfig, atomic_write_text, write_resolved
+from rlprune.cost.latency import compare_latency
 from rlprune.cost.lut import LatencyTable, build_latency_table
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import ProxyEvaluator, proxy_from_checkpoint
 from rlprune.logs import setup_logging
-from rlprune.pruning import Plan
+from rlprune.pruning import Plan, prune
 from rlprune.seeding import seed_everything
 
 log = logging.getLogger("rlprune.search")
@@ -44,11 +48,22 @@ def _latency_table(cfg: SearchConfig, scorer: ProxyEvaluator, run_dir: Path) -> 
         if table.fingerprint == scorer.structure.fingerprint and table.batch_size == cfg.latency.batch_size:
             return table
     log.info("building the per-layer latency table (batch %d)", cfg.latency.batch_size)
-    table = build_latency_table(
-        scorer.model.cpu(), scorer.structure, cfg.latency.batch_size, threads=cfg.latency.threads
-    )
+    dense_cpu = copy.deepcopy(scorer.model).cpu()  # the scorer keeps its model on its own device
+    table = build_latency_table(dense_cpu, scorer.structure, cfg.latency.batch_size, threads=cfg.latency.threads)
     table.save(path)
     return table
+
+
+def _measured_latency_ratio(cfg: SearchConfig, scorer: ProxyEvaluator, best: dict[str, Any]) -> float:
+    """Measured pruned/dense CPU latency of the best plan at the configured batch size (interleaved medians)."""
+    dense = copy.deepcopy(scorer.model).cpu().eval()
+    example = torch.zeros(1, *scorer.structure.input_shape)
+    calibration = [(x.cpu(), y.cpu()) for x, y in scorer.calibration] if scorer.calibration else None
+    pruned, _ = prune(dense, Plan.from_dict(best["plan"]), example, calibration=calibration)
+    shape = tuple(scorer.structure.input_shape)
+    bs = cfg.latency.batch_size
+    lat = compare_latency({"dense": dense, "pruned": pruned}, shape, (bs,), threads=cfg.latency.threads)
+    return round(lat["pruned"][bs] / lat["dense"][bs], 4)
 
 
 def _agent_optimizers(agent: Any) -> dict[str, torch.optim.Optimizer]:
@@ -92,6 +107,17 @@ def load_agent_state(agent: Any, path: Path) -> int:
 def _prepare(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
     if (run_dir / "episodes.jsonl").is_file() and not resume:
         raise RLPruneError(f"{run_dir}: a search already ran here; pass --resume to continue it or set another name")
+    saved_path = run_dir / "config.yaml"
+    if resume and saved_path.is_file():
+        # Recorded accuracies are only comparable with new ones if plans are scored and budgeted the same way.
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+        now = cfg.model_dump(mode="json")
+        for section in ("checkpoint", "data_root", "env", "proxy", "latency"):
+            if saved.get(section) != now.get(section):
+                raise RLPruneError(
+                    f"{run_dir}: cannot resume with a different '{section}' than the run was started with "
+                    f"({saved.get(section)!r} -> {now.get(section)!r}); set another name"
+                )
 
 
 def run_search(
@@ -120,8 +146,10 @@ def run_search(
             recal_batch_size=cfg.proxy.recal_batch_size,
             val_images=cfg.proxy.val_images,
             finetune_steps=cfg.proxy.finetune_steps,
+            finetune_lr=cfg.proxy.finetune_lr,
             importance=cfg.proxy.importance,
-            seed=cfg.seed,
+            amp=cfg.proxy.amp,
+            seed=cfg.proxy.seed,
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / "search.log", verbose=progress)
@@ -161,7 +189,15 @@ def run_search(
     )
     if searcher:
         recorder.replay = prior
+        recorder.bar = tqdm(total=episodes, initial=prior, desc=searcher, unit="ep", disable=not progress)
         get_searcher(searcher, env, cfg.seed).run(episodes)
+        recorder.bar.close()
+        if recorder.best is not None:
+            writer.add_hparams(
+                {"searcher": searcher, "episodes": recorder.episodes, "seed": cfg.seed, "target": str(e.target)},
+                {"hparams/best_accuracy": recorder.best["accuracy"], "hparams/best_reward": recorder.best["reward"]},
+                run_name="hparams",
+            )
         writer.close()
     else:
         _train_agent(cfg, env, recorder, run_dir, resume, progress)
@@ -175,9 +211,13 @@ def run_search(
         "episodes": recorder.episodes,
         "best": {k: best[k] for k in ("episode", "reward", "accuracy", "macs_ratio", "latency_ratio", "target")},
         "wall_seconds_this_session": round(wall, 1),
-        "seconds_per_episode": round(wall / max(1, recorder.episodes - prior), 3),
+        "wall_seconds": round(recorder.wall_seconds(), 1),
+        "seconds_per_episode": round(recorder.wall_seconds() / recorder.episodes, 3),
         "mean_eval_seconds": round(sum(r["eval_seconds"] for r in recorder.records) / recorder.episodes, 3),
     }
+    if table is not None:
+        # the search steered by the lookup table's predictions; the best plan's latency is also measured for real
+        summary["best"]["measured_latency_ratio"] = _measured_latency_ratio(cfg, scorer, best)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     log.info(
         "best: accuracy %.2f%% at MACs ratio %.3f (episode %d) -> %s",
@@ -207,6 +247,7 @@ def _train_agent(
         "budget": cfg.env.budget,
         "target": cfg.env.target,
         "reward": cfg.env.reward,
+        "importance": cfg.proxy.importance,
         "trained_on": cfg.checkpoint,
         "config": cfg.model_dump(mode="json"),
     }

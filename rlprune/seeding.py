@@ -21,7 +21,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RLPruneError(f"device '{name}': expected cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RLPruneError(f"device: '{name}' requested but CUDA is not available")
     return device

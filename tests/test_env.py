@@ -86,6 +86,7 @@ def test_rewards_only_at_the_end_and_info() -> None:
         ({"target": 0.0}, "target must lie in"),
         ({"min_ratio": 0.6, "max_ratio": 0.4}, "min_ratio < max_ratio"),
         ({"budget": "latency"}, "needs a latency table"),
+        ({"target": 0.5, "max_ratio": 0.1}, "is unreachable"),
     ],
 )
 def test_bad_arguments(kw: dict, match: str) -> None:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from rlprune.cost.latency import compare_latency, measure_latency
-from rlprune.cost.lut import LatencyTable, build_latency_table
+from rlprune.cost.lut import LatencyTable, build_latency_table, monotone
 from rlprune.data import load_splits
 from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.evaluation.proxy import ProxyEvaluator
@@ -25,6 +25,13 @@ def test_bn_recalibration_is_the_exact_batch_average() -> None:
     expected = torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0)
     assert torch.allclose(bn.running_mean, expected, atol=1e-5)
     assert bn.momentum == 0.1 and not model.training
+
+
+def test_bn_recalibration_without_batches_keeps_the_statistics() -> None:
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean.fill_(5.0)
+    assert recalibrate_bn(nn.Sequential(bn), iter([])) == 0
+    assert torch.equal(bn.running_mean, torch.full((3,), 5.0))  # raw accuracy must use the dense statistics
 
 
 def test_proxy_never_touches_test_and_caches(image_folder: Path) -> None:
@@ -51,6 +58,11 @@ def test_latency_measurement_and_cache() -> None:
     assert measure_latency(model, (3, 32, 32), (1, 4), repeats=3, warmup=1, threads=1) == lat  # cached
     both = compare_latency({"a": model, "b": build_model("resnet20", width=8)}, (3, 32, 32), (2,), repeats=3)
     assert set(both) == {"a", "b"} and both["a"][2] > 0
+
+
+def test_latency_table_never_gets_faster_with_more_channels() -> None:
+    # rows: input-channel fraction, columns: output-channel fraction (both increasing); noisy timings are lifted
+    assert monotone([[1.0, 0.5, 3.0], [0.8, 2.0, 1.5]]) == [[1.0, 1.0, 3.0], [1.0, 2.0, 3.0]]
 
 
 def test_latency_table_fits_its_two_anchor_models(tmp_path: Path) -> None:

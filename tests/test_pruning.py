@@ -54,8 +54,16 @@ def test_units_are_in_forward_order_and_exclude_the_classifier() -> None:
 def test_depthwise_units() -> None:
     s = analyze(_model("mobilenetv2"), X)
     kinds = {u.kind for u in s.units}
-    assert "conv" in kinds
-    assert any(u.kind == "conv" and "block.0.0" in " ".join(u.members) for u in s.units)
+    assert kinds == {"conv", "depthwise"}
+    # an expansion group owns the 1x1 expansion and the 3x3 depthwise conv after it: it is seen as depthwise, with
+    # the depthwise conv's kernel and stride (the three stride-2 downsamplings stay visible to the policy)
+    dw = [u for u in s.units if u.kind == "depthwise"]
+    assert all(u.kernel == 3 for u in dw)
+    assert sum(u.stride == 2 for u in dw) == 3
+    assert any(u.kind == "conv" and u.kernel == 1 for u in s.units)  # residual-coupled 1x1 projections
+    # residual groups of ResNet see the strided 1x1 shortcut they own
+    r = analyze(_model("resnet20"), X)
+    assert [u.stride for u in r.units].count(2) == 4
 
 
 def _zero_removed(model: nn.Module, kept: dict[str, list[int]]) -> nn.Module:
@@ -129,6 +137,10 @@ def test_round_to_and_min_channels() -> None:
     s = analyze(_model("resnet20"), X)
     plan = Plan.from_ratios(s, [0.4] * 12, round_to=8)
     assert all(c % 8 == 0 for c in plan.channels.values())
+    # the same rounding applied at prune time to an unrounded plan
+    pruned, done = prune(_model("resnet20"), Plan.from_ratios(s, [0.4] * 12), X, round_to=8)
+    assert done.channels == plan.channels and done.round_to == 8
+    assert pruned.layers[0].conv1.out_channels == plan.channels["layers.0.conv1"]
     collect = _Collect()
     logger = logging.getLogger("rlprune.pruning")
     logger.addHandler(collect)

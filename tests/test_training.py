@@ -7,6 +7,7 @@ import torch
 
 from rlprune.config import TrainConfig
 from rlprune.data import load_splits
+from rlprune.errors import RLPruneError
 from rlprune.models import build_model
 from rlprune.training.engine import fit
 from rlprune.training.losses import distillation_loss
@@ -72,6 +73,9 @@ def test_resume_continues_from_saved_epoch(image_folder: Path, tmp_path: Path) -
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+    # a saved state is never continued under another recipe (e.g. more epochs would jump the LR schedule)
+    with pytest.raises(RLPruneError, match=r"another recipe \(recipe.epochs: 3 -> 5\)"):
+        fit(_model(), splits, _recipe(epochs=5), tmp_path / "b", meta=META, batch_size=8, progress=False)
 
 
 def test_distillation_term() -> None:

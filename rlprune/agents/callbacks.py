@@ -9,7 +9,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Image
 from tqdm import tqdm
 
-from rlprune.agents.recorder import SearchRecorder, ratio_plot_png
+from rlprune.agents.recorder import SearchRecorder, png_to_hwc, ratio_plot_png
 
 
 class SearchCallback(BaseCallback):
@@ -64,7 +64,7 @@ class SearchCallback(BaseCallback):
                 self._best_seen = best["episode"]
                 png = ratio_plot_png(best["ratios"], f"best plan, episode {best['episode']}")
                 self.logger.record(
-                    "search/best_plan", Image(_png_to_hwc(png), "HWC"), exclude=("stdout", "log", "json", "csv")
+                    "search/best_plan", Image(png_to_hwc(png), "HWC"), exclude=("stdout", "log", "json", "csv")
                 )
             self.logger.dump(self.num_timesteps)
             self.bar.update(1)
@@ -77,11 +77,3 @@ class SearchCallback(BaseCallback):
 
     def _on_training_end(self) -> None:
         self.bar.close()
-
-
-def _png_to_hwc(png: bytes) -> np.ndarray:
-    import io
-
-    from PIL import Image as PILImage
-
-    return np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB"))

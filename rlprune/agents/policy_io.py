@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from stable_baselines3.common.base_class import BaseAlgorithm
 
@@ -100,12 +101,15 @@ def load_policy(path: str | Path) -> LoadedPolicy:
         kwargs["activation_fn"] = _ACTIVATIONS.get(kwargs["activation_fn"], torch.nn.Tanh)
     obs_space = spaces.Box(0.0, 1.0, (N_FEATURES,), dtype=np.float32)
     act_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
-    policy = policy_class(meta["algorithm"])(obs_space, act_space, lambda _: 0.0, **kwargs)
+    algorithm = meta.get("algorithm")
+    if not isinstance(algorithm, str):
+        raise RLPruneError(f"{sidecar}: policy metadata has no 'algorithm'")
+    policy = policy_class(algorithm)(obs_space, act_space, lambda _: 0.0, **kwargs)
     try:
         state = load_file(str(weights))
         policy.load_state_dict(state)
     except FileNotFoundError as exc:
         raise RLPruneError(f"{weights}: policy weights not found") from exc
-    except (RuntimeError, OSError) as exc:
-        raise RLPruneError(f"{weights}: weights do not fit a {meta['algorithm']} policy ({str(exc)[:120]})") from exc
+    except (RuntimeError, OSError, SafetensorError) as exc:
+        raise RLPruneError(f"{weights}: weights do not fit a {algorithm} policy ({str(exc)[:120]})") from exc
     return LoadedPolicy(policy, meta)

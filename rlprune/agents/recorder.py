@@ -17,13 +17,16 @@ class SearchRecorder:
     """Called by the environment at the end of every episode (``env.on_episode``).
 
     :param run_dir: the run directory; ``episodes.jsonl`` is appended to, ``best_plan.json`` replaced.
-    :param writer: an optional TensorBoard ``SummaryWriter`` for searchers without an SB3 logger.
+    :param writer: an optional TensorBoard ``SummaryWriter`` for searchers without an SB3 logger; with it the
+        recorder also logs the best plan's ratio chart and drives ``bar`` (a progress bar the caller may attach).
     """
 
     def __init__(self, run_dir: Path, writer: Any | None = None) -> None:
         self.run_dir = run_dir
         self.path = run_dir / "episodes.jsonl"
         self.writer = writer
+        self.bar: Any | None = None
+        self._mark = time.perf_counter()
         self.records: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.started = time.perf_counter()
@@ -53,6 +56,7 @@ class SearchRecorder:
     def __call__(self, info: dict[str, Any]) -> None:
         if self.replay > 0:
             self.replay -= 1
+            self._mark = time.perf_counter()  # re-played episodes are not new search time
             return
         rec = {
             "episode": self.episodes + 1,
@@ -63,13 +67,18 @@ class SearchRecorder:
             "target": info["target"],
             "ratios": [round(r, 5) for r in info["ratios"]],
             "eval_seconds": round(info["eval_seconds"], 3),
+            # wall time since the previous episode ended (agent updates included): summed over records it is the
+            # search's cost across resumed sessions
+            "wall_seconds": round(time.perf_counter() - self._mark, 3),
             "cached": info["cached"],
             "plan": info["plan"],
         }
         with self.path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
+        self._mark = time.perf_counter()
         self.last = rec
-        if self._track(rec):
+        improved = self._track(rec)
+        if improved:
             best = {
                 **rec["plan"],
                 "metrics": {
@@ -84,6 +93,25 @@ class SearchRecorder:
             if rec["latency_ratio"] is not None:
                 self.writer.add_scalar("search/latency_ratio", rec["latency_ratio"], step)
             self.writer.add_scalar("search/best_reward", self.best["reward"], step)
+            self.writer.add_scalar("search/best_accuracy", self.best["accuracy"], step)
+            if improved:
+                png = ratio_plot_png(self.best["ratios"], f"best plan, episode {self.best['episode']}")
+                self.writer.add_image("search/best_plan", png_to_hwc(png), step, dataformats="HWC")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(best=f"{self.best['accuracy']:.2f}%", last=f"{rec['accuracy']:.2f}%")
+
+    def wall_seconds(self) -> float:
+        """Search wall time over all sessions (records written before wall times were kept count as 0)."""
+        return sum(r.get("wall_seconds", 0.0) for r in self.records)
+
+
+def png_to_hwc(png: bytes) -> Any:
+    """PNG bytes as an HxWx3 uint8 array (what TensorBoard image summaries take)."""
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def ratio_plot_png(ratios: list[float], title: str) -> bytes:

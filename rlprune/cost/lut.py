@@ -22,6 +22,7 @@ from torch import nn
 
 from rlprune.config import atomic_write_text
 from rlprune.cost.latency import _time_once, compare_latency, num_threads
+from rlprune.errors import RLPruneError
 from rlprune.pruning.plan import Plan
 from rlprune.pruning.prune import prune
 from rlprune.pruning.structure import Structure
@@ -79,7 +80,7 @@ class LatencyTable:
         return cls(
             batch_size=int(d["batch_size"]),
             grid=tuple(d["grid"]),
-            layers=d["layers"],
+            layers={name: monotone(t) for name, t in d["layers"].items()},
             offset_ms=float(d["offset_ms"]),
             scale=float(d["scale"]),
             dense_ms=float(d["dense_ms"]),
@@ -149,6 +150,11 @@ def build_latency_table(
             if la.macs == 0:
                 continue
             layer = modules[la.name]
+            if not isinstance(layer, nn.Conv2d | nn.Linear):
+                raise RLPruneError(
+                    f"latency table: layer '{la.name}' is a {type(layer).__name__}; only Conv2d and Linear layers "
+                    "can be timed per layer (use a MACs budget for this model)"
+                )
             in_shape = inputs[layer]
             cin = in_shape[1] if isinstance(layer, nn.Conv2d) else in_shape[-1]
             cout = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
@@ -180,12 +186,31 @@ def build_latency_table(
                     table.append(row)
                 timed[key] = table
             layers[la.name] = timed[key]
+    layers = {name: monotone(t) for name, t in layers.items()}
     half = Plan.from_ratios(structure, [0.5] * len(structure.units))
     pruned, _ = prune(model, half, example)
     measured = compare_latency({"dense": model, "half": pruned}, structure.input_shape, (batch_size,), threads=threads)
     dense_ms, half_ms = measured["dense"][batch_size], measured["half"][batch_size]
     table = LatencyTable(batch_size, tuple(grid), layers, 0.0, 1.0, dense_ms, structure.fingerprint)
     s_dense, s_half = table.layer_sum(structure, {}), table.layer_sum(structure, half.channels)
-    table.scale = (dense_ms - half_ms) / (s_dense - s_half) if s_dense > s_half else dense_ms / s_dense
+    table.scale = (dense_ms - half_ms) / (s_dense - s_half) if s_dense > s_half else 0.0
+    if table.scale < 0.1 * dense_ms / s_dense:
+        # timing noise made the half-width model look as slow as the dense one: fall back to a pure scale, which
+        # keeps predictions increasing in channels (the budget clamp relies on that)
+        table.scale = dense_ms / s_dense
     table.offset_ms = dense_ms - table.scale * s_dense
     return table
+
+
+def monotone(table: list[list[float]]) -> list[list[float]]:
+    """The smallest table >= ``table`` that never decreases with more input or output channels.
+
+    Timings of small blocks are noisy; a layer that seems faster with more channels would let a plan's predicted
+    latency go down as channels are added, and the environment's budget clamp (bisection on the predicted cost)
+    relies on the opposite.
+    """
+    out = [list(row) for row in table]
+    for i, row in enumerate(out):
+        for j in range(len(row)):
+            row[j] = max(row[j], out[i - 1][j] if i else row[j], row[j - 1] if j else row[j])
+    return out

@@ -12,7 +12,9 @@ import numpy as np
 
 from rlprune.pruning.structure import Structure, Unit
 
-FEATURE_VERSION = 1
+# v2: a unit's type, kernel, stride and feature map come from its most depthwise / widest / most strided member
+# (v1 read them from the group's first conv only, which hid MobileNetV2's depthwise convs and strided shortcuts).
+FEATURE_VERSION = 2
 FEATURES: tuple[str, ...] = (
     "relative_depth",  # index / (units - 1)
     "is_conv",  # layer type one-hot

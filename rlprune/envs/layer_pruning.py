@@ -117,6 +117,12 @@ class LayerPruningEnv(gym.Env):
         self.action_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, (N_FEATURES,), dtype=np.float32)
         self._dense_channels = {u.name: u.channels for u in self.units}
+        floor_cost = self.cost({u.name: self._channels(self.max_ratio, i) for i, u in enumerate(self.units)})
+        if floor_cost > low + 1e-9:
+            raise RLPruneError(
+                f"env: target {budget} ratio {low} is unreachable: pruning every unit by max_ratio {self.max_ratio} "
+                f"still leaves {floor_cost:.3f} of the dense {budget}; raise env.max_ratio or the target"
+            )
         self._reset_state(low)
 
     # ----------------------------------------------------------------------------------------------- cost model

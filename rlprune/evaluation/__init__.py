@@ -21,19 +21,25 @@ def evaluate(
     batch_size: int = 500,
     device: torch.device | str = "cpu",
     max_batches: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> dict[str, float]:
-    """Top-1 accuracy (percent) and mean cross-entropy in eval mode, in float32.
+    """Top-1 accuracy (percent) and mean cross-entropy in eval mode (float32 unless ``amp_dtype`` is given).
 
     :param max_batches: evaluate only the first N batches (a fixed, unshuffled subset).
+    :param amp_dtype: run the forward pass under autocast to this dtype (the proxy uses bf16: ~2.5x faster on CPU).
+    :param channels_last: feed channels-last batches (pair it with a channels-last model).
     """
     was_training = model.training
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
-    loader = BatchLoader(dataset, batch_size, mean, std, device=device)
+    loader = BatchLoader(dataset, batch_size, mean, std, device=device, channels_last=channels_last)
+    device_type = torch.device(device).type
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        logits = model(x).float()
+        with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         total += y.numel()

@@ -7,6 +7,7 @@ a far better predictor of its accuracy after fine-tuning.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import torch
@@ -17,10 +18,15 @@ from torch import nn
 def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     """Reset every BN layer's running mean/var and re-estimate them as the exact average over ``batches``.
 
+    With no batches the model is left untouched: resetting alone would leave mean 0 / var 1 statistics that
+    describe no data at all.
+
     :returns: the number of batches forwarded.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
+    batches = iter(batches)
+    first = next(batches, None)
+    if not bns or first is None:
         return 0
     momenta = [bn.momentum for bn in bns]
     was_training = model.training
@@ -30,7 +36,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     model.train()
     n = 0
     try:
-        for x in batches:
+        for x in itertools.chain([first], batches):
             model(x)
             n += 1
     finally:

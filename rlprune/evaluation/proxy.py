@@ -17,7 +17,9 @@ from rlprune.cost.macs import count_params, predict_costs
 from rlprune.data import ArrayDataset, BatchLoader, DataSplits, stratified_split
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
+from rlprune.precision import autocast_dtype
 from rlprune.pruning import Plan, Structure, analyze, prune
+from rlprune.pruning.importance import get_criterion
 
 
 @dataclass
@@ -42,7 +44,10 @@ class ProxyEvaluator:
     :param recal_batch_size: images per recalibration batch.
     :param val_images: score on a fixed, stratified subset of this many validation images (``None``: all).
     :param finetune_steps: optional SGD steps on augmented training batches before recalibration.
+    :param finetune_lr: learning rate of those steps.
     :param importance: channel criterion used to prune.
+    :param amp: ``auto`` computes in bf16 autocast + channels-last where the hardware has native bf16 (about 2.5x
+        faster on CPU; rankings, not absolute accuracies, are what the search needs), ``off`` in float32.
     :param seed: seeds the recalibration/fine-tune batches and the validation subset.
     """
 
@@ -58,6 +63,7 @@ class ProxyEvaluator:
         finetune_steps: int = 0,
         finetune_lr: float = 0.01,
         importance: str = "l1",
+        amp: str = "auto",
         seed: int = 0,
         device: torch.device | str = "cpu",
         cache: bool = True,
@@ -72,15 +78,27 @@ class ProxyEvaluator:
         self.finetune_steps = finetune_steps
         self.finetune_lr = finetune_lr
         self.seed = seed
+        self.amp_dtype = autocast_dtype(amp, self.device)
+        self.channels_last = self.amp_dtype is not None
         self._cache: dict[str, ProxyResult] | None = {} if cache else None
         self.val: ArrayDataset = splits.val
         if val_images is not None and val_images < len(splits.val):
             _, idx = stratified_split(splits.val.labels, val_images, seed)
             self.val = splits.val.subset(idx)
         loader = BatchLoader(
-            splits.train, recal_batch_size, splits.mean, splits.std, shuffle=True, seed=seed + 7919, device=self.device
+            splits.train,
+            recal_batch_size,
+            splits.mean,
+            splits.std,
+            shuffle=True,
+            seed=seed + 7919,
+            device=self.device,
+            channels_last=self.channels_last,
         )
         self.recal = [x for _, (x, _) in zip(range(recal_batches), loader, strict=False)]
+        # gradient-based criteria (taylor) score channels from a few labelled batches: the same ones for every plan
+        needs_grads = get_criterion(importance).needs_gradients
+        self.calibration = [b for _, b in zip(range(4), loader, strict=False)] if needs_grads else None
         self._ft_loader = BatchLoader(
             splits.train,
             recal_batch_size,
@@ -91,6 +109,7 @@ class ProxyEvaluator:
             drop_last=True,
             seed=seed + 104729,
             device=self.device,
+            channels_last=self.channels_last,
         )
 
     def plan(self, ratios: dict[str, float] | list[float], round_to: int | None = None, min_channels: int = 1) -> Plan:
@@ -101,18 +120,26 @@ class ProxyEvaluator:
 
     def pruned(self, plan: Plan) -> nn.Module:
         """The pruned, fine-tuned (if configured) and BN-recalibrated candidate."""
-        model, _ = prune(self.model, plan, self.example, importance=self.importance)
+        model, _ = prune(self.model, plan, self.example, importance=self.importance, calibration=self.calibration)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
         if self.finetune_steps:
             self._finetune(model)
-        recalibrate_bn(model, self.recal)
+        with self._autocast():
+            recalibrate_bn(model, self.recal)
         return model.eval()
+
+    def _autocast(self) -> torch.autocast:
+        dtype = self.amp_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     def _finetune(self, model: nn.Module) -> None:
         opt = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
         model.train()
         self._ft_loader.set_epoch(0)
         for _, (x, y) in zip(range(self.finetune_steps), self._ft_loader, strict=False):
-            loss = F.cross_entropy(model(x), y)
+            with self._autocast():
+                loss = F.cross_entropy(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -140,7 +167,14 @@ class ProxyEvaluator:
         start = time.perf_counter()
         model = self.pruned(plan)
         metrics = evaluate(
-            model, self.val, self.splits.mean, self.splits.std, batch_size=self.eval_batch_size, device=self.device
+            model,
+            self.val,
+            self.splits.mean,
+            self.splits.std,
+            batch_size=self.eval_batch_size,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.channels_last,
         )
         macs, _ = predict_costs(self.structure, plan.channels)
         result = ProxyResult(

@@ -160,6 +160,35 @@ class Plan:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Plan:
+    def load(cls, path: str | Path, structure: Structure | None = None) -> Plan:
+        """Read a saved plan, or — given the model's ``structure`` — a hand-written one.
+
+        A hand-written plan is JSON ``{"ratios": {unit: ratio, ...} or [ratio per unit], "importance": "l1",
+        "round_to": null, "min_channels": 1}`` (only ``ratios`` is required; units left out are not pruned).
+        """
         path = Path(path)
-        return cls.from_dict(read_json(path, "plan file"), str(path))
+        data = read_json(path, "plan file")
+        if structure is not None and isinstance(data, Mapping) and "format" not in data:
+            unknown = sorted(set(data) - {"ratios", "importance", "round_to", "min_channels", "model"})
+            if unknown or "ratios" not in data:
+                raise RLPruneError(
+                    f"{path}: a hand-written plan needs 'ratios' and may have importance, round_to, min_channels"
+                    + (f" (unknown key '{unknown[0]}')" if unknown else "")
+                )
+            ratios = data["ratios"]
+            if not isinstance(ratios, Mapping | list):
+                raise RLPruneError(f"{path}: 'ratios' must map unit names to ratios or list one ratio per unit")
+            try:
+                return cls.from_ratios(
+                    structure,
+                    ratios,
+                    model=str(data.get("model", "")),
+                    importance=str(data.get("importance", "l1")),
+                    round_to=data.get("round_to"),
+                    min_channels=int(data.get("min_channels", 1)),
+                )
+            except RLPruneError as exc:
+                raise RLPruneError(f"{path}: {exc}") from None
+            except (TypeError, ValueError) as exc:
+                raise RLPruneError(f"{path}: malformed hand-written plan ({exc})") from None
+        return cls.from_dict(data, str(path))

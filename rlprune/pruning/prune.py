@@ -13,7 +13,7 @@ from torch import nn
 
 from rlprune.errors import RLPruneError
 from rlprune.pruning.importance import get_criterion
-from rlprune.pruning.plan import Plan
+from rlprune.pruning.plan import Plan, kept_channels
 from rlprune.pruning.structure import (
     _trace_shapes,
     architecture_fingerprint,
@@ -38,6 +38,7 @@ def prune(
     example_input: torch.Tensor,
     *,
     importance: str | None = None,
+    round_to: int | None = None,
     calibration: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[nn.Module, Plan]:
     """Return a pruned copy of ``model`` and the plan with the kept channel indices recorded.
@@ -47,6 +48,8 @@ def prune(
     Channels coupled through residual additions or depthwise convolutions are removed together.
 
     :param example_input: an input batch for tracing (batch size 1 is enough).
+    :param round_to: re-derive each unit's kept channels from its ratio, rounded to a multiple of this (hardware
+        prefers channel counts like multiples of 8); default: the plan's own channel counts.
     :param calibration: ``(inputs, labels)`` batches, required by gradient-based criteria (``taylor``).
     """
     pruned = copy.deepcopy(model)
@@ -80,6 +83,8 @@ def prune(
         for name, group in groups.items():
             total = len(group[0].idxs)
             keep = plan.channels.get(name, total)
+            if round_to and name in plan.ratios:
+                keep = kept_channels(total, plan.ratios[name], round_to, plan.min_channels)
             if keep >= total:
                 kept[name] = list(range(total))
                 continue
@@ -100,7 +105,8 @@ def prune(
         pruner = graph.get_pruner_of_module(root)
         group = graph.get_pruning_group(root, pruner.prune_out_channels, remove)
         group.prune()
-    return pruned, replace(plan, kept=kept, channels={n: len(i) for n, i in kept.items()})
+    channels = {n: len(i) for n, i in kept.items()}
+    return pruned, replace(plan, kept=kept, channels=channels, round_to=round_to or plan.round_to)
 
 
 def names_to_module(model: nn.Module, name: str) -> nn.Module:

@@ -103,19 +103,21 @@ def architecture_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
 
 
-def find_classifier(model: nn.Module) -> nn.Module:
-    """The last Linear (or, failing that, last conv) in registration order: its outputs are never pruned."""
-    last = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            last = m
-    if last is None:
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d | nn.Conv1d):
-                last = m
-    if last is None:
+def find_classifier(model: nn.Module, order: dict[nn.Module, int] | None = None) -> nn.Module:
+    """The layer whose outputs are the model's predictions, so they are never pruned.
+
+    With the forward ``order`` it is the last conv/linear layer called (right for conv classifiers after Linear
+    layers in SE blocks); without it, the last Linear (or conv) in registration order.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)]
+    if not layers:
         raise RLPruneError("model has no Linear or Conv layer to serve as the classifier")
-    return last
+    if order:
+        called = [m for m in layers if m in order]
+        if called:
+            return max(called, key=lambda m: order[m])
+    linear = [m for m in layers if isinstance(m, nn.Linear)]
+    return (linear or layers)[-1]
 
 
 def _trace_shapes(model: nn.Module, example: torch.Tensor) -> tuple[dict[nn.Module, int], dict[nn.Module, tuple]]:
@@ -188,7 +190,7 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
 
 def sorted_groups(model: nn.Module, graph: tp.DependencyGraph, order: dict[nn.Module, int]) -> list:
     """Dependency groups (classifier outputs excluded), sorted by the forward position of their first member."""
-    classifier = find_classifier(model)
+    classifier = find_classifier(model, order)
     groups = list(graph.get_all_groups(ignored_layers=[classifier]))
 
     def first_call(group: object) -> int:
@@ -228,9 +230,16 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
                 in_unit[m] = idx
         owned.sort(key=lambda m: order.get(m, 1 << 30))
         first = owned[0] if owned else root
-        depthwise = isinstance(first, nn.Conv2d) and first.groups > 1 and first.groups == first.out_channels
+        members = owned or [root]
+        # A unit is as "depthwise", as wide-kerneled and as strided as its most so member: in MobileNetV2 the group
+        # is rooted at the 1x1 expansion but also owns the 3x3 (possibly stride-2) depthwise conv after it.
+        depthwise = any(
+            isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels == m.in_channels for m in members
+        )
         kind = "linear" if isinstance(first, nn.Linear) else ("depthwise" if depthwise else "conv")
-        out_shape = shapes.get(first, (1, 1, 1, 1))
+        kernel = max((int(m.kernel_size[0]) for m in members if hasattr(m, "kernel_size")), default=1)
+        stride = max((int(m.stride[0]) for m in members if hasattr(m, "stride")), default=1)
+        fmaps = [int(shapes[m][-1]) for m in members if len(shapes.get(m, ())) >= 3]
         owned_params = sum(
             p.numel()
             for m in touched
@@ -244,9 +253,9 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
                 kind=kind,
                 channels=int(graph.get_out_channels(root)),
                 in_channels=int(getattr(first, "in_channels", getattr(first, "in_features", 0))),
-                kernel=int(first.kernel_size[0]) if hasattr(first, "kernel_size") else 1,
-                stride=int(first.stride[0]) if hasattr(first, "stride") else 1,
-                fmap=int(out_shape[-1]) if len(out_shape) >= 3 else 1,
+                kernel=kernel,
+                stride=stride,
+                fmap=min(fmaps, default=1),
                 params=int(owned_params),
                 macs=sum(layer_macs(m, shapes.get(m, ())) for m in owned),
                 coupled=len(touched),

@@ -25,24 +25,11 @@ from rlprune.config import TrainConfig, atomic_write_text
 from rlprune.data import BatchLoader, DataSplits
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
+from rlprune.precision import autocast_dtype
 from rlprune.training.losses import distillation_loss
 from rlprune.training.schedule import lr_multiplier
 
 log = logging.getLogger("rlprune.train")
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Resolve the ``amp`` setting: ``auto`` takes bf16 on CUDA and on CPUs with native bf16 support."""
-    if amp == "off":
-        return None
-    if amp == "fp16":
-        return torch.float16 if device.type == "cuda" else None
-    if amp == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    bf16_check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return torch.bfloat16 if bf16_check is not None and bf16_check() else None
 
 
 @dataclass
@@ -129,8 +116,17 @@ def fit(
     result = FitResult()
     start_epoch = 0
     state_path, last_path = run_dir / "state.pt", run_dir / "last"
+    run_key = json.dumps({"recipe": recipe.model_dump(mode="json"), "batch_size": batch_size, "seed": seed})
     if resume and state_path.is_file():
         state = load_state(state_path)
+        if state.get("run", run_key) != run_key:
+            saved = json.loads(state["run"])
+            now = json.loads(run_key)
+            diff = _first_difference(saved, now)
+            raise RLPruneError(
+                f"{run_dir}: holds a saved run with another recipe ({diff}); resume it with the same settings, "
+                "or use another name / --restart"
+            )
         load_weights(model, last_path, read_meta(last_path).get("weights_sha256"))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -215,6 +211,7 @@ def fit(
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
                     "history": json.dumps(result.history),
+                    "run": run_key,
                 },
             )
             atomic_write_text(run_dir / "history.json", json.dumps(result.history, indent=1) + "\n")
@@ -229,3 +226,13 @@ def fit(
     result.val = evaluate(model, splits.val, splits.mean, splits.std, batch_size=eval_batch_size, device=device)
     result.checkpoint = last_path.with_suffix(".json")
     return result
+
+
+def _first_difference(saved: Any, now: Any, path: str = "") -> str:
+    """The first setting that differs between two nested dicts, as ``key: saved -> now``."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        for key in sorted(set(saved) | set(now)):
+            sub = f"{path}.{key}" if path else key
+            if saved.get(key) != now.get(key):
+                return _first_difference(saved.get(key), now.get(key), sub)
+    return f"{path}: {saved!r} -> {now!r}"

@@ -1,0 +1,23 @@
+"""Which reduced precision to compute in: bf16 autocast is about 2x faster on CPUs with native bf16 (and on GPUs)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def autocast_dtype(amp: str, device: torch.device | str) -> torch.dtype | None:
+    """Resolve an ``amp`` setting (``auto``, ``bf16``, ``fp16``, ``off``) to an autocast dtype, or ``None`` for fp32.
+
+    ``auto`` takes bf16 on CUDA and on CPUs with native bf16 support; fp16 is only honoured on CUDA.
+    """
+    device = torch.device(device)
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        return torch.float16 if device.type == "cuda" else None
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    bf16_check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return torch.bfloat16 if bf16_check is not None and bf16_check() else None
