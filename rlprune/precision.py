@@ -21,3 +21,8 @@ def autocast_dtype(amp: str, device: torch.device | str) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     bf16_check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return torch.bfloat16 if bf16_check is not None and bf16_check() else None
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device``'s type, or a disabled context (float32) when ``dtype`` is ``None``."""
+    return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)

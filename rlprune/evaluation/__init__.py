@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlprune.data import ArrayDataset, BatchLoader
+from rlprune.precision import autocast
 
 
 @torch.no_grad()
@@ -34,11 +35,10 @@ def evaluate(
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
     loader = BatchLoader(dataset, batch_size, mean, std, device=device, channels_last=channels_last)
-    device_type = torch.device(device).type
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()

@@ -17,7 +17,7 @@ from rlprune.cost.macs import count_params, predict_costs
 from rlprune.data import ArrayDataset, BatchLoader, DataSplits, stratified_split
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
-from rlprune.precision import autocast_dtype
+from rlprune.precision import autocast, autocast_dtype
 from rlprune.pruning import Plan, Structure, analyze, prune
 from rlprune.pruning.importance import get_criterion
 
@@ -130,8 +130,7 @@ class ProxyEvaluator:
         return model.eval()
 
     def _autocast(self) -> torch.autocast:
-        dtype = self.amp_dtype
-        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+        return autocast(self.device, self.amp_dtype)
 
     def _finetune(self, model: nn.Module) -> None:
         opt = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)

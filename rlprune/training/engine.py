@@ -25,7 +25,7 @@ from rlprune.config import TrainConfig, atomic_write_text
 from rlprune.data import BatchLoader, DataSplits
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
-from rlprune.precision import autocast_dtype
+from rlprune.precision import autocast, autocast_dtype
 from rlprune.training.losses import distillation_loss
 from rlprune.training.schedule import lr_multiplier
 
@@ -156,7 +156,7 @@ def fit(
             )
             epoch_start = time.perf_counter()
             for step, (x, y) in enumerate(bar):
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                with autocast(device, dtype):
                     logits = model(x)
                     teacher_logits = None
                     if use_teacher:
