@@ -122,7 +122,7 @@ def test_finetune_a_saved_plan(trained: dict[str, Path], capsys: pytest.CaptureF
 
 
 def test_hand_written_plan_and_a_killed_finetune_resumes(
-    trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import logging
 
@@ -143,9 +143,21 @@ def test_hand_written_plan_and_a_killed_finetune_resumes(
     partial = tmp / ".hand.partial"
     assert not out.exists() and (partial / "finetune" / "state.pt").is_file()
     monkeypatch.undo()
-    caplog.set_level(logging.INFO, logger="rlprune.apply")
-    assert main(cmd) == 0
-    assert any("resuming the fine-tune" in r.getMessage() for r in caplog.records)
+    # a handler on the module's own logger: caplog sees nothing once setup_logging() (run by an earlier CLI call
+    # in the same process) has stopped the "rlprune" logger from propagating to the root
+    messages: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("rlprune.apply")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        assert main(cmd) == 0
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert any("resuming the fine-tune" in m for m in messages), messages
     report = json.loads((out / "report.json").read_text())
     assert len(report["finetune"]["history"]) == 2 and not partial.exists()
     assert not (out / "finetune" / "state.pt").exists() and not (out / "request.json").exists()
