@@ -32,7 +32,7 @@ from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.export import export_onnx
 from rlprune.pruning import Plan, Structure, analyze, prune
-from rlprune.pruning.importance import get_criterion
+from rlprune.pruning.importance import calibration_batches
 from rlprune.results import environment, md_table
 from rlprune.seeding import resolve_device
 from rlprune.training.engine import fit
@@ -229,9 +229,7 @@ def _run(
     mean, std = meta.get("mean", splits.mean), meta.get("std", splits.std)
     shape = tuple(example_input(meta).shape[1:])
     loader = BatchLoader(splits.train, batch_size, mean, std, shuffle=True, seed=seed + 1)
-    calibration = None
-    if get_criterion(plan.importance).needs_gradients:  # e.g. taylor: channel scores from a few labelled batches
-        calibration = [b for _, b in zip(range(4), loader, strict=False)]
+    calibration = calibration_batches(plan.importance, loader)  # e.g. taylor: scores from a few labelled batches
     pruned, plan = prune(dense, plan, example_input(meta), calibration=calibration)
     recalibrate_bn(pruned, (x for _, (x, _) in zip(range(recal_batches), loader, strict=False)))
 

@@ -19,7 +19,7 @@ from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.precision import autocast, autocast_dtype
 from rlprune.pruning import Plan, Structure, analyze, prune
-from rlprune.pruning.importance import get_criterion
+from rlprune.pruning.importance import calibration_batches
 
 
 @dataclass
@@ -96,9 +96,7 @@ class ProxyEvaluator:
             channels_last=self.channels_last,
         )
         self.recal = [x for _, (x, _) in zip(range(recal_batches), loader, strict=False)]
-        # gradient-based criteria (taylor) score channels from a few labelled batches: the same ones for every plan
-        needs_grads = get_criterion(importance).needs_gradients
-        self.calibration = [b for _, b in zip(range(4), loader, strict=False)] if needs_grads else None
+        self.calibration = calibration_batches(importance, loader)
         self._ft_loader = BatchLoader(
             splits.train,
             recal_batch_size,

@@ -7,6 +7,7 @@ importances, which aggregate over all coupled layers of the group, so residual-c
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 
 import torch
 import torch_pruning as tp
@@ -89,3 +90,15 @@ def get_criterion(name: str) -> Criterion:
         return CRITERIA[name]()
     except KeyError:
         raise RLPruneError(f"importance '{name}': unknown (expected one of {', '.join(sorted(CRITERIA))})") from None
+
+
+def calibration_batches(
+    importance: str, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], count: int = 4
+) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """The first ``count`` labelled batches when ``importance`` ranks channels by gradients (taylor), else ``None``.
+
+    Fixed up front so that every plan is ranked on the same data (the proxy calls ``prune`` once per plan).
+    """
+    if not get_criterion(importance).needs_gradients:
+        return None
+    return [b for _, b in zip(range(count), batches, strict=False)]
