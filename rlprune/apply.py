@@ -26,6 +26,7 @@ from rlprune.cost.latency import compare_latency
 from rlprune.cost.lut import build_latency_table
 from rlprune.cost.macs import count_macs, count_params
 from rlprune.data import BatchLoader, DataSplits
+from rlprune.envs.calibration import calibrate_latency_budget
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
@@ -104,6 +105,7 @@ def rollout_plan(
         min_channels=m.get("min_channels", 1),
         latency_table=table,
     )
+    calibrate_latency_budget(env, model, seed=0, threads=threads)  # a latency target is met as measured, on average
     return env.rollout(policy.act, target)
 
 

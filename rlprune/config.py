@@ -257,6 +257,7 @@ class LatencyConfig(Strict):
 
     batch_size: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)
+    calibration_plans: int = Field(8, ge=0)  # plans at the budget timed for real to refit the table (0: none)
 
 
 class AgentConfig(Strict):

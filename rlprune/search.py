@@ -29,6 +29,7 @@ from rlprune.checkpoint import load_state, save_state
 from rlprune.config import SearchConfig, atomic_write_text, write_resolved
 from rlprune.cost.latency import compare_latency
 from rlprune.cost.lut import LatencyTable, build_latency_table
+from rlprune.envs.calibration import calibrate_latency_budget
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import ProxyEvaluator, proxy_from_checkpoint
@@ -175,6 +176,21 @@ def run_search(
         latency_table=table,
         on_episode=recorder,
     )
+    if table is not None and table.calibration is None and cfg.latency.calibration_plans > 0:
+        log.info("calibrating the latency table on %d plans at the budget", cfg.latency.calibration_plans)
+        dense_cpu = copy.deepcopy(scorer.model).cpu().eval()
+        table = calibrate_latency_budget(
+            env, dense_cpu, cfg.latency.calibration_plans, seed=cfg.proxy.seed, threads=cfg.latency.threads
+        )
+        assert table is not None and table.calibration is not None
+        table.save(run_dir / "latency_table.json")
+        c = table.calibration
+        log.info(
+            "latency table: measured ratio of the calibration plans %.3f, predicted %.3f before / %.3f after",
+            c["measured_ratio_mean"],
+            c["predicted_ratio_mean_before"],
+            c["predicted_ratio_mean_after"],
+        )
     episodes = cfg.agent.episodes
     started = time.perf_counter()
     prior = recorder.episodes

@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from rlprune.cost.latency import compare_latency, measure_latency
-from rlprune.cost.lut import LatencyTable, build_latency_table, monotone
+from rlprune.cost.lut import LatencyTable, build_latency_table, calibrate, line_through_dense, monotone
 from rlprune.data import load_splits
 from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.models import build_model
-from rlprune.pruning import analyze
+from rlprune.pruning import Plan, analyze
 
 X = torch.zeros(1, 3, 32, 32)
 
@@ -63,6 +63,28 @@ def test_latency_measurement_and_cache() -> None:
 def test_latency_table_never_gets_faster_with_more_channels() -> None:
     # rows: input-channel fraction, columns: output-channel fraction (both increasing); noisy timings are lifted
     assert monotone([[1.0, 0.5, 3.0], [0.8, 2.0, 1.5]]) == [[1.0, 1.0, 3.0], [1.0, 2.0, 3.0]]
+
+
+def test_latency_line_runs_through_the_dense_model_and_fits_measured_plans() -> None:
+    # dense: layer sum 10 -> 5 ms; two plans whose true line is 1 + 0.4 * S (ratios 0.52 and 0.36)
+    scale, offset = line_through_dense(10.0, 5.0, [4.0, 2.0], [0.52, 0.36])
+    assert scale == pytest.approx(0.4) and offset == pytest.approx(1.0)
+    # noise that makes pruned models look slower than the dense one still gives a line rising with channels
+    scale, offset = line_through_dense(10.0, 5.0, [4.0], [1.1])
+    assert scale == pytest.approx(0.5) and offset == pytest.approx(0.0)
+
+
+def test_latency_table_calibration_on_measured_plans(tmp_path: Path) -> None:
+    model = build_model("resnet20", width=4).eval()
+    s = analyze(model, X)
+    table = build_latency_table(model, s, 1, grid=(0.5, 1.0), repeats=2, threads=1)
+    plans = [Plan.from_ratios(s, [r] * len(s.units)) for r in (0.3, 0.5)]
+    tuned = calibrate(table, model, s, plans, threads=1)
+    assert table.calibration is None and tuned.calibration is not None and tuned.calibration["plans"] == 2
+    assert tuned.predict(s, {}) == pytest.approx(table.dense_ms) and tuned.scale > 0
+    assert tuned.calibration["abs_error_after"] <= tuned.calibration["abs_error_before"] + 0.05
+    tuned.save(tmp_path / "lut.json")
+    assert LatencyTable.load(tmp_path / "lut.json") == tuned
 
 
 def test_latency_table_fits_its_two_anchor_models(tmp_path: Path) -> None:
