@@ -118,14 +118,17 @@ def test_same_seed_same_plans(tmp_path: Path, searcher: str | None) -> None:
     assert runs[0] == runs[1]
 
 
-def test_ppo_finds_the_known_best_plan(tmp_path: Path) -> None:
-    """On the synthetic task the best plan spares units 0, 5 and 9; PPO's best plan must spare them too."""
+@pytest.mark.parametrize(
+    ("algorithm", "hyperparams"), [("ppo", {"learning_rate": 1e-3}), ("ddpg", {"learning_starts": 120})]
+)
+def test_agent_finds_the_known_best_plan(tmp_path: Path, algorithm: str, hyperparams: dict) -> None:
+    """On the synthetic task the best plan spares units 0, 5 and 9; the agent's best plan must spare them too."""
     run_search(
-        _cfg(tmp_path, "ppo", 160, hyperparams={"learning_rate": 1e-3}),
+        _cfg(tmp_path, algorithm, 160, algorithm=algorithm, hyperparams=hyperparams),
         scorer=PreferenceScorer(STRUCTURE, PROTECT),
         progress=False,
     )
-    best = json.loads((tmp_path / "ppo" / "best_plan.json").read_text())
+    best = json.loads((tmp_path / algorithm / "best_plan.json").read_text())
     ratios = list(best["ratios"].values())
     protected = np.mean([ratios[i] for i in PROTECT])
     others = np.mean([r for i, r in enumerate(ratios) if i not in PROTECT])
@@ -192,3 +195,17 @@ def test_train_and_search_cli_on_a_real_checkpoint(
     assert main(["search", str(search), "--searcher", "random", "--quiet", "--set", "agent.episodes=3"]) == 0
     assert len(_records(tmp_path / "runs" / "s-random")) == 3
     assert main(["search", str(search), "--searcher", "nope"]) == 2
+
+
+def test_off_policy_transitions_carry_the_final_reward() -> None:
+    from gymnasium import spaces
+
+    from rlprune.agents.replay import EpisodeRewardReplayBuffer
+
+    buf = EpisodeRewardReplayBuffer(16, spaces.Box(0, 1, (2,)), spaces.Box(-1, 1, (1,)), device="cpu")
+    for step, (reward, done) in enumerate([(0.0, False), (0.0, False), (0.7, True)]):
+        obs = np.full((1, 2), step / 3, dtype=np.float32)
+        buf.add(obs, obs + 0.1, np.zeros((1, 1), np.float32), np.array([reward]), np.array([done]), [{}])
+        assert buf.size() == (0 if not done else 3)  # nothing is replayable before the episode's reward is known
+    assert np.allclose(buf.rewards[:3, 0], 0.7) and np.all(buf.dones[:3, 0] == 1)
+    assert np.allclose(buf.observations[:3, 0, 0], [0, 1 / 3, 2 / 3])

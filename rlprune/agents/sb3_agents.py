@@ -9,6 +9,7 @@ from stable_baselines3 import DDPG, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.noise import NormalActionNoise
 
+from rlprune.agents.replay import EpisodeRewardReplayBuffer
 from rlprune.errors import RLPruneError
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "ddpg": DDPG, "sac": SAC, "td3": TD3}
@@ -29,7 +30,7 @@ def default_hyperparams(algorithm: str, episode_length: int, warmup_episodes: in
     PPO's learning rate (3e-3) and clip range (0.3) are above SB3's (3e-4, 0.2): a search has only ~300 episodes. On
     the real ResNet-20 search (seed 0) the plans PPO sampled in episodes 176-200 averaged 69.4% proxy accuracy with
     these values against 64.5% with lr 1e-3 / clip 0.2 (random search: 58.3%); on a surrogate of that search
-    (benchmarks/results/ppo_sweep_surrogate.md) every nearby setting beats random search by 4-6 points."""
+    (benchmarks/results/agent_sweep_surrogate.md) every nearby setting beats random search by 3.5-6 points."""
     if algorithm == "ppo":
         n_steps = episode_length * 8
         return {
@@ -43,8 +44,11 @@ def default_hyperparams(algorithm: str, episode_length: int, warmup_episodes: in
             "clip_range": 0.3,
             "policy_kwargs": {"net_arch": [64, 64], "log_std_init": -0.5},
         }
+    # Off-policy agents learn from replayed transitions that all carry the episode's final reward, with gamma 0: a
+    # critic that regresses the outcome instead of bootstrapping it (see rlprune.agents.replay).
     common = {
-        "gamma": 1.0,
+        "gamma": 0.0,
+        "replay_buffer_class": EpisodeRewardReplayBuffer,
         "learning_starts": warmup_episodes * episode_length,
         "batch_size": 64,
         "learning_rate": 1e-3,

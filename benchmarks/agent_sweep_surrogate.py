@@ -1,4 +1,4 @@
-"""Choose PPO's defaults on a surrogate of the real search landscape, then confirm them on real data.
+"""Choose the agents' defaults on a surrogate of the real search landscape, then confirm them on real data.
 
 A real search evaluates one plan in about 2.3 s, so a hyperparameter sweep over several seeds (tens of 300-episode
 searches) would take a day on 2 cores. Instead: fit a quadratic model (all squares and pairwise products of the 12
@@ -7,10 +7,10 @@ per plan (the proxy's scatter around any smooth fit, deterministic so that a re-
 run the unchanged environment, agent and baselines against it; one 300-episode search then takes a few seconds.
 The surrogate only ranks settings; the chosen defaults are then confirmed by ``search_resnet20_macs50.py`` on real data.
 
-    python benchmarks/ppo_sweep_surrogate.py --episodes-file runs/a/episodes.jsonl --episodes-file runs/b/episodes.jsonl
-    python benchmarks/ppo_sweep_surrogate.py --data benchmarks/results/ppo_sweep_surrogate.json   # refit stored plans
+    python benchmarks/agent_sweep_surrogate.py --episodes-file runs/a/episodes.jsonl --episodes-file runs/b/...
+    python benchmarks/agent_sweep_surrogate.py --data benchmarks/results/agent_sweep_surrogate.json  # stored plans
 
-Writes benchmarks/results/ppo_sweep_surrogate.{json,md}: the fit's cross-validated R^2, and for each setting the best
+Writes benchmarks/results/agent_sweep_surrogate.{json,md}: the fit's cross-validated R^2, and for each setting the best
 and late-search mean surrogate accuracy over seeds, next to random search.
 """
 
@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.buffers import ReplayBuffer
 
 from rlprune.agents.sb3_agents import make_agent
 from rlprune.agents.searchers import get_searcher
@@ -37,19 +38,23 @@ from rlprune.pruning import Plan, analyze
 from rlprune.results import environment, md_table, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results" / "ppo_sweep_surrogate"
-# Each setting overrides the defaults of rlprune.agents.sb3_agents.default_hyperparams key by key.
-SETTINGS: dict[str, dict[str, Any]] = {
-    "defaults (lr 3e-3, clip 0.3)": {},
-    "before (lr 1e-3, clip 0.2)": {"learning_rate": 1e-3, "clip_range": 0.2},
-    "lr 1e-3": {"learning_rate": 1e-3},
-    "clip 0.2": {"clip_range": 0.2},
-    "lr 1e-2": {"learning_rate": 1e-2},
-    "20 epochs / update": {"n_epochs": 20},
-    "4 episodes / rollout": {"n_steps": 48, "batch_size": 48},  # ResNet-20 has 12 units
-    "log_std_init -1": {"policy_kwargs": {"net_arch": [64, 64], "log_std_init": -1.0}},
-    "no entropy bonus": {"ent_coef": 0.0},
-    "entropy 0.01": {"ent_coef": 0.01},
+OUT = ROOT / "benchmarks" / "results" / "agent_sweep_surrogate"
+# name -> (algorithm, overrides of rlprune.agents.sb3_agents.default_hyperparams, key by key)
+SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ppo defaults (lr 3e-3, clip 0.3)": ("ppo", {}),
+    "ppo before (lr 1e-3, clip 0.2)": ("ppo", {"learning_rate": 1e-3, "clip_range": 0.2}),
+    "ppo lr 1e-3": ("ppo", {"learning_rate": 1e-3}),
+    "ppo clip 0.2": ("ppo", {"clip_range": 0.2}),
+    "ppo lr 1e-2": ("ppo", {"learning_rate": 1e-2}),
+    "ppo 20 epochs / update": ("ppo", {"n_epochs": 20}),
+    "ppo 4 episodes / rollout": ("ppo", {"n_steps": 48, "batch_size": 48}),  # ResNet-20 has 12 units
+    "ppo log_std_init -1": ("ppo", {"policy_kwargs": {"net_arch": [64, 64], "log_std_init": -1.0}}),
+    "ppo no entropy bonus": ("ppo", {"ent_coef": 0.0}),
+    "ppo entropy 0.01": ("ppo", {"ent_coef": 0.01}),
+    "ddpg defaults (final reward on every transition, gamma 0)": ("ddpg", {}),
+    "ddpg before (one-step targets, gamma 1)": ("ddpg", {"gamma": 1.0, "replay_buffer_class": ReplayBuffer}),
+    "td3 defaults": ("td3", {}),
+    "sac defaults": ("sac", {}),
 }
 
 
@@ -93,14 +98,17 @@ class SurrogateScorer:
         return SimpleNamespace(accuracy=accuracy, seconds=0.0, cached=False)
 
 
-def search(scorer: SurrogateScorer, setting: dict[str, Any] | None, seed: int, episodes: int, target: float) -> list:
-    """One search (PPO with ``setting``, or random search when ``setting`` is None); the accuracy of every plan."""
+def search(
+    scorer: SurrogateScorer, setting: tuple[str, dict[str, Any]] | None, seed: int, episodes: int, target: float
+) -> list:
+    """One search (an agent with ``(algorithm, overrides)``, or random search for ``None``); every plan's accuracy."""
     accuracies: list[float] = []
     env = LayerPruningEnv(scorer, target=target, on_episode=lambda info: accuracies.append(info["accuracy"]))
     if setting is None:
         get_searcher("random", env, seed).run(episodes)
     else:
-        make_agent("ppo", env, seed, setting).learn(total_timesteps=episodes * len(env.units))
+        algorithm, overrides = setting
+        make_agent(algorithm, env, seed, overrides).learn(total_timesteps=episodes * len(env.units))
     return accuracies[:episodes]
 
 
@@ -156,7 +164,8 @@ def main() -> None:
             best.append(max(accs))
             late.append(statistics.mean(accs[-50:]))
         runs[name] = {
-            "hyperparams": setting,
+            "algorithm": setting[0] if setting else "random",
+            "hyperparams": {k: getattr(v, "__name__", v) for k, v in setting[1].items()} if setting else {},
             "best_mean": statistics.mean(best),
             "best_per_seed": best,
             "last50_mean": statistics.mean(late),
@@ -172,7 +181,7 @@ def main() -> None:
     env = environment()
     md = "\n".join(
         [
-            f"# PPO settings on a surrogate of the ResNet-20 50%-MACs search ({args.episodes} episodes, "
+            f"# Agent settings on a surrogate of the ResNet-20 50%-MACs search ({args.episodes} episodes, "
             f"{args.seeds} seeds)",
             "",
             f"Surrogate: quadratic ridge fit to {len(y)} real proxy evaluations, "
@@ -183,8 +192,9 @@ def main() -> None:
             "",
             f"{env['threads']} thread, {env['cpu']}, torch {env['torch']}, commit {env['commit']}.",
             "",
-            "Reproduce: `python benchmarks/ppo_sweep_surrogate.py --data benchmarks/results/ppo_sweep_surrogate.json` "
-            "(the fitted plans are stored in the JSON), or fit other searches with `--episodes-file`.",
+            "Reproduce: `python benchmarks/agent_sweep_surrogate.py --data "
+            "benchmarks/results/agent_sweep_surrogate.json` (the fitted plans are stored in the JSON), or fit other "
+            "searches with `--episodes-file`.",
         ]
     )
     data = {
