@@ -24,8 +24,9 @@ def policy_class(algorithm: str) -> type:
 
 
 def default_hyperparams(algorithm: str, episode_length: int, warmup_episodes: int = 20) -> dict[str, Any]:
-    """Defaults: gamma 1 and GAE lambda 1 (the only reward is terminal: every step gets the Monte-Carlo return, as in
-    AMC), rollouts a whole number of episodes, small networks.
+    """Defaults for a short episodic problem with a terminal reward, small networks. PPO: gamma 1 and GAE lambda 1
+    (every step gets the Monte-Carlo return), rollouts a whole number of episodes. Off-policy agents: each transition
+    carries the episode's final reward and gamma is 0 (``rlprune.agents.replay``).
 
     PPO's learning rate (3e-3) and clip range (0.3) are above SB3's (3e-4, 0.2): a search has only ~300 episodes. On
     the real ResNet-20 search (seed 0) the plans PPO sampled in episodes 176-200 averaged 69.4% proxy accuracy with
