@@ -11,7 +11,7 @@ The surrogate only ranks settings; the chosen defaults are then confirmed by ``s
     python benchmarks/agent_sweep_surrogate.py --data benchmarks/results/agent_sweep_surrogate.json  # stored plans
 
 Writes benchmarks/results/agent_sweep_surrogate.{json,md}: the fit's cross-validated R^2, and for each setting the best
-and late-search mean surrogate accuracy over seeds, next to random search.
+and late-search mean surrogate accuracy over seeds, next to random search, evolution and the uniform plan.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 from stable_baselines3.common.buffers import ReplayBuffer
 
 from rlprune.agents.sb3_agents import make_agent
-from rlprune.agents.searchers import get_searcher
+from rlprune.agents.searchers import SEARCHERS, get_searcher
 from rlprune.apply import example_input
 from rlprune.checkpoint import load_checkpoint
 from rlprune.envs.layer_pruning import LayerPruningEnv
@@ -39,8 +39,11 @@ from rlprune.results import environment, md_table, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "agent_sweep_surrogate"
-# name -> (algorithm, overrides of rlprune.agents.sb3_agents.default_hyperparams, key by key)
+# name -> (agent or baseline searcher, overrides of rlprune.agents.sb3_agents.default_hyperparams, key by key)
 SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "random search": ("random", {}),
+    "evolution search": ("evolution", {}),
+    "uniform plan": ("uniform", {}),
     "ppo defaults (lr 3e-3, clip 0.3)": ("ppo", {}),
     "ppo before (lr 1e-3, clip 0.2)": ("ppo", {"learning_rate": 1e-3, "clip_range": 0.2}),
     "ppo lr 1e-3": ("ppo", {"learning_rate": 1e-3}),
@@ -99,16 +102,16 @@ class SurrogateScorer:
 
 
 def search(
-    scorer: SurrogateScorer, setting: tuple[str, dict[str, Any]] | None, seed: int, episodes: int, target: float
+    scorer: SurrogateScorer, setting: tuple[str, dict[str, Any]], seed: int, episodes: int, target: float
 ) -> list:
-    """One search (an agent with ``(algorithm, overrides)``, or random search for ``None``); every plan's accuracy."""
+    """One search with ``(agent or searcher, overrides)``; the accuracy of every plan it evaluated."""
     accuracies: list[float] = []
     env = LayerPruningEnv(scorer, target=target, on_episode=lambda info: accuracies.append(info["accuracy"]))
-    if setting is None:
-        get_searcher("random", env, seed).run(episodes)
+    name, overrides = setting
+    if name in SEARCHERS:
+        get_searcher(name, env, seed).run(episodes)
     else:
-        algorithm, overrides = setting
-        make_agent(algorithm, env, seed, overrides).learn(total_timesteps=episodes * len(env.units))
+        make_agent(name, env, seed, overrides).learn(total_timesteps=episodes * len(env.units))
     return accuracies[:episodes]
 
 
@@ -154,8 +157,8 @@ def main() -> None:
 
     only = set(filter(None, args.only.split(",")))
     runs: dict[str, dict[str, Any]] = {}
-    for name, setting in [("random search", None), *SETTINGS.items()]:
-        if only and name not in only and name != "random search":
+    for name, setting in SETTINGS.items():
+        if only and name not in only and setting[0] not in SEARCHERS:
             continue
         started = time.perf_counter()
         best, late = [], []
@@ -164,8 +167,8 @@ def main() -> None:
             best.append(max(accs))
             late.append(statistics.mean(accs[-50:]))
         runs[name] = {
-            "algorithm": setting[0] if setting else "random",
-            "hyperparams": {k: getattr(v, "__name__", v) for k, v in setting[1].items()} if setting else {},
+            "algorithm": setting[0],
+            "hyperparams": {k: getattr(v, "__name__", v) for k, v in setting[1].items()},
             "best_mean": statistics.mean(best),
             "best_per_seed": best,
             "last50_mean": statistics.mean(late),
