@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import yaml
 from stable_baselines3.common.logger import HParam
+from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -27,44 +28,29 @@ from rlprune.agents.sb3_agents import make_agent
 from rlprune.agents.searchers import get_searcher
 from rlprune.checkpoint import load_state, save_state
 from rlprune.config import SearchConfig, atomic_write_text, write_resolved
-from rlprune.cost.latency import compare_latency
-from rlprune.cost.lut import LatencyTable, build_latency_table
+from rlprune.cost.lut import LatencyTable, build_latency_table, measured_latency_ratio
 from rlprune.envs.calibration import calibrate_latency_budget
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import ProxyEvaluator, proxy_from_checkpoint
 from rlprune.logs import setup_logging
-from rlprune.pruning import Plan, prune
+from rlprune.pruning import Plan, Structure
 from rlprune.seeding import seed_everything
 
 log = logging.getLogger("rlprune.search")
 
 
-def _latency_table(cfg: SearchConfig, scorer: ProxyEvaluator, run_dir: Path) -> LatencyTable | None:
-    if cfg.env.budget != "latency" and cfg.env.reward != "accuracy_latency":
-        return None
+def _latency_table(cfg: SearchConfig, structure: Structure, dense_cpu: nn.Module, run_dir: Path) -> LatencyTable:
+    """The run's latency table: the saved one when it fits the model and batch size, else built and saved."""
     path = run_dir / "latency_table.json"
     if path.is_file():
         table = LatencyTable.load(path)
-        if table.fingerprint == scorer.structure.fingerprint and table.batch_size == cfg.latency.batch_size:
+        if table.fingerprint == structure.fingerprint and table.batch_size == cfg.latency.batch_size:
             return table
     log.info("building the per-layer latency table (batch %d)", cfg.latency.batch_size)
-    dense_cpu = copy.deepcopy(scorer.model).cpu()  # the scorer keeps its model on its own device
-    table = build_latency_table(dense_cpu, scorer.structure, cfg.latency.batch_size, threads=cfg.latency.threads)
+    table = build_latency_table(dense_cpu, structure, cfg.latency.batch_size, threads=cfg.latency.threads)
     table.save(path)
     return table
-
-
-def _measured_latency_ratio(cfg: SearchConfig, scorer: ProxyEvaluator, best: dict[str, Any]) -> float:
-    """Measured pruned/dense CPU latency of the best plan at the configured batch size (interleaved medians)."""
-    dense = copy.deepcopy(scorer.model).cpu().eval()
-    example = torch.zeros(1, *scorer.structure.input_shape)
-    calibration = [(x.cpu(), y.cpu()) for x, y in scorer.calibration] if scorer.calibration else None
-    pruned, _ = prune(dense, Plan.from_dict(best["plan"]), example, calibration=calibration)
-    shape = tuple(scorer.structure.input_shape)
-    bs = cfg.latency.batch_size
-    lat = compare_latency({"dense": dense, "pruned": pruned}, shape, (bs,), threads=cfg.latency.threads)
-    return round(lat["pruned"][bs] / lat["dense"][bs], 4)
 
 
 def _agent_optimizers(agent: Any) -> dict[str, torch.optim.Optimizer]:
@@ -155,7 +141,10 @@ def run_search(
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / "search.log", verbose=progress)
     write_resolved(cfg, run_dir)
-    table = _latency_table(cfg, scorer, run_dir) if isinstance(scorer, ProxyEvaluator) else None
+    table, dense_cpu = None, None
+    if isinstance(scorer, ProxyEvaluator) and (cfg.env.budget == "latency" or cfg.env.reward == "accuracy_latency"):
+        dense_cpu = copy.deepcopy(scorer.model).cpu().eval()  # the scorer keeps its model on its own device
+        table = _latency_table(cfg, scorer.structure, dense_cpu, run_dir)
     writer = SummaryWriter(str(run_dir / "tb" / (searcher or "agent"))) if searcher else None
     recorder = SearchRecorder(run_dir, writer)
     if hasattr(scorer, "remember"):
@@ -178,7 +167,6 @@ def run_search(
     )
     if table is not None and table.calibration is None and cfg.latency.calibration_plans > 0:
         log.info("calibrating the latency table on %d plans at the budget", cfg.latency.calibration_plans)
-        dense_cpu = copy.deepcopy(scorer.model).cpu().eval()
         table = calibrate_latency_budget(
             env, dense_cpu, cfg.latency.calibration_plans, seed=cfg.proxy.seed, threads=cfg.latency.threads
         )
@@ -233,7 +221,10 @@ def run_search(
     }
     if table is not None:
         # the search steered by the lookup table's predictions; the best plan's latency is also measured for real
-        summary["best"]["measured_latency_ratio"] = _measured_latency_ratio(cfg, scorer, best)
+        ratio = measured_latency_ratio(
+            dense_cpu, env.structure, Plan.from_dict(best["plan"]), cfg.latency.batch_size, threads=cfg.latency.threads
+        )
+        summary["best"]["measured_latency_ratio"] = round(ratio, 4)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     log.info(
         "best: accuracy %.2f%% at MACs ratio %.3f (episode %d) -> %s",

@@ -30,22 +30,21 @@ def _pretrain(tmp: Path, data: Path, name: str, model: str) -> Path:
     return tmp / "runs" / name / "model.json"
 
 
+def _search_config(tmp: Path, name: str, checkpoint: Path, **sections: object) -> Path:
+    """A search config for ``checkpoint`` with tiny proxy settings, written to ``tmp/<name>.yaml``."""
+    cfg = tmp / f"{name}.yaml"
+    body = {"name": name, "checkpoint": str(checkpoint), "output_dir": str(tmp / "runs")}
+    cfg.write_text(yaml.safe_dump({**body, "proxy": {"recal_batches": 2, "recal_batch_size": 8}, **sections}))
+    return cfg
+
+
 @pytest.fixture(scope="module")
 def trained(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("apply")
     ck20 = _pretrain(tmp, image_folder, "r20", "resnet20")
     ck32 = _pretrain(tmp, image_folder, "r32", "resnet32")
-    search = tmp / "search.yaml"
-    search.write_text(
-        yaml.safe_dump(
-            {
-                "name": "policy",
-                "checkpoint": str(ck20),
-                "output_dir": str(tmp / "runs"),
-                "proxy": {"recal_batches": 2, "recal_batch_size": 8},
-                "agent": {"episodes": 4, "hyperparams": {"n_steps": 24, "batch_size": 12}},
-            }
-        )
+    search = _search_config(
+        tmp, "policy", ck20, agent={"episodes": 4, "hyperparams": {"n_steps": 24, "batch_size": 12}}
     )
     assert main(["train", str(search), "--quiet"]) == 0
     return {"tmp": tmp, "ck20": ck20, "ck32": ck32, "policy": tmp / "runs" / "policy"}
@@ -239,18 +238,12 @@ def test_model_without_prunable_units(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_run_is_the_main_job_in_one_command(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     tmp = trained["tmp"]
-    cfg = tmp / "run.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "name": "main",
-                "checkpoint": str(trained["ck20"]),
-                "output_dir": str(tmp / "runs"),
-                "proxy": {"recal_batches": 2, "recal_batch_size": 8},
-                "agent": {"episodes": 3, "hyperparams": {"n_steps": 24, "batch_size": 12}},
-                "finetune": {"epochs": 1, "batch_size": 16},
-            }
-        )
+    cfg = _search_config(
+        tmp,
+        "main",
+        trained["ck20"],
+        agent={"episodes": 3, "hyperparams": {"n_steps": 24, "batch_size": 12}},
+        finetune={"epochs": 1, "batch_size": 16},
     )
     capsys.readouterr()
     assert main(["run", str(cfg), "--quiet"]) == 0
@@ -263,19 +256,14 @@ def test_run_is_the_main_job_in_one_command(trained: dict[str, Path], capsys: py
 
 def test_latency_budget_search_on_a_real_checkpoint(trained: dict[str, Path]) -> None:
     tmp = trained["tmp"]
-    cfg = tmp / "latency.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "name": "lat",
-                "checkpoint": str(trained["ck20"]),
-                "output_dir": str(tmp / "runs"),
-                "env": {"budget": "latency", "target": 0.8, "max_ratio": 0.9},
-                "proxy": {"recal_batches": 2, "recal_batch_size": 8, "finetune_steps": 2},
-                "latency": {"batch_size": 1, "threads": 1},
-                "agent": {"episodes": 3},
-            }
-        )
+    cfg = _search_config(
+        tmp,
+        "lat",
+        trained["ck20"],
+        env={"budget": "latency", "target": 0.8, "max_ratio": 0.9},
+        proxy={"recal_batches": 2, "recal_batch_size": 8, "finetune_steps": 2},
+        latency={"batch_size": 1, "threads": 1},
+        agent={"episodes": 3},
     )
     assert main(["search", str(cfg), "--searcher", "random", "--quiet"]) == 0
     run = tmp / "runs" / "lat-random"

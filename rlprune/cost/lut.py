@@ -224,6 +224,19 @@ def line_through_dense(
     return scale, dense_ms - scale * dense_sum
 
 
+def measured_latency_ratio(
+    model: nn.Module, structure: Structure, plan: Plan, batch_size: int, *, threads: int | None = None
+) -> float:
+    """Pruned/dense latency of ``plan`` on the CPU model ``model``, timed in interleaved rounds (medians).
+
+    Latency depends only on how many channels each unit keeps, so channels are picked by L1 norm whatever the
+    plan's criterion (no calibration data is needed for gradient-based ones).
+    """
+    pruned, _ = prune(model, plan, torch.zeros(1, *structure.input_shape), importance="l1")
+    lat = compare_latency({"dense": model, "pruned": pruned}, structure.input_shape, (batch_size,), threads=threads)
+    return lat["pruned"][batch_size] / lat["dense"][batch_size]
+
+
 def calibrate(
     table: LatencyTable,
     model: nn.Module,
@@ -240,13 +253,9 @@ def calibrate(
     """
     if not plans:
         return table
-    example = torch.zeros(1, *structure.input_shape)
-    bs = table.batch_size
     sums, measured, before = [], [], []
     for plan in plans:
-        pruned, _ = prune(model, plan, example, importance="l1")  # only the channel counts matter for latency
-        lat = compare_latency({"dense": model, "pruned": pruned}, structure.input_shape, (bs,), threads=threads)
-        measured.append(lat["pruned"][bs] / lat["dense"][bs])
+        measured.append(measured_latency_ratio(model, structure, plan, table.batch_size, threads=threads))
         sums.append(table.layer_sum(structure, plan.channels))
         before.append(table.predict(structure, plan.channels) / table.dense_ms)
     s_dense = table.layer_sum(structure, {})
