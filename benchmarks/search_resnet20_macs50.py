@@ -15,6 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
+from rlprune.checkpoint import read_meta
 from rlprune.config import SearchConfig, load_config
 from rlprune.results import environment, md_table, write_results
 from rlprune.search import run_search
@@ -41,6 +42,8 @@ def main() -> None:
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
     results: dict[str, list[dict]] = {}
+    base = load_config(CONFIG, SearchConfig)
+    dense = read_meta(ROOT / base.checkpoint)
     for label, algorithm, seeds in PLAN:
         if only and label not in only:
             continue
@@ -93,14 +96,27 @@ def main() -> None:
             "",
             verdict(table),
             "",
-            "Proxy: validation accuracy after 10 SGD steps and BN recalibration, the same 2,000 validation images for "
-            "every search (see experiments/resnet20_cifar10_macs50.yaml). "
+            f"Dense model: `{base.checkpoint}` ({dense['test_accuracy']:.2f}% test, {dense['val_accuracy']:.2f}% val, "
+            f"weights sha256 {str(dense.get('weights_sha256'))[:12]}). Proxy: validation accuracy after "
+            f"{base.proxy.finetune_steps} SGD steps and BN recalibration ({base.proxy.recal_batches} batches of "
+            f"{base.proxy.recal_batch_size}), the same {base.proxy.val_images:,} validation images for every search "
+            f"({base.proxy.importance} channel importance; see {CONFIG.relative_to(ROOT)}). "
             f"{env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}.",
             "",
             "Reproduce: `python benchmarks/search_resnet20_macs50.py`.",
         ]
     )
-    write_results(args.out, {"episodes": args.episodes, "searchers": table, "environment": env}, md)
+    write_results(
+        args.out,
+        {
+            "episodes": args.episodes,
+            "config": str(CONFIG.relative_to(ROOT)),
+            "dense": {k: dense.get(k) for k in ("test_accuracy", "val_accuracy", "weights_sha256", "epochs_done")},
+            "searchers": table,
+            "environment": env,
+        },
+        md,
+    )
     print(md)
 
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
-from rlprune.checkpoint import load_checkpoint, save_checkpoint
+from rlprune.checkpoint import load_checkpoint, load_weights, read_meta, save_checkpoint
 from rlprune.config import DataConfig, ModelConfig, PretrainConfig, write_resolved
 from rlprune.data import DataSplits, load_splits
+from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
 from rlprune.logs import setup_logging
 from rlprune.models import MODELS, build_model
@@ -66,6 +67,20 @@ def data_meta(cfg: DataConfig, splits: DataSplits) -> dict[str, Any]:
     }
 
 
+def warm_start(model: torch.nn.Module, path: str) -> dict[str, Any]:
+    """Load a checkpoint's weights into ``model`` (same architecture); returns what the new checkpoint records of it."""
+    source = read_meta(path)
+    if source.get("plan") is not None:
+        raise RLPruneError(f"init_from: {path} is a pruned checkpoint; warm starts take a dense one of the same model")
+    load_weights(model, path, source.get("weights_sha256"))
+    return {
+        "checkpoint": str(path),
+        "weights_sha256": source.get("weights_sha256"),
+        "epochs_done": source.get("epochs_done"),
+        "test_accuracy": source.get("test_accuracy"),
+    }
+
+
 def run_pretrain(cfg: PretrainConfig, resume: bool = True, progress: bool = True) -> dict[str, Any]:
     """Train, evaluate on the test split and save ``runs/<name>/model.{safetensors,json}``; returns the metadata."""
     if cfg.threads:
@@ -76,6 +91,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, progress: bool = True
     splits = load_data(cfg.data)
     kwargs = model_kwargs(cfg.model, splits)
     model = build_model(cfg.model.name, **kwargs)
+    start = warm_start(model, cfg.init_from) if cfg.init_from else None
     teacher = load_checkpoint(cfg.train.distill.teacher)[0] if cfg.train.distill.teacher else None
     run_dir = Path(cfg.output_dir) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -87,6 +103,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, progress: bool = True
         **data_meta(cfg.data, splits),
         "seed": cfg.seed,
     }
+    if start is not None:
+        meta["init_from"] = start
     log.info(
         "run %s: %s on %s (train %d, val %d, test %d), device %s, %d threads",
         cfg.name,

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from rlprune.cli import main
@@ -46,6 +47,30 @@ def test_pretrain_then_evaluate(image_folder: Path, tmp_path: Path, capsys: pyte
     assert out["accuracy"] == pytest.approx(meta["test_accuracy"], abs=0.01) and out["images"] == 18
     assert main(["evaluate", "--checkpoint", str(run / "model"), "--split", "val"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(meta["val_accuracy"], abs=0.01)
+
+
+def test_warm_start_from_checkpoint(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import load_file
+
+    assert main(["pretrain", str(_config(tmp_path, image_folder)), "--quiet"]) == 0
+    first = tmp_path / "runs" / "tiny" / "model"
+    # A near-zero learning rate keeps the weights where the warm start put them: they must be the first run's.
+    cfg = _config(tmp_path, image_folder, lr=1e-12, weight_decay=0.0)
+    args = ["--set", "name=second", "--set", f"init_from={first}", "--quiet"]
+    assert main(["pretrain", str(cfg), *args]) == 0
+    second = tmp_path / "runs" / "second"
+    meta = json.loads((second / "model.json").read_text())
+    source = json.loads(first.with_suffix(".json").read_text())
+    assert meta["init_from"]["weights_sha256"] == source["weights_sha256"]
+    before, after = load_file(first.with_suffix(".safetensors")), load_file(second / "model.safetensors")
+    assert torch.allclose(before["conv1.weight"], after["conv1.weight"], atol=1e-6)
+    # Weights of another width do not fit: a one-line error and no run directory.
+    capsys.readouterr()
+    code = main(
+        ["pretrain", str(cfg), "--set", "name=third", "--set", f"init_from={first}", "--set", "model.kwargs.width=8"]
+    )
+    _one_line_error(capsys, code, "do not fit the model")
+    assert not (tmp_path / "runs" / "third").exists()
 
 
 def test_misspelled_key(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
