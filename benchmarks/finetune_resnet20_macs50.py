@@ -2,9 +2,12 @@
 recipe (30 epochs, distillation from the dense model), test accuracy against the dense checkpoint, CPU latency.
 
     python benchmarks/finetune_resnet20_macs50.py [--epochs 30] \
-        [--plan random=runs/bench_search/random-s0/best_plan.json] [--plan ppo=runs/bench_search/ppo-s0/best_plan.json]
+        --plan ppo=benchmarks/results/search_resnet20_macs50_plans/ppo-s1.json \
+        --plan random=benchmarks/results/search_resnet20_macs50_plans/random-s2.json
 
-Uniform is computed here; the other plans come from searches (see search_resnet20_macs50.py). Each fine-tune is an
+Uniform is computed here; the other plans come from searches (search_resnet20_macs50.py keeps each search's best
+plan in benchmarks/results/search_resnet20_macs50_plans/; the command above takes the best of each searcher's three
+seeds). Each fine-tune is an
 ``rlprune finetune`` output folder under runs/bench_finetune/<label>/ (skipped if already complete).
 Writes benchmarks/results/finetune_resnet20_macs50.{json,md}.
 """
@@ -35,10 +38,13 @@ def main() -> None:
     args = ap.parse_args()
     dense, meta, structure = load_dense(args.checkpoint)
     splits = splits_from_meta(meta, None)
-    plans = {"uniform": uniform_plan(structure, args.target)}
-    for item in args.plan:
+    plans, plan_files = {}, {}
+    for item in args.plan:  # searched plans first: an interrupted run has them before the baseline
         label, _, path = item.partition("=")
         plans[label] = Plan.load(path)
+        plan_files[label] = path
+    plans["uniform"] = uniform_plan(structure, args.target)
+    plan_files["uniform"] = "uniform_plan (solved here for the target)"
     rows, reports = [], {}
     for label, plan in plans.items():
         out = Path(args.runs) / label
@@ -68,6 +74,10 @@ def main() -> None:
         )
     dense_test = next(iter(reports.values()))["dense"]["test"]
     env = environment()
+    reproduce = " ".join(
+        ["python benchmarks/finetune_resnet20_macs50.py", f"--epochs {args.epochs}"]
+        + [f"--plan {item}" for item in args.plan]
+    )
     md = "\n".join(
         [
             f"# Fine-tuned accuracy — ResNet-20, CIFAR-10 (JPEG copy), {args.target:.0%} MACs, {args.epochs} epochs "
@@ -89,7 +99,7 @@ def main() -> None:
             ),
             "",
             f"{env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}. "
-            "Reproduce: `python benchmarks/finetune_resnet20_macs50.py --plan ...` (see the script's docstring).",
+            f"Reproduce: `{reproduce}`.",
         ]
     )
     write_results(
@@ -98,6 +108,7 @@ def main() -> None:
             "epochs": args.epochs,
             "target": args.target,
             "dense_test_accuracy": dense_test,
+            "plans": plan_files,
             "reports": reports,
             "environment": env,
         },
