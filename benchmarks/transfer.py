@@ -2,9 +2,12 @@
 the same MACs — BN-recalibrated validation accuracy before fine-tuning and test accuracy after the same short
 fine-tune — and, optionally, against a fresh search on that model (quality and cost).
 
-    python benchmarks/transfer.py --policy runs/bench_search/ppo-s0 \
-        --target resnet32=zoo/resnet32_cifar10.json --target resnet56=zoo/resnet56_cifar10.json \
+    python benchmarks/transfer.py --policy runs/bench_search/ppo-s1 \
+        --target resnet32=zoo/resnet32_cifar10.json [--target resnet56=path/to/resnet56.json] \
         [--finetune-epochs 2] [--fresh-search-episodes 100]
+
+The policy is the one PPO seed 1 of search_resnet20_macs50.py learned on ResNet-20 (its run directory holds
+``policy.safetensors`` + ``policy.json``).
 
 Search cost: the policy's rollout (milliseconds) against the fresh search's wall time over all of its sessions.
 
@@ -90,12 +93,19 @@ def main() -> None:
                     name,
                     r["pruned"]["macs_ratio"],
                     proxy_acc,
+                    r["pruned"]["before_finetune"]["test"],
                     r["pruned"]["after_finetune"]["test"],
                     r["dense"]["test"],
                     round(costs[name], 2),
                 ]
             )
     env = environment()
+    reproduce = " ".join(
+        ["python benchmarks/transfer.py", f"--policy {args.policy}"]
+        + [f"--target {item}" for item in args.target]
+        + [f"--macs {args.macs}", f"--finetune-epochs {args.finetune_epochs}"]
+        + [f"--fresh-search-episodes {args.fresh_search_episodes}"]
+    )
     md = "\n".join(
         [
             f"# Transfer of a ResNet-20 policy — {args.macs:.0%} MACs, {args.finetune_epochs} fine-tune epoch(s)",
@@ -106,6 +116,7 @@ def main() -> None:
                     "plan",
                     "MACs ratio",
                     "val proxy acc (10 steps + BN-recal)",
+                    "test acc before FT (BN-recal)",
                     "test acc after FT",
                     "dense test acc",
                     "search seconds",
@@ -114,7 +125,7 @@ def main() -> None:
             ),
             "",
             f"Policy: {args.policy}. {env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit "
-            f"{env['commit']}. Reproduce: see the script's docstring.",
+            f"{env['commit']}. Reproduce: `{reproduce}`.",
         ]
     )
     write_results(args.out, {"policy": args.policy, "macs": args.macs, "results": results, "environment": env}, md)

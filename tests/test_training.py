@@ -91,3 +91,19 @@ def test_schedules() -> None:
     assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0) and cos(99) < 0.01
     one = lr_multiplier("onecycle", 100, 10)
     assert one(0) == pytest.approx(1 / 25 + (1 - 1 / 25) / 10) and one(100) == pytest.approx(1e-4)
+
+
+def test_distillation_leaves_the_teacher_prunable(image_folder: Path, tmp_path: Path) -> None:
+    """A dense model used as the teacher of one fine-tune must still be traceable for the next one (regression: the
+    engine froze its weights, torch-pruning then found no unit, and a second plan on the same model failed)."""
+    from rlprune.pruning.structure import analyze
+
+    splits = load_splits("imagefolder", image_folder, val_size=6)
+    teacher = _model()
+    units = len(analyze(teacher, torch.randn(1, 3, 32, 32)).units)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    recipe = _recipe(epochs=1, distill={"weight": 0.5, "temperature": 4.0})
+    fit(_model(), splits, recipe, tmp_path, meta=META, batch_size=8, progress=False, teacher=teacher)
+    assert all(p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert len(analyze(teacher, torch.randn(1, 3, 32, 32)).units) == units

@@ -68,7 +68,7 @@ def fit(
     none.
 
     :param meta: checkpoint metadata (model name, kwargs, classes, ...); training adds the recipe and metrics.
-    :param teacher: a frozen model whose logits are distilled when ``recipe.distill.weight > 0``.
+    :param teacher: a model (left unchanged) whose logits are distilled when ``recipe.distill.weight > 0``.
     """
     device = torch.device(device)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,9 +78,9 @@ def fit(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if teacher is not None:
+        # Its forward runs under no_grad; its requires_grad flags stay as they are, because the caller's model may be
+        # traced for pruning afterwards (torch-pruning follows autograd, and frozen weights leave nothing to follow).
         teacher.to(device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
 
     loader = BatchLoader(
         splits.train,
