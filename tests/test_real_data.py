@@ -15,6 +15,8 @@ from rlprune.pruning.budget import uniform_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo" / "resnet20_cifar10.json"
+# Every committed checkpoint: a sidecar beside its weights (the logs beside them are JSON too).
+CHECKPOINTS = sorted(p for p in (ROOT / "zoo").glob("*.json") if p.with_suffix(".safetensors").is_file())
 HAVE_DATA = any((d / "cifar10-jpeg.tar.gz").is_file() for d in default_data_dirs())
 pytestmark = pytest.mark.skipif(not (HAVE_DATA and ZOO.is_file()), reason="needs ../shared/data and zoo/")
 
@@ -24,9 +26,10 @@ def _shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RLPRUNE_CACHE", raising=False)  # decode the 60k images once per machine, not per test
 
 
-def test_zoo_checkpoint_reproduces_its_test_accuracy(capsys: pytest.CaptureFixture[str]) -> None:
-    meta = json.loads(ZOO.read_text())
-    assert main(["evaluate", "--checkpoint", str(ZOO)]) == 0
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS, ids=lambda p: p.stem)
+def test_zoo_checkpoint_reproduces_its_test_accuracy(checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    meta = json.loads(checkpoint.read_text())
+    assert main(["evaluate", "--checkpoint", str(checkpoint)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["images"] == 10_000
     assert out["accuracy"] == pytest.approx(meta["test_accuracy"], abs=0.1)
