@@ -7,7 +7,7 @@ fine-tune — and, optionally, against a fresh search on that model (quality and
         [--finetune-epochs 2] [--fresh-search-episodes 100]
 
 The policy is the one PPO seed 1 of search_resnet20_macs50.py learned on ResNet-20 (its run directory holds
-``policy.safetensors`` + ``policy.json``).
+``policy.safetensors`` + ``policy.json``; a copy is committed in benchmarks/results/policies/resnet20_macs50_ppo_s1/).
 
 Search cost: the policy's rollout (milliseconds) against the fresh search's wall time over all of its sessions.
 
