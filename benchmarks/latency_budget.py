@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rlprune.config import SearchConfig, load_config
 from rlprune.results import environment, md_table, write_results
-from rlprune.search import run_search
+from rlprune.search import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "resnet20_cifar10_latency50.yaml"
@@ -45,13 +45,8 @@ def main() -> None:
         ]
         cfg = load_config(CONFIG, SearchConfig, overrides)
         cfg = cfg.model_copy(update={"checkpoint": str(ROOT / cfg.checkpoint)})
-        run_dir = Path(args.runs) / name
-        summary_path = run_dir / "summary.json"
-        done = summary_path.is_file() and json.loads(summary_path.read_text())["episodes"] >= args.episodes
-        if not done:
-            run_search(cfg, resume=(run_dir / "episodes.jsonl").is_file())
-        summary = json.loads(summary_path.read_text())
-        table = json.loads((run_dir / "latency_table.json").read_text())
+        summary = complete_search(cfg)
+        table = json.loads((Path(args.runs) / name / "latency_table.json").read_text())
         runs[name] = {"calibration_plans": plans, "summary": summary, "calibration": table.get("calibration")}
         best = summary["best"]
         rows.append(

@@ -12,14 +12,13 @@ benchmarks/results/search_resnet20_macs50_plans/<searcher>-s<seed>.json (what th
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 from rlprune.checkpoint import read_meta
 from rlprune.config import SearchConfig, atomic_write_text, load_config
 from rlprune.results import environment, md_table, write_results
-from rlprune.search import run_search
+from rlprune.search import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "resnet20_cifar10_macs50.yaml"
@@ -57,14 +56,8 @@ def main() -> None:
                 overrides.append(f"agent.algorithm={algorithm}")
             cfg = load_config(CONFIG, SearchConfig, overrides)
             cfg = cfg.model_copy(update={"checkpoint": str(ROOT / cfg.checkpoint)})
-            run_dir = Path(args.runs) / name
-            summary_path = run_dir / "summary.json"
-            episodes_file = run_dir / "episodes.jsonl"
-            finished = summary_path.is_file() and json.loads(summary_path.read_text())["episodes"] >= args.episodes
-            if not finished:
-                run_search(cfg, searcher=None if algorithm else label, resume=episodes_file.is_file())
-            summary = json.loads(summary_path.read_text())
-            keep_plan(run_dir / "best_plan.json", Path(args.out).parent / PLANS.name / f"{name}.json")
+            summary = complete_search(cfg, searcher=None if algorithm else label)
+            keep_plan(Path(args.runs) / name / "best_plan.json", Path(args.out).parent / PLANS.name / f"{name}.json")
             results.setdefault(label, []).append({"seed": seed, **summary})
     rows, table = [], {}
     for label, runs in results.items():

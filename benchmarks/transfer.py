@@ -17,7 +17,6 @@ Writes benchmarks/results/transfer.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.pruning import Plan
 from rlprune.pruning.budget import uniform_plan
 from rlprune.results import environment, md_table, write_results
-from rlprune.search import run_search
+from rlprune.search import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "transfer"
@@ -66,11 +65,8 @@ def main() -> None:
                     f"env.target={args.macs}",
                 ],
             )
-            run_dir = Path(args.runs) / f"{label}-fresh"
-            if not (run_dir / "summary.json").is_file():
-                run_search(cfg, resume=(run_dir / "episodes.jsonl").is_file())
-            costs["fresh search"] = json.loads((run_dir / "summary.json").read_text()).get("wall_seconds", 0.0)
-            plans["fresh search"] = Plan.load(run_dir / "best_plan.json")
+            costs["fresh search"] = complete_search(cfg).get("wall_seconds", 0.0)
+            plans["fresh search"] = Plan.load(Path(args.runs) / f"{label}-fresh" / "best_plan.json")
         results[label] = {}
         for name, plan in plans.items():
             proxy_acc = proxy(plan).accuracy

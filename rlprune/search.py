@@ -107,6 +107,20 @@ def _prepare(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
                 )
 
 
+def complete_search(cfg: SearchConfig, *, searcher: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """The summary of the run ``cfg`` names, running or resuming it first unless it already has every episode.
+
+    Benchmarks call this so that running them again finishes an interrupted search and reuses a finished one.
+    """
+    run_dir = Path(cfg.output_dir) / cfg.name
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary["episodes"] >= cfg.agent.episodes:
+            return summary
+    return run_search(cfg, searcher=searcher, resume=(run_dir / "episodes.jsonl").is_file(), progress=progress)
+
+
 def run_search(
     cfg: SearchConfig,
     *,
