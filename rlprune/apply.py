@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlprune.agents.policy_io import load_policy
+from rlprune.agents.policy_io import LoadedPolicy, load_policy
 from rlprune.agents.recorder import ratio_plot_png
 from rlprune.checkpoint import load_checkpoint, save_checkpoint
 from rlprune.config import TrainConfig, atomic_write_text
@@ -31,6 +31,7 @@ from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
+from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.export import export_onnx
 from rlprune.pruning import Plan, Structure, analyze, prune
 from rlprune.pruning.importance import calibration_batches
@@ -83,6 +84,46 @@ def rollout_plan(
 
     :param importance: channel criterion recorded in the plan (default: the one the policy was trained with).
     """
+    env, policy = _policy_env(policy_path, model, structure, target, budget, latency_batch, threads, importance)
+    return env.rollout(policy.act, target)
+
+
+def policy_plans(
+    policy_path: str,
+    model: nn.Module,
+    structure: Structure,
+    *,
+    target: float,
+    samples: int,
+    seed: int = 0,
+    budget: str = "macs",
+    latency_batch: int = 1,
+    threads: int | None = None,
+    importance: str | None = None,
+) -> list[Plan]:
+    """The deterministic rollout followed by ``samples`` rollouts drawn from the policy's action distribution.
+
+    A policy learned on one network is a prior on another, not an answer: on a deeper model its mean can spend the
+    whole budget early (benchmarks/results/transfer.md). Sampled plans stay close to what it learned and give a
+    proxy something to choose from, at a few seconds per plan instead of a search.
+    """
+    env, policy = _policy_env(policy_path, model, structure, target, budget, latency_batch, threads, importance)
+    plans = [env.rollout(policy.act, target)]
+    act = policy.sampler(seed) if samples else policy.act
+    plans += [env.rollout(act, target) for _ in range(samples)]
+    return plans
+
+
+def _policy_env(
+    policy_path: str,
+    model: nn.Module,
+    structure: Structure,
+    target: float,
+    budget: str,
+    latency_batch: int,
+    threads: int | None,
+    importance: str | None,
+) -> tuple[LayerPruningEnv, LoadedPolicy]:
     policy = load_policy(policy_path)
     m = policy.meta
     importance = importance or m.get("importance", "l1")
@@ -106,7 +147,17 @@ def rollout_plan(
         latency_table=table,
     )
     calibrate_latency_budget(env, model, seed=0, threads=threads)  # a latency target is met as measured, on average
-    return env.rollout(policy.act, target)
+    return env, policy
+
+
+def pick_by_proxy(plans: list[Plan], proxy: ProxyEvaluator) -> tuple[int, list[dict[str, float]]]:
+    """Score every plan with the search's proxy (validation split only); returns the best index and all scores."""
+    scores = []
+    for plan in plans:
+        r = proxy(plan)
+        scores.append({"proxy_val_accuracy": round(r.accuracy, 2), "macs_ratio": round(r.macs_ratio, 4)})
+    best = max(range(len(plans)), key=lambda i: scores[i]["proxy_val_accuracy"])
+    return best, scores
 
 
 def finetune_plan(

@@ -6,6 +6,7 @@ Every user error ends in one line on stderr (``error: ...``) and exit status 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -14,12 +15,17 @@ from rlprune.errors import RLPruneError
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from rlprune.config import PretrainConfig, load_config
-    from rlprune.pretrain import run_pretrain
+    from rlprune.pretrain import publish, run_pretrain
 
     cfg = load_config(args.config, PretrainConfig, args.set)
     final = run_pretrain(cfg, resume=not args.restart, progress=not args.quiet)
-    print(json.dumps({"val_accuracy": final["val_accuracy"], "test_accuracy": final["test_accuracy"]}))
+    out = {"val_accuracy": final["val_accuracy"], "test_accuracy": final["test_accuracy"]}
+    if args.out:
+        out["published"] = str(publish(Path(cfg.output_dir) / cfg.name, args.out))
+    print(json.dumps(out))
     return 0
 
 
@@ -146,8 +152,10 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
     if out.exists() and any(out.iterdir()):
         raise RLPruneError(f"--out {out}: exists and is not empty")
     dense, meta, structure = load_dense(args.checkpoint, args.model)
-    plan, source = plan_fn(dense, meta, structure)  # type: ignore[operator]
-    splits = splits_from_meta(meta, args.data_root)
+    # Data is loaded once, and only after a plan_fn that does not need it has had its chance to reject bad input.
+    get_splits = functools.cache(lambda: splits_from_meta(meta, args.data_root))
+    plan, source = plan_fn(dense, meta, structure, get_splits)  # type: ignore[operator]
+    splits = get_splits()
     report = finetune_plan(
         dense,
         meta,
@@ -180,7 +188,10 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from rlprune.apply import rollout_plan
+    from rlprune.apply import pick_by_proxy, policy_plans
+    from rlprune.config import ProxyConfig
+    from rlprune.evaluation.proxy import ProxyEvaluator
+    from rlprune.seeding import resolve_device
 
     if (args.target_macs is None) == (args.target_latency is None):
         raise RLPruneError("give exactly one of --target-macs or --target-latency")
@@ -188,10 +199,28 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     target = args.target_macs if args.target_macs is not None else args.target_latency
     if not 0 < target <= 1:
         raise RLPruneError(f"--target-{budget}: expected a ratio in (0, 1], got {target}")
+    if args.samples < 0:
+        raise RLPruneError(f"--samples: expected >= 0, got {args.samples}")
 
-    def plan_fn(dense, meta, structure):
-        plan = rollout_plan(args.policy, dense, structure, target=target, budget=budget, threads=args.threads)
-        return plan, {"policy": args.policy, "checkpoint": args.checkpoint, "target": target, "budget": budget}
+    def plan_fn(dense, meta, structure, get_splits):
+        plans = policy_plans(
+            args.policy,
+            dense,
+            structure,
+            target=target,
+            samples=args.samples,
+            seed=args.seed,
+            budget=budget,
+            threads=args.threads,
+        )
+        source = {"policy": args.policy, "checkpoint": args.checkpoint, "target": target, "budget": budget}
+        if not args.samples:
+            return plans[0], source
+        cfg = ProxyConfig(importance=plans[0].importance)
+        proxy = ProxyEvaluator(dense, get_splits(), **cfg.model_dump(), device=resolve_device(args.device))
+        best, scores = pick_by_proxy(plans, proxy)
+        source |= {"samples": args.samples, "candidates": scores, "chosen": "deterministic" if best == 0 else best}
+        return plans[best], source
 
     return _finetune_common(args, plan_fn)
 
@@ -199,7 +228,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from rlprune.pruning import Plan
 
-    def plan_fn(dense, meta, structure):
+    def plan_fn(dense, meta, structure, get_splits):
         plan = Plan.load(args.plan, structure)  # a saved plan or a hand-written {"ratios": ...}
         plan.check(structure, args.plan)
         return plan, {"plan": args.plan, "checkpoint": args.checkpoint}
@@ -238,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = config_command("pretrain", "train a dense model from a YAML config", _cmd_pretrain, None)
     p.add_argument("--restart", action="store_true", help="ignore a saved state and start from epoch 0")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="PREFIX",
+        help="also copy the finished checkpoint, config, log and history to PREFIX.* (e.g. zoo/resnet20_cifar10)",
+    )
     config_command(
         "train",
         "learn a pruning policy with an RL agent (PPO by default)",
@@ -262,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", required=True, help="run directory or policy.json of a search")
     p.add_argument("--target-macs", type=float, default=None, help="pruned/dense MACs ratio")
     p.add_argument("--target-latency", type=float, default=None, help="pruned/dense batch-1 CPU latency ratio")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        help="also draw N plans from the policy's distribution (seeded by --seed) and keep the one the search's "
+        "proxy scores best on the validation split (a few seconds per plan); 0 = the deterministic rollout",
+    )
     _add_finetune_args(p)
     p.set_defaults(func=_cmd_apply)
 

@@ -36,6 +36,7 @@ class DataConfig(Strict):
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(500, ge=1)
     augment: bool = True
+    cutout: int = Field(0, ge=0)  # Cutout square side in pixels on training batches (0 = off; needs augment)
     limit_train: int | None = Field(None, ge=1)
     limit_test: int | None = Field(None, ge=1)
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from rlprune.checkpoint import load_checkpoint, load_weights, read_meta, save_checkpoint
-from rlprune.config import DataConfig, ModelConfig, PretrainConfig, write_resolved
+from rlprune.config import DataConfig, ModelConfig, PretrainConfig, atomic_write_text, write_resolved
 from rlprune.data import DataSplits, load_splits
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
@@ -125,6 +125,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, progress: bool = True
         batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
         augment=cfg.data.augment,
+        cutout=cfg.data.cutout,
         seed=cfg.seed,
         device=device,
         teacher=teacher,
@@ -151,3 +152,19 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, progress: bool = True
     path = save_checkpoint(run_dir / "model", model.cpu(), final)
     log.info("done: val %.2f%%, test %.2f%% -> %s", final["val_accuracy"], final["test_accuracy"], path)
     return final
+
+
+def publish(run_dir: Path, dest: str | Path) -> Path:
+    """Copy a finished run's checkpoint and its provenance to ``dest.*`` — the zoo layout (``zoo/resnet20_cifar10``):
+    ``.safetensors`` + ``.json`` (re-pointed at the new weights file, hash re-checked), ``.config.yaml`` (resolved
+    config), ``.train.log`` and ``.history.json``. Each file is written atomically; returns the sidecar path.
+    """
+    model, meta = load_checkpoint(run_dir / "model")  # verifies the weights' sha256 on the way
+    dest = Path(dest)
+    if dest.suffix in (".json", ".safetensors"):
+        dest = dest.with_suffix("")
+    for name in ("config.yaml", "train.log", "history.json"):
+        if (run_dir / name).is_file():
+            atomic_write_text(dest.parent / f"{dest.name}.{name}", (run_dir / name).read_text())
+    kept = {k: v for k, v in meta.items() if k not in ("format", "weights_file", "weights_sha256")}
+    return save_checkpoint(dest, model, kept)

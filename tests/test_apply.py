@@ -96,6 +96,35 @@ def test_apply_to_a_deeper_model_end_to_end(trained: dict[str, Path], capsys: py
         assert np.abs(session.run(None, {"input": x.numpy()})[0] - model.eval()(x).numpy()).max() < 1e-4
 
 
+def test_apply_samples_plans_and_keeps_the_best_by_proxy(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rlprune.apply import load_dense, policy_plans
+
+    dense, _, structure = load_dense(str(trained["ck32"]))
+    draw = {
+        seed: policy_plans(str(trained["policy"]), dense, structure, target=0.5, samples=3, seed=seed)
+        for seed in (0, 1)
+    }
+    assert [p.to_dict() for p in draw[0]] == [
+        p.to_dict() for p in policy_plans(str(trained["policy"]), dense, structure, target=0.5, samples=3, seed=0)
+    ]  # seeded
+    assert draw[0][0].to_dict() == draw[1][0].to_dict()  # the first is the deterministic rollout, whatever the seed
+    assert len({json.dumps(p.to_dict(), sort_keys=True) for p in draw[0] + draw[1]}) > 1  # draws differ
+    out = trained["tmp"] / "applied32_samples"
+    args = ["--checkpoint", str(trained["ck32"]), "--target-macs", "0.5", "--samples", "3", "--out", str(out)]
+    assert main(["apply", "--policy", str(trained["policy"]), *args, "--quiet", "--batch-size", "16"]) == 0
+    source = json.loads((out / "report.json").read_text())["source"]
+    scores = [c["proxy_val_accuracy"] for c in source["candidates"]]
+    assert len(scores) == 4 and source["samples"] == 3
+    chosen = 0 if source["chosen"] == "deterministic" else source["chosen"]
+    assert scores[chosen] == max(scores)
+    assert json.loads((out / "plan.json").read_text())["channels"] == draw[0][chosen].to_dict()["channels"]
+    capsys.readouterr()
+    assert main(["apply", "--policy", str(trained["policy"]), *args[:-1], str(out) + "x", "--samples", "-1"]) == 2
+    assert "--samples" in capsys.readouterr().err
+
+
 def test_finetune_a_saved_plan(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     out = trained["tmp"] / "ft20"
     plan = trained["policy"] / "best_plan.json"

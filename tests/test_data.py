@@ -10,6 +10,7 @@ from conftest import CLASSES, make_image_folder, make_tarball
 from PIL import Image
 
 from rlprune.data import BatchLoader, load_splits, random_crop_flip, stratified_split
+from rlprune.data.loader import cutout_mask
 from rlprune.errors import RLPruneError
 
 
@@ -145,6 +146,27 @@ def test_augmentation_keeps_content_and_is_seeded() -> None:
     flipped = torch.tensor([torch.equal(s, i.flip(2)) for s, i in zip(same, images, strict=True)])
     unchanged = torch.tensor([torch.equal(s, i) for s, i in zip(same, images, strict=True)])
     assert bool((flipped | unchanged).all()) and 0 < int(flipped.sum()) < 64
+
+
+def test_cutout_blanks_one_clipped_square_per_image() -> None:
+    mask = cutout_mask(256, 32, 32, 16, torch.Generator().manual_seed(0))
+    assert mask.shape == (256, 1, 32, 32) and mask.dtype == torch.bool
+    area = mask.flatten(1).sum(1)
+    assert int(area.max()) == 16 * 16 and 0 < int(area.min()) < 16 * 16  # centres near a border are clipped
+    rows, cols = mask[:, 0].any(2), mask[:, 0].any(1)
+    assert torch.equal(area, rows.sum(1) * cols.sum(1))  # one rectangle each, not scattered pixels
+    assert torch.equal(mask, cutout_mask(256, 32, 32, 16, torch.Generator().manual_seed(0)))
+
+
+def test_loader_cutout_sets_squares_to_the_channel_mean(image_folder: Path) -> None:
+    s = load_splits("imagefolder", image_folder, val_size=6)
+    plain = BatchLoader(s.train, 16, s.mean, s.std, shuffle=True, augment=True, seed=5)
+    cut = BatchLoader(s.train, 16, s.mean, s.std, shuffle=True, augment=True, cutout=8, seed=5)
+    (xp, yp), (xc, yc) = next(iter(plain)), next(iter(cut))
+    assert torch.equal(yp, yc)  # same order and crops: cutout draws after them
+    changed = (xp != xc).any(1)
+    assert bool(changed.flatten(1).any(1).all())
+    assert bool((xc.permute(0, 2, 3, 1)[changed] == 0).all())
 
 
 def test_loader_epochs_are_reproducible(image_folder: Path) -> None:

@@ -8,6 +8,7 @@ tensors are read.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,25 @@ class LoadedPolicy:
     def act(self, obs: np.ndarray) -> np.ndarray:
         action, _ = self.policy.predict(obs, deterministic=True)
         return np.asarray(action, dtype=np.float32).reshape(1)
+
+    def sampler(self, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+        """``act`` that draws from the policy's own Gaussian (mean, learned std), clipped to [-1, 1] as in training.
+
+        Draws come from ``numpy.random.default_rng(seed)``, so a seed fixes the sequence of plans.
+        """
+        if not hasattr(self.policy, "get_distribution"):
+            raise RLPruneError(
+                f"a {self.meta.get('algorithm')} policy is deterministic: sampling plans needs a stochastic one (ppo)"
+            )
+        rng = np.random.default_rng(seed)
+
+        @torch.no_grad()
+        def act(obs: np.ndarray) -> np.ndarray:
+            dist = self.policy.get_distribution(torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)).distribution
+            mean, std = float(dist.mean.reshape(-1)[0]), float(dist.stddev.reshape(-1)[0])
+            return np.clip(np.float32([mean + std * rng.standard_normal()]), -1.0, 1.0)
+
+        return act
 
 
 def load_policy(path: str | Path) -> LoadedPolicy:

@@ -30,6 +30,19 @@ def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Genera
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
+def cutout_mask(batch: int, height: int, width: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Boolean ``(batch, 1, height, width)`` mask of one ``size``-pixel square per image to blank out (Cutout,
+    DeVries & Taylor 2017): centres are uniform over the image, so squares near a border are clipped, as in the paper.
+    """
+    cy = torch.randint(0, height, (batch,), generator=generator)
+    cx = torch.randint(0, width, (batch,), generator=generator)
+    top, left = cy - size // 2, cx - size // 2
+    rows, cols = torch.arange(height), torch.arange(width)
+    in_rows = (rows[None, :] >= top[:, None]) & (rows[None, :] < top[:, None] + size)
+    in_cols = (cols[None, :] >= left[:, None]) & (cols[None, :] < left[:, None] + size)
+    return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+
+
 class Normalizer:
     """uint8 -> float, scaled to [0, 1] and standardized per channel; on the target device."""
 
@@ -54,6 +67,7 @@ class BatchLoader:
     :param std: per-channel standard deviation.
     :param shuffle: shuffle the order each epoch.
     :param augment: random crop (``padding`` pixels) + horizontal flip.
+    :param cutout: side of a square set to the channel mean (0 after normalization) in each augmented image; 0 = off.
     :param drop_last: drop a final short batch (keeps batch-norm statistics sane when training).
     :param seed: base seed of the per-epoch generator.
     :param device: where batches are placed.
@@ -70,6 +84,7 @@ class BatchLoader:
         shuffle: bool = False,
         augment: bool = False,
         padding: int = 4,
+        cutout: int = 0,
         drop_last: bool = False,
         seed: int = 0,
         device: torch.device | str = "cpu",
@@ -81,6 +96,7 @@ class BatchLoader:
         self.shuffle = shuffle
         self.augment = augment
         self.padding = padding
+        self.cutout = cutout
         self.drop_last = drop_last
         self.seed = seed
         self.device = torch.device(device)
@@ -104,6 +120,9 @@ class BatchLoader:
             if self.augment:
                 images = random_crop_flip(images, self.padding, generator)
             x = self.normalize(images.to(self.device, non_blocking=True))
+            if self.augment and self.cutout > 0:
+                mask = cutout_mask(len(idx), x.shape[2], x.shape[3], self.cutout, generator)
+                x = x.masked_fill(mask.to(self.device), 0.0)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.dataset.labels[idx].to(self.device, non_blocking=True)

@@ -53,6 +53,7 @@ def fit(
     batch_size: int = 128,
     eval_batch_size: int = 500,
     augment: bool = True,
+    cutout: int = 0,
     seed: int = 0,
     device: torch.device | str = "cpu",
     teacher: nn.Module | None = None,
@@ -68,6 +69,7 @@ def fit(
     none.
 
     :param meta: checkpoint metadata (model name, kwargs, classes, ...); training adds the recipe and metrics.
+    :param cutout: Cutout square side in pixels on top of crop + flip (0 = off).
     :param teacher: a model (left unchanged) whose logits are distilled when ``recipe.distill.weight > 0``.
     """
     device = torch.device(device)
@@ -89,6 +91,7 @@ def fit(
         splits.std,
         shuffle=True,
         augment=augment,
+        cutout=cutout,
         drop_last=True,
         seed=seed,
         device=device,
@@ -116,7 +119,10 @@ def fit(
     result = FitResult()
     start_epoch = 0
     state_path, last_path = run_dir / "state.pt", run_dir / "last"
-    run_key = json.dumps({"recipe": recipe.model_dump(mode="json"), "batch_size": batch_size, "seed": seed})
+    key: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "batch_size": batch_size, "seed": seed}
+    if cutout:  # only when on, so runs saved before the option existed still resume
+        key["cutout"] = cutout
+    run_key = json.dumps(key)
     if resume and state_path.is_file():
         state = load_state(state_path)
         if state.get("run", run_key) != run_key:
