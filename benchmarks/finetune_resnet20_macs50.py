@@ -21,7 +21,7 @@ from rlprune.apply import finetune_plan, load_dense
 from rlprune.data import splits_from_meta
 from rlprune.pruning import Plan
 from rlprune.pruning.budget import uniform_plan
-from rlprune.results import environment, md_table, write_results
+from rlprune.results import environment, md_table, reproduce_command, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "finetune_resnet20_macs50"
@@ -74,10 +74,7 @@ def main() -> None:
         )
     dense_test = next(iter(reports.values()))["dense"]["test"]
     env = environment()
-    reproduce = " ".join(
-        ["python benchmarks/finetune_resnet20_macs50.py", f"--epochs {args.epochs}"]
-        + [f"--plan {item}" for item in args.plan]
-    )
+    reproduce = reproduce_command("benchmarks/finetune_resnet20_macs50.py", args, ROOT)
     md = "\n".join(
         [
             f"# Fine-tuned accuracy — ResNet-20, CIFAR-10 (JPEG copy), {args.target:.0%} MACs, {args.epochs} epochs "

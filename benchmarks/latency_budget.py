@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from rlprune.config import SearchConfig, load_config
-from rlprune.results import environment, md_table, write_results
+from rlprune.results import environment, md_table, reproduce_command, write_results
 from rlprune.search import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,8 +87,7 @@ def main() -> None:
             ),
             "",
             f"Batch 1, {env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}. "
-            f"Reproduce: `python benchmarks/latency_budget.py --episodes {args.episodes} "
-            f"--calibration-plans {args.calibration_plans}`.",
+            f"Reproduce: `{reproduce_command('benchmarks/latency_budget.py', args, ROOT)}`.",
         ]
     )
     write_results(

@@ -22,9 +22,10 @@ from rlprune.cost.lut import build_latency_table
 from rlprune.models import build_model
 from rlprune.pruning import analyze, prune
 from rlprune.pruning.budget import macs_ratio, scale_to_budget, uniform_plan
-from rlprune.results import environment, md_table, write_results
+from rlprune.results import environment, md_table, reproduce_command, write_results
 
-OUT = Path(__file__).resolve().parent / "results" / "latency_vs_macs"
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "latency_vs_macs"
 
 
 def main() -> None:
@@ -99,7 +100,8 @@ def main() -> None:
         "",
         f"Lookup-table mean absolute error: {100 * err[1]:.1f}% (batch 1), {100 * err[64]:.1f}% (batch 64).",
         "",
-        "Reproduce: `python benchmarks/latency_vs_macs.py` (torch " + env["torch"] + f", commit {env['commit']}).",
+        f"Reproduce: `{reproduce_command('benchmarks/latency_vs_macs.py', args, ROOT)}` (torch {env['torch']}, "
+        f"commit {env['commit']}).",
     ]
     write_results(args.out, data, "\n".join(md))
     print("\n".join(md))

@@ -32,7 +32,7 @@ from rlprune.evaluation import evaluate
 from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.pruning import prune
 from rlprune.pruning.budget import macs_ratio, scale_to_budget
-from rlprune.results import environment, md_table, write_results
+from rlprune.results import environment, md_table, reproduce_command, write_results
 from rlprune.training.engine import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,7 +213,7 @@ def main() -> None:
         "",
         md_table(["plan", "MACs ratio", "raw acc", "recal acc", "steps + recal acc", "fine-tuned acc"], rows),
         "",
-        "Reproduce: `python benchmarks/proxy_fidelity.py`.",
+        f"Reproduce: `{reproduce_command('benchmarks/proxy_fidelity.py', args, ROOT)}`.",
     ]
     write_results(args.out, data, "\n".join(md))
     partial.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rlprune.checkpoint import read_meta
 from rlprune.config import SearchConfig, atomic_write_text, load_config
-from rlprune.results import environment, md_table, write_results
+from rlprune.results import environment, md_table, reproduce_command, write_results
 from rlprune.search import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def main() -> None:
             f"({base.proxy.importance} channel importance; see {CONFIG.relative_to(ROOT)}). "
             f"{env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}.",
             "",
-            "Reproduce: `python benchmarks/search_resnet20_macs50.py`.",
+            f"Reproduce: `{reproduce_command('benchmarks/search_resnet20_macs50.py', args, ROOT)}`.",
         ]
     )
     write_results(

@@ -4,12 +4,16 @@ fine-tune — and, optionally, against a fresh search on that model (quality and
 
     python benchmarks/transfer.py --policy runs/bench_search/ppo-s1 \
         --target resnet32=zoo/resnet32_cifar10.json [--target resnet56=path/to/resnet56.json] \
-        [--finetune-epochs 2] [--fresh-search-episodes 100]
+        [--finetune-epochs 2] [--fresh-search-episodes 100] [--samples 10]
 
 The policy is the one PPO seed 1 of search_resnet20_macs50.py learned on ResNet-20 (its run directory holds
 ``policy.safetensors`` + ``policy.json``; a copy is committed in benchmarks/results/policies/resnet20_macs50_ppo_s1/).
 
-Search cost: the policy's rollout (milliseconds) against the fresh search's wall time over all of its sessions.
+"policy + N samples" is ``rlprune apply --samples N``: the deterministic rollout and N plans drawn from the policy,
+the one the search's default proxy scores best on the validation split is kept.
+
+Search cost: the policy's rollout (milliseconds), the sampled plans' drawing and scoring, and the fresh search's wall
+time over all of its sessions.
 
 Writes benchmarks/results/transfer.{json,md}.
 """
@@ -20,13 +24,13 @@ import argparse
 import time
 from pathlib import Path
 
-from rlprune.apply import finetune_plan, load_dense, rollout_plan
+from rlprune.apply import finetune_plan, load_dense, rollout_plan, sampled_policy_plan
 from rlprune.config import SearchConfig, load_config
 from rlprune.data import splits_from_meta
 from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.pruning import Plan
 from rlprune.pruning.budget import uniform_plan
-from rlprune.results import environment, md_table, write_results
+from rlprune.results import environment, md_table, reproduce_command, write_results
 from rlprune.search import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +44,7 @@ def main() -> None:
     ap.add_argument("--macs", type=float, default=0.5)
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--fresh-search-episodes", type=int, default=100, help="0 skips the fresh search")
+    ap.add_argument("--samples", type=int, default=10, help="rlprune apply --samples N row; 0 skips it")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench_transfer"))
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
@@ -53,6 +58,13 @@ def main() -> None:
         plans: dict[str, Plan] = {"policy": rollout_plan(args.policy, dense, structure, target=args.macs)}
         costs = {"policy": time.perf_counter() - started, "uniform": 0.0}
         plans["uniform"] = uniform_plan(structure, args.macs)
+        if args.samples:
+            name = f"policy + {args.samples} samples"
+            started = time.perf_counter()
+            plans[name], _ = sampled_policy_plan(
+                args.policy, dense, structure, splits, target=args.macs, samples=args.samples
+            )
+            costs[name] = time.perf_counter() - started
         if args.fresh_search_episodes:
             cfg = load_config(
                 ROOT / "experiments" / "resnet20_cifar10_macs50.yaml",
@@ -70,7 +82,7 @@ def main() -> None:
         results[label] = {}
         for name, plan in plans.items():
             proxy_acc = proxy(plan).accuracy
-            out = Path(args.runs) / label / name.replace(" ", "_")
+            out = Path(args.runs) / label / name.replace(" + ", "_").replace(" ", "_")
             r = finetune_plan(
                 dense,
                 meta,
@@ -96,12 +108,7 @@ def main() -> None:
                 ]
             )
     env = environment()
-    reproduce = " ".join(
-        ["python benchmarks/transfer.py", f"--policy {args.policy}"]
-        + [f"--target {item}" for item in args.target]
-        + [f"--macs {args.macs}", f"--finetune-epochs {args.finetune_epochs}"]
-        + [f"--fresh-search-episodes {args.fresh_search_episodes}"]
-    )
+    reproduce = reproduce_command("benchmarks/transfer.py", args, ROOT)
     md = "\n".join(
         [
             f"# Transfer of a ResNet-20 policy — {args.macs:.0%} MACs, {args.finetune_epochs} fine-tune epoch(s)",

@@ -21,7 +21,7 @@ from torch import nn
 from rlprune.agents.policy_io import LoadedPolicy, load_policy
 from rlprune.agents.recorder import ratio_plot_png
 from rlprune.checkpoint import load_checkpoint, save_checkpoint
-from rlprune.config import TrainConfig, atomic_write_text
+from rlprune.config import ProxyConfig, TrainConfig, atomic_write_text
 from rlprune.cost.latency import compare_latency
 from rlprune.cost.lut import build_latency_table
 from rlprune.cost.macs import count_macs, count_params
@@ -158,6 +158,32 @@ def pick_by_proxy(plans: list[Plan], proxy: ProxyEvaluator) -> tuple[int, list[d
         scores.append({"proxy_val_accuracy": round(r.accuracy, 2), "macs_ratio": round(r.macs_ratio, 4)})
     best = max(range(len(plans)), key=lambda i: scores[i]["proxy_val_accuracy"])
     return best, scores
+
+
+def sampled_policy_plan(
+    policy_path: str,
+    model: nn.Module,
+    structure: Structure,
+    splits: DataSplits,
+    *,
+    target: float,
+    samples: int,
+    seed: int = 0,
+    budget: str = "macs",
+    threads: int | None = None,
+    device: str = "cpu",
+) -> tuple[Plan, dict[str, Any]]:
+    """The best of the deterministic rollout and ``samples`` drawn plans, scored by the search's default proxy
+    (:class:`~rlprune.config.ProxyConfig`) on ``splits.val``; returns it with a record of every candidate's score.
+    """
+    plans = policy_plans(
+        policy_path, model, structure, target=target, samples=samples, seed=seed, budget=budget, threads=threads
+    )
+    cfg = ProxyConfig(importance=plans[0].importance)
+    best, scores = pick_by_proxy(
+        plans, ProxyEvaluator(model, splits, **cfg.model_dump(), device=resolve_device(device))
+    )
+    return plans[best], {"samples": samples, "candidates": scores, "chosen": "deterministic" if best == 0 else best}
 
 
 def finetune_plan(

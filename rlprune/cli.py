@@ -188,10 +188,7 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from rlprune.apply import pick_by_proxy, policy_plans
-    from rlprune.config import ProxyConfig
-    from rlprune.evaluation.proxy import ProxyEvaluator
-    from rlprune.seeding import resolve_device
+    from rlprune.apply import rollout_plan, sampled_policy_plan
 
     if (args.target_macs is None) == (args.target_latency is None):
         raise RLPruneError("give exactly one of --target-macs or --target-latency")
@@ -203,24 +200,23 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         raise RLPruneError(f"--samples: expected >= 0, got {args.samples}")
 
     def plan_fn(dense, meta, structure, get_splits):
-        plans = policy_plans(
+        source = {"policy": args.policy, "checkpoint": args.checkpoint, "target": target, "budget": budget}
+        if not args.samples:
+            plan = rollout_plan(args.policy, dense, structure, target=target, budget=budget, threads=args.threads)
+            return plan, source
+        plan, picked = sampled_policy_plan(
             args.policy,
             dense,
             structure,
+            get_splits(),
             target=target,
             samples=args.samples,
             seed=args.seed,
             budget=budget,
             threads=args.threads,
+            device=args.device,
         )
-        source = {"policy": args.policy, "checkpoint": args.checkpoint, "target": target, "budget": budget}
-        if not args.samples:
-            return plans[0], source
-        cfg = ProxyConfig(importance=plans[0].importance)
-        proxy = ProxyEvaluator(dense, get_splits(), **cfg.model_dump(), device=resolve_device(args.device))
-        best, scores = pick_by_proxy(plans, proxy)
-        source |= {"samples": args.samples, "candidates": scores, "chosen": "deterministic" if best == 0 else best}
-        return plans[best], source
+        return plan, source | picked
 
     return _finetune_common(args, plan_fn)
 

@@ -3,10 +3,13 @@ atomically, with the environment they were measured in."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,3 +61,28 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def reproduce_command(script: str, args: argparse.Namespace, root: Path, skip: Iterable[str] = ("out", "runs")) -> str:
+    """The command line that reruns a benchmark with every option spelled out (defaults included, so the line still
+    means the same after a default changes); paths under ``root`` are written relative to it.
+
+    :param skip: destinations left out — where results go, not what is measured.
+    """
+    prefix = str(root.resolve()) + os.sep
+
+    def word(value: object) -> str:
+        return shlex.quote(str(value).replace(prefix, ""))  # also inside LABEL=PATH values
+
+    parts = [f"python {script}"]
+    for dest, value in vars(args).items():
+        flag = "--" + dest.replace("_", "-")
+        if dest in skip or value is None or value is False:
+            continue
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts += [f"{flag} {word(v)}" for v in value]
+        else:
+            parts.append(f"{flag} {word(value)}")
+    return " ".join(parts)
