@@ -33,7 +33,8 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
         p = p.with_suffix("")
     if p.is_dir():
         p = p / "model"
-    return p.with_suffix(".safetensors"), p.with_suffix(".json")
+    # Appended, not with_suffix: in ``zoo/resnet20_cifar10.stage1`` the ``.stage1`` is part of the name.
+    return p.parent / f"{p.name}.safetensors", p.parent / f"{p.name}.json"
 
 
 def _sha256(path: Path) -> str:

@@ -35,7 +35,7 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], code: int, *needles: str
 
 
 def test_pretrain_then_evaluate(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    zoo = tmp_path / "zoo" / "tiny_folder"
+    zoo = tmp_path / "zoo" / "tiny_folder.v2"  # a dot inside the name must survive
     args = ["--set", "train.epochs=2", "--quiet", "--out", str(zoo)]
     assert main(["pretrain", str(_config(tmp_path, image_folder)), *args]) == 0
     run = tmp_path / "runs" / "tiny"
@@ -45,10 +45,10 @@ def test_pretrain_then_evaluate(image_folder: Path, tmp_path: Path, capsys: pyte
         assert published.is_file(), published  # --out: the zoo layout, e.g. zoo/tiny_folder.config.yaml
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
     meta = json.loads((run / "model.json").read_text())
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["published"] == str(zoo.with_suffix(".json"))
-    assert json.loads(zoo.with_suffix(".json").read_text())["weights_file"] == "tiny_folder.safetensors"
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["published"] == f"{zoo}.json"
+    assert json.loads(Path(f"{zoo}.json").read_text())["weights_file"] == "tiny_folder.v2.safetensors"
     # The published copy is what gets evaluated: it must load (hash re-pointed) and give the recorded accuracy.
-    assert main(["evaluate", "--checkpoint", str(zoo.with_suffix(".json"))]) == 0
+    assert main(["evaluate", "--checkpoint", f"{zoo}.json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["accuracy"] == pytest.approx(meta["test_accuracy"], abs=0.01) and out["images"] == 18
     assert main(["evaluate", "--checkpoint", str(run / "model"), "--split", "val"]) == 0

@@ -1,0 +1,87 @@
+"""The main job's cost: wall time and peak memory of ``rlprune run CONFIG`` from scratch, and what it produced.
+
+    python benchmarks/main_job.py [--config experiments/quickstart.yaml]
+
+Runs the command in a subprocess with a fresh output directory (so nothing is reused from an earlier run), reads the
+peak resident memory of that process tree from ``getrusage(RUSAGE_CHILDREN)`` and the numbers from the run's
+``report.json``. The README's "at most 10 minutes on 2 cores" claim for the main job is checked against this file.
+
+Writes benchmarks/results/main_job.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rlprune.results import environment, md_table, reproduce_command, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "main_job"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="experiments/quickstart.yaml")
+    ap.add_argument("--limit-minutes", type=float, default=10.0, help="the budget the README promises")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rlprune-main-job-") as tmp:
+        command = ["rlprune", "run", args.config, "--set", f"output_dir={tmp}", "--quiet"]
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            sys.exit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+        # stdout: the summary JSON line, then the report's markdown
+        summary = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
+        report = json.loads(Path(summary["report"]).with_suffix(".json").read_text())
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KiB
+    pruned, dense = report["pruned"], report["dense"]
+    row = [
+        args.config,
+        round(wall / 60, 2),
+        round(peak_mb),
+        summary["best_val_proxy_accuracy"],
+        round(pruned["macs_ratio"], 4),
+        round(pruned["after_finetune"]["test"], 2),
+        round(dense["test"], 2),
+    ]
+    env = environment()
+    reproduce = reproduce_command("benchmarks/main_job.py", args, ROOT)
+    verdict = "within" if wall / 60 <= args.limit_minutes else "OVER"
+    md = "\n".join(
+        [
+            "# The main job, end to end (`rlprune run`)",
+            "",
+            md_table(
+                [
+                    "config",
+                    "wall minutes",
+                    "peak RSS MB",
+                    "best val proxy acc",
+                    "MACs ratio",
+                    "test acc after FT",
+                    "dense test acc",
+                ],
+                [row],
+            ),
+            "",
+            f"{verdict} the {args.limit_minutes:g}-minute budget. Search, fine-tune, ONNX export and report, from an "
+            f"empty output directory (the decoded-data cache warm). {env['threads']} threads, {env['cpu']}, torch "
+            f"{env['torch']}, commit {env['commit']}. Reproduce: `{reproduce}`.",
+        ]
+    )
+    data = {"config": args.config, "wall_seconds": wall, "peak_rss_mb": peak_mb, "summary": summary, "report": report}
+    write_results(args.out, {**data, "environment": env}, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
