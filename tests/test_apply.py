@@ -305,3 +305,12 @@ def test_latency_budget_search_on_a_real_checkpoint(trained: dict[str, Path]) ->
     assert best["latency_ratio"] <= 0.8 + 1e-6  # the lookup table's prediction meets the budget
     assert 0 < best["measured_latency_ratio"] < 1.5  # and the real latency of the best plan is reported beside it
     assert summary["wall_seconds"] > 0 and summary["episodes"] == 3
+
+
+def test_sampling_plans_needs_a_stochastic_policy() -> None:
+    from rlprune.agents.policy_io import LoadedPolicy
+    from rlprune.errors import RLPruneError
+
+    deterministic = LoadedPolicy(torch.nn.Linear(18, 1), {"algorithm": "ddpg"})  # no action distribution
+    with pytest.raises(RLPruneError, match="ddpg policy is deterministic"):
+        deterministic.sampler(0)
