@@ -38,7 +38,8 @@ def main() -> None:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - started
         if done.returncode != 0:
-            sys.exit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+            last = (done.stderr.strip().splitlines() or [""])[-1]
+            sys.exit(f"{' '.join(command)} failed ({done.returncode}): {last}")
         # stdout: the summary JSON line, then the report's markdown
         summary = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
         report = json.loads(Path(summary["report"]).with_suffix(".json").read_text())

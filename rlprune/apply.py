@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlprune.agents.policy_io import LoadedPolicy, load_policy
+from rlprune.agents.policy_io import load_policy
 from rlprune.agents.recorder import ratio_plot_png
 from rlprune.checkpoint import load_checkpoint, save_checkpoint
 from rlprune.config import ProxyConfig, TrainConfig, atomic_write_text
@@ -84,8 +84,17 @@ def rollout_plan(
 
     :param importance: channel criterion recorded in the plan (default: the one the policy was trained with).
     """
-    env, policy = _policy_env(policy_path, model, structure, target, budget, latency_batch, threads, importance)
-    return env.rollout(policy.act, target)
+    return policy_plans(
+        policy_path,
+        model,
+        structure,
+        target=target,
+        samples=0,
+        budget=budget,
+        latency_batch=latency_batch,
+        threads=threads,
+        importance=importance,
+    )[0]
 
 
 def policy_plans(
@@ -107,23 +116,6 @@ def policy_plans(
     whole budget early (benchmarks/results/transfer.md). Sampled plans stay close to what it learned and give a
     proxy something to choose from, at a few seconds per plan instead of a search.
     """
-    env, policy = _policy_env(policy_path, model, structure, target, budget, latency_batch, threads, importance)
-    plans = [env.rollout(policy.act, target)]
-    act = policy.sampler(seed) if samples else policy.act
-    plans += [env.rollout(act, target) for _ in range(samples)]
-    return plans
-
-
-def _policy_env(
-    policy_path: str,
-    model: nn.Module,
-    structure: Structure,
-    target: float,
-    budget: str,
-    latency_batch: int,
-    threads: int | None,
-    importance: str | None,
-) -> tuple[LayerPruningEnv, LoadedPolicy]:
     policy = load_policy(policy_path)
     m = policy.meta
     importance = importance or m.get("importance", "l1")
@@ -147,7 +139,11 @@ def _policy_env(
         latency_table=table,
     )
     calibrate_latency_budget(env, model, seed=0, threads=threads)  # a latency target is met as measured, on average
-    return env, policy
+    plans = [env.rollout(policy.act, target)]
+    if samples:
+        sample = policy.sampler(seed)
+        plans += [env.rollout(sample, target) for _ in range(samples)]
+    return plans
 
 
 def pick_by_proxy(plans: list[Plan], proxy: ProxyEvaluator) -> tuple[int, list[dict[str, float]]]:

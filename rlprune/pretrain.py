@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from rlprune.checkpoint import load_checkpoint, load_weights, read_meta, save_checkpoint
+from rlprune.checkpoint import checkpoint_paths, load_checkpoint, load_weights, read_meta, save_checkpoint
 from rlprune.config import DataConfig, ModelConfig, PretrainConfig, atomic_write_text, write_resolved
 from rlprune.data import DataSplits, load_splits
 from rlprune.errors import RLPruneError
@@ -160,11 +160,10 @@ def publish(run_dir: Path, dest: str | Path) -> Path:
     config), ``.train.log`` and ``.history.json``. Each file is written atomically; returns the sidecar path.
     """
     model, meta = load_checkpoint(run_dir / "model")  # verifies the weights' sha256 on the way
-    dest = Path(dest)
-    if dest.suffix in (".json", ".safetensors"):
-        dest = dest.with_suffix("")
+    sidecar = checkpoint_paths(dest)[1]  # the checkpoint's own rules for ``x``, ``x.json``, ``x.safetensors``
+    stem = sidecar.name.removesuffix(".json")
     for name in ("config.yaml", "train.log", "history.json"):
         if (run_dir / name).is_file():
-            atomic_write_text(dest.parent / f"{dest.name}.{name}", (run_dir / name).read_text())
+            atomic_write_text(sidecar.parent / f"{stem}.{name}", (run_dir / name).read_text())
     kept = {k: v for k, v in meta.items() if k not in ("format", "weights_file", "weights_sha256")}
-    return save_checkpoint(dest, model, kept)
+    return save_checkpoint(sidecar, model, kept)
