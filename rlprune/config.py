@@ -56,6 +56,18 @@ class DistillConfig(Strict):
     weight: float = Field(0.5, ge=0, le=1)
 
 
+class SWAConfig(Strict):
+    """Stochastic weight averaging (Izmailov et al., 2018) over the last ``epochs`` epochs of a run.
+
+    The schedule decays to ``lr`` by the start of those epochs and holds it there; the weights at the end of each are
+    averaged and the batch-norm statistics re-estimated for the average. The average sits nearer the centre of a wide
+    optimum than any single iterate, which generalizes better for the price of a few extra epochs.
+    """
+
+    epochs: int = Field(0, ge=0)
+    lr: float = Field(0.01, gt=0)
+
+
 class TrainConfig(Strict):
     """The training recipe shared by pretraining and fine-tuning."""
 
@@ -70,12 +82,16 @@ class TrainConfig(Strict):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    swa: SWAConfig = Field(default_factory=SWAConfig)
     eval_every: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
-        if self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
+        if self.warmup_epochs + self.swa.epochs > self.epochs:
+            what = "warmup_epochs + swa.epochs" if self.swa.epochs else "warmup_epochs"
+            raise ValueError(f"{what} ({self.warmup_epochs + self.swa.epochs:g}) exceeds epochs ({self.epochs})")
+        if self.swa.epochs and self.swa.lr > self.lr:
+            raise ValueError(f"swa.lr ({self.swa.lr}) exceeds the peak lr ({self.lr})")
         return self
 
 

@@ -42,6 +42,8 @@ def test_overrides_are_typed_and_validated(tmp_path: Path) -> None:
         ({"train": {}}, "missing required key 'name'"),
         ({"name": "x", "train": {"schedule": "step"}}, "train.schedule"),
         ({"name": "x", "train": {"epochs": 2, "warmup_epochs": 5}}, "warmup_epochs"),
+        ({"name": "x", "train": {"epochs": 4, "swa": {"epochs": 4}}}, r"warmup_epochs \+ swa.epochs \(5\)"),
+        ({"name": "x", "train": {"lr": 0.1, "swa": {"epochs": 1, "lr": 0.2}}}, "swa.lr"),
     ],
 )
 def test_config_errors_are_one_line(tmp_path: Path, data: dict, match: str) -> None:

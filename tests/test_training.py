@@ -12,6 +12,7 @@ from rlprune.models import build_model
 from rlprune.training.engine import fit
 from rlprune.training.losses import distillation_loss
 from rlprune.training.schedule import lr_multiplier
+from rlprune.training.swa import WeightAverage
 
 META = {"model": "resnet20", "model_kwargs": {"num_classes": 3, "width": 4}}
 
@@ -91,6 +92,51 @@ def test_schedules() -> None:
     assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0) and cos(99) < 0.01
     one = lr_multiplier("onecycle", 100, 10)
     assert one(0) == pytest.approx(1 / 25 + (1 - 1 / 25) / 10) and one(100) == pytest.approx(1e-4)
+    held = lr_multiplier("cosine", 100, 10, floor=0.2)  # SWA: decay to the floor, then hold it
+    assert held(9) == pytest.approx(1.0) and held(55) == pytest.approx(0.6) and held(100) == held(250) == 0.2
+
+
+def test_weight_average_is_the_mean_of_the_iterates() -> None:
+    model = torch.nn.Linear(3, 2)
+    snapshots = []
+    average = WeightAverage()
+    for i in range(3):
+        with torch.no_grad():
+            model.weight.fill_(float(i))
+            model.bias.fill_(2.0 * i)
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        average.update(model)
+    restored = WeightAverage()
+    restored.load_state_dict(average.state_dict())
+    restored.copy_to(model)
+    assert torch.allclose(model.weight, torch.ones(2, 3)) and torch.allclose(model.bias, torch.full((2,), 2.0))
+    with pytest.raises(ValueError, match="no weights"):
+        WeightAverage().copy_to(model)
+
+
+def test_swa_averages_the_last_epochs_and_resumes(image_folder: Path, tmp_path: Path) -> None:
+    splits = load_splits("imagefolder", image_folder, val_size=6)
+    recipe = _recipe(epochs=4, swa={"epochs": 2, "lr": 0.02})
+    straight = _model()
+    result = fit(straight, splits, recipe, tmp_path / "a", meta=META, batch_size=8, progress=False)
+    last = result.history[-1]
+    assert [h.get("swa_models") for h in result.history] == [None, None, 1, 2]
+    assert {"sgd_val_accuracy", "val_accuracy"} <= set(last) and last["lr"] == pytest.approx(0.02)
+    assert result.history[1]["lr"] == pytest.approx(0.02)  # the decay ends where averaging starts
+
+    class Crash(Exception):
+        pass
+
+    def crash(epoch: int, _: dict) -> None:
+        if epoch == 3:  # one model already folded into the average: it must survive the restart
+            raise Crash
+
+    with pytest.raises(Crash):
+        fit(_model(), splits, recipe, tmp_path / "b", meta=META, batch_size=8, progress=False, on_epoch_end=crash)
+    resumed = _model()
+    fit(resumed, splits, recipe, tmp_path / "b", meta=META, batch_size=8, progress=False)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
 
 
 def test_distillation_leaves_the_teacher_prunable(image_folder: Path, tmp_path: Path) -> None:
