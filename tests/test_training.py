@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlprune.checkpoint import load_state, save_state
 from rlprune.config import TrainConfig
 from rlprune.data import load_splits
 from rlprune.errors import RLPruneError
@@ -94,6 +95,7 @@ def test_schedules() -> None:
     assert one(0) == pytest.approx(1 / 25 + (1 - 1 / 25) / 10) and one(100) == pytest.approx(1e-4)
     held = lr_multiplier("cosine", 100, 10, floor=0.2)  # SWA: decay to the floor, then hold it
     assert held(9) == pytest.approx(1.0) and held(55) == pytest.approx(0.6) and held(100) == held(250) == 0.2
+    assert lr_multiplier("cosine", 10, 10, floor=0.2)(10) == 0.2  # no decay left: straight to the floor
 
 
 def test_weight_average_is_the_mean_of_the_iterates() -> None:
@@ -135,8 +137,23 @@ def test_swa_averages_the_last_epochs_and_resumes(image_folder: Path, tmp_path: 
         fit(_model(), splits, recipe, tmp_path / "b", meta=META, batch_size=8, progress=False, on_epoch_end=crash)
     resumed = _model()
     fit(resumed, splits, recipe, tmp_path / "b", meta=META, batch_size=8, progress=False)
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
-        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+    finished = _model()  # a finished run, "resumed", hands back the average, not the last iterate
+    fit(finished, splits, recipe, tmp_path / "a", meta=META, batch_size=8, progress=False)
+    for other in (resumed, finished):
+        for (name, a), b in zip(straight.state_dict().items(), other.state_dict().values(), strict=True):
+            assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_resume_refuses_weights_from_another_epoch(image_folder: Path, tmp_path: Path) -> None:
+    """A state saved without its weights (older runs) must match ``last``; a kill between the saves is reported."""
+    splits = load_splits("imagefolder", image_folder, val_size=6)
+    fit(_model(), splits, _recipe(epochs=2), tmp_path, meta=META, batch_size=8, progress=False)
+    state = load_state(tmp_path / "state.pt")
+    del state["model"]
+    state["epoch"] = 1
+    save_state(tmp_path / "state.pt", state)
+    with pytest.raises(RLPruneError, match="last.json is from epoch 2 but state.pt from epoch 1"):
+        fit(_model(), splits, _recipe(epochs=2), tmp_path, meta=META, batch_size=8, progress=False)
 
 
 def test_distillation_leaves_the_teacher_prunable(image_folder: Path, tmp_path: Path) -> None:

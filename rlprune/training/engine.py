@@ -145,7 +145,16 @@ def fit(
                 f"{run_dir}: holds a saved run with another recipe ({diff}); resume it with the same settings, "
                 "or use another name / --restart"
             )
-        load_weights(model, last_path, read_meta(last_path).get("weights_sha256"))
+        if "model" in state:  # the weights this state was saved with: no gap between two files to fall into
+            model.load_state_dict(state["model"])
+        else:  # runs saved before the state held the weights: ``last`` must belong to the same epoch
+            last_meta = read_meta(last_path)
+            if last_meta.get("epochs_done") != state["epoch"]:
+                raise RLPruneError(
+                    f"{run_dir}: last.json is from epoch {last_meta.get('epochs_done')} but state.pt from epoch "
+                    f"{state['epoch']} (killed between the two saves); rerun with --restart"
+                )
+            load_weights(model, last_path, last_meta.get("weights_sha256"))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state:
@@ -218,6 +227,7 @@ def fit(
                 average.copy_to(model)
                 with autocast(device, dtype):
                     recalibrate_bn(model, (x for x, _ in loader))
+                record["epoch_seconds"] = time.perf_counter() - epoch_start  # the averaging is part of the epoch
             if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
                 val = evaluate(model, splits.val, splits.mean, splits.std, batch_size=eval_batch_size, device=device)
                 record.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
@@ -237,6 +247,7 @@ def fit(
                 state_path,
                 {
                     "epoch": epoch + 1,
+                    "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),

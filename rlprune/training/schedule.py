@@ -20,6 +20,8 @@ def lr_multiplier(kind: str, total_steps: int, warmup_steps: int, floor: float =
     def factor(step: int) -> float:
         if warmup_steps > 0 and step < warmup_steps:
             return start + (1 - start) * (step + 1) / warmup_steps
+        if step >= total_steps:  # also when nothing is left to decay over (SWA right after warm-up)
+            return end
         span = max(1, total_steps - warmup_steps)
         progress = min(1.0, (step - warmup_steps) / span)
         return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress))
