@@ -49,9 +49,12 @@ class ModelConfig(Strict):
 
 
 class DistillConfig(Strict):
-    """Knowledge distillation from a teacher checkpoint: loss = (1-w)·CE + w·T²·KL(student/T ‖ teacher/T)."""
+    """Knowledge distillation from a teacher checkpoint: loss = (1-w)·CE + w·T²·KL(student/T ‖ teacher/T).
 
-    teacher: str | None = None
+    ``teacher`` may list several checkpoints: their logits are averaged (an ensemble teacher).
+    """
+
+    teacher: str | list[str] | None = None
     temperature: float = Field(4.0, gt=0)
     weight: float = Field(0.5, ge=0, le=1)
 

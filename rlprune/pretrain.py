@@ -18,6 +18,7 @@ from rlprune.logs import setup_logging
 from rlprune.models import MODELS, build_model
 from rlprune.seeding import resolve_device, seed_everything
 from rlprune.training.engine import fit
+from rlprune.training.teachers import load_teacher
 
 log = logging.getLogger("rlprune.pretrain")
 
@@ -92,7 +93,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, progress: bool = True
     kwargs = model_kwargs(cfg.model, splits)
     model = build_model(cfg.model.name, **kwargs)
     start = warm_start(model, cfg.init_from) if cfg.init_from else None
-    teacher = load_checkpoint(cfg.train.distill.teacher)[0] if cfg.train.distill.teacher else None
+    distill = cfg.train.distill
+    teacher = load_teacher(distill.teacher, splits.classes, splits.mean, splits.std) if distill.teacher else None
     run_dir = Path(cfg.output_dir) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / "train.log")

@@ -170,3 +170,26 @@ def test_distillation_leaves_the_teacher_prunable(image_folder: Path, tmp_path: 
     assert all(p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert len(analyze(teacher, torch.randn(1, 3, 32, 32)).units) == units
+
+
+def test_ensemble_teacher_averages_logits_and_checks_classes(tmp_path: Path) -> None:
+    from rlprune.checkpoint import save_checkpoint
+    from rlprune.training.teachers import LogitEnsemble, load_teacher
+
+    mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    paths = []
+    for i in range(2):
+        torch.manual_seed(i)
+        meta = {**META, "classes": ["a", "b", "c"], "mean": mean, "std": std}
+        paths.append(str(save_checkpoint(tmp_path / f"t{i}", build_model("resnet20", num_classes=3, width=4), meta)))
+    x = torch.randn(2, 3, 32, 32)
+    single = load_teacher(paths[0], ["a", "b", "c"], mean, std).eval()
+    pair = load_teacher(paths, ["a", "b", "c"], mean, std).eval()
+    assert isinstance(pair, LogitEnsemble) and not isinstance(single, LogitEnsemble)
+    with torch.no_grad():
+        other = load_teacher(paths[1], ["a", "b", "c"], mean, std).eval()(x)
+        assert torch.allclose(pair(x), (single(x) + other) / 2, atol=1e-6)
+    with pytest.raises(RLPruneError, match=r"t1\.json predicts classes \['a', 'b', 'c'\], not \['a', 'c', 'b'\]"):
+        load_teacher(paths[1], ["a", "c", "b"], mean, std)
+    with pytest.raises(RLPruneError, match="expects input std"):
+        load_teacher(paths, ["a", "b", "c"], mean, [0.2, 0.2, 0.2])
