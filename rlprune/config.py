@@ -58,6 +58,15 @@ class DistillConfig(Strict):
     temperature: float = Field(4.0, gt=0)
     weight: float = Field(0.5, ge=0, le=1)
 
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_named(cls, value: str | list[str] | None) -> str | list[str] | None:
+        # an empty list or path would silently mean "no teacher": say so instead
+        paths = [value] if isinstance(value, str) else value
+        if paths is not None and (not paths or not all(paths)):
+            raise ValueError("expected a checkpoint path or a non-empty list of them (null: no teacher)")
+        return value
+
 
 class SWAConfig(Strict):
     """Stochastic weight averaging (Izmailov et al., 2018) over the last ``epochs`` epochs of a run.

@@ -44,6 +44,8 @@ def test_overrides_are_typed_and_validated(tmp_path: Path) -> None:
         ({"name": "x", "train": {"epochs": 2, "warmup_epochs": 5}}, "warmup_epochs"),
         ({"name": "x", "train": {"epochs": 4, "swa": {"epochs": 4}}}, r"warmup_epochs \+ swa.epochs \(5\)"),
         ({"name": "x", "train": {"lr": 0.1, "swa": {"epochs": 1, "lr": 0.2}}}, "swa.lr"),
+        ({"name": "x", "train": {"distill": {"teacher": []}}}, "train.distill.teacher"),
+        ({"name": "x", "train": {"distill": {"teacher": ["zoo/a", ""]}}}, "non-empty list"),
     ],
 )
 def test_config_errors_are_one_line(tmp_path: Path, data: dict, match: str) -> None:

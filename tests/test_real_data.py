@@ -15,8 +15,19 @@ from rlprune.pruning.budget import uniform_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo" / "resnet20_cifar10.json"
-# Every committed checkpoint: a sidecar beside its weights (the logs beside them are JSON too).
-CHECKPOINTS = sorted(p for p in (ROOT / "zoo").glob("*.json") if p.with_suffix(".safetensors").is_file())
+
+
+def _distinct_checkpoints(folder: Path) -> list[Path]:
+    """Every committed checkpoint (a sidecar beside its weights; the logs beside them are JSON too), one per weights
+    file: the zoo model is also kept under its run's own name, and one evaluation covers both."""
+    by_weights: dict[str, Path] = {}
+    for sidecar in sorted(folder.glob("*.json")):
+        if sidecar.with_suffix(".safetensors").is_file():
+            by_weights.setdefault(json.loads(sidecar.read_text())["weights_sha256"], sidecar)
+    return sorted(by_weights.values())
+
+
+CHECKPOINTS = _distinct_checkpoints(ROOT / "zoo")
 HAVE_DATA = any((d / "cifar10-jpeg.tar.gz").is_file() for d in default_data_dirs())
 pytestmark = pytest.mark.skipif(not (HAVE_DATA and ZOO.is_file()), reason="needs ../shared/data and zoo/")
 

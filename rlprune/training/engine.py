@@ -76,6 +76,8 @@ def fit(
     :param teacher: a model (left unchanged) whose logits are distilled when ``recipe.distill.weight > 0``.
     """
     device = torch.device(device)
+    if device.type == "cuda":  # fixed input shapes: let cuDNN pick the fastest kernels once
+        torch.backends.cudnn.benchmark = True
     run_dir.mkdir(parents=True, exist_ok=True)
     dtype = autocast_dtype(recipe.amp, device)
     channels_last = (dtype is not None) if recipe.channels_last == "auto" else bool(recipe.channels_last)
