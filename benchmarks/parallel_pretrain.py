@@ -32,8 +32,10 @@ from rlprune.pretrain import load_data  # noqa: E402
 from rlprune.results import environment, md_table, reproduce_command, write_results  # noqa: E402
 
 
-def _command(config: str, out: Path, name: str, threads: int, sets: list[str]) -> list[str]:
+def _command(config: str, out: Path, name: str, threads: int, sets: list[str], restart: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "rlprune", "pretrain", config, "--quiet", "--set", f"name={name}"]
+    if restart:
+        cmd.append("--restart")
     for item in [f"output_dir={out}", f"threads={threads}", *sets]:
         cmd += ["--set", item]
     return cmd
@@ -68,6 +70,41 @@ def _seconds_per_epoch(run_dir: Path) -> float:
     return statistics.median(times)
 
 
+def _calibrate(
+    cfgs: dict[str, PretrainConfig], args: argparse.Namespace, out: Path, threads: int, deadline: float
+) -> dict[str, dict]:
+    """Time a few epochs of every config at once, then give each the most epochs that fit before ``deadline``."""
+    calib = {
+        f"{c.name}_calib": _command(
+            p,
+            out / "calib",
+            f"{c.name}_calib",
+            threads,
+            [*args.set, f"train.epochs={args.calib_epochs}", "train.swa.epochs=0", "train.warmup_epochs=0"],
+            restart=True,  # a fresh timing, never a finished run resumed
+        )
+        for p, c in cfgs.items()
+    }
+    t0 = time.monotonic()
+    codes = _run_all(calib, deadline, out / "logs")
+    calib_wall = time.monotonic() - t0
+    if any(code != 0 for code in codes.values()):
+        raise SystemExit(f"calibration failed: {codes} (logs in {out / 'logs'})")
+    left = deadline - time.monotonic()
+    plan: dict[str, dict] = {}
+    for path, cfg in cfgs.items():
+        per_epoch = _seconds_per_epoch(out / "calib" / f"{cfg.name}_calib")
+        overhead = max(0.0, calib_wall - per_epoch * args.calib_epochs)  # start-up, teacher load, final evaluation
+        fit = int((left - overhead - per_epoch) / (per_epoch * args.safety))  # one epoch more: SWA's BN pass
+        epochs = min(args.max_epochs, fit - fit % 5)
+        if epochs < args.min_epochs:
+            raise SystemExit(f"{path}: only {epochs} epochs fit in the budget ({per_epoch:.1f} s/epoch)")
+        train = cfg.train
+        swa = max(1, round(train.swa.epochs * epochs / train.epochs)) if train.swa.epochs else 0
+        plan[cfg.name] = {"config": path, "seconds_per_epoch": round(per_epoch, 2), "epochs": epochs, "swa_epochs": swa}
+    return plan
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", required=True, help="pretraining YAML (repeatable)")
@@ -80,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--safety", type=float, default=1.25, help="factor on the calibrated seconds per epoch")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: cores / runs)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE applied to every run")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the runs of <results>.json with its epochs (no calibration)"
+    )
     args = parser.parse_args(argv)
     start = time.monotonic()
     deadline = start + args.budget
@@ -94,37 +134,29 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in cfgs.values():  # decode + cache the data once, before N processes race for the cache
         load_data(cfg.data)
 
-    calib = {
-        f"{c.name}_calib": _command(
-            p,
-            out / "calib",
-            f"{c.name}_calib",
+    if args.resume:  # the same epochs as before, or the saved runs would refuse to resume (another recipe)
+        if not results.with_suffix(".json").is_file():
+            raise SystemExit(f"--resume: {results.with_suffix('.json')} does not exist (run without --resume first)")
+        saved = json.loads(results.with_suffix(".json").read_text())["runs"]
+        plan = {r["name"]: {k: r[k] for k in ("config", "seconds_per_epoch", "epochs", "swa_epochs")} for r in saved}
+        if sorted(plan) != sorted(names):
+            raise SystemExit(f"--resume: {results.with_suffix('.json')} holds runs {sorted(plan)}, not {sorted(names)}")
+    else:
+        plan = _calibrate(cfgs, args, out, threads, deadline)
+        # the plan goes on disk before training, so that a killed sweep can be continued with --resume
+        partial = {"runs": [{"name": name, **info} for name, info in plan.items()]}
+        write_results(results, partial, "(training: see the JSON file for the plan)")
+    jobs = {
+        name: _command(
+            info["config"],
+            out,
+            name,
             threads,
-            [*args.set, f"train.epochs={args.calib_epochs}", "train.swa.epochs=0", "train.warmup_epochs=0"],
+            [*args.set, f"train.epochs={info['epochs']}", f"train.swa.epochs={info['swa_epochs']}"],
+            restart=not args.resume,
         )
-        for p, c in cfgs.items()
+        for name, info in plan.items()
     }
-    t0 = time.monotonic()
-    codes = _run_all(calib, deadline, out / "logs")
-    calib_wall = time.monotonic() - t0
-    if any(code != 0 for code in codes.values()):
-        raise SystemExit(f"calibration failed: {codes} (logs in {out / 'logs'})")
-
-    left = deadline - time.monotonic()
-    plan: dict[str, dict] = {}
-    jobs: dict[str, list[str]] = {}
-    for path, cfg in cfgs.items():
-        per_epoch = _seconds_per_epoch(out / "calib" / f"{cfg.name}_calib")
-        overhead = calib_wall - per_epoch * args.calib_epochs  # start-up, teacher load, final evaluation
-        fit = int((left - overhead - per_epoch) / (per_epoch * args.safety))  # one epoch more: SWA's BN pass
-        epochs = min(args.max_epochs, fit - fit % 5)
-        if epochs < args.min_epochs:
-            raise SystemExit(f"{path}: only {epochs} epochs fit in the budget ({per_epoch:.1f} s/epoch)")
-        train = cfg.train
-        swa = round(train.swa.epochs * epochs / train.epochs) if train.swa.epochs else 0
-        sets = [*args.set, f"train.epochs={epochs}", f"train.swa.epochs={swa}"]
-        plan[cfg.name] = {"config": path, "seconds_per_epoch": round(per_epoch, 2), "epochs": epochs, "swa_epochs": swa}
-        jobs[cfg.name] = _command(path, out, cfg.name, threads, sets)
     codes = _run_all(jobs, deadline, out / "logs")
 
     rows = []
@@ -161,11 +193,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     env = environment()
     where = env["cuda"] or env["cpu"]
+    shared = "".join(f" --set {item}" for item in args.set)
+    each = "\n".join(
+        f"- `rlprune pretrain {r['config']}{shared} --set train.epochs={r['epochs']} "
+        f"--set train.swa.epochs={r['swa_epochs']}`"
+        for r in rows
+    )
     markdown = (
         f"# {len(rows)} candidates trained side by side in {args.budget:g} s\n\n{table}\n\n"
         f"Epochs fitted to the budget from a {args.calib_epochs}-epoch calibration run; chosen by validation accuracy "
-        f"(the 5k hold-out), test reported only. {where}, torch {env['torch']}, {threads} threads per run, commit "
-        f"{env['commit']}. Reproduce: `{reproduce_command('benchmarks/parallel_pretrain.py', args, REPO, ())}`."
+        f"(the hold-out from train), test reported only. {where}, torch {env['torch']}, {threads} threads per run, "
+        f"commit {env['commit']}. Reproduce: `{reproduce_command('benchmarks/parallel_pretrain.py', args, REPO, ())}` "
+        f"(its epochs depend on the machine); each run alone, with the epochs it got:\n\n{each}"
     )
     write_results(results, {**report, "environment": env}, markdown)
     print(markdown)

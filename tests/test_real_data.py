@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlprune.cli import main
-from rlprune.data import default_data_dirs
+from rlprune.data import default_data_dirs, file_sha256
 from rlprune.evaluation.proxy import proxy_from_checkpoint
 from rlprune.pruning.budget import uniform_plan
 
@@ -17,17 +17,19 @@ ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo" / "resnet20_cifar10.json"
 
 
-def _distinct_checkpoints(folder: Path) -> list[Path]:
-    """Every committed checkpoint (a sidecar beside its weights; the logs beside them are JSON too), one per weights
-    file: the zoo model is also kept under its run's own name, and one evaluation covers both."""
-    by_weights: dict[str, Path] = {}
+def _checkpoints_by_weights(folder: Path) -> dict[str, list[Path]]:
+    """Every committed checkpoint (a sidecar beside its weights; the logs beside them are JSON too), grouped by the
+    sha256 of the weights file itself: the zoo model is also kept under its run's own name."""
+    groups: dict[str, list[Path]] = {}
     for sidecar in sorted(folder.glob("*.json")):
-        if sidecar.with_suffix(".safetensors").is_file():
-            by_weights.setdefault(json.loads(sidecar.read_text())["weights_sha256"], sidecar)
-    return sorted(by_weights.values())
+        weights = sidecar.with_suffix(".safetensors")
+        if weights.is_file():
+            groups.setdefault(file_sha256(weights), []).append(sidecar)
+    return groups
 
 
-CHECKPOINTS = _distinct_checkpoints(ROOT / "zoo")
+GROUPS = _checkpoints_by_weights(ROOT / "zoo")
+CHECKPOINTS = [paths[0] for paths in GROUPS.values()]  # one evaluation per weights file
 HAVE_DATA = any((d / "cifar10-jpeg.tar.gz").is_file() for d in default_data_dirs())
 pytestmark = pytest.mark.skipif(not (HAVE_DATA and ZOO.is_file()), reason="needs ../shared/data and zoo/")
 
@@ -45,6 +47,12 @@ def test_zoo_checkpoint_reproduces_its_test_accuracy(checkpoint: Path, capsys: p
     assert out["images"] == 10_000
     assert out["accuracy"] == pytest.approx(meta["test_accuracy"], abs=0.1)
     assert meta["val_accuracy"] > 80 and meta["dataset"]["val_size"] == 5000
+
+
+def test_copies_of_one_checkpoint_record_the_same_accuracy() -> None:
+    for paths in GROUPS.values():
+        recorded = {(m["val_accuracy"], m["test_accuracy"]) for m in (json.loads(p.read_text()) for p in paths)}
+        assert len(recorded) == 1, paths
 
 
 def test_bn_recalibration_recovers_accuracy_on_real_data() -> None:

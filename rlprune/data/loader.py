@@ -17,6 +17,15 @@ import torch.nn.functional as F
 from rlprune.data.dataset import ArrayDataset
 
 
+def _host_draws_to(device: torch.device, *draws: torch.Tensor) -> list[torch.Tensor]:
+    """Move random draws made on the host to ``device`` in one copy (pinned and asynchronous on CUDA, so preparing
+    the next batch does not wait for the GPU to finish the current step)."""
+    stacked = torch.stack([d.long() for d in draws])
+    if device.type == "cuda":
+        stacked = stacked.pin_memory().to(device, non_blocking=True)
+    return list(stacked.to(device).unbind(0))
+
+
 def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Random crop after zero padding, then random horizontal flip, for a whole uint8 batch at once.
 
@@ -24,16 +33,18 @@ def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Genera
     """
     b, c, h, w = images.shape
     dev = images.device
+    span = 2 * padding + 1
+    offsets = [torch.randint(0, span, (b,), generator=generator) for _ in range(2)] if padding > 0 else []
+    *offsets, flip = _host_draws_to(dev, *offsets, torch.rand(b, generator=generator) < 0.5)
     if padding > 0:
+        oy, ox = offsets
         padded = F.pad(images, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
-        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
         rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
         batch = torch.arange(b, device=dev)[:, None, None, None]
         chans = torch.arange(c, device=dev)[None, :, None, None]
         images = padded[batch, chans, rows, cols]
-    flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
+    flip = flip.bool()
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
@@ -44,8 +55,12 @@ def cutout_mask(
     DeVries & Taylor 2017): centres are uniform over the image, so squares near a border are clipped, as in the paper.
     The centres come from ``generator`` (CPU); the mask is built on ``device``.
     """
-    cy = torch.randint(0, height, (batch,), generator=generator).to(device)
-    cx = torch.randint(0, width, (batch,), generator=generator).to(device)
+    device = torch.device(device)
+    cy, cx = _host_draws_to(
+        device,
+        torch.randint(0, height, (batch,), generator=generator),
+        torch.randint(0, width, (batch,), generator=generator),
+    )
     top, left = cy - size // 2, cx - size // 2
     rows, cols = torch.arange(height, device=device), torch.arange(width, device=device)
     in_rows = (rows[None, :] >= top[:, None]) & (rows[None, :] < top[:, None] + size)
@@ -121,10 +136,13 @@ class BatchLoader:
         if self._on_device is not None:
             return self._on_device
         images, labels = self.dataset.images, self.dataset.labels
-        if self.device.type == "cuda" and images.nbytes < torch.cuda.mem_get_info(self.device)[0] // 4:
-            self._on_device = (images.to(self.device), labels.to(self.device))
-            return self._on_device
-        return images, labels
+        if self.device.type != "cuda":
+            return images, labels
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        if images.nbytes >= torch.cuda.mem_get_info(index)[0] // 4:
+            return images, labels
+        self._on_device = (images.to(self.device), labels.to(self.device))
+        return self._on_device
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -76,7 +76,8 @@ def fit(
     :param teacher: a model (left unchanged) whose logits are distilled when ``recipe.distill.weight > 0``.
     """
     device = torch.device(device)
-    if device.type == "cuda":  # fixed input shapes: let cuDNN pick the fastest kernels once
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    if device.type == "cuda":  # fixed input shapes: let cuDNN pick the fastest kernels once (restored at the end)
         torch.backends.cudnn.benchmark = True
     run_dir.mkdir(parents=True, exist_ok=True)
     dtype = autocast_dtype(recipe.amp, device)
@@ -265,6 +266,7 @@ def fit(
                 on_epoch_end(epoch + 1, record)
     finally:
         writer.close()
+        torch.backends.cudnn.benchmark = cudnn_benchmark
     model.to(memory_format=torch.contiguous_format)
     result.seconds = time.perf_counter() - started
     result.val = evaluate(model, splits.val, splits.mean, splits.std, batch_size=eval_batch_size, device=device)
