@@ -21,6 +21,7 @@ import torch
 from rlprune.config import DataConfig, TrainConfig
 from rlprune.data import DataSplits
 from rlprune.models import build_model
+from rlprune.precision import autocast_dtype, use_channels_last
 from rlprune.pretrain import load_data
 from rlprune.results import environment, md_table, reproduce_command, write_results
 from rlprune.seeding import resolve_device, seed_everything
@@ -30,10 +31,18 @@ from rlprune.training.teachers import LogitEnsemble
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "train_throughput"
 TRAIN_IMAGES = 45_000  # one epoch of the default split
+COLUMNS = ["model", "batch_size", "teachers", "autocast", "channels_last", "images_per_s", "seconds_per_epoch"]
 
 
 def measure(
-    name: str, batch: int, splits: DataSplits, images: int, epochs: int, teachers: int, device: torch.device
+    name: str,
+    batch: int,
+    splits: DataSplits,
+    images: int,
+    epochs: int,
+    teachers: int,
+    device: torch.device,
+    channels_last: str = "auto",
 ) -> dict:
     """Seconds of the last of ``epochs`` epochs on ``images`` training images, scaled to a full epoch."""
     seed_everything(0)
@@ -48,7 +57,12 @@ def measure(
             for _ in range(teachers)
         ]
         teacher = LogitEnsemble(members) if teachers > 1 else members[0]
-    recipe = TrainConfig(epochs=epochs, warmup_epochs=0, distill={"weight": 0.7 if teachers else 0.0})
+    recipe = TrainConfig(
+        epochs=epochs,
+        warmup_epochs=0,
+        distill={"weight": 0.7 if teachers else 0.0},
+        channels_last=channels_last if channels_last == "auto" else channels_last == "on",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         result = fit(
             model,
@@ -65,7 +79,10 @@ def measure(
         )
     seconds = result.history[-1]["epoch_seconds"]
     per_epoch = seconds * TRAIN_IMAGES / images
+    dtype = autocast_dtype(recipe.amp, device)
     return {
+        "channels_last": use_channels_last(recipe.channels_last, device, dtype),
+        "autocast": str(dtype).removeprefix("torch.") if dtype else "fp32",
         "model": name,
         "batch_size": batch,
         "teachers": teachers,
@@ -82,30 +99,33 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10240, help="training images per timed epoch")
     ap.add_argument("--epochs", type=int, default=2, help="epochs per point; the last is timed")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--channels-last", action="append", choices=["auto", "on", "off"], help="repeatable (auto)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     args.model = args.model or ["resnet20"]
     args.batch_size = args.batch_size or [128]
     args.teachers = args.teachers or [0]
+    args.channels_last = args.channels_last or ["auto"]
     device = resolve_device(args.device)
     splits = load_data(DataConfig())
     rows = [
-        measure(m, b, splits, args.images, args.epochs, k, device)
+        measure(m, b, splits, args.images, args.epochs, k, device, cl)
         for m in args.model
         for b in args.batch_size
         for k in args.teachers
+        for cl in args.channels_last
     ]
     env = environment()
     table = md_table(
-        ["model", "batch", "teachers", "images/s", "s per 45k-image epoch"],
-        [[r["model"], r["batch_size"], r["teachers"], r["images_per_s"], r["seconds_per_epoch"]] for r in rows],
+        ["model", "batch", "teachers", "precision", "channels-last", "images/s", "s per 45k-image epoch"],
+        [[r[k] for k in COLUMNS] for r in rows],
     )
     where = env["cuda"] or f"{env['cpu']}, {env['threads']} threads"
     command = reproduce_command("benchmarks/train_throughput.py", args, ROOT)
     markdown = (
         f"# Training throughput through the engine\n\n{table}\n\nOne process on {where}, torch {env['torch']}, "
         f"commit {env['commit']}; the last of {args.epochs} epochs on {args.images} images, Cutout on, the engine's "
-        f"AMP and channels-last choices.\nReproduce: `{command}`."
+        f"AMP choice.\nReproduce: `{command}`."
     )
     write_results(args.out, {"rows": rows, "environment": env}, markdown)
     print(markdown)

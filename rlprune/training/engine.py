@@ -27,7 +27,7 @@ from rlprune.data import BatchLoader, DataSplits
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
-from rlprune.precision import autocast, autocast_dtype
+from rlprune.precision import autocast, autocast_dtype, use_channels_last
 from rlprune.training.losses import distillation_loss
 from rlprune.training.schedule import lr_multiplier
 from rlprune.training.swa import WeightAverage
@@ -81,7 +81,7 @@ def fit(
         torch.backends.cudnn.benchmark = True
     run_dir.mkdir(parents=True, exist_ok=True)
     dtype = autocast_dtype(recipe.amp, device)
-    channels_last = (dtype is not None) if recipe.channels_last == "auto" else bool(recipe.channels_last)
+    channels_last = use_channels_last(recipe.channels_last, device, dtype)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
