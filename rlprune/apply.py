@@ -200,6 +200,8 @@ def finetune_plan(
     source: dict[str, Any] | None = None,
     reuse: bool = False,
     device: str = "cpu",
+    swa_epochs: int = 0,
+    swa_lr: float | None = None,
 ) -> dict[str, Any]:
     """Prune ``dense`` with ``plan``, fine-tune, evaluate, export and report into ``out_dir``; returns the report.
 
@@ -208,11 +210,18 @@ def finetune_plan(
     command is run again (the partial folder keeps its per-epoch state; a failure before any epoch removes it).
 
     :param reuse: if ``out_dir`` already holds a finished report, return it instead of fine-tuning again.
+    :param swa_epochs: average the weights of the last N epochs (SWA; the lr decays to ``swa_lr`` by their start and
+        holds there; default ``swa_lr``: half of ``lr``); 0 = off.
     :param device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when present) for the fine-tune and evaluation;
         CPU latency is always measured on CPU.
     """
     if reuse and (out_dir / "report.json").is_file():
         return json.loads((out_dir / "report.json").read_text())
+    swa = {"epochs": swa_epochs, "lr": swa_lr if swa_lr is not None else lr / 2} if swa_epochs else None
+    if swa and swa_epochs > epochs:
+        raise RLPruneError(f"swa epochs: {swa_epochs} exceeds the fine-tune's {epochs} epochs")
+    if swa and swa["lr"] > lr:
+        raise RLPruneError(f"swa lr: {swa['lr']} exceeds the fine-tune's lr {lr}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RLPruneError(f"{out_dir}: output directory exists and is not empty")
     example = example_input(meta)
@@ -230,6 +239,7 @@ def finetune_plan(
             "batch_size": batch_size,
             "recal_batches": recal_batches,
             "seed": seed,
+            **({"swa": swa} if swa else {}),  # only when on: partial runs from before the option still resume
         },
         sort_keys=True,
     )
@@ -261,6 +271,7 @@ def finetune_plan(
             progress=progress,
             source=source or {},
             device=resolve_device(device),
+            swa=swa,
         )
         # complete: drop what only served resuming (the TensorBoard logs stay)
         for name in ("finetune/last.safetensors", "finetune/last.json", "finetune/state.pt", "request.json"):
@@ -300,6 +311,7 @@ def _run(
     progress: bool,
     source: dict[str, Any],
     device: torch.device,
+    swa: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     mean, std = meta.get("mean", splits.mean), meta.get("std", splits.std)
     shape = tuple(example_input(meta).shape[1:])
@@ -323,6 +335,7 @@ def _run(
         warmup_epochs=0,
         weight_decay=5e-4,
         distill={"weight": 0.5 if distill else 0.0, "temperature": 4.0},
+        swa=swa or {},
     )
     history = fit(
         pruned,
@@ -382,7 +395,7 @@ def _run(
         "latency_ms_cpu": lat,
         "latency_ms_gpu": gpu,
         "onnx": onnx,
-        "finetune": {"epochs": epochs, "lr": lr, "distill": distill, "history": history},
+        "finetune": {"epochs": epochs, "lr": lr, "distill": distill, "swa": swa, "history": history},
         "environment": environment(),
     }
     report["pruned"]["macs_ratio"] = report["pruned"]["macs"] / report["dense"]["macs"]
@@ -446,7 +459,9 @@ def _markdown(r: dict[str, Any]) -> str:
             "",
             md_table(["", "dense", "pruned", "pruned / dense (or delta)"], rows),
             "",
-            f"Fine-tune: {ft['epochs']} epoch(s), lr {ft['lr']}, distillation {'on' if ft['distill'] else 'off'}. "
+            f"Fine-tune: {ft['epochs']} epoch(s), lr {ft['lr']}, distillation {'on' if ft['distill'] else 'off'}"
+            + (f", the last {ft['swa']['epochs']} averaged (SWA, lr {ft['swa']['lr']:g})" if ft.get("swa") else "")
+            + ". "
             f"ONNX export checked against onnxruntime (max |diff| {r['onnx']['max_abs_diff']:.1e}). "
             f"Source: {json.dumps(r['source'])}.",
             "",

@@ -100,6 +100,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         lr=f.lr,
         distill=f.distill,
         batch_size=f.batch_size,
+        swa_epochs=f.swa_epochs,
+        swa_lr=f.swa_lr,
         seed=cfg.seed,
         progress=not args.quiet,
         source={"search": str(run_dir), "checkpoint": cfg.checkpoint},
@@ -148,6 +150,12 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
         torch.set_num_threads(args.threads)
     if args.finetune_epochs < 1:
         raise RLPruneError(f"--finetune-epochs: expected >= 1, got {args.finetune_epochs}")
+    if not 0 <= args.swa_epochs <= args.finetune_epochs:
+        raise RLPruneError(
+            f"--swa-epochs: expected 0 to {args.finetune_epochs} (--finetune-epochs), got {args.swa_epochs}"
+        )
+    if args.swa_lr is not None and not 0 < args.swa_lr <= args.lr:
+        raise RLPruneError(f"--swa-lr: expected a value in (0, --lr = {args.lr}], got {args.swa_lr}")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise RLPruneError(f"--out {out}: exists and is not empty")
@@ -164,6 +172,8 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
         out,
         epochs=args.finetune_epochs,
         lr=args.lr,
+        swa_epochs=args.swa_epochs,
+        swa_lr=args.swa_lr,
         distill=not args.no_distill,
         seed=args.seed,
         batch_size=args.batch_size,
@@ -237,6 +247,8 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="zoo name or package.module:factory (default: from the checkpoint)")
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
     p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--swa-epochs", type=int, default=0, help="average the last N fine-tune epochs (SWA); 0 = off")
+    p.add_argument("--swa-lr", type=float, default=None, help="the lr held during SWA (default: half of --lr)")
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--no-distill", action="store_true", help="fine-tune on labels only (default: distill from dense)")

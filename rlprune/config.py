@@ -310,6 +310,16 @@ class FinetuneConfig(Strict):
     lr: float = Field(0.02, gt=0)
     distill: bool = True
     batch_size: int = Field(128, ge=1)
+    swa_epochs: int = Field(0, ge=0)
+    swa_lr: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _swa_fits(self) -> FinetuneConfig:
+        if self.swa_epochs > self.epochs:
+            raise ValueError(f"swa_epochs ({self.swa_epochs}) exceeds epochs ({self.epochs})")
+        if self.swa_lr is not None and self.swa_lr > self.lr:
+            raise ValueError(f"swa_lr ({self.swa_lr}) exceeds lr ({self.lr})")
+        return self
 
 
 class SearchConfig(Strict):

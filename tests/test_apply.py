@@ -142,11 +142,20 @@ def test_finetune_a_saved_plan(trained: dict[str, Path], capsys: pytest.CaptureF
                 "--quiet",
                 "--batch-size",
                 "16",
+                "--finetune-epochs",
+                "2",
+                "--swa-epochs",
+                "1",
             ]
         )
         == 0
     )
-    assert (out / "report.md").read_text().startswith("# Pruning report — resnet20")
+    report_md = (out / "report.md").read_text()
+    assert report_md.startswith("# Pruning report — resnet20")
+    assert "the last 1 averaged (SWA, lr 0.01)" in report_md
+    finetune = json.loads((out / "report.json").read_text())["finetune"]
+    assert finetune["swa"] == {"epochs": 1, "lr": 0.01}
+    assert finetune["history"][-1]["swa_models"] == 1 and "sgd_val_accuracy" in finetune["history"][-1]
 
 
 def test_hand_written_plan_and_a_killed_finetune_resumes(
@@ -238,6 +247,10 @@ def test_apply_errors_leave_nothing_behind(trained: dict[str, Path], capsys: pyt
         "--quiet",
     ]
     _error(capsys, main(fin), "made for another model")
+    _error(capsys, main([*fin, "--swa-epochs", "2"]), "--swa-epochs: expected 0 to 1 (--finetune-epochs), got 2")
+    ck20_fin = [*fin[:4], str(trained["ck20"]), *fin[5:]]
+    swa_lr = main([*ck20_fin, "--swa-epochs", "1", "--swa-lr", "0.5"])
+    _error(capsys, swa_lr, "--swa-lr: expected a value in (0, --lr = 0.02], got 0.5")
     _error(capsys, main([*base[:5], "--target-macs", "1.5", *base[7:]]), "--target-macs: expected a ratio")
     assert not out.exists()
     assert not list(tmp.glob(".bad*"))

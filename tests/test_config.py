@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlprune.config import PretrainConfig, load_config, write_resolved
+from rlprune.config import PretrainConfig, SearchConfig, load_config, write_resolved
 from rlprune.errors import RLPruneError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +52,19 @@ def test_config_errors_are_one_line(tmp_path: Path, data: dict, match: str) -> N
     with pytest.raises(RLPruneError, match=match) as info:
         load_config(_write(tmp_path, data), PretrainConfig)
     assert "\n" not in str(info.value) and "c.yaml" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("finetune", "match"),
+    [
+        ({"epochs": 2, "swa_epochs": 3}, r"finetune: swa_epochs \(3\) exceeds epochs \(2\)"),
+        ({"lr": 0.02, "swa_epochs": 1, "swa_lr": 0.05}, r"swa_lr \(0.05\) exceeds lr"),
+    ],
+)
+def test_finetune_swa_errors_are_one_line(tmp_path: Path, finetune: dict, match: str) -> None:
+    with pytest.raises(RLPruneError, match=match) as info:
+        load_config(_write(tmp_path, {"name": "x", "checkpoint": "c.json", "finetune": finetune}), SearchConfig)
+    assert "\n" not in str(info.value)
 
 
 def test_missing_and_invalid_files(tmp_path: Path) -> None:
