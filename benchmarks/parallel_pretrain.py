@@ -135,12 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         load_data(cfg.data)
 
     if args.resume:  # the same epochs as before, or the saved runs would refuse to resume (another recipe)
-        if not results.with_suffix(".json").is_file():
-            raise SystemExit(f"--resume: {results.with_suffix('.json')} does not exist (run without --resume first)")
-        saved = json.loads(results.with_suffix(".json").read_text())["runs"]
+        saved_plan = results.with_suffix(".json")
+        if not saved_plan.is_file():
+            raise SystemExit(f"--resume: {saved_plan} does not exist (run without --resume first)")
+        saved = json.loads(saved_plan.read_text())["runs"]
         plan = {r["name"]: {k: r[k] for k in ("config", "seconds_per_epoch", "epochs", "swa_epochs")} for r in saved}
         if sorted(plan) != sorted(names):
-            raise SystemExit(f"--resume: {results.with_suffix('.json')} holds runs {sorted(plan)}, not {sorted(names)}")
+            raise SystemExit(f"--resume: {saved_plan} holds runs {sorted(plan)}, not {sorted(names)}")
     else:
         plan = _calibrate(cfgs, args, out, threads, deadline)
         # the plan goes on disk before training, so that a killed sweep can be continued with --resume

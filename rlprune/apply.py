@@ -21,7 +21,7 @@ from torch import nn
 from rlprune.agents.policy_io import load_policy
 from rlprune.agents.recorder import ratio_plot_png
 from rlprune.checkpoint import load_checkpoint, save_checkpoint
-from rlprune.config import ProxyConfig, TrainConfig, atomic_write_text
+from rlprune.config import ProxyConfig, TrainConfig, atomic_write_text, validate
 from rlprune.cost.latency import compare_latency
 from rlprune.cost.lut import build_latency_table
 from rlprune.cost.macs import count_macs, count_params
@@ -218,10 +218,18 @@ def finetune_plan(
     if reuse and (out_dir / "report.json").is_file():
         return json.loads((out_dir / "report.json").read_text())
     swa = {"epochs": swa_epochs, "lr": swa_lr if swa_lr is not None else lr / 2} if swa_epochs else None
-    if swa and swa_epochs > epochs:
-        raise RLPruneError(f"swa epochs: {swa_epochs} exceeds the fine-tune's {epochs} epochs")
-    if swa and swa["lr"] > lr:
-        raise RLPruneError(f"swa lr: {swa['lr']} exceeds the fine-tune's lr {lr}")
+    recipe = validate(  # TrainConfig's own checks (SWA inside the epochs, its lr at most lr) before any work
+        TrainConfig,
+        {
+            "epochs": epochs,
+            "lr": lr,
+            "warmup_epochs": 0,
+            "weight_decay": 5e-4,
+            "distill": {"weight": 0.5 if distill else 0.0, "temperature": 4.0},
+            "swa": swa or {},
+        },
+        "fine-tune",
+    )
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RLPruneError(f"{out_dir}: output directory exists and is not empty")
     example = example_input(meta)
@@ -261,8 +269,7 @@ def finetune_plan(
             structure,
             splits,
             work,
-            epochs=epochs,
-            lr=lr,
+            recipe=recipe,
             distill=distill,
             batch_size=batch_size,
             recal_batches=recal_batches,
@@ -301,8 +308,7 @@ def _run(
     splits: DataSplits,
     work: Path,
     *,
-    epochs: int,
-    lr: float,
+    recipe: TrainConfig,
     distill: bool,
     batch_size: int,
     recal_batches: int,
@@ -329,14 +335,6 @@ def _run(
 
     dense_acc = scores(dense)
     before = scores(pruned)
-    recipe = TrainConfig(
-        epochs=epochs,
-        lr=lr,
-        warmup_epochs=0,
-        weight_decay=5e-4,
-        distill={"weight": 0.5 if distill else 0.0, "temperature": 4.0},
-        swa=swa or {},
-    )
     history = fit(
         pruned,
         splits,
@@ -395,7 +393,7 @@ def _run(
         "latency_ms_cpu": lat,
         "latency_ms_gpu": gpu,
         "onnx": onnx,
-        "finetune": {"epochs": epochs, "lr": lr, "distill": distill, "swa": swa, "history": history},
+        "finetune": {"epochs": recipe.epochs, "lr": recipe.lr, "distill": distill, "swa": swa, "history": history},
         "environment": environment(),
     }
     report["pruned"]["macs_ratio"] = report["pruned"]["macs"] / report["dense"]["macs"]

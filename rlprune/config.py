@@ -188,11 +188,16 @@ def load_config(path: str | Path, schema: type[T], overrides: list[str] | None =
         raise RLPruneError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(raw, dict):
         raise RLPruneError(f"{path}: expected a mapping at the top level")
-    raw = apply_overrides(raw, overrides or [])
+    return validate(schema, apply_overrides(raw, overrides or []), str(path))
+
+
+def validate(schema: type[T], data: dict[str, Any], source: str) -> T:
+    """Validate ``data`` against ``schema``; the first problem becomes a one-line :class:`RLPruneError` that starts
+    with ``source`` (a config file, or what built the data)."""
     try:
-        return schema.model_validate(raw)
+        return schema.model_validate(data)
     except ValidationError as exc:
-        raise RLPruneError(_describe(exc, str(path), schema)) from exc
+        raise RLPruneError(_describe(exc, source, schema)) from exc
 
 
 def make_readable(path: str | Path) -> None:

@@ -9,8 +9,10 @@ import pytest
 import torch
 import yaml
 
+from rlprune.apply import finetune_plan
 from rlprune.checkpoint import load_checkpoint
 from rlprune.cli import main
+from rlprune.errors import RLPruneError
 
 
 def _pretrain(tmp: Path, data: Path, name: str, model: str) -> Path:
@@ -327,3 +329,14 @@ def test_sampling_plans_needs_a_stochastic_policy() -> None:
     deterministic = LoadedPolicy(torch.nn.Linear(18, 1), {"algorithm": "ddpg"})  # no action distribution
     with pytest.raises(RLPruneError, match="ddpg policy is deterministic"):
         deterministic.sampler(0)
+
+
+def test_finetune_plan_checks_its_recipe_before_any_work(tmp_path: Path) -> None:
+    # nothing else is looked at first: the recipe (TrainConfig's own rules) is checked before the model or the data
+    for kwargs, match in (
+        ({"epochs": 2, "swa_epochs": 3}, r"fine-tune: .*swa.epochs \(3\) exceeds epochs \(2\)"),
+        ({"lr": 0.02, "swa_epochs": 1, "swa_lr": 0.05}, r"fine-tune: .*swa.lr \(0.05\) exceeds the peak lr"),
+    ):
+        with pytest.raises(RLPruneError, match=match):
+            finetune_plan(None, {}, None, None, tmp_path / "out", **kwargs)  # type: ignore[arg-type]
+    assert not list(tmp_path.iterdir())
