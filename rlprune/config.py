@@ -108,10 +108,12 @@ class TrainConfig(Strict):
 
 
 class PretrainConfig(Strict):
-    """``rlprune pretrain``: train a dense model from scratch, or warm-start it from a checkpoint of the same model.
+    """``rlprune pretrain``: train a dense model from scratch, or warm-start it from a trained checkpoint.
 
     ``init_from`` runs another learning-rate cycle on trained weights (a warm restart, as in SGDR): it reaches the
-    accuracy of a longer single run for a fraction of the cost, and the checkpoint records where it started.
+    accuracy of a longer single run for a fraction of the cost, and the checkpoint records where it started. A
+    checkpoint of a shallower CIFAR ResNet of the same width is deepened into the configured one first (the deeper
+    model starts out computing the shallower one's function; :mod:`rlprune.models.grow`).
     """
 
     name: str

@@ -16,6 +16,7 @@ from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
 from rlprune.logs import setup_logging
 from rlprune.models import MODELS, build_model
+from rlprune.models.grow import deepen_resnet
 from rlprune.seeding import resolve_device, seed_everything
 from rlprune.training.engine import fit
 from rlprune.training.teachers import load_teacher
@@ -68,18 +69,30 @@ def data_meta(cfg: DataConfig, splits: DataSplits) -> dict[str, Any]:
     }
 
 
-def warm_start(model: torch.nn.Module, path: str) -> dict[str, Any]:
-    """Load a checkpoint's weights into ``model`` (same architecture); returns what the new checkpoint records of it."""
+def warm_start(model: torch.nn.Module, path: str, model_name: str) -> dict[str, Any]:
+    """Load a checkpoint's weights into ``model``; returns what the new checkpoint records of it.
+
+    A checkpoint of the same model is loaded as is (a warm restart). One of a shallower CIFAR ResNet is deepened
+    into ``model`` (:func:`rlprune.models.grow.deepen_resnet`): the deeper model starts with the shallower one's
+    accuracy.
+    """
     source = read_meta(path)
     if source.get("plan") is not None:
-        raise RLPruneError(f"init_from: {path} is a pruned checkpoint; warm starts take a dense one of the same model")
-    load_weights(model, path, source.get("weights_sha256"))
-    return {
+        raise RLPruneError(f"init_from: {path} is a pruned checkpoint; warm starts take a dense one")
+    record = {
         "checkpoint": str(path),
+        "model": source["model"],
         "weights_sha256": source.get("weights_sha256"),
         "epochs_done": source.get("epochs_done"),
         "test_accuracy": source.get("test_accuracy"),
     }
+    if source["model"] == model_name:
+        load_weights(model, path, source.get("weights_sha256"))
+        return record
+    shallow = build_model(source["model"], **source.get("model_kwargs", {}))
+    load_weights(shallow, path, source.get("weights_sha256"))
+    deepen_resnet(model, shallow, what=f"init_from: {path} ({source['model']} -> {model_name})")
+    return {**record, "method": "deepen"}
 
 
 def run_pretrain(cfg: PretrainConfig, resume: bool = True, progress: bool = True) -> dict[str, Any]:
@@ -92,7 +105,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, progress: bool = True
     splits = load_data(cfg.data)
     kwargs = model_kwargs(cfg.model, splits)
     model = build_model(cfg.model.name, **kwargs)
-    start = warm_start(model, cfg.init_from) if cfg.init_from else None
+    start = warm_start(model, cfg.init_from, cfg.model.name) if cfg.init_from else None
     distill = cfg.train.distill
     teacher = load_teacher(distill.teacher, splits.classes, splits.mean, splits.std) if distill.teacher else None
     run_dir = Path(cfg.output_dir) / cfg.name

@@ -79,6 +79,33 @@ def test_warm_start_from_checkpoint(image_folder: Path, tmp_path: Path, capsys: 
     assert not (tmp_path / "runs" / "third").exists()
 
 
+def test_warm_start_deepens_a_shallower_resnet(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rlprune.checkpoint import load_checkpoint
+
+    assert main(["pretrain", str(_config(tmp_path, image_folder)), "--quiet"]) == 0
+    first = tmp_path / "runs" / "tiny" / "model"
+    cfg = _config(tmp_path, image_folder, lr=1e-12, weight_decay=0.0)
+    args = ["--set", "name=deep", "--set", "model.name=resnet32", "--set", f"init_from={first}", "--quiet"]
+    assert main(["pretrain", str(cfg), *args]) == 0
+    deep, meta = load_checkpoint(tmp_path / "runs" / "deep" / "model")
+    assert meta["model"] == "resnet32" and meta["init_from"]["method"] == "deepen"
+    assert meta["init_from"]["model"] == "resnet20"
+    shallow, source = load_checkpoint(first)
+    # The deepened model computes the ResNet-20's function: an lr of 1e-12 leaves the weights where they started
+    # (the epoch did move the BN running statistics, so compare with batch statistics).
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(deep.train()(x), shallow.train()(x), atol=1e-5)
+    assert meta["init_from"]["weights_sha256"] == source["weights_sha256"]
+    # Deepening goes one way: a ResNet-32 does not shrink into a ResNet-20, and nothing is written.
+    capsys.readouterr()
+    deep_ckpt = tmp_path / "runs" / "deep" / "model"
+    code = main(["pretrain", str(cfg), "--set", "name=back", "--set", f"init_from={deep_ckpt}", "--quiet"])
+    _one_line_error(capsys, code, "resnet32 -> resnet20", "cannot deepen")
+    assert not (tmp_path / "runs" / "back").exists()
+
+
 def test_misspelled_key(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["pretrain", str(_config(tmp_path, image_folder, epoch=3))])
     _one_line_error(capsys, code, "unknown key 'train.epoch'", "did you mean 'epochs'")

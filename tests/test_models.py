@@ -56,3 +56,52 @@ def test_resnet_depth_check() -> None:
 
     with pytest.raises(ValueError, match=r"6n\+2"):
         CifarResNet(depth=21)
+
+
+def _trained_like(model: torch.nn.Module) -> torch.nn.Module:
+    """Random non-trivial weights and BN statistics, as a trained model has (the default init zeroes bn2's scale)."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                low = 0.5 if name.endswith("running_var") else -0.5
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) + low)
+    return model
+
+
+@pytest.mark.parametrize("depth", [20, 32, 56])
+def test_deepen_resnet_preserves_the_function(depth: int) -> None:
+    from rlprune.models.grow import deepen_resnet
+
+    source = _trained_like(build_model("resnet20", num_classes=7, width=4)).eval()
+    target = build_model(f"resnet{depth}", num_classes=7, width=4)
+    deepen_resnet(target, source)
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(target.eval()(x), source(x))
+    # Training mode too (batch statistics): the extra blocks add exactly zero to their input.
+    assert torch.allclose(target.train()(x), source.train()(x), atol=1e-5)
+    # The extra blocks are still trainable: their last BN scale gets a gradient.
+    target.train()(x).sum().backward()
+    assert target.layers[-1].bn2.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "match"),
+    [
+        ("resnet32", "resnet20", "more than the target's 3"),
+        ("vgg16_bn", "resnet32", "only a CIFAR ResNet deepens"),
+        ("resnet20", "mobilenetv2", "only a CIFAR ResNet deepens"),
+    ],
+)
+def test_deepen_resnet_refuses(source: str, target: str, match: str) -> None:
+    from rlprune.models.grow import deepen_resnet
+
+    with pytest.raises(RLPruneError, match=match):
+        deepen_resnet(build_model(target, width=4) if "resnet" in target else build_model(target), build_model(source))
+
+
+def test_deepen_resnet_width_mismatch() -> None:
+    from rlprune.models.grow import deepen_resnet
+
+    with pytest.raises(RLPruneError, match="do not fit the model"):
+        deepen_resnet(build_model("resnet32", width=8), build_model("resnet20", width=4))

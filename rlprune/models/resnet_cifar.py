@@ -47,6 +47,7 @@ class CifarResNet(nn.Module):
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"depth: expected 6n+2 with n >= 1 (20, 32, 56, 110), got {depth}")
         n = (depth - 2) // 6
+        self.blocks_per_stage = n
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
