@@ -81,7 +81,7 @@ def measure(
     per_epoch = seconds * TRAIN_IMAGES / images
     dtype = autocast_dtype(recipe.amp, device)
     return {
-        "channels_last": use_channels_last(recipe.channels_last, device, dtype),
+        "channels_last": use_channels_last(recipe.channels_last, dtype),
         "autocast": str(dtype).removeprefix("torch.") if dtype else "fp32",
         "model": name,
         "batch_size": batch,

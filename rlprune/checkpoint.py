@@ -79,6 +79,23 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def fit_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``state`` into ``model`` if its keys and shapes fit exactly; else a one-line error led by ``where``."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise RLPruneError(
+            f"{where}: weights do not fit the model ({what}; {len(missing)} missing, {len(unexpected)} unexpected)"
+        )
+    for key, tensor in state.items():
+        if own[key].shape != tensor.shape:
+            got, want = tuple(tensor.shape), tuple(own[key].shape)
+            raise RLPruneError(f"{where}: weights do not fit the model ('{key}' is {got}, model expects {want})")
+    model.load_state_dict(state)
+
+
 def load_weights(model: nn.Module, path: str | Path, expected_sha256: str | None = None) -> None:
     """Load safetensors weights into ``model``; shape or key mismatches are one-line errors."""
     weights, _ = checkpoint_paths(path)
@@ -90,19 +107,7 @@ def load_weights(model: nn.Module, path: str | Path, expected_sha256: str | None
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise RLPruneError(f"{weights}: unreadable safetensors file ({exc})") from exc
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise RLPruneError(
-            f"{weights}: weights do not fit the model ({what}; {len(missing)} missing, {len(unexpected)} unexpected)"
-        )
-    for key, tensor in state.items():
-        if own[key].shape != tensor.shape:
-            got, want = tuple(tensor.shape), tuple(own[key].shape)
-            raise RLPruneError(f"{weights}: weights do not fit the model ('{key}' is {got}, model expects {want})")
-    model.load_state_dict(state)
+    fit_weights(model, state, str(weights))
 
 
 def load_checkpoint(path: str | Path, model_name: str | None = None) -> tuple[nn.Module, dict[str, Any]]:

@@ -28,7 +28,7 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None) -> torch.aut
     return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def use_channels_last(setting: bool | str, device: torch.device | str, dtype: torch.dtype | None) -> bool:
+def use_channels_last(setting: bool | str, dtype: torch.dtype | None) -> bool:
     """Resolve a ``channels_last`` setting: ``auto`` means on with autocast only (tensor-core and oneDNN bf16 kernels
     want NHWC). Not for fp32 on a CPU: there a dense ResNet-20 step is faster in NHWC (300 vs 389 ms on a 2-core EPYC),
     but a pruned one (odd channel counts) slower (465 vs 350 ms at 50% MACs), and pruned models are what fine-tuning

@@ -89,8 +89,7 @@ def warm_start(model: torch.nn.Module, path: str, model_name: str) -> dict[str, 
     if source["model"] == model_name:
         load_weights(model, path, source.get("weights_sha256"))
         return record
-    shallow = build_model(source["model"], **source.get("model_kwargs", {}))
-    load_weights(shallow, path, source.get("weights_sha256"))
+    shallow, _ = load_checkpoint(path)
     deepen_resnet(model, shallow, what=f"init_from: {path} ({source['model']} -> {model_name})")
     return {**record, "method": "deepen"}
 

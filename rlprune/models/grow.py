@@ -14,6 +14,7 @@ import re
 import torch
 from torch import nn
 
+from rlprune.checkpoint import fit_weights
 from rlprune.errors import RLPruneError
 from rlprune.models.resnet_cifar import CifarResNet
 
@@ -33,17 +34,14 @@ def deepen_resnet(target: nn.Module, source: nn.Module, what: str = "init_from")
     m, n = source.blocks_per_stage, target.blocks_per_stage
     if m > n:
         raise RLPruneError(f"{what}: the source has {m} blocks per stage, more than the target's {n}; it cannot deepen")
-    state = target.state_dict()
+    state = target.state_dict()  # the extra blocks keep their own weights; the source's replace the rest
     for key, value in source.state_dict().items():
         match = _BLOCK_KEY.match(key)
         if match:
             index = int(match.group(1))
             key = f"layers.{index // m * n + index % m}.{match.group(2)}"
-        if state[key].shape != value.shape:
-            got, want = tuple(value.shape), tuple(state[key].shape)
-            raise RLPruneError(f"{what}: weights do not fit the model ('{key}' is {got}, model expects {want})")
-        state[key] = value.clone()
-    target.load_state_dict(state)
+        state[key] = value
+    fit_weights(target, state, what)
     with torch.no_grad():
         for stage in range(3):
             for j in range(m, n):

@@ -81,7 +81,7 @@ def fit(
         torch.backends.cudnn.benchmark = True
     run_dir.mkdir(parents=True, exist_ok=True)
     dtype = autocast_dtype(recipe.amp, device)
-    channels_last = use_channels_last(recipe.channels_last, device, dtype)
+    channels_last = use_channels_last(recipe.channels_last, dtype)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
