@@ -27,32 +27,20 @@ from rlprune.cost.lut import build_latency_table
 from rlprune.cost.macs import count_macs, count_params
 from rlprune.data import BatchLoader, DataSplits
 from rlprune.envs.calibration import calibrate_latency_budget
-from rlprune.envs.layer_pruning import LayerPruningEnv
+from rlprune.envs.episode import rollout
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.export import export_onnx
 from rlprune.pruning import Plan, Structure, analyze, prune
+from rlprune.pruning.budget import Budget
 from rlprune.pruning.importance import calibration_batches
 from rlprune.results import environment, md_table
 from rlprune.seeding import resolve_device
 from rlprune.training.engine import fit
 
 log = logging.getLogger("rlprune.apply")
-
-
-class _StructureOnly:
-    """A scorer stand-in for rolling a policy out: it carries the structure; applying a policy scores nothing."""
-
-    importance = "l1"
-
-    def __init__(self, structure: Structure, importance: str) -> None:
-        self.structure = structure
-        self.importance = importance
-
-    def __call__(self, plan: Plan) -> Any:  # pragma: no cover - rollout never finishes through step()
-        raise RuntimeError("a policy rollout does not evaluate plans")
 
 
 def example_input(meta: dict[str, Any]) -> torch.Tensor:
@@ -128,21 +116,21 @@ def policy_plans(
     if m.get("budget", "macs") != budget:
         log.warning("the policy was trained with a %s budget; applying it with a %s budget", m.get("budget"), budget)
     table = build_latency_table(model, structure, latency_batch, threads=threads) if budget == "latency" else None
-    env = LayerPruningEnv(
-        _StructureOnly(structure, importance),
-        target=target,
-        budget=budget,
+    solver = Budget(
+        structure,
+        target,
+        kind=budget,
         min_ratio=m.get("min_ratio", 0.0),
         max_ratio=m.get("max_ratio", 0.8),
         round_to=m.get("round_to"),
         min_channels=m.get("min_channels", 1),
         latency_table=table,
     )
-    calibrate_latency_budget(env, model, seed=0, threads=threads)  # a latency target is met as measured, on average
-    plans = [env.rollout(policy.act, target)]
+    solver = calibrate_latency_budget(solver, model, seed=0, threads=threads)  # met as measured, on average
+    plans = [rollout(solver, policy.act, target, importance)]
     if samples:
         sample = policy.sampler(seed)
-        plans += [env.rollout(sample, target) for _ in range(samples)]
+        plans += [rollout(solver, sample, target, importance) for _ in range(samples)]
     return plans
 
 

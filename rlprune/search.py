@@ -35,6 +35,7 @@ from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import ProxyEvaluator, proxy_from_checkpoint
 from rlprune.logs import setup_logging
 from rlprune.pruning import Plan, Structure
+from rlprune.pruning.budget import Budget
 from rlprune.seeding import seed_everything
 
 log = logging.getLogger("rlprune.search")
@@ -165,25 +166,23 @@ def run_search(
         for rec in recorder.records:
             scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"])
     e = cfg.env
-    env = LayerPruningEnv(
-        scorer,
-        target=e.target if isinstance(e.target, float) else tuple(e.target),
-        budget=e.budget,
-        reward=e.reward,
-        reward_weight=e.reward_weight,
+    budget = Budget(
+        scorer.structure,
+        e.target if isinstance(e.target, float) else tuple(e.target),
+        kind=e.budget,
         min_ratio=e.min_ratio,
         max_ratio=e.max_ratio,
         round_to=e.round_to,
         min_channels=e.min_channels,
         tolerance=e.tolerance,
         latency_table=table,
-        on_episode=recorder,
     )
     if table is not None and table.calibration is None and cfg.latency.calibration_plans > 0:
         log.info("calibrating the latency table on %d plans at the budget", cfg.latency.calibration_plans)
-        table = calibrate_latency_budget(
-            env, dense_cpu, cfg.latency.calibration_plans, seed=cfg.proxy.seed, threads=cfg.latency.threads
+        budget = calibrate_latency_budget(
+            budget, dense_cpu, cfg.latency.calibration_plans, seed=cfg.proxy.seed, threads=cfg.latency.threads
         )
+        table = budget.latency_table
         assert table is not None and table.calibration is not None
         table.save(run_dir / "latency_table.json")
         c = table.calibration
@@ -193,6 +192,7 @@ def run_search(
             c["predicted_ratio_mean_before"],
             c["predicted_ratio_mean_after"],
         )
+    env = LayerPruningEnv(scorer, budget=budget, reward=e.reward, reward_weight=e.reward_weight, on_episode=recorder)
     episodes = cfg.agent.episodes
     started = time.perf_counter()
     prior = recorder.episodes

@@ -37,26 +37,19 @@ class Searcher(ABC):
 
 
 class UniformSearcher(Searcher):
-    """The same ratio for every unit: the one that meets the budget (solved by the environment's clamp, which
-    with a uniform action raises later ratios only as far as needed). One plan; further episodes are cached."""
+    """The same ratio for every unit: the one that meets the budget (:meth:`Budget.uniform_ratio`), played through
+    the environment's clamp, which raises later ratios only as far as rounding needs. One plan; further episodes
+    are cached."""
 
     name = "uniform"
 
     def run(self, episodes: int) -> None:
         n = len(self.env.units)
-        lo, hi = -1.0, 1.0
-        # Bisection on one shared action: the smallest uniform ratio that meets the budget.
-        for _ in range(12):
-            mid = (lo + hi) / 2
-            self.env.reset(seed=self.seed)
-            ratio = self.env.action_to_ratio(mid)
-            channels = {u.name: self.env._channels(ratio, u.index) for u in self.env.units}
-            if self.env.cost(channels) > self.env.target:
-                lo = mid
-            else:
-                hi = mid
+        budget = self.env.budget
+        ratio = budget.uniform_ratio()
+        action = 2.0 * (ratio - budget.min_ratio) / (budget.max_ratio - budget.min_ratio) - 1.0
         for i in range(episodes):
-            run_episode(self.env, np.full(n, hi), seed=self.seed + i)
+            run_episode(self.env, np.full(n, action), seed=self.seed + i)
 
 
 class RandomSearcher(Searcher):

@@ -11,10 +11,12 @@ from gymnasium import spaces
 
 from rlprune.cost.lut import LatencyTable
 from rlprune.cost.macs import predict_costs
-from rlprune.envs.features import FEATURE_VERSION, N_FEATURES, observation, static_features
+from rlprune.envs.episode import Episode, action_to_ratio, rollout
+from rlprune.envs.features import FEATURE_VERSION, N_FEATURES, static_features
 from rlprune.envs.rewards import Outcome, get_reward
 from rlprune.errors import RLPruneError
-from rlprune.pruning.plan import Plan, kept_channels
+from rlprune.pruning.budget import Budget
+from rlprune.pruning.plan import Plan
 from rlprune.pruning.structure import Structure
 
 
@@ -57,7 +59,9 @@ class LayerPruningEnv(gym.Env):
     ## Arguments
     - ``scorer``: scores a plan (``rlprune.evaluation.proxy.ProxyEvaluator``); it carries the model structure.
     - ``target``: budget ratio in (0, 1], or a ``(low, high)`` range sampled uniformly per episode.
-    - ``budget``: ``macs`` or ``latency`` (latency needs ``latency_table``).
+    - ``budget``: ``macs`` or ``latency`` (latency needs ``latency_table``), or a ready
+      :class:`~rlprune.pruning.budget.Budget` (then ``target``, the ratio limits, rounding, ``tolerance`` and
+      ``latency_table`` come from it and the arguments of the same names are ignored).
     - ``reward`` / ``reward_weight``: reward strategy by name and its weight.
     - ``min_ratio`` / ``max_ratio``: the range actions are rescaled to.
     - ``round_to`` / ``min_channels``: channel rounding and the minimum channels a unit keeps.
@@ -73,7 +77,7 @@ class LayerPruningEnv(gym.Env):
         scorer: Scorer | None = None,
         *,
         target: float | tuple[float, float] = 0.5,
-        budget: str = "macs",
+        budget: str | Budget = "macs",
         reward: str = "accuracy",
         reward_weight: float = 1.0,
         min_ratio: float = 0.0,
@@ -93,109 +97,61 @@ class LayerPruningEnv(gym.Env):
             from rlprune.evaluation.proxy import proxy_from_checkpoint
 
             scorer = proxy_from_checkpoint(checkpoint, **(proxy or {}))
-        if not 0.0 <= min_ratio < max_ratio < 1.0:
-            raise RLPruneError(f"env: expected 0 <= min_ratio < max_ratio < 1, got {min_ratio} and {max_ratio}")
-        low, high = (target, target) if isinstance(target, int | float) else (float(target[0]), float(target[1]))
-        if not (0.0 < low <= high <= 1.0):
-            raise RLPruneError(f"env: target must lie in (0, 1], got {target}")
-        if budget not in ("macs", "latency"):
-            raise RLPruneError(f"env: budget must be 'macs' or 'latency', got '{budget}'")
-        if budget == "latency" and latency_table is None:
-            raise RLPruneError("env: a latency budget needs a latency table")
         self.scorer = scorer
         self.structure: Structure = scorer.structure
         self.units = self.structure.units
-        self.target_range = (low, high)
-        self.budget = budget
+        self.budget = (
+            budget
+            if isinstance(budget, Budget)
+            else Budget(
+                self.structure,
+                target,
+                kind=budget,
+                min_ratio=min_ratio,
+                max_ratio=max_ratio,
+                round_to=round_to,
+                min_channels=min_channels,
+                tolerance=tolerance,
+                latency_table=latency_table,
+            )
+        )
+        self.target_range = self.budget.target_range
         self.reward_fn = get_reward(reward, reward_weight)
-        self.min_ratio, self.max_ratio = float(min_ratio), float(max_ratio)
-        self.round_to, self.min_channels, self.tolerance = round_to, int(min_channels), float(tolerance)
-        self.latency_table = latency_table
+        self.min_ratio, self.max_ratio = self.budget.min_ratio, self.budget.max_ratio
         self.on_episode = on_episode
         self.static = static_features(self.structure)
         self.feature_version = FEATURE_VERSION
         self.action_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, (N_FEATURES,), dtype=np.float32)
-        self._dense_channels = {u.name: u.channels for u in self.units}
-        floor_cost = self.cost({u.name: self._channels(self.max_ratio, i) for i, u in enumerate(self.units)})
-        if floor_cost > low + 1e-9:
-            raise RLPruneError(
-                f"env: target {budget} ratio {low} is unreachable: pruning every unit by max_ratio {self.max_ratio} "
-                f"still leaves {floor_cost:.3f} of the dense {budget}; raise env.max_ratio or the target"
-            )
-        self._reset_state(low)
+        self._reset_state(self.target_range[0])
 
-    # ----------------------------------------------------------------------------------------------- cost model
-    def _channels(self, ratio: float, unit_index: int) -> int:
-        return kept_channels(self.units[unit_index].channels, ratio, self.round_to, self.min_channels)
+    @property
+    def latency_table(self) -> LatencyTable | None:
+        return self.budget.latency_table
 
     def cost(self, channels: dict[str, int]) -> float:
         """Pruned/dense cost of the budget's kind for the given kept channels (latency: lookup-table prediction)."""
-        if self.budget == "latency":
-            assert self.latency_table is not None
-            return self.latency_table.predict(self.structure, channels) / self.latency_table.dense_ms
-        return predict_costs(self.structure, channels)[0] / self.structure.total_macs
-
-    def _cost_with(self, t: int, ratio: float, rest: float) -> float:
-        channels = dict(self._decided)
-        channels[self.units[t].name] = self._channels(ratio, t)
-        for j in range(t + 1, len(self.units)):
-            channels[self.units[j].name] = self._channels(rest, j)
-        return self.cost(channels)
+        return self.budget.cost(channels)
 
     def feasible_interval(self, t: int) -> tuple[float, float]:
         """Ratios for unit ``t`` that keep the final cost within [target - tolerance, target] reachable."""
-        lo_r, hi_r = self.min_ratio, self.max_ratio
-        # Smallest ratio with which, even if all later units are pruned to the maximum, the target is met.
-        if self._cost_with(t, lo_r, self.max_ratio) <= self.target:
-            need = lo_r
-        elif self._cost_with(t, hi_r, self.max_ratio) > self.target:
-            need = hi_r
-        else:
-            a, b = lo_r, hi_r
-            for _ in range(20):
-                mid = (a + b) / 2
-                if self._cost_with(t, mid, self.max_ratio) <= self.target:
-                    b = mid
-                else:
-                    a = mid
-            need = b
-        # Largest ratio with which, even if all later units are pruned as little as allowed, the target is reached.
-        floor = self.target - self.tolerance
-        if self._cost_with(t, hi_r, self.min_ratio) >= floor:
-            allow = hi_r
-        elif self._cost_with(t, lo_r, self.min_ratio) < floor:
-            allow = lo_r
-        else:
-            a, b = lo_r, hi_r
-            for _ in range(20):
-                mid = (a + b) / 2
-                if self._cost_with(t, mid, self.min_ratio) >= floor:
-                    a = mid
-                else:
-                    b = mid
-            allow = a
-        return need, max(need, allow)
+        return self.budget.feasible_interval(self.episode.decided, t, self.target)
 
     # ---------------------------------------------------------------------------------------------- gym API
     def _reset_state(self, target: float) -> None:
-        self.target = target
-        self.t = 0
-        self._decided: dict[str, int] = {}
-        self.ratios: list[float] = []
-        self._interval = (self.min_ratio, self.max_ratio)
+        self.episode = Episode(self.budget, target, self.static)
 
-    def _obs(self) -> np.ndarray:
-        t = self.t
-        total = self.structure.total_macs
-        removed = sum(
-            self.units[j].macs * (1 - self._decided[self.units[j].name] / self.units[j].channels) for j in range(t)
-        )
-        later = sum(u.macs for u in self.units[t + 1 :])
-        prev = self.ratios[-1] if self.ratios else 0.0
-        self._interval = self.feasible_interval(t)
-        dynamic = [removed / total, later / total, prev, self.target, *self._interval]
-        return observation(self.static[t], dynamic)
+    @property
+    def target(self) -> float:
+        return self.episode.target
+
+    @property
+    def t(self) -> int:
+        return self.episode.t
+
+    @property
+    def ratios(self) -> list[float]:
+        return self.episode.ratios
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -205,60 +161,32 @@ class LayerPruningEnv(gym.Env):
         if not 0.0 < target <= 1.0:
             raise RLPruneError(f"env.reset: target must lie in (0, 1], got {target}")
         self._reset_state(target)
-        return self._obs(), {"target": self.target, "unit": self.units[0].name}
+        return self.episode.observe(), {"target": self.target, "unit": self.units[0].name}
 
     def action_to_ratio(self, action: np.ndarray | float) -> float:
         """Rescale an action in [-1, 1] to a ratio in [min_ratio, max_ratio]."""
-        a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
-        return self.min_ratio + (a + 1.0) / 2.0 * (self.max_ratio - self.min_ratio)
-
-    def _decide(self, action: np.ndarray | float) -> tuple[float, float]:
-        """Clamp the action's ratio into the feasible interval and commit it for the current unit."""
-        if self.t >= len(self.units):
-            raise RuntimeError("step() called after the episode ended; call reset()")
-        wanted = self.action_to_ratio(action)
-        lo, hi = self._interval
-        ratio = float(min(max(wanted, lo), hi))
-        self._decided[self.units[self.t].name] = self._channels(ratio, self.t)
-        self.ratios.append(ratio)
-        self.t += 1
-        return ratio, wanted
+        return action_to_ratio(self.budget, action)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        ratio, wanted = self._decide(action)
-        if self.t < len(self.units):
-            return self._obs(), 0.0, False, False, {"ratio": ratio, "wanted": wanted}
+        ratio, wanted = self.episode.decide(action)
+        if not self.episode.done:
+            return self.episode.observe(), 0.0, False, False, {"ratio": ratio, "wanted": wanted}
         return self._finish(ratio, wanted)
 
     def make_plan(self) -> Plan:
         """The plan of the ratios chosen so far (units not yet visited keep all channels)."""
-        ratios = {u.name: r for u, r in zip(self.units, self.ratios, strict=False)}
-        return Plan.from_ratios(
-            self.structure,
-            ratios,
-            importance=getattr(self.scorer, "importance", "l1"),
-            round_to=self.round_to,
-            min_channels=self.min_channels,
-        )
+        return self.episode.plan(getattr(self.scorer, "importance", "l1"))
 
     def rollout(self, act: Callable[[np.ndarray], np.ndarray], target: float | None = None) -> Plan:
-        """Play one episode with ``act(obs) -> action`` without scoring it: how a trained policy is applied."""
-        obs, _ = self.reset(options=None if target is None else {"target": target})
-        while True:
-            self._decide(act(obs))
-            if self.t >= len(self.units):
-                return self.make_plan()
-            obs = self._obs()
+        """Play one episode with ``act(obs) -> action`` without scoring it (:func:`rlprune.envs.episode.rollout`)."""
+        return rollout(self.budget, act, target, getattr(self.scorer, "importance", "l1"))
 
     def _finish(self, ratio: float, wanted: float) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         plan = self.make_plan()
         result = self.scorer(plan)
         macs = predict_costs(self.structure, plan.channels)[0]
         macs_ratio = macs / self.structure.total_macs
-        if self.latency_table is not None:
-            latency_ratio = self.latency_table.predict(self.structure, plan.channels) / self.latency_table.dense_ms
-        else:
-            latency_ratio = float("nan")
+        latency_ratio = self.budget.latency_ratio(plan.channels)
         outcome = Outcome(
             accuracy=float(result.accuracy), macs_ratio=macs_ratio, latency_ratio=latency_ratio, macs=macs
         )
@@ -279,5 +207,4 @@ class LayerPruningEnv(gym.Env):
         }
         if self.on_episode is not None:
             self.on_episode(info)
-        obs = observation(self.static[-1], [1 - macs_ratio, 0.0, ratio, self.target, ratio, ratio])
-        return obs, reward, True, False, info
+        return self.episode.final_observation(macs_ratio), reward, True, False, info

@@ -1,17 +1,233 @@
-"""Plans that meet a MACs budget: a uniform ratio solved for the budget, or any per-unit profile scaled to it."""
+"""The budget: what a plan costs, and how per-unit ratios are clamped so that a plan lands on the target.
+
+:class:`Budget` is the one cost model and budget solver of the project. The environment asks it, unit by unit, for
+the interval of ratios that keeps the target reachable (AMC's clamp, here from both sides); the baseline searchers,
+``apply`` and users call it directly to turn any ratios into a plan on budget, or to solve the uniform plan.
+
+Example::
+
+    structure = rp.analyze(model, torch.zeros(1, 3, 32, 32))
+    budget = rp.Budget(structure, target=0.5)            # 50% of the dense MACs
+    plan = budget.plan([0.3] * len(structure.units))      # clamped so that the MACs land in [0.49, 0.50]
+    uniform = budget.uniform_plan()
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from rlprune.cost.macs import predict_costs
-from rlprune.pruning.plan import Plan
+from rlprune.errors import RLPruneError
+from rlprune.pruning.plan import Plan, kept_channels
 from rlprune.pruning.structure import Structure
+
+if TYPE_CHECKING:
+    from rlprune.cost.lut import LatencyTable
+
+KINDS = ("macs", "latency")
 
 
 def macs_ratio(structure: Structure, plan: Plan) -> float:
     """Predicted MACs of the pruned model over the dense MACs."""
     return predict_costs(structure, plan.channels)[0] / structure.total_macs
+
+
+def _target_range(target: float | Sequence[float]) -> tuple[float, float]:
+    if isinstance(target, int | float):
+        low = high = float(target)
+    else:
+        if len(target) != 2:
+            raise RLPruneError(f"budget: target must be a ratio or a (low, high) pair, got {list(target)}")
+        low, high = float(target[0]), float(target[1])
+    if not (math.isfinite(low) and math.isfinite(high) and 0.0 < low <= high <= 1.0):
+        raise RLPruneError(f"budget: target must lie in (0, 1], got {target}")
+    return low, high
+
+
+class Budget:
+    """A cost budget over one model's prunable units, and the clamp that meets it.
+
+    :param structure: the model's prunable units (:func:`rlprune.analyze`).
+    :param target: wanted pruned/dense cost ratio in (0, 1], or a ``(low, high)`` range (an environment draws one
+        target per episode from it; the solver methods take the range's low end unless given a target).
+    :param kind: ``macs`` (exact count) or ``latency`` (the lookup table's prediction; needs ``latency_table``).
+    :param min_ratio: smallest pruning ratio any unit gets.
+    :param max_ratio: largest pruning ratio any unit gets (keeps every layer alive).
+    :param round_to: kept channels are rounded to a multiple of this (hardware-friendly widths).
+    :param min_channels: fewest channels any unit keeps.
+    :param tolerance: how far below the target a clamped plan may land.
+    :param latency_table: per-layer latency table for ``kind="latency"``.
+    """
+
+    def __init__(
+        self,
+        structure: Structure,
+        target: float | Sequence[float] = 0.5,
+        *,
+        kind: str = "macs",
+        min_ratio: float = 0.0,
+        max_ratio: float = 0.8,
+        round_to: int | None = None,
+        min_channels: int = 1,
+        tolerance: float = 0.01,
+        latency_table: LatencyTable | None = None,
+    ) -> None:
+        if not (math.isfinite(min_ratio) and math.isfinite(max_ratio) and 0.0 <= min_ratio < max_ratio < 1.0):
+            raise RLPruneError(f"budget: expected 0 <= min_ratio < max_ratio < 1, got {min_ratio} and {max_ratio}")
+        if kind not in KINDS:
+            raise RLPruneError(f"budget: kind must be 'macs' or 'latency', got '{kind}'")
+        if kind == "latency" and latency_table is None:
+            raise RLPruneError("budget: a latency budget needs a latency table")
+        if not (math.isfinite(tolerance) and 0.0 < tolerance < 0.5):
+            raise RLPruneError(f"budget: tolerance must lie in (0, 0.5), got {tolerance}")
+        if min_channels < 1:
+            raise RLPruneError(f"budget: min_channels must be >= 1, got {min_channels}")
+        self.structure = structure
+        self.units = structure.units
+        self.target_range = _target_range(target)
+        self.kind = kind
+        self.min_ratio, self.max_ratio = float(min_ratio), float(max_ratio)
+        self.round_to, self.min_channels, self.tolerance = round_to, int(min_channels), float(tolerance)
+        self.latency_table = latency_table
+        floor_cost = self.cost({u.name: self.channels(i, self.max_ratio) for i, u in enumerate(self.units)})
+        low = self.target_range[0]
+        if floor_cost > low + 1e-9:
+            raise RLPruneError(
+                f"budget: target {kind} ratio {low} is unreachable: pruning every unit by max_ratio {self.max_ratio} "
+                f"still leaves {floor_cost:.3f} of the dense {kind}"
+            )
+
+    def with_latency_table(self, table: LatencyTable) -> Budget:
+        """The same budget steered by another latency table (e.g. one refitted on measured plans)."""
+        other = copy.copy(self)
+        other.latency_table = table
+        return other
+
+    # ------------------------------------------------------------------------------------------------ cost model
+    def channels(self, index: int, ratio: float) -> int:
+        """Channels unit ``index`` keeps at ``ratio`` (rounding and minimum applied)."""
+        return kept_channels(self.units[index].channels, ratio, self.round_to, self.min_channels)
+
+    def cost(self, channels: Mapping[str, int]) -> float:
+        """Pruned/dense cost of this budget's kind for the kept channels (unit name -> channels; missing = dense)."""
+        if self.kind == "latency":
+            assert self.latency_table is not None
+            return self.latency_table.predict(self.structure, channels) / self.latency_table.dense_ms
+        return predict_costs(self.structure, channels)[0] / self.structure.total_macs
+
+    def macs_ratio(self, channels: Mapping[str, int]) -> float:
+        """Predicted pruned/dense MACs, whatever the budget's kind."""
+        return predict_costs(self.structure, channels)[0] / self.structure.total_macs
+
+    def latency_ratio(self, channels: Mapping[str, int]) -> float:
+        """The lookup table's predicted latency ratio (NaN without a table)."""
+        if self.latency_table is None:
+            return float("nan")
+        return self.latency_table.predict(self.structure, channels) / self.latency_table.dense_ms
+
+    def _cost_with(self, decided: Mapping[str, int], t: int, ratio: float, rest: float) -> float:
+        channels = dict(decided)
+        channels[self.units[t].name] = self.channels(t, ratio)
+        for j in range(t + 1, len(self.units)):
+            channels[self.units[j].name] = self.channels(j, rest)
+        return self.cost(channels)
+
+    # ---------------------------------------------------------------------------------------------------- clamp
+    def feasible_interval(self, decided: Mapping[str, int], t: int, target: float) -> tuple[float, float]:
+        """Ratios for unit ``t`` that keep a final cost in ``[target - tolerance, target]`` reachable, given the
+        channels ``decided`` for units ``0..t-1``."""
+        lo_r, hi_r = self.min_ratio, self.max_ratio
+        # Smallest ratio with which, even if all later units are pruned to the maximum, the target is met.
+        if self._cost_with(decided, t, lo_r, self.max_ratio) <= target:
+            need = lo_r
+        elif self._cost_with(decided, t, hi_r, self.max_ratio) > target:
+            need = hi_r
+        else:
+            a, b = lo_r, hi_r
+            for _ in range(20):
+                mid = (a + b) / 2
+                if self._cost_with(decided, t, mid, self.max_ratio) <= target:
+                    b = mid
+                else:
+                    a = mid
+            need = b
+        # Largest ratio with which, even if all later units are pruned as little as allowed, the target is reached.
+        floor = target - self.tolerance
+        if self._cost_with(decided, t, hi_r, self.min_ratio) >= floor:
+            allow = hi_r
+        elif self._cost_with(decided, t, lo_r, self.min_ratio) < floor:
+            allow = lo_r
+        else:
+            a, b = lo_r, hi_r
+            for _ in range(20):
+                mid = (a + b) / 2
+                if self._cost_with(decided, t, mid, self.min_ratio) >= floor:
+                    a = mid
+                else:
+                    b = mid
+            allow = a
+        return need, max(need, allow)
+
+    def _target(self, target: float | None) -> float:
+        if target is None:
+            return self.target_range[0]
+        low, _ = _target_range(target)
+        return low
+
+    def clamp(self, ratios: Sequence[float], target: float | None = None) -> list[float]:
+        """Clamp per-unit ratios (forward order) one unit at a time, exactly as the environment does, so that the
+        plan's cost lands in ``[target - tolerance, target]``."""
+        if len(ratios) != len(self.units):
+            raise RLPruneError(f"budget: {len(ratios)} ratios given for {len(self.units)} prunable units")
+        goal = self._target(target)
+        decided: dict[str, int] = {}
+        out = []
+        for t, wanted in enumerate(ratios):
+            lo, hi = self.feasible_interval(decided, t, goal)
+            r = float(min(max(float(wanted), lo), hi))
+            decided[self.units[t].name] = self.channels(t, r)
+            out.append(r)
+        return out
+
+    def plan(
+        self, ratios: Sequence[float], target: float | None = None, *, importance: str = "l1", model: str = ""
+    ) -> Plan:
+        """A plan on budget from any per-unit ratios (clamped with :meth:`clamp`)."""
+        return self.plan_from_clamped(self.clamp(ratios, target), importance=importance, model=model)
+
+    def plan_from_clamped(
+        self, ratios: Sequence[float] | Mapping[str, float], *, importance: str = "l1", model: str = ""
+    ) -> Plan:
+        """A plan from ratios that are already clamped (e.g. an environment's episode)."""
+        return Plan.from_ratios(
+            self.structure,
+            list(ratios) if not isinstance(ratios, Mapping) else dict(ratios),
+            model=model,
+            importance=importance,
+            round_to=self.round_to,
+            min_channels=self.min_channels,
+        )
+
+    def uniform_ratio(self, target: float | None = None, iterations: int = 30) -> float:
+        """The smallest ratio that, given to every unit, meets the target (bisection)."""
+        goal = self._target(target)
+        lo, hi = self.min_ratio, self.max_ratio
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            if self.cost({u.name: self.channels(i, mid) for i, u in enumerate(self.units)}) > goal:
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
+    def uniform_plan(self, target: float | None = None, *, importance: str = "l1") -> Plan:
+        """The uniform plan at the target: one shared ratio, then the clamp (which raises later units' ratios only
+        as far as rounding needs)."""
+        r = self.uniform_ratio(target)
+        return self.plan([r] * len(self.units), target, importance=importance)
 
 
 def scale_to_budget(
@@ -25,13 +241,13 @@ def scale_to_budget(
     iterations: int = 40,
 ) -> Plan:
     """Ratios ``min(max_ratio, s·profile[i])`` with ``s`` found by bisection so the MACs ratio is closest to
-    ``target`` from below (or as close as reachable).
+    ``target`` from below (or as close as reachable). Keeps the profile's shape, unlike :meth:`Budget.clamp`.
 
     :param profile: non-negative per-unit weights in forward order (their shape decides the plan).
     :param target: wanted pruned/dense MACs ratio in (0, 1].
     """
     if len(profile) != len(structure.units):
-        raise ValueError(f"profile has {len(profile)} entries for {len(structure.units)} units")
+        raise RLPruneError(f"profile has {len(profile)} entries for {len(structure.units)} units")
 
     def plan_for(s: float) -> Plan:
         ratios = [min(max_ratio, max(0.0, s * p)) for p in profile]
@@ -52,6 +268,16 @@ def scale_to_budget(
     return best
 
 
-def uniform_plan(structure: Structure, target: float, **kwargs: object) -> Plan:
-    """The same ratio for every unit, solved for the MACs target."""
-    return scale_to_budget(structure, [1.0] * len(structure.units), target, **kwargs)
+def uniform_plan(
+    structure: Structure,
+    target: float,
+    *,
+    max_ratio: float = 0.9,
+    round_to: int | None = None,
+    importance: str = "l1",
+) -> Plan:
+    """The same ratio for every unit, solved for the MACs target (:meth:`Budget.uniform_plan` on a MACs budget)."""
+    return Budget(structure, target, max_ratio=max_ratio, round_to=round_to).uniform_plan(importance=importance)
+
+
+__all__ = ["KINDS", "Budget", "macs_ratio", "scale_to_budget", "uniform_plan"]

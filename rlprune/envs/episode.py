@@ -1,0 +1,91 @@
+"""One walk over a model's prunable units: the observation at each unit, the clamped decision, the final plan.
+
+The environment plays an :class:`Episode` and scores its plan; applying a trained policy plays one without any
+scorer (:func:`rollout`). Both see exactly the same observations and the same budget clamp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from rlprune.envs.features import observation, static_features
+from rlprune.errors import RLPruneError
+from rlprune.pruning.budget import Budget
+from rlprune.pruning.plan import Plan
+
+
+def action_to_ratio(budget: Budget, action: np.ndarray | float) -> float:
+    """Rescale an action in [-1, 1] (clipped) to a ratio in ``[budget.min_ratio, budget.max_ratio]``."""
+    a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+    return budget.min_ratio + (a + 1.0) / 2.0 * (budget.max_ratio - budget.min_ratio)
+
+
+class Episode:
+    """Decision state for one episode at one target.
+
+    :param budget: the cost model and clamp.
+    :param target: this episode's cost target (within the budget's range).
+    :param static: per-unit static features (:func:`rlprune.envs.features.static_features`); computed if omitted.
+    """
+
+    def __init__(self, budget: Budget, target: float, static: np.ndarray | None = None) -> None:
+        if not 0.0 < target <= 1.0:
+            raise RLPruneError(f"episode: target must lie in (0, 1], got {target}")
+        self.budget = budget
+        self.units = budget.units
+        self.target = float(target)
+        self.static = static if static is not None else static_features(budget.structure)
+        self.t = 0
+        self.decided: dict[str, int] = {}
+        self.ratios: list[float] = []
+        self.interval = (budget.min_ratio, budget.max_ratio)
+
+    @property
+    def done(self) -> bool:
+        return self.t >= len(self.units)
+
+    def observe(self) -> np.ndarray:
+        """The current unit's observation (and the feasible interval it reports, kept for :meth:`decide`)."""
+        t, units = self.t, self.units
+        total = self.budget.structure.total_macs
+        removed = sum(units[j].macs * (1 - self.decided[units[j].name] / units[j].channels) for j in range(t))
+        later = sum(u.macs for u in units[t + 1 :])
+        prev = self.ratios[-1] if self.ratios else 0.0
+        self.interval = self.budget.feasible_interval(self.decided, t, self.target)
+        return observation(self.static[t], [removed / total, later / total, prev, self.target, *self.interval])
+
+    def decide(self, action: np.ndarray | float) -> tuple[float, float]:
+        """Clamp the action's ratio into the feasible interval and commit it; returns ``(ratio, wanted)``."""
+        if self.done:
+            raise RuntimeError("step() called after the episode ended; call reset()")
+        wanted = action_to_ratio(self.budget, action)
+        lo, hi = self.interval
+        ratio = float(min(max(wanted, lo), hi))
+        self.decided[self.units[self.t].name] = self.budget.channels(self.t, ratio)
+        self.ratios.append(ratio)
+        self.t += 1
+        return ratio, wanted
+
+    def final_observation(self, macs_ratio: float) -> np.ndarray:
+        r = self.ratios[-1]
+        return observation(self.static[-1], [1 - macs_ratio, 0.0, r, self.target, r, r])
+
+    def plan(self, importance: str = "l1") -> Plan:
+        """The plan of the ratios chosen so far (units not yet visited keep all channels)."""
+        ratios = {u.name: r for u, r in zip(self.units, self.ratios, strict=False)}
+        return self.budget.plan_from_clamped(ratios, importance=importance)
+
+
+def rollout(
+    budget: Budget, act: Callable[[np.ndarray], np.ndarray], target: float | None = None, importance: str = "l1"
+) -> Plan:
+    """Play one episode with ``act(obs) -> action`` and return its plan, scoring nothing: how a policy is applied."""
+    episode = Episode(budget, budget.target_range[0] if target is None else target)
+    while not episode.done:
+        episode.decide(act(episode.observe()))
+    return episode.plan(importance)
+
+
+__all__ = ["Episode", "action_to_ratio", "rollout"]
