@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from rlprune.cost.macs import predict_costs
+from rlprune.evaluation.scorer import Score
 from rlprune.pruning import Plan, Structure
-
-
-@dataclass
-class Scored:
-    accuracy: float
-    seconds: float = 0.0
-    cached: bool = False
 
 
 class PreferenceScorer:
@@ -26,11 +18,11 @@ class PreferenceScorer:
         self.protect = protect
         self.calls = 0
 
-    def __call__(self, plan: Plan) -> Scored:
+    def __call__(self, plan: Plan) -> Score:
         self.calls += 1
         penalty = sum(
             (1 - plan.channels[u.name] / u.channels) ** 2 * (1.0 if u.index in self.protect else 0.05)
             for u in self.structure.units
         )
         predict_costs(self.structure, plan.channels)
-        return Scored(accuracy=100.0 * (1.0 - penalty / len(self.structure.units)))
+        return Score(accuracy=100.0 * (1.0 - penalty / len(self.structure.units)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -15,17 +15,10 @@ from rlprune.envs.episode import Episode, action_to_ratio, rollout
 from rlprune.envs.features import FEATURE_VERSION, N_FEATURES, static_features
 from rlprune.envs.rewards import Outcome, get_reward
 from rlprune.errors import RLPruneError
+from rlprune.evaluation.scorer import Scorer
 from rlprune.pruning.budget import Budget
 from rlprune.pruning.plan import Plan
 from rlprune.pruning.structure import Structure
-
-
-class Scorer(Protocol):
-    """Anything that scores a plan on validation data (the proxy evaluator, or a synthetic task in tests)."""
-
-    structure: Structure
-
-    def __call__(self, plan: Plan) -> Any: ...
 
 
 class LayerPruningEnv(gym.Env):
@@ -57,7 +50,8 @@ class LayerPruningEnv(gym.Env):
     Terminates after the last unit (episode length = number of units). Never truncated.
 
     ## Arguments
-    - ``scorer``: scores a plan (``rlprune.evaluation.proxy.ProxyEvaluator``); it carries the model structure.
+    - ``scorer``: scores a plan (:class:`~rlprune.evaluation.scorer.Scorer`: the built-in proxy
+      ``ProxyEvaluator``, a ``MetricScorer`` around your own metric, or your own); it carries the model structure.
     - ``target``: budget ratio in (0, 1], or a ``(low, high)`` range sampled uniformly per episode.
     - ``budget``: ``macs`` or ``latency`` (latency needs ``latency_table``), or a ready
       :class:`~rlprune.pruning.budget.Budget` (then ``target``, the ratio limits, rounding, ``tolerance`` and
@@ -175,11 +169,11 @@ class LayerPruningEnv(gym.Env):
 
     def make_plan(self) -> Plan:
         """The plan of the ratios chosen so far (units not yet visited keep all channels)."""
-        return self.episode.plan(getattr(self.scorer, "importance", "l1"))
+        return self.episode.plan(self.scorer.importance)
 
     def rollout(self, act: Callable[[np.ndarray], np.ndarray], target: float | None = None) -> Plan:
         """Play one episode with ``act(obs) -> action`` without scoring it (:func:`rlprune.envs.episode.rollout`)."""
-        return rollout(self.budget, act, target, getattr(self.scorer, "importance", "l1"))
+        return rollout(self.budget, act, target, self.scorer.importance)
 
     def _finish(self, ratio: float, wanted: float) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         plan = self.make_plan()
@@ -202,8 +196,9 @@ class LayerPruningEnv(gym.Env):
             "budget_cost": self.cost(plan.channels),
             "plan": plan.to_dict(),
             "ratios": list(self.ratios),
-            "eval_seconds": float(getattr(result, "seconds", 0.0)),
-            "cached": bool(getattr(result, "cached", False)),
+            "eval_seconds": float(result.seconds),
+            "cached": bool(result.cached),
+            "metrics": dict(result.metrics),
         }
         if self.on_episode is not None:
             self.on_episode(info)

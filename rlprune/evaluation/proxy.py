@@ -6,37 +6,33 @@ test split never is. Results are cached by the plan's key (channels kept per uni
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rlprune.cost.macs import count_params, predict_costs
 from rlprune.data import ArrayDataset, BatchLoader, DataSplits, stratified_split
 from rlprune.evaluation import evaluate
-from rlprune.evaluation.bn import recalibrate_bn
-from rlprune.precision import autocast, autocast_dtype
-from rlprune.pruning import Plan, Structure, analyze, prune
+from rlprune.evaluation.scorer import MetricScorer, Score
+from rlprune.precision import autocast_dtype
+from rlprune.pruning import Plan
 from rlprune.pruning.importance import calibration_batches
 
 
-@dataclass
-class ProxyResult:
-    """Validation accuracy (percent) and loss of a pruned candidate, its costs, and how long scoring took."""
+@dataclass(kw_only=True)
+class ProxyResult(Score):
+    """A :class:`Score` with the validation loss and the candidate's costs."""
 
-    accuracy: float
     loss: float
     macs: int
     params: int
     macs_ratio: float
-    seconds: float
-    cached: bool = False
 
 
-class ProxyEvaluator:
-    """Score plans for one dense model.
+class ProxyEvaluator(MetricScorer):
+    """The built-in scorer: top-1 accuracy on a fixed validation subset after BN recalibration (and optionally a
+    few SGD steps), for a model trained on rlprune's in-memory data splits.
 
     :param model: the dense, trained model (not modified).
     :param splits: data; ``train`` feeds recalibration/fine-tuning, ``val`` is scored.
@@ -68,101 +64,73 @@ class ProxyEvaluator:
         device: torch.device | str = "cpu",
         cache: bool = True,
     ) -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
         self.splits = splits
-        self.example = torch.zeros(1, splits.in_channels, splits.input_size, splits.input_size, device=self.device)
-        self.structure: Structure = analyze(self.model, self.example)
-        self.importance = importance
-        self.eval_batch_size = eval_batch_size
-        self.finetune_steps = finetune_steps
-        self.finetune_lr = finetune_lr
         self.seed = seed
-        self.amp_dtype = autocast_dtype(amp, self.device)
-        self.channels_last = self.amp_dtype is not None
-        self._cache: dict[str, ProxyResult] | None = {} if cache else None
+        self.eval_batch_size = eval_batch_size
+        self.recal_batch_size = recal_batch_size
+        device = torch.device(device)
+        amp_dtype = autocast_dtype(amp, device)
+        self.channels_last = amp_dtype is not None
         self.val: ArrayDataset = splits.val
         if val_images is not None and val_images < len(splits.val):
             _, idx = stratified_split(splits.val.labels, val_images, seed)
             self.val = splits.val.subset(idx)
+        example = torch.zeros(1, splits.in_channels, splits.input_size, splits.input_size)
+        super().__init__(
+            model,
+            example,
+            self._accuracy,
+            train_loader=None,
+            recal_batches=recal_batches,
+            finetune_steps=finetune_steps,
+            finetune_lr=finetune_lr,
+            importance=importance,
+            key="accuracy",
+            device=device,
+            amp_dtype=amp_dtype,
+            cache=cache,
+        )
+
+    def _draw(
+        self, train_loader: object, recal_batches: int, finetune_steps: int, gradients: bool
+    ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, ...]] | None]:
+        """Recalibration batches (plain) and fine-tune batches (augmented) from their own seeded loaders."""
+        s = self.splits
         loader = BatchLoader(
-            splits.train,
-            recal_batch_size,
-            splits.mean,
-            splits.std,
+            s.train,
+            self.recal_batch_size,
+            s.mean,
+            s.std,
             shuffle=True,
-            seed=seed + 7919,
+            seed=self.seed + 7919,
             device=self.device,
             channels_last=self.channels_last,
         )
-        self.recal = [x for _, (x, _) in zip(range(recal_batches), loader, strict=False)]
-        self.calibration = calibration_batches(importance, loader)
-        self._ft_loader = BatchLoader(
-            splits.train,
-            recal_batch_size,
-            splits.mean,
-            splits.std,
-            shuffle=True,
-            augment=True,
-            drop_last=True,
-            seed=seed + 104729,
-            device=self.device,
-            channels_last=self.channels_last,
-        )
+        recal = [x for _, (x, _) in zip(range(recal_batches), loader, strict=False)]
+        calibration = calibration_batches(self.importance, loader)
+        tuned: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if finetune_steps:
+            ft_loader = BatchLoader(
+                s.train,
+                self.recal_batch_size,
+                s.mean,
+                s.std,
+                shuffle=True,
+                augment=True,
+                drop_last=True,
+                seed=self.seed + 104729,
+                device=self.device,
+                channels_last=self.channels_last,
+            )
+            ft_loader.set_epoch(0)
+            tuned = [b for _, b in zip(range(finetune_steps), ft_loader, strict=False)]
+        return recal, tuned, calibration
 
-    def plan(self, ratios: dict[str, float] | list[float], round_to: int | None = None, min_channels: int = 1) -> Plan:
-        """A plan for this evaluator's model from per-unit ratios."""
-        return Plan.from_ratios(
-            self.structure, ratios, importance=self.importance, round_to=round_to, min_channels=min_channels
-        )
-
-    def pruned(self, plan: Plan) -> nn.Module:
-        """The pruned, fine-tuned (if configured) and BN-recalibrated candidate."""
-        model, _ = prune(self.model, plan, self.example, importance=self.importance, calibration=self.calibration)
+    def prepare(self, model: nn.Module) -> None:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        if self.finetune_steps:
-            self._finetune(model)
-        with self._autocast():
-            recalibrate_bn(model, self.recal)
-        return model.eval()
 
-    def _autocast(self) -> torch.autocast:
-        return autocast(self.device, self.amp_dtype)
-
-    def _finetune(self, model: nn.Module) -> None:
-        opt = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        model.train()
-        self._ft_loader.set_epoch(0)
-        for _, (x, y) in zip(range(self.finetune_steps), self._ft_loader, strict=False):
-            with self._autocast():
-                loss = F.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    def remember(self, plan: Plan, accuracy: float) -> None:
-        """Seed the cache with a result recorded earlier (resuming a search re-evaluates nothing)."""
-        if self._cache is None:
-            return
-        macs, params = predict_costs(self.structure, plan.channels)
-        self._cache[plan.key()] = ProxyResult(
-            accuracy=accuracy,
-            loss=float("nan"),
-            macs=macs,
-            params=params,
-            macs_ratio=macs / self.structure.total_macs,
-            seconds=0.0,
-        )
-
-    def __call__(self, plan: Plan) -> ProxyResult:
-        plan.check(self.structure)
-        key = plan.key()
-        if self._cache is not None and key in self._cache:
-            hit = self._cache[key]
-            return ProxyResult(**{**hit.__dict__, "cached": True})
-        start = time.perf_counter()
-        model = self.pruned(plan)
+    def _accuracy(self, model: nn.Module) -> dict[str, float]:
         metrics = evaluate(
             model,
             self.val,
@@ -173,18 +141,40 @@ class ProxyEvaluator:
             amp_dtype=self.amp_dtype,
             channels_last=self.channels_last,
         )
+        return {"accuracy": metrics["accuracy"], "loss": metrics["loss"]}
+
+    def measure(self, model: nn.Module) -> tuple[float, dict[str, float]]:
+        metrics = self._accuracy(model)  # the loss of a collapsed candidate may be huge; only accuracy must be finite
+        return metrics["accuracy"], metrics
+
+    def plan(self, ratios: dict[str, float] | list[float], round_to: int | None = None, min_channels: int = 1) -> Plan:
+        """A plan for this evaluator's model from per-unit ratios."""
+        return Plan.from_ratios(
+            self.structure, ratios, importance=self.importance, round_to=round_to, min_channels=min_channels
+        )
+
+    def _costs(self, plan: Plan) -> tuple[int, float]:
         macs, _ = predict_costs(self.structure, plan.channels)
-        result = ProxyResult(
-            accuracy=metrics["accuracy"],
+        return macs, macs / self.structure.total_macs
+
+    def _recorded(self, plan: Plan, accuracy: float) -> ProxyResult:
+        macs, ratio = self._costs(plan)
+        params = predict_costs(self.structure, plan.channels)[1]
+        return ProxyResult(accuracy=accuracy, loss=float("nan"), macs=macs, params=params, macs_ratio=ratio)
+
+    def _result(
+        self, plan: Plan, model: nn.Module, score: float, metrics: dict[str, float], seconds: float
+    ) -> ProxyResult:
+        macs, ratio = self._costs(plan)
+        return ProxyResult(
+            accuracy=score,
+            metrics=metrics,
             loss=metrics["loss"],
             macs=macs,
             params=count_params(model),
-            macs_ratio=macs / self.structure.total_macs,
-            seconds=time.perf_counter() - start,
+            macs_ratio=ratio,
+            seconds=seconds,
         )
-        if self._cache is not None:
-            self._cache[key] = result
-        return result
 
 
 def proxy_from_checkpoint(
