@@ -22,15 +22,13 @@ from rlprune.training.teachers import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "ensemble_accuracy"
-DEFAULT = ["zoo/resnet20_cifar10.swa180", "zoo/resnet20_cifar10.stage3"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", action="append", help=f"repeatable (default: {' '.join(DEFAULT)})")
+    ap.add_argument("--checkpoint", action="append", required=True, help="an ensemble member (repeat for each)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
-    args.checkpoint = args.checkpoint or DEFAULT
     splits = splits_from_meta(read_meta(args.checkpoint[0]))
     members = [(path, [path]) for path in args.checkpoint]
     rows, data = [], {}

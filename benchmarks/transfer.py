@@ -24,14 +24,15 @@ import argparse
 import time
 from pathlib import Path
 
-from rlprune.apply import finetune_plan, load_dense, rollout_plan, sampled_policy_plan
+from rlprune.agents.policy_io import Policy
+from rlprune.apply import apply_policy, default_proxy, example_input, finetune_plan, load_dense
 from rlprune.config import SearchConfig, load_config
 from rlprune.data import splits_from_meta
 from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.pruning import Plan
 from rlprune.pruning.budget import uniform_plan
 from rlprune.results import environment, md_table, reproduce_command, write_results
-from rlprune.search import complete_search
+from rlprune.searching import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "transfer"
@@ -55,14 +56,16 @@ def main() -> None:
         splits = splits_from_meta(meta, None)
         proxy = ProxyEvaluator(dense, splits, recal_batches=20, finetune_steps=10, val_images=None)
         started = time.perf_counter()
-        plans: dict[str, Plan] = {"policy": rollout_plan(args.policy, dense, structure, target=args.macs)}
+        example = example_input(meta)
+        plans: dict[str, Plan] = {"policy": apply_policy(args.policy, dense, example, target=args.macs)[0]}
         costs = {"policy": time.perf_counter() - started, "uniform": 0.0}
         plans["uniform"] = uniform_plan(structure, args.macs)
         if args.samples:
             name = f"policy + {args.samples} samples"
             started = time.perf_counter()
-            plans[name], _ = sampled_policy_plan(
-                args.policy, dense, structure, splits, target=args.macs, samples=args.samples
+            scorer = default_proxy(dense, splits, Policy.load(args.policy).meta.get("importance", "l1"))
+            plans[name], _ = apply_policy(
+                args.policy, dense, example, target=args.macs, samples=args.samples, scorer=scorer
             )
             costs[name] = time.perf_counter() - started
         if args.fresh_search_episodes:

@@ -1,0 +1,118 @@
+"""rlprune: learn how much to prune each layer with reinforcement learning, apply it to other models, fine-tune.
+
+The public API, in the order a job uses it::
+
+    import rlprune as rp
+
+    structure = rp.analyze(model, example_inputs)                       # prunable units (torch-pruning groups)
+    scorer = rp.MetricScorer(model, example_inputs, my_metric, train_loader=train_loader)
+    result = rp.search(scorer, target=0.5, agent="ppo", episodes=60)    # -> best plan, policy, records
+    pruned, plan = rp.prune(model, result.best_plan, example_inputs)   # smaller tensors, not masks
+    rp.finetune(pruned, train_loader, epochs=2, teacher=model)
+    plan2, _ = rp.apply_policy(result.policy, other_model, example_inputs, target=0.5)   # no new search
+    rp.export_onnx(pruned, (3, 32, 32), "pruned.onnx")
+    print(rp.report(model, pruned, (3, 32, 32))["ratios"])
+
+Names are imported on first use, so ``import rlprune`` stays cheap for the command line.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.2.0"
+
+_EXPORTS = {
+    # analysis, plans and pruning
+    "analyze": "rlprune.pruning.structure",
+    "Structure": "rlprune.pruning.structure",
+    "Unit": "rlprune.pruning.structure",
+    "Plan": "rlprune.pruning.plan",
+    "prune": "rlprune.pruning.prune",
+    "Budget": "rlprune.pruning.budget",
+    "uniform_plan": "rlprune.pruning.budget",
+    # scoring
+    "Scorer": "rlprune.evaluation.scorer",
+    "Score": "rlprune.evaluation.scorer",
+    "MetricScorer": "rlprune.evaluation.scorer",
+    "ProxyEvaluator": "rlprune.evaluation.proxy",
+    # search
+    "LayerPruningEnv": "rlprune.envs.layer_pruning",
+    "search": "rlprune.searching",
+    "SearchResult": "rlprune.searching",
+    "load_result": "rlprune.searching",
+    "Policy": "rlprune.agents.policy_io",
+    # apply, fine-tune, export, report
+    "apply_policy": "rlprune.apply",
+    "finetune": "rlprune.training.loop",
+    "export_onnx": "rlprune.export",
+    "report": "rlprune.reporting",
+    # checkpoints and data
+    "load_checkpoint": "rlprune.checkpoint",
+    "save_checkpoint": "rlprune.checkpoint",
+    "load_splits": "rlprune.data",
+    "build_model": "rlprune.models",
+    "RLPruneError": "rlprune.errors",
+}
+
+__all__ = [
+    "Budget",
+    "LayerPruningEnv",
+    "MetricScorer",
+    "Plan",
+    "Policy",
+    "ProxyEvaluator",
+    "RLPruneError",
+    "Score",
+    "Scorer",
+    "SearchResult",
+    "Structure",
+    "Unit",
+    "analyze",
+    "apply_policy",
+    "build_model",
+    "export_onnx",
+    "finetune",
+    "load_checkpoint",
+    "load_result",
+    "load_splits",
+    "prune",
+    "report",
+    "save_checkpoint",
+    "search",
+    "uniform_plan",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rlprune' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from rlprune.agents.policy_io import Policy
+    from rlprune.apply import apply_policy
+    from rlprune.checkpoint import load_checkpoint, save_checkpoint
+    from rlprune.data import load_splits
+    from rlprune.envs.layer_pruning import LayerPruningEnv
+    from rlprune.errors import RLPruneError
+    from rlprune.evaluation.proxy import ProxyEvaluator
+    from rlprune.evaluation.scorer import MetricScorer, Score, Scorer
+    from rlprune.export import export_onnx
+    from rlprune.models import build_model
+    from rlprune.pruning.budget import Budget, uniform_plan
+    from rlprune.pruning.plan import Plan
+    from rlprune.pruning.prune import prune
+    from rlprune.pruning.structure import Structure, Unit, analyze
+    from rlprune.reporting import report
+    from rlprune.searching import SearchResult, load_result, search
+    from rlprune.training.loop import finetune

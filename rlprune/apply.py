@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlprune.agents.policy_io import load_policy
+from rlprune.agents.policy_io import Policy, load_policy
 from rlprune.agents.recorder import ratio_plot_png
 from rlprune.checkpoint import load_checkpoint, save_checkpoint
 from rlprune.config import ProxyConfig, TrainConfig, atomic_write_text, validate
@@ -32,9 +32,11 @@ from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.evaluation.proxy import ProxyEvaluator
+from rlprune.evaluation.scorer import Scorer
 from rlprune.export import export_onnx
 from rlprune.pruning import Plan, Structure, analyze, prune
 from rlprune.pruning.budget import Budget
+from rlprune.pruning.budget import macs_ratio as plan_macs_ratio
 from rlprune.pruning.importance import calibration_batches
 from rlprune.results import environment, md_table
 from rlprune.seeding import resolve_device
@@ -57,54 +59,29 @@ def load_dense(checkpoint: str, model_name: str | None = None) -> tuple[nn.Modul
     return model, meta, structure
 
 
-def rollout_plan(
-    policy_path: str,
-    model: nn.Module,
-    structure: Structure,
-    *,
-    target: float,
-    budget: str = "macs",
-    latency_batch: int = 1,
-    threads: int | None = None,
-    importance: str | None = None,
-) -> Plan:
-    """Roll a saved policy out deterministically on ``model``'s units, clamped to the budget like in training.
-
-    :param importance: channel criterion recorded in the plan (default: the one the policy was trained with).
-    """
-    return policy_plans(
-        policy_path,
-        model,
-        structure,
-        target=target,
-        samples=0,
-        budget=budget,
-        latency_batch=latency_batch,
-        threads=threads,
-        importance=importance,
-    )[0]
-
-
 def policy_plans(
-    policy_path: str,
+    policy: Policy | str | Path,
     model: nn.Module,
     structure: Structure,
     *,
     target: float,
-    samples: int,
+    samples: int = 0,
     seed: int = 0,
     budget: str = "macs",
     latency_batch: int = 1,
     threads: int | None = None,
     importance: str | None = None,
 ) -> list[Plan]:
-    """The deterministic rollout followed by ``samples`` rollouts drawn from the policy's action distribution.
+    """The policy's deterministic rollout on ``model``'s units, followed by ``samples`` rollouts drawn from its
+    action distribution; every plan is clamped to the budget exactly as in training.
 
     A policy learned on one network is a prior on another, not an answer: on a deeper model its mean can spend the
-    whole budget early (benchmarks/results/transfer.md). Sampled plans stay close to what it learned and give a
-    proxy something to choose from, at a few seconds per plan instead of a search.
+    whole budget early (docs/benchmarks.md, transfer). Sampled plans stay close to what it learned and give a
+    scorer something to choose from, at a few seconds per plan instead of a search.
+
+    :param importance: channel criterion recorded in the plans (default: the one the policy was trained with).
     """
-    policy = load_policy(policy_path)
+    policy = policy if isinstance(policy, Policy) else load_policy(policy)
     m = policy.meta
     importance = importance or m.get("importance", "l1")
     trained = m.get("target")
@@ -134,40 +111,58 @@ def policy_plans(
     return plans
 
 
-def pick_by_proxy(plans: list[Plan], proxy: ProxyEvaluator) -> tuple[int, list[dict[str, float]]]:
-    """Score every plan with the search's proxy (validation split only); returns the best index and all scores."""
-    scores = []
-    for plan in plans:
-        r = proxy(plan)
-        scores.append({"proxy_val_accuracy": round(r.accuracy, 2), "macs_ratio": round(r.macs_ratio, 4)})
-    best = max(range(len(plans)), key=lambda i: scores[i]["proxy_val_accuracy"])
-    return best, scores
-
-
-def sampled_policy_plan(
-    policy_path: str,
+def apply_policy(
+    policy: Policy | str | Path,
     model: nn.Module,
-    structure: Structure,
-    splits: DataSplits,
+    example_inputs: torch.Tensor,
     *,
     target: float,
-    samples: int,
-    seed: int = 0,
     budget: str = "macs",
+    samples: int = 0,
+    scorer: Scorer | None = None,
+    seed: int = 0,
     threads: int | None = None,
-    device: str = "cpu",
 ) -> tuple[Plan, dict[str, Any]]:
-    """The best of the deterministic rollout and ``samples`` drawn plans, scored by the search's default proxy
-    (:class:`~rlprune.config.ProxyConfig`) on ``splits.val``; returns it with a record of every candidate's score.
+    """A plan for ``model`` from a learned policy, without a search: the deterministic rollout, or with
+    ``samples`` > 0 the best (by ``scorer``, on validation data) of it and ``samples`` plans drawn from the policy.
+
+    :param policy: a :class:`~rlprune.Policy`, or the path of a saved one (run directory or ``policy.json``).
+    :param example_inputs: an input batch for tracing ``model``.
+    :param target: pruned/dense cost ratio.
+    :param budget: ``macs`` or ``latency`` (batch-1 CPU latency, from a lookup table built and calibrated here).
+    :param scorer: scores the candidates when ``samples`` > 0 (e.g. a :class:`~rlprune.MetricScorer` for ``model``).
+    :returns: the plan and a record of how it was chosen (every candidate's score when sampling).
+
+    Example::
+
+        plan, _ = rp.apply_policy(result.policy, other_model, torch.zeros(1, 3, 32, 32), target=0.5)
+        smaller, plan = rp.prune(other_model, plan, torch.zeros(1, 3, 32, 32))
     """
+    if samples < 0:
+        raise RLPruneError(f"samples: expected >= 0, got {samples}")
+    if samples and scorer is None:
+        raise RLPruneError("samples: choosing among sampled plans needs a scorer for the model")
+    structure = scorer.structure if scorer is not None else analyze(model.eval(), example_inputs)
     plans = policy_plans(
-        policy_path, model, structure, target=target, samples=samples, seed=seed, budget=budget, threads=threads
+        policy, model, structure, target=target, samples=samples, seed=seed, budget=budget, threads=threads
     )
-    cfg = ProxyConfig(importance=plans[0].importance)
-    best, scores = pick_by_proxy(
-        plans, ProxyEvaluator(model, splits, **cfg.model_dump(), device=resolve_device(device))
-    )
+    if not samples:
+        return plans[0], {"samples": 0}
+    assert scorer is not None
+    scores = []
+    for plan in plans:
+        r = scorer(plan)
+        scores.append(
+            {"proxy_val_accuracy": round(r.accuracy, 2), "macs_ratio": round(plan_macs_ratio(structure, plan), 4)}
+        )
+    best = max(range(len(plans)), key=lambda i: scores[i]["proxy_val_accuracy"])
     return plans[best], {"samples": samples, "candidates": scores, "chosen": "deterministic" if best == 0 else best}
+
+
+def default_proxy(model: nn.Module, splits: DataSplits, importance: str = "l1", device: str = "cpu") -> ProxyEvaluator:
+    """The search's default proxy (:class:`~rlprune.config.ProxyConfig`) for ``model`` on ``splits`` (val only)."""
+    cfg = ProxyConfig(importance=importance)
+    return ProxyEvaluator(model, splits, **cfg.model_dump(), device=resolve_device(device))
 
 
 def finetune_plan(

@@ -62,78 +62,38 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from rlprune.config import SearchConfig, load_config
-    from rlprune.search import run_search
-
-    cfg = load_config(args.config, SearchConfig, args.set)
-    summary = run_search(cfg, resume=args.resume, progress=not args.quiet)
-    print(json.dumps(summary))
-    return 0
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from rlprune.apply import finetune_plan, load_dense
     from rlprune.config import SearchConfig, load_config
-    from rlprune.data import splits_from_meta
-    from rlprune.pruning import Plan
-    from rlprune.search import run_search
+    from rlprune.pipeline import run_job
 
     cfg = load_config(args.config, SearchConfig, args.set)
-    run_dir = Path(cfg.output_dir) / cfg.name
-    out = run_dir / "pruned"
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        raise RLPruneError(f"{out}: already exists; use another name or --resume")
-    summary = run_search(cfg, resume=args.resume, progress=not args.quiet)
-    dense, meta, _ = load_dense(cfg.checkpoint)
-    plan = Plan.load(run_dir / "best_plan.json")
-    f = cfg.finetune
-    finetune_plan(
-        dense,
-        meta,
-        plan,
-        splits_from_meta(meta, cfg.data_root),
-        out,
-        epochs=f.epochs,
-        lr=f.lr,
-        distill=f.distill,
-        batch_size=f.batch_size,
-        swa_epochs=f.swa_epochs,
-        swa_lr=f.swa_lr,
-        seed=cfg.seed,
-        progress=not args.quiet,
-        source={"search": str(run_dir), "checkpoint": cfg.checkpoint},
-        reuse=True,
-        device=cfg.device,
-    )
-    print(
-        json.dumps(
-            {
-                "best_val_proxy_accuracy": round(summary["best"]["accuracy"], 2),
-                "macs_ratio": round(summary["best"]["macs_ratio"], 4),
-                "report": str(out / "report.md"),
-                "pruned_model": str(out / "model.json"),
-                "tensorboard": f"tensorboard --logdir {run_dir}",
-            }
-        )
-    )
-    print((out / "report.md").read_text())
+    out = run_job(cfg, resume=args.resume, progress=not args.quiet)
+    print(json.dumps({k: v for k, v in out.items() if k != "report_md"}))
+    print(out["report_md"])
     return 0
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from rlprune.agents.searchers import SEARCHERS
     from rlprune.config import SearchConfig, load_config
-    from rlprune.search import run_search
+    from rlprune.searching import AGENTS, run_search
 
-    if args.searcher not in SEARCHERS:
-        raise RLPruneError(f"--searcher '{args.searcher}': expected one of {', '.join(sorted(SEARCHERS))}")
-    cfg = load_config(args.config, SearchConfig, args.set)
-    if not any(o.startswith("name=") for o in args.set):
-        cfg = cfg.model_copy(update={"name": f"{cfg.name}-{args.searcher}"})
-    summary = run_search(cfg, searcher=args.searcher, resume=args.resume, progress=not args.quiet)
+    agent = args.agent
+    if getattr(args, "searcher", None):
+        print("note: --searcher is the old spelling of --agent", file=sys.stderr)
+        agent = agent or args.searcher
+    if agent is not None and agent not in AGENTS and agent not in SEARCHERS:
+        raise RLPruneError(f"--agent '{agent}': expected one of {', '.join(AGENTS + tuple(sorted(SEARCHERS)))}")
+    if args.command == "train" and agent in SEARCHERS:
+        raise RLPruneError(f"--agent '{agent}': 'train' runs an RL agent; use 'rlprune search --agent {agent}'")
+    overrides = list(args.set)
+    if agent in AGENTS:
+        overrides.append(f"agent.algorithm={agent}")
+    cfg = load_config(args.config, SearchConfig, overrides)
+    searcher = agent if agent in SEARCHERS else None
+    if searcher and not any(o.startswith("name=") for o in args.set):
+        cfg = cfg.model_copy(update={"name": f"{cfg.name}-{searcher}"})
+    summary = run_search(cfg, searcher=searcher, resume=args.resume, progress=not args.quiet)
     print(json.dumps(summary))
     return 0
 
@@ -198,7 +158,8 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from rlprune.apply import rollout_plan, sampled_policy_plan
+    from rlprune.agents.policy_io import load_policy
+    from rlprune.apply import apply_policy, default_proxy, example_input
 
     if (args.target_macs is None) == (args.target_latency is None):
         raise RLPruneError("give exactly one of --target-macs or --target-latency")
@@ -208,25 +169,26 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         raise RLPruneError(f"--target-{budget}: expected a ratio in (0, 1], got {target}")
     if args.samples < 0:
         raise RLPruneError(f"--samples: expected >= 0, got {args.samples}")
+    policy = load_policy(args.policy)
 
     def plan_fn(dense, meta, structure, get_splits):
         source = {"policy": args.policy, "checkpoint": args.checkpoint, "target": target, "budget": budget}
-        if not args.samples:
-            plan = rollout_plan(args.policy, dense, structure, target=target, budget=budget, threads=args.threads)
-            return plan, source
-        plan, picked = sampled_policy_plan(
-            args.policy,
+        scorer = None
+        if args.samples:
+            importance = policy.meta.get("importance", "l1")
+            scorer = default_proxy(dense, get_splits(), importance, args.device)
+        plan, picked = apply_policy(
+            policy,
             dense,
-            structure,
-            get_splits(),
+            example_input(meta),
             target=target,
-            samples=args.samples,
-            seed=args.seed,
             budget=budget,
+            samples=args.samples,
+            scorer=scorer,
+            seed=args.seed,
             threads=args.threads,
-            device=args.device,
         )
-        return plan, source | picked
+        return plan, source | (picked if args.samples else {})
 
     return _finetune_common(args, plan_fn)
 
@@ -259,6 +221,16 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+# How to fix an error, in this interface's terms (the library names the remedy, never a flag).
+FIXES = {
+    "resume": "pass --resume to continue it",
+    "rename": "set another name (--set name=...)",
+    "resume_or_rename": "pass --resume to continue it or set another name (--set name=...)",
+    "restart": "start over with --restart",
+    "restart_or_rename": "start over with --restart or set another name (--set name=...)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlprune", description="Learn per-layer pruning ratios with RL.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -281,25 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PREFIX",
         help="also copy the finished checkpoint, config, log and history to PREFIX.* (e.g. zoo/resnet20_cifar10)",
     )
-    config_command(
-        "train",
-        "learn a pruning policy with an RL agent (PPO by default)",
-        _cmd_train,
-        "continue the run in runs/<name>/",
-    )
+    for name, help_ in (
+        ("search", "search per-layer pruning ratios: an RL agent (PPO by default) or a baseline"),
+        ("train", "the same as 'search' with an RL agent (the name the design card uses)"),
+    ):
+        p = config_command(name, help_, _cmd_search, "continue the run in runs/<name>/")
+        p.add_argument(
+            "--agent",
+            default=None,
+            help="ppo | ddpg | sac | td3 (RL; default: the config's agent.algorithm) or uniform | random | evolution "
+            "(baselines, run in runs/<name>-<agent>/)",
+        )
+        p.add_argument("--searcher", default=None, help=argparse.SUPPRESS)  # the old spelling of --agent
     config_command(
         "run",
         "the main job: search, fine-tune the best plan, export and report",
         _cmd_run,
         "continue an interrupted run",
     )
-    p = config_command(
-        "search",
-        "baseline search (uniform, random, evolution) with the same budget",
-        _cmd_search,
-        "continue the run in runs/<name>-<searcher>/",
-    )
-    p.add_argument("--searcher", required=True, help="uniform | random | evolution")
 
     p = sub.add_parser("apply", help="roll a learned policy out on a model, prune, fine-tune, export, report")
     p.add_argument("--policy", required=True, help="run directory or policy.json of a search")
@@ -336,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except RLPruneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        fix = FIXES.get(exc.fix or "")
+        print(f"error: {exc}" + (f"; {fix}" if fix else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

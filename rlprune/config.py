@@ -27,7 +27,7 @@ class DataConfig(Strict):
 
     dataset: Literal["cifar10", "imagefolder"] = "cifar10"
     root: str | None = None
-    download: bool = False
+    download: bool = True  # fetch CIFAR-10 on first use when it is not found locally
     sha256: str | None = None
     val_size: int = Field(5000, ge=0)
     split_seed: int = 0
@@ -337,7 +337,7 @@ class SearchConfig(Strict):
     device: str = "cpu"
     threads: int | None = Field(None, ge=1)
     output_dir: str = "runs"
-    checkpoint: str
+    checkpoint: str | None = None  # the dense model; not needed when the search is given a scorer (Python API)
     data_root: str | None = None
     env: EnvConfig = Field(default_factory=EnvConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)

@@ -11,7 +11,9 @@ from torch import nn
 from rlprune.errors import RLPruneError
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, atol: float = 1e-4) -> dict[str, float]:
+def export_onnx(
+    model: nn.Module, input_shape: tuple[int, ...], path: str | Path, atol: float = 1e-4
+) -> dict[str, float]:
     """Export with a dynamic batch dimension and compare onnxruntime's outputs with PyTorch's on random inputs.
 
     :returns: ``{"max_abs_diff": ..., "opset": ...}``; raises if the outputs differ by more than ``atol``.
@@ -20,6 +22,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, atol
         import onnxruntime as ort
     except ImportError as exc:
         raise RLPruneError("ONNX export needs onnx and onnxruntime: pip install 'rlprune[export]'") from exc
+    path = Path(path)
     model = model.eval().cpu()
     example = torch.randn(2, *input_shape)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -323,10 +323,10 @@ def test_latency_budget_search_on_a_real_checkpoint(trained: dict[str, Path]) ->
 
 
 def test_sampling_plans_needs_a_stochastic_policy() -> None:
-    from rlprune.agents.policy_io import LoadedPolicy
+    from rlprune.agents.policy_io import Policy
     from rlprune.errors import RLPruneError
 
-    deterministic = LoadedPolicy(torch.nn.Linear(18, 1), {"algorithm": "ddpg"})  # no action distribution
+    deterministic = Policy(torch.nn.Linear(18, 1), {"algorithm": "ddpg"})  # no action distribution
     with pytest.raises(RLPruneError, match="ddpg policy is deterministic"):
         deterministic.sampler(0)
 

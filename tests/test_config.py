@@ -18,7 +18,7 @@ def _write(tmp_path: Path, data: dict) -> Path:
 
 
 def test_shipped_experiment_configs_validate() -> None:
-    cfg = load_config(ROOT / "experiments" / "resnet20_cifar10_pretrain.yaml", PretrainConfig)
+    cfg = load_config(ROOT / "experiments" / "zoo" / "resnet20_cifar10_1_pretrain.yaml", PretrainConfig)
     assert cfg.model.name == "resnet20" and cfg.train.epochs > 0
 
 

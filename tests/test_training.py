@@ -144,16 +144,17 @@ def test_swa_averages_the_last_epochs_and_resumes(image_folder: Path, tmp_path: 
             assert torch.allclose(a.float(), b.float(), atol=1e-5), name
 
 
-def test_resume_refuses_weights_from_another_epoch(image_folder: Path, tmp_path: Path) -> None:
-    """A state saved without its weights (older runs) must match ``last``; a kill between the saves is reported."""
+def test_resume_refuses_a_state_without_weights(image_folder: Path, tmp_path: Path) -> None:
+    """A state saved without its weights (rlprune < 0.2) cannot be paired safely with ``last``: refused."""
     splits = load_splits("imagefolder", image_folder, val_size=6)
     fit(_model(), splits, _recipe(epochs=2), tmp_path, meta=META, batch_size=8, progress=False)
     state = load_state(tmp_path / "state.pt")
     del state["model"]
     state["epoch"] = 1
     save_state(tmp_path / "state.pt", state)
-    with pytest.raises(RLPruneError, match="last.json is from epoch 2 but state.pt from epoch 1"):
+    with pytest.raises(RLPruneError, match="state.pt: resume state from an older rlprune") as err:
         fit(_model(), splits, _recipe(epochs=2), tmp_path, meta=META, batch_size=8, progress=False)
+    assert err.value.fix == "restart"
 
 
 def test_distillation_leaves_the_teacher_prunable(image_folder: Path, tmp_path: Path) -> None:

@@ -36,16 +36,10 @@ def policy_paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def save_policy(path: str | Path, agent: BaseAlgorithm, algorithm: str, meta: dict[str, Any]) -> Path:
-    """Write ``policy.safetensors`` + ``policy.json``; returns the JSON path.
+    """Write a trained SB3 agent's policy as ``policy.safetensors`` + ``policy.json``; returns the JSON path.
 
     :param meta: action scaling (``min_ratio``, ``max_ratio``), budget, training config, ... (JSON-serialisable).
     """
-    weights, sidecar = policy_paths(path)
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in agent.policy.state_dict().items()}
-    tmp = weights.with_name(f".{weights.name}.tmp")
-    save_file(state, str(tmp))
-    tmp.replace(weights)
     full = {
         "format": POLICY_FORMAT,
         "algorithm": algorithm,
@@ -54,8 +48,7 @@ def save_policy(path: str | Path, agent: BaseAlgorithm, algorithm: str, meta: di
         "policy_kwargs": _plain(agent.policy_kwargs),
         **meta,
     }
-    atomic_write_text(sidecar, json.dumps(full, indent=1, default=str) + "\n")
-    return sidecar
+    return Policy(agent.policy, full).save(path)
 
 
 def _plain(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -72,12 +65,32 @@ def _plain(kwargs: dict[str, Any]) -> dict[str, Any]:
 _ACTIVATIONS = {"torch.nn.modules.activation.Tanh": torch.nn.Tanh, "torch.nn.modules.activation.ReLU": torch.nn.ReLU}
 
 
-class LoadedPolicy:
-    """A deterministic policy rebuilt from weights + JSON: ``act(obs) -> action in [-1, 1]``."""
+class Policy:
+    """A learned pruning policy rebuilt from weights + JSON (nothing unpickled): ``act(obs) -> action in [-1, 1]``.
+
+    ``meta`` holds how it was trained (algorithm, action scaling ``min_ratio``/``max_ratio``, ``round_to``, budget
+    kind and target range, importance criterion). Apply it to any model with :func:`rlprune.apply_policy`.
+    """
 
     def __init__(self, policy: torch.nn.Module, meta: dict[str, Any]) -> None:
-        self.policy = policy.eval()
+        self.policy = policy  # a loaded policy is put in eval mode by load_policy; a live agent's is left alone
         self.meta = meta
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """Load ``policy.safetensors`` + ``policy.json`` (a run directory, either file, or their common stem)."""
+        return load_policy(path)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``<path>.safetensors`` + ``<path>.json`` (or ``policy.*`` inside a directory); returns the JSON."""
+        weights, sidecar = policy_paths(path)
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.policy.state_dict().items()}
+        tmp = weights.with_name(f".{weights.name}.tmp")
+        save_file(state, str(tmp))
+        tmp.replace(weights)
+        atomic_write_text(sidecar, json.dumps(self.meta, indent=1, default=str) + "\n")
+        return sidecar
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
@@ -104,7 +117,7 @@ class LoadedPolicy:
         return act
 
 
-def load_policy(path: str | Path) -> LoadedPolicy:
+def load_policy(path: str | Path) -> Policy:
     """Rebuild a saved policy without unpickling; refuses another feature-spec version."""
     weights, sidecar = policy_paths(path)
     meta = read_json(sidecar, "policy metadata")
@@ -132,4 +145,4 @@ def load_policy(path: str | Path) -> LoadedPolicy:
         raise RLPruneError(f"{weights}: policy weights not found") from exc
     except (RuntimeError, OSError, SafetensorError) as exc:
         raise RLPruneError(f"{weights}: weights do not fit a {algorithm} policy ({str(exc)[:120]})") from exc
-    return LoadedPolicy(policy, meta)
+    return Policy(policy.eval(), meta)

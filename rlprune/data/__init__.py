@@ -15,17 +15,15 @@ from rlprune.data.loader import BatchLoader, Normalizer, random_crop_flip
 from rlprune.data.sources import read_cifar_python, read_image_folder
 from rlprune.errors import RLPruneError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CIFAR_CANDIDATES = ("cifar10-jpeg.tar.gz", "cifar-10-batches-py", "cifar10", "cifar-10-python.tar.gz")
 
 
 def default_data_dirs() -> list[Path]:
-    """Where data is looked for when no root is configured: ``$RLPRUNE_DATA``, then ``../shared/data`` beside the
-    repository (or the working directory), then the download cache."""
+    """Where data is looked for when no root is configured: ``$RLPRUNE_DATA``, then the download cache."""
     dirs = []
     if os.environ.get("RLPRUNE_DATA"):
         dirs.append(Path(os.environ["RLPRUNE_DATA"]))
-    dirs += [REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data", cache_root() / "downloads"]
+    dirs.append(cache_root() / "downloads")
     return dirs
 
 
@@ -48,7 +46,7 @@ def resolve_cifar10(root: Path | None, download: bool) -> Path:
     looked = ", ".join(str(d) for d in default_data_dirs())
     raise RLPruneError(
         f"data.root: no CIFAR-10 found (looked in {looked}); put 'cifar10-jpeg.tar.gz' or 'cifar-10-batches-py/' "
-        f"there, set $RLPRUNE_DATA or data.root, or set data.download: true on a machine with internet"
+        f"there, set $RLPRUNE_DATA or data.root, or allow data.download on a machine with internet"
     )
 
 
@@ -60,7 +58,7 @@ def load_splits(
     seed: int = 0,
     input_size: int = 32,
     channels: int = 3,
-    download: bool = False,
+    download: bool = True,
     sha256: str | None = None,
     limit_train: int | None = None,
     limit_test: int | None = None,
@@ -73,7 +71,7 @@ def load_splits(
     :param seed: seed of the validation split.
     :param input_size: images are resized to this square size (CIFAR stays 32).
     :param channels: 3 (RGB) or 1 (grayscale).
-    :param download: fetch CIFAR-10 when it is not found locally.
+    :param download: fetch CIFAR-10 (checksum-verified) when it is not found locally.
     :param sha256: expected checksum of a file source; a mismatch is an error.
     :param limit_train: keep only the first N training images per stratified order (tests, quick runs).
     :param limit_test: keep only N test images (stratified).
@@ -124,7 +122,7 @@ def load_splits(
     return DataSplits(train, val, test, mean, std, name=dataset, info=info)
 
 
-def splits_from_meta(meta: dict, data_root: str | Path | None = None) -> DataSplits:
+def splits_from_meta(meta: dict, data_root: str | Path | None = None, download: bool = True) -> DataSplits:
     """The same train/val/test splits a checkpoint was trained with, from its metadata's ``dataset`` record."""
     ds = meta.get("dataset", {})
     return load_splits(
@@ -134,6 +132,7 @@ def splits_from_meta(meta: dict, data_root: str | Path | None = None) -> DataSpl
         seed=ds.get("split_seed", 0),
         input_size=ds.get("input_size", 32),
         channels=ds.get("channels", 3),
+        download=download,
     )
 
 

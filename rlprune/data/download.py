@@ -1,4 +1,5 @@
-"""Fetching the official CIFAR-10 archive (``download: true``), with checksum verification."""
+"""Fetching the official CIFAR-10 archive on first use (``data.download``, on by default), with a progress bar and
+checksum verification; an offline machine gets a one-line error that says where to put the files instead."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from tqdm import tqdm
 
 from rlprune.errors import RLPruneError
 
@@ -28,7 +31,9 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_cifar10(dest: Path, url: str = CIFAR10_URL, timeout: float = 30.0) -> Path:
+def download_cifar10(
+    dest: Path, url: str = CIFAR10_URL, timeout: float = 30.0, progress: bool = True, md5: str = CIFAR10_MD5
+) -> Path:
     """Download and unpack the official CIFAR-10 python archive into ``dest``; return the batches folder.
 
     The archive's MD5 is checked before unpacking. Without network access this fails with a message that says
@@ -42,10 +47,13 @@ def download_cifar10(dest: Path, url: str = CIFAR10_URL, timeout: float = 30.0) 
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                out.write(block)
-        if _md5(tmp) != CIFAR10_MD5:
-            raise RLPruneError(f"{url}: downloaded archive has the wrong checksum (expected md5 {CIFAR10_MD5})")
+            size = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=size, unit="B", unit_scale=True, desc="CIFAR-10", disable=not progress) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    bar.update(len(block))
+        if _md5(tmp) != md5:
+            raise RLPruneError(f"{url}: downloaded archive has the wrong checksum (expected md5 {md5})")
         with tarfile.open(tmp, "r:gz") as tar:
             tar.extractall(dest, filter="data")
     except (urllib.error.URLError, TimeoutError, OSError) as exc:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from rlprune.checkpoint import load_state, load_weights, read_meta, save_checkpoint, save_state
+from rlprune.checkpoint import load_state, save_checkpoint, save_state
 from rlprune.config import TrainConfig, atomic_write_text
 from rlprune.data import BatchLoader, DataSplits
 from rlprune.errors import RLPruneError
@@ -145,19 +145,12 @@ def fit(
             now = json.loads(run_key)
             diff = _first_difference(saved, now)
             raise RLPruneError(
-                f"{run_dir}: holds a saved run with another recipe ({diff}); resume it with the same settings, "
-                "or use another name / --restart"
+                f"{run_dir}: holds a saved run with another recipe ({diff}); resume it with the same settings",
+                fix="restart_or_rename",
             )
-        if "model" in state:  # the weights this state was saved with: no gap between two files to fall into
-            model.load_state_dict(state["model"])
-        else:  # runs saved before the state held the weights: ``last`` must belong to the same epoch
-            last_meta = read_meta(last_path)
-            if last_meta.get("epochs_done") != state["epoch"]:
-                raise RLPruneError(
-                    f"{run_dir}: last.json is from epoch {last_meta.get('epochs_done')} but state.pt from epoch "
-                    f"{state['epoch']} (killed between the two saves); rerun with --restart"
-                )
-            load_weights(model, last_path, last_meta.get("weights_sha256"))
+        if "model" not in state:  # written by rlprune < 0.2, before the state carried the weights
+            raise RLPruneError(f"{state_path}: resume state from an older rlprune (no weights)", fix="restart")
+        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state:

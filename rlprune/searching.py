@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +23,24 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from rlprune.agents.callbacks import SearchCallback
-from rlprune.agents.policy_io import save_policy
+from rlprune.agents.policy_io import Policy, save_policy
 from rlprune.agents.recorder import SearchRecorder
 from rlprune.agents.sb3_agents import make_agent
 from rlprune.agents.searchers import get_searcher
 from rlprune.checkpoint import load_state, save_state
-from rlprune.config import SearchConfig, atomic_write_text, write_resolved
+from rlprune.config import SearchConfig, atomic_write_text, read_json, validate, write_resolved
 from rlprune.cost.lut import LatencyTable, build_latency_table, measured_latency_ratio
 from rlprune.envs.calibration import calibrate_latency_budget
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
-from rlprune.evaluation.proxy import ProxyEvaluator, proxy_from_checkpoint
+from rlprune.evaluation.proxy import proxy_from_checkpoint
+from rlprune.evaluation.scorer import MetricScorer, Scorer
 from rlprune.logs import setup_logging
 from rlprune.pruning import Plan, Structure
 from rlprune.pruning.budget import Budget
 from rlprune.seeding import seed_everything
 
-log = logging.getLogger("rlprune.search")
+log = logging.getLogger("rlprune.searching")
 
 
 def _latency_table(cfg: SearchConfig, structure: Structure, dense_cpu: nn.Module, run_dir: Path) -> LatencyTable:
@@ -94,7 +96,7 @@ def load_agent_state(agent: Any, path: Path) -> int:
 
 def _prepare(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
     if (run_dir / "episodes.jsonl").is_file() and not resume:
-        raise RLPruneError(f"{run_dir}: a search already ran here; pass --resume to continue it or set another name")
+        raise RLPruneError(f"{run_dir}: a search already ran here", fix="resume_or_rename")
     saved_path = run_dir / "config.yaml"
     if resume and saved_path.is_file():
         # Recorded accuracies are only comparable with new ones if plans are scored and budgeted the same way.
@@ -104,7 +106,8 @@ def _prepare(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
             if saved.get(section) != now.get(section):
                 raise RLPruneError(
                     f"{run_dir}: cannot resume with a different '{section}' than the run was started with "
-                    f"({saved.get(section)!r} -> {now.get(section)!r}); set another name"
+                    f"({saved.get(section)!r} -> {now.get(section)!r})",
+                    fix="rename",
                 )
 
 
@@ -128,11 +131,11 @@ def run_search(
     searcher: str | None = None,
     resume: bool = False,
     progress: bool = True,
-    scorer: Any | None = None,
+    scorer: Scorer | None = None,
 ) -> dict[str, Any]:
     """Run an RL agent (``searcher=None``) or a baseline searcher; returns the summary.
 
-    :param scorer: use this scorer instead of building a proxy evaluator from ``cfg.checkpoint`` (tests).
+    :param scorer: use this scorer instead of building a proxy evaluator from ``cfg.checkpoint``.
     """
     run_dir = Path(cfg.output_dir) / cfg.name
     _prepare(cfg, run_dir, resume)
@@ -140,6 +143,8 @@ def run_search(
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     if scorer is None:
+        if cfg.checkpoint is None:
+            raise RLPruneError("search: give a checkpoint (the dense model) or a scorer")
         scorer = proxy_from_checkpoint(
             cfg.checkpoint,
             cfg.data_root,
@@ -157,7 +162,9 @@ def run_search(
     setup_logging(run_dir / "search.log", verbose=progress)
     write_resolved(cfg, run_dir)
     table, dense_cpu = None, None
-    if isinstance(scorer, ProxyEvaluator) and (cfg.env.budget == "latency" or cfg.env.reward == "accuracy_latency"):
+    if cfg.env.budget == "latency" or cfg.env.reward == "accuracy_latency":
+        if not isinstance(scorer, MetricScorer):
+            raise RLPruneError("search: a latency budget or reward needs a scorer that holds the dense model")
         dense_cpu = copy.deepcopy(scorer.model).cpu().eval()  # the scorer keeps its model on its own device
         table = _latency_table(cfg, scorer.structure, dense_cpu, run_dir)
     writer = SummaryWriter(str(run_dir / "tb" / (searcher or "agent"))) if searcher else None
@@ -320,3 +327,110 @@ def _with_hparams(callback: SearchCallback, hparams: dict[str, Any]) -> SearchCa
 
     callback._on_training_start = on_start  # type: ignore[method-assign]
     return callback
+
+
+@dataclass
+class SearchResult:
+    """What a search produced.
+
+    :param run_dir: where everything was written (``episodes.jsonl``, ``best_plan.json``, ``summary.json``, TensorBoard
+        logs, and for RL agents ``policy.safetensors`` + ``policy.json``).
+    :param best_plan: the best plan found (highest reward), with the kept channels per unit.
+    :param policy: the learned policy (RL agents only), ready for :func:`rlprune.apply_policy` on other models.
+    :param records: every evaluated plan, in order (one dict per episode, as in ``episodes.jsonl``).
+    :param summary: the run's summary (best score, episodes, seconds).
+    """
+
+    run_dir: Path
+    best_plan: Plan
+    policy: Policy | None
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The best episode's record (score, MACs ratio, reward, ...)."""
+        return max(self.records, key=lambda r: r["reward"])
+
+
+AGENTS = ("ppo", "ddpg", "sac", "td3")
+
+
+def search(
+    scorer: Scorer,
+    *,
+    target: float | tuple[float, float] = 0.5,
+    agent: str = "ppo",
+    episodes: int = 300,
+    out_dir: str | Path = "runs/search",
+    seed: int = 0,
+    budget: str = "macs",
+    reward: str = "accuracy",
+    min_ratio: float = 0.0,
+    max_ratio: float = 0.8,
+    round_to: int | None = None,
+    hyperparams: dict[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    **options: Any,
+) -> SearchResult:
+    """Search per-layer pruning ratios for the model ``scorer`` scores, with an RL agent or a baseline.
+
+    :param scorer: scores a plan (:class:`~rlprune.MetricScorer` around your own metric, or the built-in proxy).
+    :param target: pruned/dense cost ratio to meet (or a ``(low, high)`` range: one target per episode).
+    :param agent: ``ppo`` (default), ``ddpg``, ``sac``, ``td3``, or a baseline: ``random``, ``evolution``,
+        ``uniform``.
+    :param episodes: plans to evaluate.
+    :param out_dir: the run directory (created; an existing search there is refused unless ``resume``).
+    :param options: further :class:`~rlprune.config.SearchConfig` sections, e.g. ``latency={"batch_size": 8}`` or
+        ``env={"tolerance": 0.02}`` (merged over the arguments above).
+    :returns: a :class:`SearchResult`.
+
+    Example::
+
+        result = rp.search(scorer, target=0.5, agent="ppo", episodes=60, out_dir="runs/mine")
+        pruned, plan = rp.prune(model, result.best_plan, example_inputs)
+    """
+    from rlprune.agents.searchers import SEARCHERS
+
+    if agent not in AGENTS and agent not in SEARCHERS:
+        raise RLPruneError(f"agent '{agent}': expected one of {', '.join(AGENTS + tuple(sorted(SEARCHERS)))}")
+    out = Path(out_dir)
+    env = {
+        "target": list(target) if isinstance(target, tuple | list) else target,
+        "budget": budget,
+        "reward": reward,
+        "min_ratio": min_ratio,
+        "max_ratio": max_ratio,
+        "round_to": round_to,
+        **options.pop("env", {}),
+    }
+    raw: dict[str, Any] = {
+        "name": out.name,
+        "output_dir": str(out.parent),
+        "seed": seed,
+        "env": env,
+        "proxy": {"importance": scorer.importance, **options.pop("proxy", {})},
+        "agent": {
+            "algorithm": agent if agent in AGENTS else "ppo",
+            "episodes": episodes,
+            "hyperparams": hyperparams or {},
+            **options.pop("agent", {}),
+        },
+        **options,
+    }
+    cfg = validate(SearchConfig, raw, "search")
+    summary = run_search(
+        cfg, searcher=None if agent in AGENTS else agent, resume=resume, progress=progress, scorer=scorer
+    )
+    return load_result(out, summary)
+
+
+def load_result(run_dir: str | Path, summary: dict[str, Any] | None = None) -> SearchResult:
+    """The :class:`SearchResult` of a finished run directory."""
+    run_dir = Path(run_dir)
+    if summary is None:
+        summary = read_json(run_dir / "summary.json", "search summary")
+    records = SearchRecorder(run_dir).records
+    policy = Policy.load(run_dir) if (run_dir / "policy.json").is_file() else None
+    return SearchResult(run_dir, Plan.load(run_dir / "best_plan.json"), policy, records, summary)
