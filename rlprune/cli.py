@@ -62,11 +62,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_workers(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides plus ``--workers N`` as ``workers=N`` (so the config validates it like any key)."""
+    return [*args.set, f"workers={args.workers}"] if args.workers is not None else list(args.set)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from rlprune.config import SearchConfig, load_config
     from rlprune.search import run_search
 
-    cfg = load_config(args.config, SearchConfig, args.set)
+    cfg = load_config(args.config, SearchConfig, _with_workers(args))
     summary = run_search(cfg, resume=args.resume, progress=not args.quiet)
     print(json.dumps(summary))
     return 0
@@ -81,7 +86,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from rlprune.pruning import Plan
     from rlprune.search import run_search
 
-    cfg = load_config(args.config, SearchConfig, args.set)
+    cfg = load_config(args.config, SearchConfig, _with_workers(args))
     run_dir = Path(cfg.output_dir) / cfg.name
     out = run_dir / "pruned"
     if out.exists() and any(out.iterdir()) and not args.resume:
@@ -130,7 +135,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     if args.searcher not in SEARCHERS:
         raise RLPruneError(f"--searcher '{args.searcher}': expected one of {', '.join(sorted(SEARCHERS))}")
-    cfg = load_config(args.config, SearchConfig, args.set)
+    cfg = load_config(args.config, SearchConfig, _with_workers(args))
     if not any(o.startswith("name=") for o in args.set):
         cfg = cfg.model_copy(update={"name": f"{cfg.name}-{args.searcher}"})
     summary = run_search(cfg, searcher=args.searcher, resume=args.resume, progress=not args.quiet)
@@ -300,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
         "continue the run in runs/<name>-<searcher>/",
     )
     p.add_argument("--searcher", required=True, help="uniform | random | evolution")
+    for name in ("train", "run", "search"):
+        sub.choices[name].add_argument(
+            "--workers", type=int, default=None, help="score plans on N Ray actors (config key workers; rlprune[ray])"
+        )
 
     p = sub.add_parser("apply", help="roll a learned policy out on a model, prune, fine-tune, export, report")
     p.add_argument("--policy", required=True, help="run directory or policy.json of a search")
