@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,17 @@ class PoolResult:
     seconds: float
     loss: float = float("nan")
     cached: bool = False
+
+
+@dataclass
+class _Job:
+    """A plan on its way through the pool: which actor has it, and how often an actor died on it."""
+
+    key: str
+    plan: dict[str, Any]
+    actor: int = -1
+    ref: Any = None
+    attempts: int = 0
 
 
 def threads_per_worker(workers: int, threads: int | None = None) -> int:
@@ -170,7 +181,8 @@ class RayScorer:
         self._model_fn = model
         self._model: Any | None = None
         self._cache: dict[str, PoolResult] = {}
-        self._fresh: dict[str, PoolResult] = {}  # prefetched, not yet handed to an episode
+        self._jobs: dict[str, _Job] = {}  # submitted, not yet handed to an episode
+        self._load = [0] * workers  # plans queued on each actor
         self.evaluated = 0
         self.resubmitted = 0
 
@@ -185,64 +197,59 @@ class RayScorer:
         """Seed the cache with a recorded result (a resumed search re-evaluates nothing)."""
         self._cache[plan.key()] = PoolResult(accuracy=float(accuracy), seconds=0.0)
 
-    def prefetch(self, plans: Sequence[Plan]) -> None:
-        """Score all plans not yet known on the actors at once (each actor one plan at a time) and keep the results
-        for the episodes that will ask for them."""
-        todo: dict[str, Plan] = {}
+    def prefetch(self, plans: Iterable[Plan]) -> None:
+        """Queue the plans not yet known on the actors and return at once; an episode that ends in one of them waits
+        for its result. Each plan goes to the actor with the fewest queued, so all stay busy while the driver plays
+        the episodes of the previous batch."""
         for plan in plans:
             plan.check(self.structure)
             key = plan.key()
-            if key not in self._cache and key not in self._fresh:
-                todo.setdefault(key, plan)
-        if todo:
-            self._fresh.update(self._evaluate_all(todo))
+            if key not in self._cache and key not in self._jobs:
+                self._submit(_Job(key, plan.to_dict()))
 
-    def _evaluate_all(self, todo: dict[str, Plan]) -> dict[str, PoolResult]:
+    def _submit(self, job: _Job, avoid: int | None = None) -> None:
+        def load(i: int) -> tuple[bool, int, int]:  # the actor that just died on this plan goes last
+            return (i == avoid, self._load[i], i)
+
+        job.actor = min(range(len(self.actors)), key=load)
+        self._load[job.actor] += 1
+        job.ref = self.actors[job.actor].evaluate.remote(job.plan)
+        self._jobs[job.key] = job
+
+    def _collect(self, key: str) -> PoolResult:
+        """Wait for a submitted plan's result; a plan whose actor died (after Ray's own restarts and retries) is
+        submitted again, preferably to another actor."""
         ray = self._ray
-        queue = list(todo.items())
-        attempts: dict[str, int] = {}
-        running: dict[Any, tuple[int, str, Plan]] = {}
-        idle = list(range(len(self.actors)))
-        done: dict[str, PoolResult] = {}
-        while queue or running:
-            while queue and idle:
-                key, plan = queue.pop(0)
-                i = idle.pop(0)
-                running[self.actors[i].evaluate.remote(plan.to_dict())] = (i, key, plan)
-            ready, _ = ray.wait(list(running), num_returns=1)
-            ref = ready[0]
-            i, key, plan = running.pop(ref)
-            idle.append(i)
+        lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)
+        while True:
+            job = self._jobs.pop(key)
             try:
-                out = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError):
-                attempts[key] = attempts.get(key, 0) + 1
-                if attempts[key] >= MAX_ATTEMPTS:
+                out = ray.get(job.ref)
+            except lost:
+                job.attempts += 1
+                if job.attempts >= MAX_ATTEMPTS:
                     raise RLPruneError(
-                        f"search.workers: plan {key[:12]} lost its actor {attempts[key]} times; giving up"
+                        f"search.workers: plan {key[:12]} lost its actor {job.attempts} times; giving up"
                     ) from None
-                log.warning("actor %d died evaluating plan %s; re-running it on the pool", i, key[:12])
+                log.warning("actor %d died evaluating plan %s; re-running it on the pool", job.actor, key[:12])
                 self.resubmitted += 1
-                idle.remove(i)
-                idle.append(i)  # Ray restarts it; try the others first
-                queue.insert(0, (key, plan))
+                self._submit(job, avoid=job.actor)
                 continue
             except Exception as exc:
                 raise _unwrap(ray, exc) from None
-            done[key] = PoolResult(**out)
+            finally:
+                self._load[job.actor] -= 1
             self.evaluated += 1
-        return done
+            return PoolResult(**out)
 
     def __call__(self, plan: Plan) -> PoolResult:
         key = plan.key()
-        if key in self._fresh:
-            result = self._fresh.pop(key)
-            self._cache[key] = result
-            return result
         if key in self._cache:
             return PoolResult(**{**self._cache[key].__dict__, "cached": True})
-        self.prefetch([plan])
-        return self(plan)
+        if key not in self._jobs:
+            self.prefetch([plan])
+        result = self._cache[key] = self._collect(key)
+        return result
 
     def actor_pids(self) -> list[int]:
         """Process ids of the actors (tests kill one)."""

@@ -204,3 +204,15 @@ def test_without_ray_more_workers_is_a_one_line_error(
     err = capsys.readouterr().err.strip()
     assert "rlprune[ray]" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "c-random").exists()
+
+
+def test_off_policy_agent_collects_from_2_environments(tmp_path: Path, structure) -> None:
+    """DDPG's episode-reward replay buffer takes both environments' transitions (their episodes run in lockstep)."""
+    summary = run_search(
+        _cfg(tmp_path, "ddpg", 6, algorithm="ddpg", hyperparams={"learning_starts": 40}),
+        scorer=PreferenceScorer(structure, PROTECT),
+        workers=2,
+        progress=False,
+    )
+    assert summary["episodes"] == 6
+    assert [r["episode"] for r in _records(tmp_path / "ddpg")] == list(range(1, 7))

@@ -10,7 +10,7 @@ import numpy as np
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 
-BATCH = 16  # random-search candidates scored together on a worker pool: fixed, so no result depends on the pool size
+BATCH = 16  # random-search candidates queued together on a worker pool (at least 2 per worker)
 
 
 def prefetch(env: LayerPruningEnv, episodes: list[tuple[np.ndarray, int]]) -> None:
@@ -77,10 +77,16 @@ class RandomSearcher(Searcher):
 
     def run(self, episodes: int) -> None:
         n = len(self.env.units)
-        for start in range(0, episodes, BATCH):
-            # the same draws in the same order as one episode at a time: batching changes nothing but the timing
-            batch = [(self.rng.uniform(-1, 1, n), self.seed + i) for i in range(start, min(episodes, start + BATCH))]
-            prefetch(self.env, batch)
+        # The same draws in the same order as one episode at a time: batching changes nothing but the timing. With a
+        # worker pool the next batch is queued before this one is played, so the actors never wait for the driver.
+        size = max(BATCH, 2 * getattr(self.env.scorer, "workers", 1))
+        draws = [(self.rng.uniform(-1, 1, n), self.seed + i) for i in range(episodes)]
+        batches = [draws[i : i + size] for i in range(0, episodes, size)]
+        for k, batch in enumerate(batches):
+            if k == 0:
+                prefetch(self.env, batch)
+            if k + 1 < len(batches):
+                prefetch(self.env, batches[k + 1])
             for actions, seed in batch:
                 run_episode(self.env, actions, seed=seed)
 
