@@ -39,6 +39,7 @@ log = logging.getLogger("rlprune.parallel")
 
 INSTALL_HINT = "pip install 'rlprune[ray]'"
 OBJECT_STORE_BYTES = 256 * 1024**2  # plans and results are a few KB; Ray would otherwise reserve 30% of RAM
+_ENV = ("RLPRUNE_DATA", "RLPRUNE_CACHE")  # where actors find the data and its decoded cache, as the driver does
 MAX_ATTEMPTS = 4  # evaluations of one plan lost to dying actors before the search gives up
 
 
@@ -127,7 +128,7 @@ def _ensure_ray(address: str | None, workers: int) -> bool:
         include_dashboard=False,
         object_store_memory=OBJECT_STORE_BYTES,
         log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": path}},
+        runtime_env={"env_vars": {"PYTHONPATH": path, **{k: os.environ[k] for k in _ENV if k in os.environ}}},
     )
     return True
 
