@@ -11,7 +11,8 @@ Simulated part: one local Ray instance, N actors that each sleep for the 1-worke
 driver code (random search through ``run_search``): plans per minute, parallel efficiency against N x one sleeping
 actor, and the driver's coordination overhead per plan.
 
-Writes benchmarks/results/scaling.{json,md}. Needs the whole machine (run it alone; ~6 min on 2 cores).
+Writes benchmarks/results/scaling.{json,md}. Needs the whole machine: run it through `tj` (it held the lock ~14 min
+on the 2-core VM: ~9 min of real searches, ~4 min starting and running the 8/16/32 simulated actors).
 """
 
 from __future__ import annotations
