@@ -62,11 +62,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_workers(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides plus ``--workers N`` as ``workers=N`` (so the config validates it like any key)."""
+    return [*args.set, f"workers={args.workers}"] if args.workers is not None else list(args.set)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from rlprune.config import SearchConfig, load_config
     from rlprune.pipeline import run_job
 
-    cfg = load_config(args.config, SearchConfig, args.set)
+    cfg = load_config(args.config, SearchConfig, _with_workers(args))
     out = run_job(cfg, resume=args.resume, progress=not args.quiet)
     print(json.dumps({k: v for k, v in out.items() if k != "report_md"}))
     print(out["report_md"])
@@ -86,7 +91,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise RLPruneError(f"--agent '{agent}': expected one of {', '.join(AGENTS + tuple(sorted(SEARCHERS)))}")
     if args.command == "train" and agent in SEARCHERS:
         raise RLPruneError(f"--agent '{agent}': 'train' runs an RL agent; use 'rlprune search --agent {agent}'")
-    overrides = list(args.set)
+    overrides = _with_workers(args)
     if agent in AGENTS:
         overrides.append(f"agent.algorithm={agent}")
     cfg = load_config(args.config, SearchConfig, overrides)
@@ -271,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_run,
         "continue an interrupted run",
     )
+    for name in ("train", "run", "search"):
+        sub.choices[name].add_argument(
+            "--workers", type=int, default=None, help="score plans on N Ray actors (config key workers; rlprune[ray])"
+        )
 
     p = sub.add_parser("apply", help="roll a learned policy out on a model, prune, fine-tune, export, report")
     p.add_argument("--policy", required=True, help="run directory or policy.json of a search")

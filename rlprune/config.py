@@ -336,6 +336,8 @@ class SearchConfig(Strict):
     seed: int = 0
     device: str = "cpu"
     threads: int | None = Field(None, ge=1)
+    workers: int = Field(1, ge=1)  # >1: score plans on that many Ray actors (rlprune.parallel; rlprune[ray])
+    ray_address: str | None = None  # None: a local Ray instance; "auto" or host:port joins a running cluster
     output_dir: str = "runs"
     checkpoint: str | None = None  # the dense model; not needed when the search is given a scorer (Python API)
     data_root: str | None = None

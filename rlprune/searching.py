@@ -34,7 +34,7 @@ from rlprune.envs.calibration import calibrate_latency_budget
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import proxy_from_checkpoint
-from rlprune.evaluation.scorer import MetricScorer, Scorer
+from rlprune.evaluation.scorer import Scorer
 from rlprune.logs import setup_logging
 from rlprune.pruning import Plan, Structure
 from rlprune.pruning.budget import Budget
@@ -132,11 +132,18 @@ def run_search(
     resume: bool = False,
     progress: bool = True,
     scorer: Scorer | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Run an RL agent (``searcher=None``) or a baseline searcher; returns the summary.
 
     :param scorer: use this scorer instead of building a proxy evaluator from ``cfg.checkpoint``.
+    :param workers: score plans on this many Ray actors (default ``cfg.workers``; 1 = in this process).
     """
+    workers = cfg.workers if workers is None else workers
+    if workers > 1 and not hasattr(scorer, "prefetch"):
+        from rlprune.parallel import run_pooled
+
+        return run_pooled(run_search, cfg, workers, scorer, searcher=searcher, resume=resume, progress=progress)
     run_dir = Path(cfg.output_dir) / cfg.name
     _prepare(cfg, run_dir, resume)
     if cfg.threads:
@@ -163,7 +170,7 @@ def run_search(
     write_resolved(cfg, run_dir)
     table, dense_cpu = None, None
     if cfg.env.budget == "latency" or cfg.env.reward == "accuracy_latency":
-        if not isinstance(scorer, MetricScorer):
+        if getattr(scorer, "model", None) is None:
             raise RLPruneError("search: a latency budget or reward needs a scorer that holds the dense model")
         dense_cpu = copy.deepcopy(scorer.model).cpu().eval()  # the scorer keeps its model on its own device
         table = _latency_table(cfg, scorer.structure, dense_cpu, run_dir)
@@ -261,6 +268,11 @@ def _train_agent(
     cfg: SearchConfig, env: LayerPruningEnv, recorder: SearchRecorder, run_dir: Path, resume: bool, progress: bool
 ) -> None:
     algorithm = cfg.agent.algorithm
+    n_envs = getattr(env.scorer, "workers", 1)  # one environment per actor: their terminal evaluations run at once
+    if n_envs > 1:
+        from rlprune.parallel import pool_vec_env
+
+        env = pool_vec_env(env, n_envs)
     agent = make_agent(algorithm, env, cfg.seed, cfg.agent.hyperparams, tensorboard_log=str(run_dir / "tb"))
     state_path = run_dir / "agent_state.pt"
     resumed = resume and state_path.is_file()

@@ -18,13 +18,12 @@ from stable_baselines3.common.buffers import ReplayBuffer
 class EpisodeRewardReplayBuffer(ReplayBuffer):
     """Holds an episode's transitions back until it ends, then stores them all with its final reward.
 
-    Use with ``gamma=0`` (the stored reward already is the episode's return). Single environment only.
+    Use with ``gamma=0`` (the stored reward already is the episode's return). With several environments their
+    episodes must run in lockstep (all the same length, reset together), as the pruning environments do.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.n_envs != 1:
-            raise ValueError("EpisodeRewardReplayBuffer supports a single environment")
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]] = []
 
     def add(
@@ -37,9 +36,12 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
         infos: list[dict[str, Any]],
     ) -> None:
         self._pending.append((np.copy(obs), np.copy(next_obs), np.copy(action), infos))
-        if not bool(np.asarray(done).reshape(-1)[0]):
+        ended = np.asarray(done, dtype=bool).reshape(-1)
+        if not ended.any():
             return
-        final = np.asarray(reward, dtype=np.float32).reshape(1)
+        if not ended.all():
+            raise ValueError("EpisodeRewardReplayBuffer: environments must end their episodes together")
+        final = np.asarray(reward, dtype=np.float32).reshape(self.n_envs)
         for o, n, a, i in self._pending:
-            super().add(o, n, a, final, np.ones(1, dtype=np.float32), i)
+            super().add(o, n, a, final, np.ones(self.n_envs, dtype=np.float32), i)
         self._pending = []

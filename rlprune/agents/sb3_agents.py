@@ -23,7 +23,9 @@ def policy_class(algorithm: str) -> type:
     return algo.policy_aliases["MlpPolicy"]
 
 
-def default_hyperparams(algorithm: str, episode_length: int, warmup_episodes: int = 20) -> dict[str, Any]:
+def default_hyperparams(
+    algorithm: str, episode_length: int, warmup_episodes: int = 20, n_envs: int = 1
+) -> dict[str, Any]:
     """Defaults for a short episodic problem with a terminal reward, small networks. PPO: gamma 1 and GAE lambda 1
     (every step gets the Monte-Carlo return), rollouts a whole number of episodes. Off-policy agents: each transition
     carries the episode's final reward and gamma is 0 (``rlprune.agents.replay``).
@@ -31,12 +33,17 @@ def default_hyperparams(algorithm: str, episode_length: int, warmup_episodes: in
     PPO's learning rate (3e-3) and clip range (0.3) are above SB3's (3e-4, 0.2): a search has only ~300 episodes. On
     the real ResNet-20 search (seed 0) the plans PPO sampled in episodes 176-200 averaged 69.4% proxy accuracy with
     these values against 64.5% with lr 1e-3 / clip 0.2 (random search: 58.3%); on a surrogate of that search
-    (benchmarks/results/agent_sweep_surrogate.md) every nearby setting beats random search by 3.5-6 points."""
+    (benchmarks/results/agent_sweep_surrogate.md) every nearby setting beats random search by 3.5-6 points.
+
+    With ``n_envs`` parallel environments (``search.workers``) PPO still updates about every 8 episodes (each
+    environment contributes ``ceil(8 / n_envs)``); off-policy agents train every ``episode_length`` steps of all
+    environments (their episodes run in lockstep), as SB3 allows episode-counted training with one env only."""
     if algorithm == "ppo":
-        n_steps = episode_length * 8
+        n_steps = episode_length * -(-8 // n_envs)
+        rollout = n_steps * n_envs
         return {
             "n_steps": n_steps,
-            "batch_size": n_steps // 2 if n_steps >= 32 else n_steps,
+            "batch_size": rollout // 2 if rollout >= 32 else rollout,
             "n_epochs": 10,
             "gamma": 1.0,
             "gae_lambda": 1.0,
@@ -54,7 +61,7 @@ def default_hyperparams(algorithm: str, episode_length: int, warmup_episodes: in
         "batch_size": 64,
         "learning_rate": 1e-3,
         "policy_kwargs": {"net_arch": [64, 64]},
-        "train_freq": (1, "episode"),
+        "train_freq": (1, "episode") if n_envs == 1 else (episode_length, "step"),
         "gradient_steps": episode_length,
     }
     if algorithm == "sac":
@@ -75,7 +82,8 @@ def make_agent(
     if algo is None:
         raise RLPruneError(f"agent '{algorithm}': unknown (expected one of {', '.join(sorted(ALGORITHMS))})")
     length = len(env.unwrapped.units) if hasattr(env, "unwrapped") else len(env.units)
-    params = {**default_hyperparams(algorithm, length), **(hyperparams or {})}
+    n_envs = getattr(env, "num_envs", 1)
+    params = {**default_hyperparams(algorithm, length, n_envs=n_envs), **(hyperparams or {})}
     if algorithm in ("ddpg", "td3"):
         params.setdefault("action_noise", NormalActionNoise(np.zeros(1), noise_sigma * np.ones(1)))
     if isinstance(params.get("train_freq"), list):

@@ -10,6 +10,17 @@ import numpy as np
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 
+BATCH = 16  # random-search candidates queued together on a worker pool (at least 2 per worker)
+
+
+def prefetch(env: LayerPruningEnv, episodes: list[tuple[np.ndarray, int]]) -> None:
+    """Have a parallel scorer (``search.workers > 1``) score these (actions, seed) episodes at once before they are
+    played; in-process this does nothing and each episode is scored when it ends."""
+    if hasattr(env.scorer, "prefetch"):
+        from rlprune.parallel import prefetch_episodes
+
+        prefetch_episodes(env, episodes)
+
 
 def run_episode(env: LayerPruningEnv, actions: np.ndarray, seed: int | None = None) -> float:
     """Play one episode with a fixed action per unit; returns the final reward."""
@@ -59,8 +70,18 @@ class RandomSearcher(Searcher):
 
     def run(self, episodes: int) -> None:
         n = len(self.env.units)
-        for i in range(episodes):
-            run_episode(self.env, self.rng.uniform(-1, 1, n), seed=self.seed + i)
+        # The same draws in the same order as one episode at a time: batching changes nothing but the timing. With a
+        # worker pool the next batch is queued before this one is played, so the actors never wait for the driver.
+        size = max(BATCH, 2 * getattr(self.env.scorer, "workers", 1))
+        draws = [(self.rng.uniform(-1, 1, n), self.seed + i) for i in range(episodes)]
+        batches = [draws[i : i + size] for i in range(0, episodes, size)]
+        for k, batch in enumerate(batches):
+            if k == 0:
+                prefetch(self.env, batch)
+            if k + 1 < len(batches):
+                prefetch(self.env, batches[k + 1])
+            for actions, seed in batch:
+                run_episode(self.env, actions, seed=seed)
 
 
 class EvolutionSearcher(Searcher):
@@ -80,6 +101,7 @@ class EvolutionSearcher(Searcher):
         count = 0
         pop = [self.rng.uniform(-1, 1, n) for _ in range(self.population)]
         while count < episodes:
+            prefetch(self.env, [(g, self.seed + count + j) for j, g in enumerate(pop[: episodes - count])])
             for genome in pop:
                 if count >= episodes:
                     break
