@@ -103,134 +103,50 @@ def fit(
         device=device,
         channels_last=channels_last,
     )
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
+    if len(loader) == 0:
         raise RLPruneError(f"batch size {batch_size}: the training split has only {len(splits.train)} images")
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        nesterov=recipe.nesterov and recipe.momentum > 0,
-    )
-    swa_start = recipe.epochs - recipe.swa.epochs  # epochs from this index on are averaged
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lr_multiplier(
-            recipe.schedule,
-            swa_start * steps_per_epoch,
-            round(recipe.warmup_epochs * steps_per_epoch),
-            floor=recipe.swa.lr / recipe.lr if recipe.swa.epochs else 0.0,
-        ),
-    )
-    average = WeightAverage()
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-
-    result = FitResult()
-    start_epoch = 0
-    state_path, last_path = run_dir / "state.pt", run_dir / "last"
+    step = _Step(model, recipe, len(loader), device, dtype, teacher)
     # swa enters the key only when on, so runs saved before the option existed still resume
     dumped = recipe.model_dump(mode="json", exclude=None if recipe.swa.epochs else {"swa"})
     key: dict[str, Any] = {"recipe": dumped, "batch_size": batch_size, "seed": seed}
     if cutout:  # only when on, so runs saved before the option existed still resume
         key["cutout"] = cutout
     run_key = json.dumps(key)
+    state_path, last_path = run_dir / "state.pt", run_dir / "last"
+    result = FitResult()
     if resume and state_path.is_file():
-        state = load_state(state_path)
-        if state.get("run", run_key) != run_key:
-            saved = json.loads(state["run"])
-            now = json.loads(run_key)
-            diff = _first_difference(saved, now)
-            raise RLPruneError(
-                f"{run_dir}: holds a saved run with another recipe ({diff}); resume it with the same settings",
-                fix="restart_or_rename",
-            )
-        if "model" not in state:  # written by rlprune < 0.2, before the state carried the weights
-            raise RLPruneError(f"{state_path}: resume state from an older rlprune (no weights)", fix="restart")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        if "swa" in state:
-            average.load_state_dict(state["swa"])
-        start_epoch = int(state["epoch"])
-        result.history = json.loads(state["history"])
-        result.resumed_from_epoch = start_epoch
-    distill = recipe.distill
-    use_teacher = teacher is not None and distill.weight > 0
+        result.history = step.restore(load_state(state_path), run_key, state_path)
+        result.resumed_from_epoch = len(result.history)
+    start_epoch = result.resumed_from_epoch
+
+    def validate() -> dict[str, float]:
+        return evaluate(model, splits.val, splits.mean, splits.std, batch_size=eval_batch_size, device=device)
+
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_epoch + 1 if start_epoch else None)
     started = time.perf_counter()
     try:
         for epoch in range(start_epoch, recipe.epochs):
-            model.train()
-            loader.set_epoch(epoch)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
-            bar = tqdm(
-                loader,
-                desc=f"epoch {epoch + 1}/{recipe.epochs}",
-                leave=False,
-                disable=not progress,
-                unit="batch",
-                dynamic_ncols=True,
-            )
             epoch_start = time.perf_counter()
-            for step, (x, y) in enumerate(bar):
-                with autocast(device, dtype):
-                    logits = model(x)
-                    teacher_logits = None
-                    if use_teacher:
-                        with torch.no_grad():
-                            teacher_logits = teacher(x)
-                loss = distillation_loss(
-                    logits,
-                    y,
-                    teacher_logits,
-                    label_smoothing=recipe.label_smoothing,
-                    temperature=distill.temperature,
-                    weight=distill.weight,
-                )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                loss_sum += loss.detach() * y.numel()
-                correct += (logits.detach().argmax(1) == y).sum()
-                seen += y.numel()
-                if progress and (step % 20 == 0 or step == steps_per_epoch - 1):
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}")
-            bar.close()
-            record = {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum.item() / seen,
-                "train_accuracy": 100.0 * correct.item() / seen,
-                "lr": optimizer.param_groups[0]["lr"],
-                "epoch_seconds": time.perf_counter() - epoch_start,
-            }
-            if epoch >= swa_start:
-                average.update(model)
-                record["swa_models"] = average.count
+            loader.set_epoch(epoch)
+            record = {"epoch": epoch + 1, **step.epoch(loader, epoch, progress)}
+            if epoch >= step.swa_start:
+                step.average.update(model)
+                record["swa_models"] = step.average.count
             if recipe.swa.epochs and epoch + 1 == recipe.epochs:
                 # the last iterate's score, kept so that the average's gain over it is on record
-                val = evaluate(model, splits.val, splits.mean, splits.std, batch_size=eval_batch_size, device=device)
+                val = validate()
                 record.update(sgd_val_accuracy=val["accuracy"], sgd_val_loss=val["loss"])
-                average.copy_to(model)
+                step.average.copy_to(model)
                 with autocast(device, dtype):
                     recalibrate_bn(model, (x for x, _ in loader))
-                record["epoch_seconds"] = time.perf_counter() - epoch_start  # the averaging is part of the epoch
+            record["epoch_seconds"] = time.perf_counter() - epoch_start  # the averaging is part of the epoch
             if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
-                val = evaluate(model, splits.val, splits.mean, splits.std, batch_size=eval_batch_size, device=device)
+                val = validate()
                 record.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
             result.history.append(record)
-            for key, value in record.items():
-                if key != "epoch":
-                    writer.add_scalar(f"train/{key}", value, epoch + 1)
+            for name, value in record.items():
+                if name != "epoch":
+                    writer.add_scalar(f"train/{name}", value, epoch + 1)
             writer.flush()
             epoch_meta = {
                 **meta,
@@ -239,19 +155,7 @@ def fit(
                 "val_accuracy": record.get("val_accuracy"),
             }
             save_checkpoint(last_path, model, epoch_meta)
-            save_state(
-                state_path,
-                {
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "history": json.dumps(result.history),
-                    "run": run_key,
-                    **({"swa": average.state_dict()} if average.count else {}),
-                },
-            )
+            save_state(state_path, step.state(epoch + 1, result.history, run_key))
             atomic_write_text(run_dir / "history.json", json.dumps(result.history, indent=1) + "\n")
             summary = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
             log.info("epoch %d/%d %s", epoch + 1, recipe.epochs, summary)
@@ -262,9 +166,132 @@ def fit(
         torch.backends.cudnn.benchmark = cudnn_benchmark
     model.to(memory_format=torch.contiguous_format)
     result.seconds = time.perf_counter() - started
-    result.val = evaluate(model, splits.val, splits.mean, splits.std, batch_size=eval_batch_size, device=device)
+    result.val = validate()
     result.checkpoint = last_path.with_suffix(".json")
     return result
+
+
+class _Step:
+    """The optimisation state of one run — SGD with the schedule, loss scaling, the SWA average — and one epoch of
+    it; saved and restored as a whole so that a resumed run continues exactly."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        recipe: TrainConfig,
+        steps_per_epoch: int,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        teacher: nn.Module | None,
+    ) -> None:
+        self.model, self.recipe, self.device, self.dtype = model, recipe, device, dtype
+        self.teacher = teacher if teacher is not None and recipe.distill.weight > 0 else None
+        self.steps_per_epoch = steps_per_epoch
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        self.optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov and recipe.momentum > 0,
+        )
+        self.swa_start = recipe.epochs - recipe.swa.epochs  # epochs from this index on are averaged
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lr_multiplier(
+                recipe.schedule,
+                self.swa_start * steps_per_epoch,
+                round(recipe.warmup_epochs * steps_per_epoch),
+                floor=recipe.swa.lr / recipe.lr if recipe.swa.epochs else 0.0,
+            ),
+        )
+        self.average = WeightAverage()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+    def state(self, epochs_done: int, history: list[dict[str, float]], run_key: str) -> dict[str, Any]:
+        return {
+            "epoch": epochs_done,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "history": json.dumps(history),
+            "run": run_key,
+            **({"swa": self.average.state_dict()} if self.average.count else {}),
+        }
+
+    def restore(self, state: dict[str, Any], run_key: str, where: Path) -> list[dict[str, float]]:
+        """Load a saved state of the same run; returns its history (one record per finished epoch)."""
+        if state.get("run", run_key) != run_key:
+            diff = _first_difference(json.loads(state["run"]), json.loads(run_key))
+            raise RLPruneError(
+                f"{where.parent}: holds a saved run with another recipe ({diff}); resume it with the same settings",
+                fix="restart_or_rename",
+            )
+        if "model" not in state:  # written by rlprune < 0.2, before the state carried the weights
+            raise RLPruneError(f"{where}: resume state from an older rlprune (no weights)", fix="restart")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        if "swa" in state:
+            self.average.load_state_dict(state["swa"])
+        history = json.loads(state["history"])
+        if len(history) != int(state["epoch"]):
+            raise RLPruneError(
+                f"{where}: resume state is inconsistent ({len(history)} records, epoch {state['epoch']})"
+            )
+        return history
+
+    def epoch(self, loader: BatchLoader, epoch: int, progress: bool) -> dict[str, float]:
+        """One pass over ``loader``; returns the epoch's training loss, accuracy and final learning rate."""
+        model, recipe, distill = self.model, self.recipe, self.recipe.distill
+        model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{recipe.epochs}",
+            leave=False,
+            disable=not progress,
+            unit="batch",
+            dynamic_ncols=True,
+        )
+        for i, (x, y) in enumerate(bar):
+            with autocast(self.device, self.dtype):
+                logits = model(x)
+                teacher_logits = None
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = self.teacher(x)
+            loss = distillation_loss(
+                logits,
+                y,
+                teacher_logits,
+                label_smoothing=recipe.label_smoothing,
+                temperature=distill.temperature,
+                weight=distill.weight,
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            loss_sum += loss.detach() * y.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.numel()
+            if progress and (i % 20 == 0 or i == self.steps_per_epoch - 1):
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}")
+        bar.close()
+        return {
+            "train_loss": loss_sum.item() / seen,
+            "train_accuracy": 100.0 * correct.item() / seen,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
 
 
 def _first_difference(saved: Any, now: Any, path: str = "") -> str:
