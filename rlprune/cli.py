@@ -174,9 +174,9 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         raise RLPruneError(f"--target-{budget}: expected a ratio in (0, 1], got {target}")
     if args.samples < 0:
         raise RLPruneError(f"--samples: expected >= 0, got {args.samples}")
-    policy = load_policy(args.policy)
 
     def plan_fn(dense, meta, structure, get_splits):
+        policy = load_policy(args.policy)  # after the checkpoint: a model that cannot be pruned is the first error
         source = {"policy": args.policy, "checkpoint": args.checkpoint, "target": target, "budget": budget}
         scorer = None
         if args.samples:
