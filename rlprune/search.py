@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from stable_baselines3.common.logger import HParam
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
@@ -35,6 +34,7 @@ from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import ProxyEvaluator, proxy_from_checkpoint
 from rlprune.logs import setup_logging
 from rlprune.pruning import Plan, Structure
+from rlprune.safeio import locked, read_yaml_file
 from rlprune.seeding import seed_everything
 
 log = logging.getLogger("rlprune.search")
@@ -48,9 +48,8 @@ def _latency_table(cfg: SearchConfig, structure: Structure, dense_cpu: nn.Module
         if table.fingerprint == structure.fingerprint and table.batch_size == cfg.latency.batch_size:
             return table
     log.info("building the per-layer latency table (batch %d)", cfg.latency.batch_size)
-    table = build_latency_table(dense_cpu, structure, cfg.latency.batch_size, threads=cfg.latency.threads)
-    table.save(path)
-    return table
+    # saved by the caller once the run directory exists (a refused run leaves none behind)
+    return build_latency_table(dense_cpu, structure, cfg.latency.batch_size, threads=cfg.latency.threads)
 
 
 def _agent_optimizers(agent: Any) -> dict[str, torch.optim.Optimizer]:
@@ -97,7 +96,7 @@ def _prepare(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
     saved_path = run_dir / "config.yaml"
     if resume and saved_path.is_file():
         # Recorded accuracies are only comparable with new ones if plans are scored and budgeted the same way.
-        saved = yaml.safe_load(saved_path.read_text()) or {}
+        saved = read_yaml_file(saved_path) or {}
         now = cfg.model_dump(mode="json")
         for section in ("checkpoint", "data_root", "env", "proxy", "latency"):
             if saved.get(section) != now.get(section):
@@ -121,6 +120,8 @@ def complete_search(cfg: SearchConfig, *, searcher: str | None = None, progress:
     return run_search(cfg, searcher=searcher, resume=(run_dir / "episodes.jsonl").is_file(), progress=progress)
 
 
+# One search per run directory at a time: two would interleave episodes.jsonl and overwrite each other's files.
+@locked(lambda a: Path(a["cfg"].output_dir) / a["cfg"].name, "search run directory")
 def run_search(
     cfg: SearchConfig,
     *,
@@ -128,10 +129,12 @@ def run_search(
     resume: bool = False,
     progress: bool = True,
     scorer: Any | None = None,
+    trust_model_code: bool = False,
 ) -> dict[str, Any]:
     """Run an RL agent (``searcher=None``) or a baseline searcher; returns the summary.
 
     :param scorer: use this scorer instead of building a proxy evaluator from ``cfg.checkpoint`` (tests).
+    :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
     """
     run_dir = Path(cfg.output_dir) / cfg.name
     _prepare(cfg, run_dir, resume)
@@ -151,19 +154,12 @@ def run_search(
             importance=cfg.proxy.importance,
             amp=cfg.proxy.amp,
             seed=cfg.proxy.seed,
+            trust_model_code=trust_model_code,
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir / "search.log", verbose=progress)
-    write_resolved(cfg, run_dir)
     table, dense_cpu = None, None
     if isinstance(scorer, ProxyEvaluator) and (cfg.env.budget == "latency" or cfg.env.reward == "accuracy_latency"):
         dense_cpu = copy.deepcopy(scorer.model).cpu().eval()  # the scorer keeps its model on its own device
         table = _latency_table(cfg, scorer.structure, dense_cpu, run_dir)
-    writer = SummaryWriter(str(run_dir / "tb" / (searcher or "agent"))) if searcher else None
-    recorder = SearchRecorder(run_dir, writer)
-    if hasattr(scorer, "remember"):
-        for rec in recorder.records:
-            scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"])
     e = cfg.env
     env = LayerPruningEnv(
         scorer,
@@ -177,8 +173,18 @@ def run_search(
         min_channels=e.min_channels,
         tolerance=e.tolerance,
         latency_table=table,
-        on_episode=recorder,
-    )
+    )  # refuses an unreachable target: before the run directory exists
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir / "search.log", verbose=progress)
+    write_resolved(cfg, run_dir)
+    if table is not None:
+        table.save(run_dir / "latency_table.json")
+    writer = SummaryWriter(str(run_dir / "tb" / (searcher or "agent"))) if searcher else None
+    recorder = SearchRecorder(run_dir, writer)
+    env.on_episode = recorder
+    if hasattr(scorer, "remember"):
+        for rec in recorder.records:
+            scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"])
     if table is not None and table.calibration is None and cfg.latency.calibration_plans > 0:
         log.info("calibrating the latency table on %d plans at the budget", cfg.latency.calibration_plans)
         table = calibrate_latency_budget(
@@ -254,12 +260,15 @@ def _train_agent(
     cfg: SearchConfig, env: LayerPruningEnv, recorder: SearchRecorder, run_dir: Path, resume: bool, progress: bool
 ) -> None:
     algorithm = cfg.agent.algorithm
-    agent = make_agent(algorithm, env, cfg.seed, cfg.agent.hyperparams, tensorboard_log=str(run_dir / "tb"))
+    # A resumed session draws fresh randomness (seeded by the records so far): reseeded with the run's seed, an agent
+    # killed before its first update would sample the very plans it already recorded.
+    seed = cfg.seed + 7919 * recorder.episodes if recorder.episodes else cfg.seed
+    agent = make_agent(algorithm, env, seed, cfg.agent.hyperparams, tensorboard_log=str(run_dir / "tb"))
     state_path = run_dir / "agent_state.pt"
     resumed = resume and state_path.is_file()
     if resumed:
         at = load_agent_state(agent, state_path)
-        log.info("resumed the agent from its checkpoint at episode %d", at)
+        log.info("resumed the agent from its checkpoint at episode %d (%d recorded)", at, recorder.episodes)
     meta = {
         "min_ratio": cfg.env.min_ratio,
         "max_ratio": cfg.env.max_ratio,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -220,6 +221,12 @@ def fit(
                 "lr": optimizer.param_groups[0]["lr"],
                 "epoch_seconds": time.perf_counter() - epoch_start,
             }
+            if not math.isfinite(record["train_loss"]):
+                # a diverged run must not become a resume point: stop before this epoch is saved
+                raise RLPruneError(
+                    f"epoch {epoch + 1}: the training loss became {record['train_loss']} at lr {record['lr']:.4g} "
+                    f"(peak lr {recipe.lr:g}); lower the learning rate"
+                )
             if epoch >= swa_start:
                 average.update(model)
                 record["swa_models"] = average.count
