@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -143,6 +144,7 @@ def load_checkpoint(
         )
     if model_name is None:
         require_trusted(meta["model"], str(sidecar), trust_model_code)
+    _check_size(model_name or meta["model"], meta.get("model_kwargs", {}), path)
     model = build_model(model_name or meta["model"], **meta.get("model_kwargs", {}))
     if meta.get("plan") is not None:
         # A pruned model: reshape the dense architecture with the plan's kept channels before loading weights.
@@ -153,6 +155,34 @@ def load_checkpoint(
     if model_name:
         meta = {**meta, "model": model_name}  # what was built is what a derived checkpoint must rebuild
     return model, meta
+
+
+def _check_size(name: str, kwargs: dict[str, Any], path: str | Path) -> None:
+    """Refuse ``model_kwargs`` that would build a model far larger than its weights file (``width: 1000000`` would
+    exhaust memory before any shape check): the model is first built on the ``meta`` device, which allocates nothing.
+
+    A pruned checkpoint stores fewer values than its dense model, hence the generous margin.
+    """
+    weights, sidecar = checkpoint_paths(path)
+    if not weights.is_file():
+        raise RLPruneError(f"{weights}: checkpoint weights not found")
+    try:
+        with safe_open(str(weights), "pt") as f:
+            stored = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    except (SafetensorError, OSError) as exc:
+        raise RLPruneError(f"{weights}: unreadable safetensors file ({str(exc)[:80]})") from None
+    try:
+        with torch.device("meta"):
+            probe = build_model(name, **kwargs)
+    except RLPruneError:
+        raise
+    except Exception:  # a factory that cannot build on the meta device is built for real (and checked by shape)
+        return
+    values = sum(t.numel() for t in probe.state_dict().values())
+    if values > 1000 * stored + 10_000_000:
+        raise RLPruneError(
+            f"{sidecar}: model_kwargs build a model of {values} values but the weights hold {stored}; not building it"
+        )
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

@@ -67,7 +67,8 @@ def _decode_all(
 ) -> dict[str, Split]:
     out: dict[str, Split] = {}
     total = sum(len(f) for split in SPLITS for f in entries[split].values())
-    with tqdm(total=total, desc=f"decoding {Path(origin).name}", unit="img", leave=False) as bar:
+    # disable=None: shown on a terminal only (a log or a pipe gets no progress-bar residue)
+    with tqdm(total=total, desc=f"decoding {Path(origin).name}", unit="img", leave=False, disable=None) as bar:
         for split in SPLITS:
             images, labels = [], []
             for label, cls in enumerate(classes):
