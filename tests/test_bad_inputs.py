@@ -260,6 +260,8 @@ CASES: list[tuple[str, Callable[[World, Path], list[str]], str]] = [
         lambda w, t: _apply(w, t, _policy(w, t / "p", lambda m: m["policy_kwargs"].update(net_arch=[7, 7]))),
         "do not fit",
     ),
+    # 3. a diverging fine-tune stops at the epoch, with its lr, and leaves no resumable NaN state
+    ("lr-diverges", lambda w, t: _finetune(w, t, None, None, "--lr", "1e30", "--batch-size", "16"), "epoch 1"),
     # 9. --out is a file
     ("out-file", lambda w, t: [*_finetune(w, t)[:5], "--out", str(_touch(t / "afile")), "--quiet"], "--out"),
     # 13. an unreachable target is refused before the run directory exists
