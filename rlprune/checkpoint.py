@@ -23,7 +23,7 @@ from torch import nn
 from rlprune.config import atomic_write_text, make_readable, read_json
 from rlprune.errors import RLPruneError
 from rlprune.models import build_model
-from rlprune.safeio import writing
+from rlprune.safeio import clip, writing
 from rlprune.schemas import SidecarSchema, validated
 from rlprune.trust import require_trusted
 
@@ -170,7 +170,7 @@ def _check_size(name: str, kwargs: dict[str, Any], path: str | Path) -> None:
         with safe_open(str(weights), "pt") as f:
             stored = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
     except (SafetensorError, OSError) as exc:
-        raise RLPruneError(f"{weights}: unreadable safetensors file ({str(exc)[:80]})") from None
+        raise RLPruneError(f"{weights}: unreadable safetensors file ({clip(str(exc), 80)})") from None
     try:
         with torch.device("meta"):
             probe = build_model(name, **kwargs)

@@ -397,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.with_hint('rerun with --trust-model-code')}", file=sys.stderr)
         return 2
     except RLPruneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message held
         return 2
     except OSError as exc:  # a full disk or a read-only folder somewhere no library call translated it
         error = disk_error(exc, exc.filename or "output")

@@ -138,7 +138,7 @@ def parse_json(text: str, source: str, *, max_depth: int = MAX_DEPTH) -> Any:
     except json.JSONDecodeError as exc:
         raise RLPruneError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     except (ValueError, RecursionError) as exc:
-        raise RLPruneError(f"{source}: not valid JSON ({str(exc)[:80]})") from exc
+        raise RLPruneError(f"{source}: not valid JSON ({clip(str(exc), 80)})") from exc
     return check_tree(data, source, max_depth=max_depth)
 
 
@@ -198,8 +198,9 @@ def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML safely (no tags that build objects) under the size, depth, alias and expansion limits."""
     if len(text) > MAX_FILE_BYTES:
         raise RLPruneError(f"{source}: {len(text)} characters is too large (limit {MAX_FILE_BYTES})")
-    loader = _LimitedLoader(text)
+    loader = None
     try:
+        loader = _LimitedLoader(text)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -214,7 +215,8 @@ def parse_yaml(text: str, source: str) -> Any:
     except (RecursionError, ValueError, TypeError, OverflowError) as exc:
         raise RLPruneError(f"{source}: not valid YAML ({type(exc).__name__})") from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return check_tree(data, source)
 
 
@@ -228,7 +230,7 @@ def disk_error(exc: BaseException, path: Path | str) -> RLPruneError | None:
     text = str(exc)
     if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "Disk quota" in text:
         return RLPruneError(f"{path}: no space left on the device; free some space and run the same command again")
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR):
         return RLPruneError(f"{path}: cannot write here ({os.strerror(code)})")
     return None
 

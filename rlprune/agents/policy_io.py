@@ -137,7 +137,7 @@ def load_policy(path: str | Path) -> LoadedPolicy:
     algorithm = meta["algorithm"]
     try:
         policy = policy_class(algorithm)(obs_space, act_space, lambda _: 0.0, **kwargs)
-    except (TypeError, ValueError, AssertionError) as exc:
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError, ArithmeticError) as exc:
         why = clip(str(exc), 80)
         raise RLPruneError(f"{sidecar}: policy_kwargs do not build a {algorithm} policy ({why})") from None
     if not weights.is_file():

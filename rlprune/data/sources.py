@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from rlprune.errors import RLPruneError
+from rlprune.safeio import clip
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLITS = ("train", "test")
@@ -38,7 +39,7 @@ def _to_array(data: bytes | Path, size: int, channels: int, name: str) -> np.nda
                 img = img.crop((left, top, left + size, top + size))
             arr = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        raise RLPruneError(f"{name[:200]}: cannot decode image ({str(exc)[:80]})") from exc
+        raise RLPruneError(f"{name[:200]}: cannot decode image ({clip(str(exc), 80)})") from exc
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -126,8 +127,8 @@ def read_image_folder(path: Path, size: int, channels: int) -> tuple[dict[str, S
                             entries[split][cls].append(rel)
                 elif len(parts) >= 2 and parts[-2] in SPLITS and member.isdir():
                     entries[parts[-2]].setdefault(parts[-1], [])
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise RLPruneError(f"{path}: not a readable tar archive ({str(exc)[:80]})") from exc
+    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as exc:
+        raise RLPruneError(f"{path}: not a readable tar archive ({clip(str(exc), 80)})") from exc
     classes = _collect(entries, str(path))
     return _decode_all(entries, classes, blobs, size, channels, str(path)), classes
 
