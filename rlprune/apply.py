@@ -36,7 +36,7 @@ from rlprune.export import export_onnx
 from rlprune.pruning import Plan, Structure, analyze, prune
 from rlprune.pruning.importance import calibration_batches
 from rlprune.results import environment, md_table
-from rlprune.safeio import locked
+from rlprune.safeio import json_safe, locked
 from rlprune.seeding import resolve_device
 from rlprune.training.engine import fit
 
@@ -405,7 +405,8 @@ def _run(
         "environment": environment(),
     }
     report["pruned"]["macs_ratio"] = report["pruned"]["macs"] / report["dense"]["macs"]
-    atomic_write_text(work / "report.json", json.dumps(report, indent=1, default=float) + "\n")
+    text = json.dumps(json_safe(report), indent=1, default=float, allow_nan=False)  # no bare NaN in JSON
+    atomic_write_text(work / "report.json", text + "\n")
     atomic_write_text(work / "report.md", _markdown(report))
     return report
 

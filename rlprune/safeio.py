@@ -56,6 +56,18 @@ def clip(text: str, limit: int = 100) -> str:
     return cut + " ..."
 
 
+def json_safe(value: Any) -> Any:
+    """A copy with every non-finite float replaced by None, for outputs: JSON has no NaN, and a report or record
+    another tool cannot parse is worse than one that says "no value"."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def check_tree(data: Any, source: str, *, max_depth: int = MAX_DEPTH, max_values: int = MAX_VALUES) -> Any:
     """Walk plain data (dicts, lists, scalars) iteratively; refuse too deep, too many values or a non-finite float.
 

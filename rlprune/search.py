@@ -34,7 +34,7 @@ from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import ProxyEvaluator, proxy_from_checkpoint
 from rlprune.logs import setup_logging
 from rlprune.pruning import Plan, Structure
-from rlprune.safeio import locked, read_yaml_file
+from rlprune.safeio import json_safe, locked, read_yaml_file
 from rlprune.seeding import seed_everything
 
 log = logging.getLogger("rlprune.search")
@@ -245,7 +245,7 @@ def run_search(
             dense_cpu, env.structure, Plan.from_dict(best["plan"]), cfg.latency.batch_size, threads=cfg.latency.threads
         )
         summary["best"]["measured_latency_ratio"] = round(ratio, 4)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(run_dir / "summary.json", json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n")
     log.info(
         "best: accuracy %.2f%% at MACs ratio %.3f (episode %d) -> %s",
         best["accuracy"],

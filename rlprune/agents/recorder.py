@@ -13,7 +13,7 @@ from typing import Any
 
 from rlprune.config import atomic_write_text
 from rlprune.errors import RLPruneError
-from rlprune.safeio import MAX_LINE_BYTES, parse_json, writing
+from rlprune.safeio import MAX_LINE_BYTES, json_safe, parse_json, writing
 from rlprune.schemas import EpisodeRecord, validated
 
 log = logging.getLogger("rlprune.search")
@@ -104,7 +104,7 @@ class SearchRecorder:
             "cached": info["cached"],
             "plan": info["plan"],
         }
-        line = json.dumps(_finite_or_none(rec), allow_nan=False) + "\n"
+        line = json.dumps(json_safe(rec), allow_nan=False) + "\n"
         with writing(self.path), self.path.open("a") as f:
             f.write(line)
         self._mark = time.perf_counter()
@@ -117,7 +117,7 @@ class SearchRecorder:
                     k: rec[k] for k in ("reward", "accuracy", "macs_ratio", "latency_ratio", "target", "episode")
                 },
             }
-            text = json.dumps(_finite_or_none(best), indent=1, allow_nan=False)
+            text = json.dumps(json_safe(best), indent=1, allow_nan=False)
             atomic_write_text(self.run_dir / "best_plan.json", text + "\n")
         if self.writer is not None:
             step = rec["episode"]
@@ -137,17 +137,6 @@ class SearchRecorder:
     def wall_seconds(self) -> float:
         """Search wall time over all sessions (records written before wall times were kept count as 0)."""
         return sum(r.get("wall_seconds", 0.0) for r in self.records)
-
-
-def _finite_or_none(value: Any) -> Any:
-    """A copy with every non-finite float replaced by None: JSON has no NaN, and a record must stay parseable."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_none(v) for v in value]
-    return value
 
 
 def png_to_hwc(png: bytes) -> Any:
