@@ -39,6 +39,7 @@ from rlprune.pruning.budget import Budget
 from rlprune.pruning.budget import macs_ratio as plan_macs_ratio
 from rlprune.pruning.importance import calibration_batches
 from rlprune.results import environment, md_table
+from rlprune.safeio import json_safe, locked
 from rlprune.seeding import resolve_device
 from rlprune.training.engine import fit
 
@@ -50,9 +51,14 @@ def example_input(meta: dict[str, Any]) -> torch.Tensor:
     return torch.zeros(1, int(meta.get("in_channels", 3)), side, side)
 
 
-def load_dense(checkpoint: str, model_name: str | None = None) -> tuple[nn.Module, dict[str, Any], Structure]:
-    """A dense checkpoint, its metadata and its prunable structure (a checkpoint without units is refused)."""
-    model, meta = load_checkpoint(checkpoint, model_name)
+def load_dense(
+    checkpoint: str, model_name: str | None = None, *, trust_model_code: bool = False
+) -> tuple[nn.Module, dict[str, Any], Structure]:
+    """A dense checkpoint, its metadata and its prunable structure (a checkpoint without units is refused).
+
+    :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
+    """
+    model, meta = load_checkpoint(checkpoint, model_name, trust_model_code=trust_model_code)
     if meta.get("plan"):
         raise RLPruneError(f"{checkpoint}: already pruned; apply a policy to a dense checkpoint")
     structure = analyze(model.eval(), example_input(meta))
@@ -165,6 +171,8 @@ def default_proxy(model: nn.Module, splits: DataSplits, importance: str = "l1", 
     return ProxyEvaluator(model, splits, **cfg.model_dump(), device=resolve_device(device))
 
 
+# One fine-tune per output at a time: a second one would delete the first's live ``.partial`` folder.
+@locked(lambda a: Path(a["out_dir"]), "fine-tune output")
 def finetune_plan(
     dense: nn.Module,
     meta: dict[str, Any],
@@ -213,8 +221,8 @@ def finetune_plan(
         },
         "fine-tune",
     )
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise RLPruneError(f"{out_dir}: output directory exists and is not empty")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise RLPruneError(f"{out_dir}: output exists and is not an empty directory")
     example = example_input(meta)
     structure = analyze(dense.eval(), example)
     plan.check(structure, "plan")
@@ -345,7 +353,7 @@ def _run(
     )
     save_checkpoint(work / "model", pruned, ckpt_meta)
     plan.save(work / "plan.json")
-    rebuilt, _ = load_checkpoint(work / "model.json")
+    rebuilt, _ = load_checkpoint(work / "model.json", meta["model"])  # the model already loaded, trusted then
     x = torch.randn(4, *shape)
     with torch.no_grad():
         identical = torch.equal(rebuilt.eval()(x), pruned(x))
@@ -380,7 +388,8 @@ def _run(
         "environment": environment(),
     }
     report["pruned"]["macs_ratio"] = report["pruned"]["macs"] / report["dense"]["macs"]
-    atomic_write_text(work / "report.json", json.dumps(report, indent=1, default=float) + "\n")
+    text = json.dumps(json_safe(report), indent=1, default=float, allow_nan=False)  # no bare NaN in JSON
+    atomic_write_text(work / "report.json", text + "\n")
     atomic_write_text(work / "report.md", _markdown(report))
     return report
 

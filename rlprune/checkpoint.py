@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rlprune.config import atomic_write_text, make_readable, read_json
 from rlprune.errors import RLPruneError
 from rlprune.models import build_model
+from rlprune.safeio import clip, writing
+from rlprune.schemas import SidecarSchema, validated
+from rlprune.trust import require_trusted
 
 FORMAT = "rlprune-checkpoint/1"
 
@@ -53,29 +57,36 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     weights, sidecar = checkpoint_paths(path)
     if "model" not in meta:
         raise ValueError("checkpoint meta needs 'model'")
-    weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{weights.name}.", dir=weights.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        make_readable(tmp)
-        digest = _sha256(Path(tmp))
-        os.replace(tmp, weights)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(weights):  # a full disk (safetensors reports it as its own error) is one line, no partial file
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{weights.name}.", dir=weights.parent)
+        os.close(fd)
+        try:
+            save_file(state, tmp)
+            make_readable(tmp)
+            digest = _sha256(Path(tmp))
+            os.replace(tmp, weights)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     full = {"format": FORMAT, **meta, "weights_file": weights.name, "weights_sha256": digest}
-    atomic_write_text(sidecar, json.dumps(full, indent=2, default=str) + "\n")
+    try:  # NaN is not JSON: a sidecar another tool cannot parse is refused here, not discovered there
+        text = json.dumps(full, indent=2, default=str, allow_nan=False)
+    except ValueError as exc:
+        raise RLPruneError(f"{sidecar}: checkpoint metadata holds a non-finite number ({exc})") from None
+    atomic_write_text(sidecar, text + "\n")
     return sidecar
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    """Read and check a checkpoint's sidecar JSON."""
+    """Read a checkpoint's sidecar JSON and validate it (:class:`~rlprune.schemas.SidecarSchema`): types, finite
+    numbers, one mean/std per input channel, std > 0. Reading it imports nothing."""
     _, sidecar = checkpoint_paths(path)
     meta = read_json(sidecar, "checkpoint metadata")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
         raise RLPruneError(f"{sidecar}: not an rlprune checkpoint (expected format '{FORMAT}' and a 'model' field)")
+    validated(SidecarSchema, meta, str(sidecar))
     return meta
 
 
@@ -110,12 +121,30 @@ def load_weights(model: nn.Module, path: str | Path, expected_sha256: str | None
     fit_weights(model, state, str(weights))
 
 
-def load_checkpoint(path: str | Path, model_name: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(
+    path: str | Path,
+    model_name: str | None = None,
+    *,
+    trust_model_code: bool = False,
+    require_checksum: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from its checkpoint: factory from the sidecar, reshape for a plan if any, load weights.
 
-    :param model_name: build this model instead of the one named in the sidecar (e.g. an import path).
+    :param model_name: build this model instead of the one named in the sidecar (e.g. an import path). The caller
+        names it, so it is trusted.
+    :param trust_model_code: import the model code the sidecar names even if it is not a zoo name or under a prefix
+        in ``$RLPRUNE_TRUSTED_MODULES`` (:mod:`rlprune.trust`). Off by default: a checkpoint is a shared file.
+    :param require_checksum: refuse a sidecar without ``weights_sha256`` (deleting it would turn the tamper check off).
     """
     meta = read_meta(path)
+    sidecar = checkpoint_paths(path)[1]
+    if require_checksum and not meta.get("weights_sha256"):
+        raise RLPruneError(
+            f"{sidecar}: has no weights_sha256, so its weights cannot be verified; refusing to load it unverified"
+        )
+    if model_name is None:
+        require_trusted(meta["model"], str(sidecar), trust_model_code)
+    _check_size(model_name or meta["model"], meta.get("model_kwargs", {}), path)
     model = build_model(model_name or meta["model"], **meta.get("model_kwargs", {}))
     if meta.get("plan") is not None:
         # A pruned model: reshape the dense architecture with the plan's kept channels before loading weights.
@@ -128,16 +157,45 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> tuple[nn
     return model, meta
 
 
+def _check_size(name: str, kwargs: dict[str, Any], path: str | Path) -> None:
+    """Refuse ``model_kwargs`` that would build a model far larger than its weights file (``width: 1000000`` would
+    exhaust memory before any shape check): the model is first built on the ``meta`` device, which allocates nothing.
+
+    A pruned checkpoint stores fewer values than its dense model, hence the generous margin.
+    """
+    weights, sidecar = checkpoint_paths(path)
+    if not weights.is_file():
+        raise RLPruneError(f"{weights}: checkpoint weights not found")
+    try:
+        with safe_open(str(weights), "pt") as f:
+            stored = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    except (SafetensorError, OSError) as exc:
+        raise RLPruneError(f"{weights}: unreadable safetensors file ({clip(str(exc), 80)})") from None
+    try:
+        with torch.device("meta"):
+            probe = build_model(name, **kwargs)
+    except RLPruneError:
+        raise
+    except Exception:  # a factory that cannot build on the meta device is built for real (and checked by shape)
+        return
+    values = sum(t.numel() for t in probe.state_dict().values())
+    if values > 1000 * stored + 10_000_000:
+        raise RLPruneError(
+            f"{sidecar}: model_kwargs build a model of {values} values but the weights hold {stored}; not building it"
+        )
+
+
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Training-resume state (optimizer, scheduler, counters): tensors and plain values, written atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -146,3 +204,17 @@ def load_state(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise RLPruneError(f"{path}: cannot read resume state ({type(exc).__name__}: {exc})") from exc
+
+
+def check_classes(meta: dict[str, Any], classes: list[str], where: str) -> None:
+    """Refuse data whose classes are not the checkpoint's (same names, same order): every entry point that pairs a
+    checkpoint with a dataset calls this, so a 100-class model is never fine-tuned or searched on CIFAR-10."""
+    recorded = meta.get("classes")
+    if recorded is None or list(recorded) == list(classes):
+        return
+    have = ", ".join(str(c) for c in recorded[:3])[:60]
+    want = ", ".join(str(c) for c in classes[:3])[:60]
+    raise RLPruneError(
+        f"{where}: the checkpoint predicts {len(recorded)} classes ({have}, ...) but the data has {len(classes)} "
+        f"({want}, ...); use the dataset it was trained on"
+    )

@@ -8,10 +8,16 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from rlprune.errors import RLPruneError
+from rlprune.safeio import disk_error
+from rlprune.trust import UntrustedCodeError
+
+TRUST_HELP = "import model code (package.module:factory) named in the checkpoint; only for checkpoints you trust"
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -21,10 +27,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from rlprune.pretrain import publish, run_pretrain
 
     cfg = load_config(args.config, PretrainConfig, args.set)
-    final = run_pretrain(cfg, resume=not args.restart, progress=not args.quiet)
+    final = run_pretrain(cfg, resume=not args.restart, progress=not args.quiet, trust_model_code=args.trust_model_code)
     out = {"val_accuracy": final["val_accuracy"], "test_accuracy": final["test_accuracy"]}
     if args.out:
-        out["published"] = str(publish(Path(cfg.output_dir) / cfg.name, args.out))
+        out["published"] = str(publish(Path(cfg.output_dir) / cfg.name, args.out, model_name=cfg.model.name))
     print(json.dumps(out))
     return 0
 
@@ -32,17 +38,16 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from rlprune.checkpoint import load_checkpoint
+    from rlprune.checkpoint import check_classes, load_checkpoint
     from rlprune.data import splits_from_meta
     from rlprune.evaluation import evaluate
     from rlprune.seeding import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, meta = load_checkpoint(args.checkpoint)
+    model, meta = load_checkpoint(args.checkpoint, trust_model_code=args.trust_model_code)
     splits = splits_from_meta(meta, args.data_root)
-    if splits.classes != meta.get("classes", splits.classes):
-        raise RLPruneError(f"{args.checkpoint}: checkpoint classes differ from the dataset's classes")
+    check_classes(meta, splits.classes, args.checkpoint)
     device = resolve_device(args.device)
     data = {"train": splits.train, "val": splits.val, "test": splits.test}[args.split]
     # Inputs are normalized with the statistics the model was trained with, not recomputed ones.
@@ -72,7 +77,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from rlprune.pipeline import run_job
 
     cfg = load_config(args.config, SearchConfig, _with_workers(args))
-    out = run_job(cfg, resume=args.resume, progress=not args.quiet)
+    out = run_job(cfg, resume=args.resume, progress=not args.quiet, trust_model_code=args.trust_model_code)
     print(json.dumps({k: v for k, v in out.items() if k != "report_md"}))
     print(out["report_md"])
     return 0
@@ -98,7 +103,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     searcher = agent if agent in SEARCHERS else None
     if searcher and not any(o.startswith("name=") for o in args.set):
         cfg = cfg.model_copy(update={"name": f"{cfg.name}-{searcher}"})
-    summary = run_search(cfg, searcher=searcher, resume=args.resume, progress=not args.quiet)
+    summary = run_search(
+        cfg, searcher=searcher, resume=args.resume, progress=not args.quiet, trust_model_code=args.trust_model_code
+    )
     print(json.dumps(summary))
     return 0
 
@@ -109,6 +116,7 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
     import torch
 
     from rlprune.apply import finetune_plan, load_dense
+    from rlprune.checkpoint import check_classes
     from rlprune.data import splits_from_meta
 
     if args.threads:
@@ -122,11 +130,17 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
     if args.swa_lr is not None and not 0 < args.swa_lr <= args.lr:
         raise RLPruneError(f"--swa-lr: expected a value in (0, --lr = {args.lr}], got {args.swa_lr}")
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise RLPruneError(f"--out {out}: exists and is not empty")
-    dense, meta, structure = load_dense(args.checkpoint, args.model)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RLPruneError(f"--out {out}: exists and is not an empty directory")
+    dense, meta, structure = load_dense(args.checkpoint, args.model, trust_model_code=args.trust_model_code)
+
+    def load_checked() -> object:
+        splits = splits_from_meta(meta, args.data_root)
+        check_classes(meta, splits.classes, args.checkpoint)  # before any plan is scored or any weight trained
+        return splits
+
     # Data is loaded once, and only after a plan_fn that does not need it has had its chance to reject bad input.
-    get_splits = functools.cache(lambda: splits_from_meta(meta, args.data_root))
+    get_splits = functools.cache(load_checked)
     plan, source = plan_fn(dense, meta, structure, get_splits)  # type: ignore[operator]
     splits = get_splits()
     report = finetune_plan(
@@ -172,8 +186,6 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     target = args.target_macs if args.target_macs is not None else args.target_latency
     if not 0 < target <= 1:
         raise RLPruneError(f"--target-{budget}: expected a ratio in (0, 1], got {target}")
-    if args.samples < 0:
-        raise RLPruneError(f"--samples: expected >= 0, got {args.samples}")
 
     def plan_fn(dense, meta, structure, get_splits):
         policy = load_policy(args.policy)  # after the checkpoint: a model that cannot be pruned is the first error
@@ -213,16 +225,19 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="dense checkpoint (<name>.json)")
     p.add_argument("--model", default=None, help="zoo name or package.module:factory (default: from the checkpoint)")
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
-    p.add_argument("--finetune-epochs", type=int, default=1)
-    p.add_argument("--swa-epochs", type=int, default=0, help="average the last N fine-tune epochs (SWA); 0 = off")
-    p.add_argument("--swa-lr", type=float, default=None, help="the lr held during SWA (default: half of --lr)")
-    p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--finetune-epochs", type=_int_at_least(1), default=1)
+    p.add_argument(
+        "--swa-epochs", type=_int_at_least(0), default=0, help="average the last N fine-tune epochs (SWA); 0 = off"
+    )
+    p.add_argument("--swa-lr", type=_positive, default=None, help="the lr held during SWA (default: half of --lr)")
+    p.add_argument("--lr", type=_positive, default=0.02)
+    p.add_argument("--batch-size", type=_int_at_least(1), default=128)
     p.add_argument("--no-distill", action="store_true", help="fine-tune on labels only (default: distill from dense)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=_int_at_least(1), default=None)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (CUDA when present)")
+    p.add_argument("--trust-model-code", action="store_true", help=TRUST_HELP)
     p.add_argument("--quiet", action="store_true")
 
 
@@ -236,8 +251,45 @@ FIXES = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line on stderr, exit status 2 (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())[:250]}\n")
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:30]!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text[:30]!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text[:30]!r}")
+    return value
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:30]!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlprune", description="Learn per-layer pruning ratios with RL.")
+    parser = _Parser(prog="rlprune", description="Learn per-layer pruning ratios with RL.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def config_command(name: str, help_: str, func: object, resume_help: str | None) -> argparse.ArgumentParser:
@@ -246,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
         if resume_help:
             p.add_argument("--resume", action="store_true", help=resume_help)
+        p.add_argument("--trust-model-code", action="store_true", help=TRUST_HELP)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.set_defaults(func=func)
         return p
@@ -278,16 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name in ("train", "run", "search"):
         sub.choices[name].add_argument(
-            "--workers", type=int, default=None, help="score plans on N Ray actors (config key workers; rlprune[ray])"
+            "--workers",
+            type=_int_at_least(1),
+            default=None,
+            help="score plans on N Ray actors (config key workers; rlprune[ray])",
         )
 
     p = sub.add_parser("apply", help="roll a learned policy out on a model, prune, fine-tune, export, report")
     p.add_argument("--policy", required=True, help="run directory or policy.json of a search")
-    p.add_argument("--target-macs", type=float, default=None, help="pruned/dense MACs ratio")
-    p.add_argument("--target-latency", type=float, default=None, help="pruned/dense batch-1 CPU latency ratio")
+    p.add_argument("--target-macs", type=_number, default=None, help="pruned/dense MACs ratio")
+    p.add_argument("--target-latency", type=_number, default=None, help="pruned/dense batch-1 CPU latency ratio")
     p.add_argument(
         "--samples",
-        type=int,
+        type=_int_at_least(0),
         default=0,
         help="also draw N plans from the policy's distribution (seeded by --seed) and keep the one the search's "
         "proxy scores best on the validation split (a few seconds per plan); 0 = the deterministic rollout",
@@ -304,20 +360,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="path to <name>.json / <name>.safetensors (or <name>)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--data-root", default=None, help="dataset file or folder (default: the usual locations)")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=_int_at_least(1), default=500)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=_int_at_least(1), default=None)
+    p.add_argument("--trust-model-code", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a usage error (one line, printed by _Parser.error) or --help
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.func(args))
+    except UntrustedCodeError as exc:
+        print(f"error: {exc.with_hint('rerun with --trust-model-code')}", file=sys.stderr)
+        return 2
     except RLPruneError as exc:
         fix = FIXES.get(exc.fix or "")
-        print(f"error: {exc}" + (f"; {fix}" if fix else ""), file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the message held
+        print(f"error: {message}" + (f"; {fix}" if fix else ""), file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk or a read-only folder somewhere no library call translated it
+        error = disk_error(exc, exc.filename or "output")
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

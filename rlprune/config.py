@@ -4,7 +4,6 @@ with ``--set a.b=value`` overrides, and the resolved config written into the run
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -14,12 +13,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlprune.errors import RLPruneError
+from rlprune.safeio import check_tree, parse_yaml, quote, read_json_file, read_yaml_file, writing
 
 T = TypeVar("T", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # allow_inf_nan=False: ``.inf`` / ``.nan`` are refused in every float field (an infinite lr "trains" a NaN model)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class DataConfig(Strict):
@@ -130,8 +131,8 @@ class PretrainConfig(Strict):
 def _parse_scalar(text: str) -> Any:
     """Parse an override value as YAML (``5``, ``0.1``, ``true``, ``[1, 2]``, ``null``), else keep the string."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return parse_yaml(text, "--set")
+    except RLPruneError:
         return text
 
 
@@ -149,7 +150,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 raise RLPruneError(f"--set '{item}': '{part}' is not a section")
             node = child
         node[parts[-1]] = _parse_scalar(value)
-    return raw
+    return check_tree(raw, "--set")
 
 
 def _fields_at(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -176,18 +177,14 @@ def _describe(error: ValidationError, source: str, schema: type[BaseModel]) -> s
     if kind == "missing":
         return f"{source}: missing required key '{loc}'"
     msg = first["msg"].removeprefix("Value error, ")
-    return f"{source}: {loc}: {msg} (got {first.get('input')!r})"
+    # quote at most a few dozen characters of the value: an input can be huge (or hostile)
+    return f"{source}: {loc[:80]}: {msg[:120]} (got {quote(first.get('input'))})"
 
 
 def load_config(path: str | Path, schema: type[T], overrides: list[str] | None = None) -> T:
     """Read a YAML config, apply overrides, validate; every problem becomes a one-line :class:`RLPruneError`."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError as exc:
-        raise RLPruneError(f"{path}: config file not found") from exc
-    except yaml.YAMLError as exc:
-        raise RLPruneError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    raw = read_yaml_file(path, "config file") or {}  # size, depth, alias and finite-number limits first
     if not isinstance(raw, dict):
         raise RLPruneError(f"{path}: expected a mapping at the top level")
     return validate(schema, apply_overrides(raw, overrides or []), str(path))
@@ -197,7 +194,7 @@ def validate(schema: type[T], data: dict[str, Any], source: str) -> T:
     """Validate ``data`` against ``schema``; the first problem becomes a one-line :class:`RLPruneError` that starts
     with ``source`` (a config file, or what built the data)."""
     try:
-        return schema.model_validate(data)
+        return schema.model_validate(check_tree(data, source))
     except ValidationError as exc:
         raise RLPruneError(_describe(exc, source, schema)) from exc
 
@@ -211,26 +208,25 @@ def make_readable(path: str | Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):  # a full disk is one line, and the old file stays as it was
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            make_readable(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def read_json(path: Path, what: str) -> Any:
-    """Parse a JSON file; a missing or malformed file is a one-line error naming it and what it should be."""
-    if not path.is_file():
-        raise RLPruneError(f"{path}: {what} not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RLPruneError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    """Parse a JSON file; a missing or malformed file is a one-line error naming it and what it should be.
+
+    Size, depth and finite-number limits apply (:func:`rlprune.safeio.parse_json`): ``NaN`` is not JSON.
+    """
+    return read_json_file(Path(path), what)
 
 
 def write_resolved(config: BaseModel, run_dir: Path) -> Path:

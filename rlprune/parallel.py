@@ -277,7 +277,9 @@ def _unwrap(ray: Any, exc: Exception) -> Exception:
     return exc
 
 
-def pool_for_config(cfg: Any, workers: int, scorer: Any | None = None) -> RayScorer:
+def pool_for_config(
+    cfg: Any, workers: int, scorer: Any | None = None, trust_model_code: bool = False
+) -> RayScorer:
     """The actor pool for a search config: each actor builds the proxy evaluator from ``cfg.checkpoint`` and the
     proxy settings, or (tests) gets a copy of the picklable ``scorer``."""
     device = str(cfg.device)
@@ -310,13 +312,14 @@ def pool_for_config(cfg: Any, workers: int, scorer: Any | None = None) -> RaySco
             "importance": p.importance,
             "amp": p.amp,
             "seed": p.seed,
+            "trust_model_code": trust_model_code,
         }
         from rlprune.evaluation.proxy import proxy_from_checkpoint
 
         def dense() -> Any:
             from rlprune.checkpoint import load_checkpoint
 
-            return load_checkpoint(cfg.checkpoint)[0].cpu().eval()
+            return load_checkpoint(cfg.checkpoint, trust_model_code=trust_model_code)[0].cpu().eval()
 
         return RayScorer(
             proxy_from_checkpoint,
@@ -335,7 +338,7 @@ def run_pooled(run: Callable[..., dict[str, Any]], cfg: Any, workers: int, score
     import torch
 
     cfg = cfg.model_copy(update={"workers": workers})  # the run directory's config.yaml says how it ran
-    pool = pool_for_config(cfg, workers, scorer)
+    pool = pool_for_config(cfg, workers, scorer, trust_model_code=kw.get("trust_model_code", False))
     threads = torch.get_num_threads()
     if not cfg.threads:
         torch.set_num_threads(1)  # the driver only decides; its idle thread pool would spin on the actors' cores
@@ -351,23 +354,22 @@ def plan_of(env: LayerPruningEnv, actions: Sequence[float] | np.ndarray, seed: i
     """The plan an episode with these actions and reset seed ends in, without scoring it (what ``run_episode``
     will then play; the scorer answers it from the prefetched results)."""
     env.reset(seed=seed)
+    episode = env.episode
     for a in actions:
-        env._decide(np.array([a], dtype=np.float32))
-        if env.t >= len(env.units):
+        episode.decide(np.array([a], dtype=np.float32))
+        if episode.done:
             break
-        env._obs()
+        episode.observe()
     return env.make_plan()
 
 
 def plan_after(env: LayerPruningEnv, action: np.ndarray) -> Plan | None:
-    """If ``action`` ends the episode, the plan it ends in (the environment's state is left as it was)."""
+    """If ``action`` ends the episode, the plan it ends in (the environment's own episode is left as it was)."""
     if env.t != len(env.units) - 1:
         return None
-    saved = (env.t, dict(env._decided), list(env.ratios))
-    env._decide(action)
-    plan = env.make_plan()
-    env.t, env._decided, env.ratios = saved
-    return plan
+    episode = env.episode.fork()
+    episode.decide(action)
+    return episode.plan(env.scorer.importance)
 
 
 def prefetch_episodes(

@@ -17,20 +17,23 @@ from rlprune.pruning import Plan
 from rlprune.searching import run_search
 
 
-def run_job(cfg: SearchConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_job(
+    cfg: SearchConfig, *, resume: bool = False, progress: bool = True, trust_model_code: bool = False
+) -> dict[str, Any]:
     """Search -> prune the best plan -> fine-tune (distilling from the dense model) -> ONNX -> report.
 
     :param resume: continue an interrupted run (the search from its records, the fine-tune from its last epoch).
+    :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
     :returns: where the outputs are and the headline numbers; ``report_md`` holds the Markdown report.
     """
     if cfg.checkpoint is None:
         raise RLPruneError("checkpoint: the main job needs the dense model's checkpoint")
     run_dir = Path(cfg.output_dir) / cfg.name
     out = run_dir / "pruned"
-    if out.exists() and any(out.iterdir()) and not resume:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not resume:
         raise RLPruneError(f"{out}: already exists", fix="resume_or_rename")
-    summary = run_search(cfg, resume=resume, progress=progress)
-    dense, meta, _ = load_dense(cfg.checkpoint)
+    summary = run_search(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
+    dense, meta, _ = load_dense(cfg.checkpoint, trust_model_code=trust_model_code)
     plan = Plan.load(run_dir / "best_plan.json")
     f = cfg.finetune
     finetune_plan(

@@ -69,7 +69,7 @@ def data_meta(cfg: DataConfig, splits: DataSplits) -> dict[str, Any]:
     }
 
 
-def warm_start(model: torch.nn.Module, path: str, model_name: str) -> dict[str, Any]:
+def warm_start(model: torch.nn.Module, path: str, model_name: str, *, trust_model_code: bool = False) -> dict[str, Any]:
     """Load a checkpoint's weights into ``model``; returns what the new checkpoint records of it.
 
     A checkpoint of the same model is loaded as is (a warm restart). One of a shallower CIFAR ResNet is deepened
@@ -89,13 +89,19 @@ def warm_start(model: torch.nn.Module, path: str, model_name: str) -> dict[str, 
     if source["model"] == model_name:
         load_weights(model, path, source.get("weights_sha256"))
         return record
-    shallow, _ = load_checkpoint(path)
+    shallow, _ = load_checkpoint(path, trust_model_code=trust_model_code)
     deepen_resnet(model, shallow, what=f"init_from: {path} ({source['model']} -> {model_name})")
     return {**record, "method": "deepen"}
 
 
-def run_pretrain(cfg: PretrainConfig, resume: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Train, evaluate on the test split and save ``runs/<name>/model.{safetensors,json}``; returns the metadata."""
+def run_pretrain(
+    cfg: PretrainConfig, resume: bool = True, progress: bool = True, *, trust_model_code: bool = False
+) -> dict[str, Any]:
+    """Train, evaluate on the test split and save ``runs/<name>/model.{safetensors,json}``; returns the metadata.
+
+    ``cfg.model.name`` is the user's own choice and is built as named; ``trust_model_code`` is about the model code
+    named by other checkpoints the config points at (``init_from``, teachers; see :mod:`rlprune.trust`).
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -104,9 +110,14 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, progress: bool = True
     splits = load_data(cfg.data)
     kwargs = model_kwargs(cfg.model, splits)
     model = build_model(cfg.model.name, **kwargs)
-    start = warm_start(model, cfg.init_from, cfg.model.name) if cfg.init_from else None
+    trust = trust_model_code
+    start = warm_start(model, cfg.init_from, cfg.model.name, trust_model_code=trust) if cfg.init_from else None
     distill = cfg.train.distill
-    teacher = load_teacher(distill.teacher, splits.classes, splits.mean, splits.std) if distill.teacher else None
+    teacher = (
+        load_teacher(distill.teacher, splits.classes, splits.mean, splits.std, trust_model_code=trust)
+        if distill.teacher
+        else None
+    )
     run_dir = Path(cfg.output_dir) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / "train.log")
@@ -168,12 +179,15 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, progress: bool = True
     return final
 
 
-def publish(run_dir: Path, dest: str | Path) -> Path:
+def publish(run_dir: Path, dest: str | Path, *, model_name: str | None = None) -> Path:
     """Copy a finished run's checkpoint and its provenance to ``dest.*`` — the zoo layout (``zoo/resnet20_cifar10``):
     ``.safetensors`` + ``.json`` (re-pointed at the new weights file, hash re-checked), ``.config.yaml`` (resolved
     config), ``.train.log`` and ``.history.json``. Each file is written atomically; returns the sidecar path.
+
+    :param model_name: the model the run was configured with (the user named it, so it is built without asking
+        for trust); default: the run's sidecar must name a zoo model or trusted code.
     """
-    model, meta = load_checkpoint(run_dir / "model")  # verifies the weights' sha256 on the way
+    model, meta = load_checkpoint(run_dir / "model", model_name)  # verifies the weights' sha256 on the way
     sidecar = checkpoint_paths(dest)[1]  # the checkpoint's own rules for ``x``, ``x.json``, ``x.safetensors``
     stem = sidecar.name.removesuffix(".json")
     for name in ("config.yaml", "train.log", "history.json"):

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from stable_baselines3.common.logger import HParam
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
@@ -38,6 +37,7 @@ from rlprune.evaluation.scorer import Scorer
 from rlprune.logs import setup_logging
 from rlprune.pruning import Plan, Structure
 from rlprune.pruning.budget import Budget
+from rlprune.safeio import json_safe, locked, read_yaml_file
 from rlprune.seeding import seed_everything
 
 log = logging.getLogger("rlprune.searching")
@@ -51,9 +51,8 @@ def _latency_table(cfg: SearchConfig, structure: Structure, dense_cpu: nn.Module
         if table.fingerprint == structure.fingerprint and table.batch_size == cfg.latency.batch_size:
             return table
     log.info("building the per-layer latency table (batch %d)", cfg.latency.batch_size)
-    table = build_latency_table(dense_cpu, structure, cfg.latency.batch_size, threads=cfg.latency.threads)
-    table.save(path)
-    return table
+    # saved by the caller once the run directory exists (a refused run leaves none behind)
+    return build_latency_table(dense_cpu, structure, cfg.latency.batch_size, threads=cfg.latency.threads)
 
 
 def _agent_optimizers(agent: Any) -> dict[str, torch.optim.Optimizer]:
@@ -100,7 +99,7 @@ def _prepare(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
     saved_path = run_dir / "config.yaml"
     if resume and saved_path.is_file():
         # Recorded accuracies are only comparable with new ones if plans are scored and budgeted the same way.
-        saved = yaml.safe_load(saved_path.read_text()) or {}
+        saved = read_yaml_file(saved_path) or {}
         now = cfg.model_dump(mode="json")
         for section in ("checkpoint", "data_root", "env", "proxy", "latency"):
             if saved.get(section) != now.get(section):
@@ -125,6 +124,8 @@ def complete_search(cfg: SearchConfig, *, searcher: str | None = None, progress:
     return run_search(cfg, searcher=searcher, resume=(run_dir / "episodes.jsonl").is_file(), progress=progress)
 
 
+# One search per run directory at a time: two would interleave episodes.jsonl and overwrite each other's files.
+@locked(lambda a: Path(a["cfg"].output_dir) / a["cfg"].name, "search run directory")
 def run_search(
     cfg: SearchConfig,
     *,
@@ -133,17 +134,28 @@ def run_search(
     progress: bool = True,
     scorer: Scorer | None = None,
     workers: int | None = None,
+    trust_model_code: bool = False,
 ) -> dict[str, Any]:
     """Run an RL agent (``searcher=None``) or a baseline searcher; returns the summary.
 
     :param scorer: use this scorer instead of building a proxy evaluator from ``cfg.checkpoint``.
     :param workers: score plans on this many Ray actors (default ``cfg.workers``; 1 = in this process).
+    :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
     """
     workers = cfg.workers if workers is None else workers
     if workers > 1 and not hasattr(scorer, "prefetch"):
         from rlprune.parallel import run_pooled
 
-        return run_pooled(run_search, cfg, workers, scorer, searcher=searcher, resume=resume, progress=progress)
+        return run_pooled(
+            run_search,
+            cfg,
+            workers,
+            scorer,
+            searcher=searcher,
+            resume=resume,
+            progress=progress,
+            trust_model_code=trust_model_code,
+        )
     run_dir = Path(cfg.output_dir) / cfg.name
     _prepare(cfg, run_dir, resume)
     if cfg.threads:
@@ -164,21 +176,14 @@ def run_search(
             importance=cfg.proxy.importance,
             amp=cfg.proxy.amp,
             seed=cfg.proxy.seed,
+            trust_model_code=trust_model_code,
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir / "search.log", verbose=progress)
-    write_resolved(cfg, run_dir)
     table, dense_cpu = None, None
     if cfg.env.budget == "latency" or cfg.env.reward == "accuracy_latency":
         if getattr(scorer, "model", None) is None:
             raise RLPruneError("search: a latency budget or reward needs a scorer that holds the dense model")
         dense_cpu = copy.deepcopy(scorer.model).cpu().eval()  # the scorer keeps its model on its own device
         table = _latency_table(cfg, scorer.structure, dense_cpu, run_dir)
-    writer = SummaryWriter(str(run_dir / "tb" / (searcher or "agent"))) if searcher else None
-    recorder = SearchRecorder(run_dir, writer)
-    if hasattr(scorer, "remember"):
-        for rec in recorder.records:
-            scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"])
     e = cfg.env
     budget = Budget(
         scorer.structure,
@@ -190,7 +195,17 @@ def run_search(
         min_channels=e.min_channels,
         tolerance=e.tolerance,
         latency_table=table,
-    )
+    )  # refuses an unreachable target: before the run directory exists
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir / "search.log", verbose=progress)
+    write_resolved(cfg, run_dir)
+    if table is not None:
+        table.save(run_dir / "latency_table.json")
+    writer = SummaryWriter(str(run_dir / "tb" / (searcher or "agent"))) if searcher else None
+    recorder = SearchRecorder(run_dir, writer)
+    if hasattr(scorer, "remember"):
+        for rec in recorder.records:
+            scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"])
     if table is not None and table.calibration is None and cfg.latency.calibration_plans > 0:
         log.info("calibrating the latency table on %d plans at the budget", cfg.latency.calibration_plans)
         budget = calibrate_latency_budget(
@@ -253,7 +268,7 @@ def run_search(
             dense_cpu, env.structure, Plan.from_dict(best["plan"]), cfg.latency.batch_size, threads=cfg.latency.threads
         )
         summary["best"]["measured_latency_ratio"] = round(ratio, 4)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(run_dir / "summary.json", json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n")
     log.info(
         "best: accuracy %.2f%% at MACs ratio %.3f (episode %d) -> %s",
         best["accuracy"],
@@ -273,12 +288,15 @@ def _train_agent(
         from rlprune.parallel import pool_vec_env
 
         env = pool_vec_env(env, n_envs)
-    agent = make_agent(algorithm, env, cfg.seed, cfg.agent.hyperparams, tensorboard_log=str(run_dir / "tb"))
+    # A resumed session draws fresh randomness (seeded by the records so far): reseeded with the run's seed, an agent
+    # killed before its first update would sample the very plans it already recorded.
+    seed = cfg.seed + 7919 * recorder.episodes if recorder.episodes else cfg.seed
+    agent = make_agent(algorithm, env, seed, cfg.agent.hyperparams, tensorboard_log=str(run_dir / "tb"))
     state_path = run_dir / "agent_state.pt"
     resumed = resume and state_path.is_file()
     if resumed:
         at = load_agent_state(agent, state_path)
-        log.info("resumed the agent from its checkpoint at episode %d", at)
+        log.info("resumed the agent from its checkpoint at episode %d (%d recorded)", at, recorder.episodes)
     meta = {
         "min_ratio": cfg.env.min_ratio,
         "max_ratio": cfg.env.max_ratio,

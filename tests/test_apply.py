@@ -275,6 +275,7 @@ def test_model_without_prunable_units(tmp_path: Path, capsys: pytest.CaptureFixt
             "--out",
             str(tmp_path / "o"),
             "--quiet",
+            "--trust-model-code",  # the sidecar names model code: imported only when trusted (rlprune.trust)
         ]
     )
     _error(capsys, code, "no prunable units")

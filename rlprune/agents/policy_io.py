@@ -22,6 +22,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from rlprune.config import atomic_write_text, read_json
 from rlprune.envs.features import FEATURE_VERSION, FEATURES, N_FEATURES
 from rlprune.errors import RLPruneError
+from rlprune.safeio import clip, writing
+from rlprune.schemas import PolicyMetaSchema, validated
 
 POLICY_FORMAT = "rlprune-policy/1"
 
@@ -87,9 +89,18 @@ class Policy:
         weights.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.policy.state_dict().items()}
         tmp = weights.with_name(f".{weights.name}.tmp")
-        save_file(state, str(tmp))
-        tmp.replace(weights)
-        atomic_write_text(sidecar, json.dumps(self.meta, indent=1, default=str) + "\n")
+        with writing(weights):
+            try:
+                save_file(state, str(tmp))
+                tmp.replace(weights)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        try:
+            text = json.dumps(self.meta, indent=1, default=str, allow_nan=False)
+        except ValueError as exc:
+            raise RLPruneError(f"{sidecar}: policy metadata holds a non-finite number ({exc})") from None
+        atomic_write_text(sidecar, text + "\n")
         return sidecar
 
     @torch.no_grad()
@@ -127,22 +138,29 @@ def load_policy(path: str | Path) -> Policy:
         raise RLPruneError(
             f"{sidecar}: policy uses feature spec v{meta.get('feature_version')}, this rlprune uses v{FEATURE_VERSION}"
         )
+    validated(PolicyMetaSchema, meta, str(sidecar))  # types, ranges, finite numbers, known network settings
     from rlprune.agents.sb3_agents import policy_class
+    from rlprune.checkpoint import fit_weights
 
-    kwargs = dict(meta.get("policy_kwargs", {}))
+    kwargs = {k: v for k, v in meta.get("policy_kwargs", {}).items() if v is not None}
     if isinstance(kwargs.get("activation_fn"), str):
-        kwargs["activation_fn"] = _ACTIVATIONS.get(kwargs["activation_fn"], torch.nn.Tanh)
+        kwargs["activation_fn"] = _ACTIVATIONS[kwargs["activation_fn"]]
     obs_space = spaces.Box(0.0, 1.0, (N_FEATURES,), dtype=np.float32)
     act_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
-    algorithm = meta.get("algorithm")
-    if not isinstance(algorithm, str):
-        raise RLPruneError(f"{sidecar}: policy metadata has no 'algorithm'")
-    policy = policy_class(algorithm)(obs_space, act_space, lambda _: 0.0, **kwargs)
+    algorithm = meta["algorithm"]
+    try:
+        policy = policy_class(algorithm)(obs_space, act_space, lambda _: 0.0, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError, ArithmeticError) as exc:
+        why = clip(str(exc), 80)
+        raise RLPruneError(f"{sidecar}: policy_kwargs do not build a {algorithm} policy ({why})") from None
+    if not weights.is_file():
+        raise RLPruneError(f"{weights}: policy weights not found")
     try:
         state = load_file(str(weights))
-        policy.load_state_dict(state)
-    except FileNotFoundError as exc:
-        raise RLPruneError(f"{weights}: policy weights not found") from exc
-    except (RuntimeError, OSError, SafetensorError) as exc:
-        raise RLPruneError(f"{weights}: weights do not fit a {algorithm} policy ({str(exc)[:120]})") from exc
+    except (OSError, SafetensorError) as exc:
+        raise RLPruneError(f"{weights}: unreadable safetensors file ({clip(str(exc), 80)})") from None
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise RLPruneError(f"{weights}: '{key[:60]}' holds non-finite values; the policy is corrupt")
+    fit_weights(policy, state, f"{weights} ({algorithm} policy)")
     return Policy(policy.eval(), meta)

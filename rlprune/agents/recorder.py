@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
 from rlprune.config import atomic_write_text
+from rlprune.errors import RLPruneError
+from rlprune.safeio import MAX_LINE_BYTES, json_safe, parse_json, writing
+from rlprune.schemas import EpisodeRecord, validated
+
+log = logging.getLogger("rlprune.search")
 
 
 class SearchRecorder:
@@ -32,15 +38,40 @@ class SearchRecorder:
         self.started = time.perf_counter()
         self.last: dict[str, Any] | None = None
         self.replay = 0  # episodes to pass over (a resumed deterministic searcher re-plays what is recorded)
+        self.skipped: list[int] = []  # line numbers of unreadable records (reported, left in the file)
         if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                if line.strip():
-                    try:
-                        self._track(json.loads(line))
-                    except json.JSONDecodeError:
-                        break  # a line cut short by a crash: everything before it is kept
-            # Rewrite without a torn tail so appends start on a clean line.
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+            self._load()
+
+    def _load(self) -> None:
+        """Read every valid record; a torn or corrupt line (a crash, a bad disk, an editor) is skipped and reported,
+        and every record after it is kept. The file is never rewritten: if it ends mid-line, a newline is appended so
+        that the next record starts on a clean line (the torn text stays, for whoever wants to look at it)."""
+        with writing(self.path):
+            data = self.path.read_bytes()
+        for number, raw in enumerate(data.split(b"\n"), start=1):
+            if not raw.strip():
+                continue
+            try:
+                if len(raw) > MAX_LINE_BYTES:
+                    raise RLPruneError("line too long")
+                rec = parse_json(raw.decode("utf-8"), "record")
+                validated(EpisodeRecord, rec, "record")
+            except (RLPruneError, UnicodeDecodeError):
+                self.skipped.append(number)
+                continue
+            self._track(rec)
+        if self.skipped:
+            log.warning(
+                "%s: skipped %d unreadable line(s) (line %s%s); the %d other records are kept",
+                self.path,
+                len(self.skipped),
+                self.skipped[0],
+                " and more" if len(self.skipped) > 1 else "",
+                len(self.records),
+            )
+        if data and not data.endswith(b"\n"):
+            with writing(self.path), self.path.open("ab") as f:
+                f.write(b"\n")
 
     def _track(self, rec: dict[str, Any]) -> bool:
         self.records.append(rec)
@@ -73,8 +104,9 @@ class SearchRecorder:
             "cached": info["cached"],
             "plan": info["plan"],
         }
-        with self.path.open("a") as f:
-            f.write(json.dumps(rec) + "\n")
+        line = json.dumps(json_safe(rec), allow_nan=False) + "\n"
+        with writing(self.path), self.path.open("a") as f:
+            f.write(line)
         self._mark = time.perf_counter()
         self.last = rec
         improved = self._track(rec)
@@ -85,7 +117,8 @@ class SearchRecorder:
                     k: rec[k] for k in ("reward", "accuracy", "macs_ratio", "latency_ratio", "target", "episode")
                 },
             }
-            atomic_write_text(self.run_dir / "best_plan.json", json.dumps(best, indent=1) + "\n")
+            text = json.dumps(json_safe(best), indent=1, allow_nan=False)
+            atomic_write_text(self.run_dir / "best_plan.json", text + "\n")
         if self.writer is not None:
             step = rec["episode"]
             for key in ("accuracy", "macs_ratio", "reward"):

@@ -36,13 +36,16 @@ def file_sha256(path: Path) -> str:
 
 
 def source_fingerprint(path: Path) -> str:
-    """sha256 of a file's bytes, or of a directory's (relative path, size, mtime) listing."""
+    """sha256 of a file's bytes, or of a directory's listing: every file's (relative path, size, mtime) and every
+    folder's relative path, so that an added (even empty) class folder is a new source, not a cache hit."""
     if path.is_file():
         return file_sha256(path)
     digest = hashlib.sha256()
     for f in iter_files(path):
         st = f.stat()
         digest.update(f"{f.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for d in sorted(p for p in path.rglob("*") if p.is_dir()):
+        digest.update(f"{d.relative_to(path)}/\n".encode())
     return digest.hexdigest()
 
 

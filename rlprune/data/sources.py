@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -14,9 +15,11 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from rlprune.errors import RLPruneError
+from rlprune.safeio import clip
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLITS = ("train", "test")
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # one image file inside an archive
 
 # A decoded split: images (N, C, H, W) uint8, labels (N,) int64.
 Split = tuple[np.ndarray, np.ndarray]
@@ -35,8 +38,8 @@ def _to_array(data: bytes | Path, size: int, channels: int, name: str) -> np.nda
                 left, top = (nw - size) // 2, (nh - size) // 2
                 img = img.crop((left, top, left + size, top + size))
             arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise RLPruneError(f"{name}: cannot decode image ({exc})") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise RLPruneError(f"{name[:200]}: cannot decode image ({clip(str(exc), 80)})") from exc
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -65,7 +68,8 @@ def _decode_all(
 ) -> dict[str, Split]:
     out: dict[str, Split] = {}
     total = sum(len(f) for split in SPLITS for f in entries[split].values())
-    with tqdm(total=total, desc=f"decoding {Path(origin).name}", unit="img", leave=False) as bar:
+    # disable=None: shown on a terminal only (a log or a pipe gets no progress-bar residue)
+    with tqdm(total=total, desc=f"decoding {Path(origin).name}", unit="img", leave=False, disable=None) as bar:
         for split in SPLITS:
             images, labels = [], []
             for label, cls in enumerate(classes):
@@ -115,14 +119,16 @@ def read_image_folder(path: Path, size: int, channels: int) -> tuple[dict[str, S
                     entries[split].setdefault(cls, [])
                     if member.isfile() and PurePosixPath(fname).suffix.lower() in IMAGE_SUFFIXES:
                         rel = f"{split}/{cls}/{fname}"
+                        if member.size > MAX_IMAGE_BYTES:  # a compression bomb is refused before it is inflated
+                            raise RLPruneError(f"{path}: member '{member.name[:80]}' is {member.size} bytes")
                         fobj = tar.extractfile(member)
                         if fobj is not None:
                             blobs[rel] = fobj.read()
                             entries[split][cls].append(rel)
                 elif len(parts) >= 2 and parts[-2] in SPLITS and member.isdir():
                     entries[parts[-2]].setdefault(parts[-1], [])
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise RLPruneError(f"{path}: not a readable tar archive ({exc})") from exc
+    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as exc:
+        raise RLPruneError(f"{path}: not a readable tar archive ({clip(str(exc), 80)})") from exc
     classes = _collect(entries, str(path))
     return _decode_all(entries, classes, blobs, size, channels, str(path)), classes
 

@@ -6,6 +6,7 @@ scorer (:func:`rollout`). Both see exactly the same observations and the same bu
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -41,6 +42,12 @@ class Episode:
         self.decided: dict[str, int] = {}
         self.ratios: list[float] = []
         self.interval = (budget.min_ratio, budget.max_ratio)
+
+    def fork(self) -> Episode:
+        """An independent copy of the decisions so far (to look one step ahead without changing this episode)."""
+        other = copy.copy(self)
+        other.decided, other.ratios = dict(self.decided), list(self.ratios)
+        return other
 
     @property
     def done(self) -> bool:

@@ -178,13 +178,21 @@ class ProxyEvaluator(MetricScorer):
 
 
 def proxy_from_checkpoint(
-    checkpoint: str, data_root: str | None = None, device: str = "cpu", **kwargs: object
+    checkpoint: str,
+    data_root: str | None = None,
+    device: str = "cpu",
+    trust_model_code: bool = False,
+    **kwargs: object,
 ) -> ProxyEvaluator:
-    """A proxy evaluator for a checkpoint, on the data split recorded in its metadata (validation only)."""
-    from rlprune.checkpoint import load_checkpoint
+    """A proxy evaluator for a checkpoint, on the data split recorded in its metadata (validation only).
+
+    :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
+    """
+    from rlprune.checkpoint import check_classes, load_checkpoint
     from rlprune.data import splits_from_meta
 
-    model, meta = load_checkpoint(checkpoint)
+    model, meta = load_checkpoint(checkpoint, trust_model_code=trust_model_code)
     splits = splits_from_meta(meta, data_root)
+    check_classes(meta, splits.classes, checkpoint)
     splits.test = None  # the search never sees the test split
     return ProxyEvaluator(model, splits, device=device, **kwargs)  # type: ignore[arg-type]

@@ -48,8 +48,10 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     factory = resolve_factory(name)
     try:
         model = factory(**kwargs)
-    except TypeError as exc:
-        raise RLPruneError(f"model '{name}': bad keyword arguments {sorted(kwargs)} ({exc})") from exc
+    except (TypeError, ValueError, RuntimeError, AssertionError, ArithmeticError) as exc:
+        # e.g. num_classes: -1 or width: 0 from a sidecar; the message is cut so that a hostile value is not echoed
+        why = " ".join(str(exc).split())[:80]
+        raise RLPruneError(f"model '{name}': bad keyword arguments {sorted(kwargs)[:8]} ({why})") from exc
     if not isinstance(model, nn.Module):
         raise RLPruneError(f"model '{name}': factory returned {type(model).__name__}, expected a torch.nn.Module")
     return model

@@ -18,6 +18,7 @@ from typing import Any
 from rlprune.config import atomic_write_text, read_json
 from rlprune.errors import RLPruneError
 from rlprune.pruning.structure import Structure
+from rlprune.schemas import HandPlanSchema, PlanSchema, validated
 
 PLAN_FORMAT = "rlprune-plan/1"
 log = logging.getLogger("rlprune.pruning")
@@ -107,12 +108,25 @@ class Plan:
         )
 
     def check(self, structure: Structure, what: str = "plan") -> None:
-        """Refuse a plan made for another architecture."""
+        """Refuse a plan made for another architecture, or one whose channel counts do not fit the units or do not
+        follow from its ratios (a plan must not say 50% while keeping every channel)."""
         if self.fingerprint != structure.fingerprint:
             raise RLPruneError(
-                f"{what}: made for another model (fingerprint {self.fingerprint}, this model is {structure.fingerprint}"
-                f"{', plan model ' + repr(self.model) if self.model else ''})"
+                f"{what}: made for another model (fingerprint {self.fingerprint[:20]}, this model is "
+                f"{structure.fingerprint}{', plan model ' + repr(self.model[:40]) if self.model else ''})"
             )
+        sizes = {u.name: u.channels for u in structure.units}
+        for name, n in self.channels.items():
+            if name not in sizes:
+                raise RLPruneError(f"{what}: unit '{name[:60]}' is not a prunable unit of this model")
+            if not 1 <= n <= sizes[name]:
+                raise RLPruneError(f"{what}: unit '{name[:60]}' keeps {n} channels; it has 1 to {sizes[name]}")
+            slack = max(self.round_to or 1, self.min_channels, 1)
+            if abs(n - round((1.0 - self.ratios.get(name, 0.0)) * sizes[name])) > slack:
+                raise RLPruneError(
+                    f"{what}: unit '{name[:60]}' keeps {n} of {sizes[name]} channels, which does not match its ratio "
+                    f"{self.ratios.get(name, 0.0):.4g}"
+                )
 
     def key(self) -> str:
         """Hash of what decides the pruned model: channels kept per unit and the importance criterion."""
@@ -137,8 +151,10 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "plan") -> Plan:
+        """A saved plan, validated by :class:`~rlprune.schemas.PlanSchema` (ranges, finite, consistent) first."""
         if not isinstance(data, Mapping) or data.get("format") != PLAN_FORMAT:
             raise RLPruneError(f"{source}: not an rlprune plan (expected format '{PLAN_FORMAT}')")
+        validated(PlanSchema, dict(data), source)
         try:
             return cls(
                 fingerprint=str(data["fingerprint"]),
@@ -156,7 +172,11 @@ class Plan:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        try:  # a bare NaN is not JSON
+            text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        except ValueError as exc:
+            raise RLPruneError(f"{path}: plan holds a non-finite number ({exc})") from None
+        atomic_write_text(path, text + "\n")
         return path
 
     @classmethod
@@ -173,11 +193,12 @@ class Plan:
             if unknown or "ratios" not in data:
                 raise RLPruneError(
                     f"{path}: a hand-written plan needs 'ratios' and may have importance, round_to, min_channels"
-                    + (f" (unknown key '{unknown[0]}')" if unknown else "")
+                    + (f" (unknown key '{str(unknown[0])[:40]}')" if unknown else "")
                 )
             ratios = data["ratios"]
             if not isinstance(ratios, Mapping | list):
                 raise RLPruneError(f"{path}: 'ratios' must map unit names to ratios or list one ratio per unit")
+            validated(HandPlanSchema, dict(data), str(path))
             try:
                 return cls.from_ratios(
                     structure,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,6 +130,12 @@ def fit(
             epoch_start = time.perf_counter()
             loader.set_epoch(epoch)
             record = {"epoch": epoch + 1, **step.epoch(loader, epoch, progress)}
+            if not math.isfinite(record["train_loss"]):
+                # a diverged run must not become a resume point: stop before this epoch is saved
+                raise RLPruneError(
+                    f"epoch {epoch + 1}: the training loss became {record['train_loss']} at lr {record['lr']:.4g} "
+                    f"(peak lr {recipe.lr:g}); lower the learning rate"
+                )
             if epoch >= step.swa_start:
                 step.average.update(model)
                 record["swa_models"] = step.average.count

@@ -29,7 +29,12 @@ class LogitEnsemble(nn.Module):
 
 
 def load_teacher(
-    paths: str | Sequence[str], classes: Sequence[str], mean: Sequence[float], std: Sequence[float]
+    paths: str | Sequence[str],
+    classes: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    trust_model_code: bool = False,
 ) -> nn.Module:
     """Load one teacher checkpoint, or a :class:`LogitEnsemble` of several.
 
@@ -40,7 +45,7 @@ def load_teacher(
     paths = [paths] if isinstance(paths, str) else list(paths)
     models = []
     for path in paths:
-        model, meta = load_checkpoint(path)
+        model, meta = load_checkpoint(path, trust_model_code=trust_model_code)
         if list(meta.get("classes", [])) != list(classes):
             raise RLPruneError(f"distill.teacher: {path} predicts classes {meta.get('classes')}, not {list(classes)}")
         for key, want in (("mean", mean), ("std", std)):
