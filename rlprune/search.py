@@ -16,19 +16,20 @@ from typing import Any
 
 import torch
 import yaml
-from stable_baselines3.common.logger import HParam
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from rlprune import figures
 from rlprune.agents.callbacks import SearchCallback
 from rlprune.agents.policy_io import save_policy
 from rlprune.agents.recorder import SearchRecorder
 from rlprune.agents.sb3_agents import make_agent
-from rlprune.agents.searchers import get_searcher
+from rlprune.agents.searchers import get_searcher, uniform_rollout
 from rlprune.checkpoint import load_state, save_state
 from rlprune.config import SearchConfig, atomic_write_text, write_resolved
 from rlprune.cost.lut import LatencyTable, build_latency_table, measured_latency_ratio
+from rlprune.cost.macs import predict_costs
 from rlprune.envs.calibration import calibrate_latency_budget
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
@@ -160,7 +161,9 @@ def run_search(
         dense_cpu = copy.deepcopy(scorer.model).cpu().eval()  # the scorer keeps its model on its own device
         table = _latency_table(cfg, scorer.structure, dense_cpu, run_dir)
     writer = SummaryWriter(str(run_dir / "tb" / (searcher or "agent"))) if searcher else None
-    recorder = SearchRecorder(run_dir, writer)
+    if writer is not None:
+        figures.add_search_layout(writer)
+    recorder = SearchRecorder(run_dir, writer, structure=scorer.structure, budget=cfg.env.budget)
     if hasattr(scorer, "remember"):
         for rec in recorder.records:
             scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"])
@@ -216,12 +219,16 @@ def run_search(
                 {"hparams/best_accuracy": recorder.best["accuracy"], "hparams/best_reward": recorder.best["reward"]},
                 run_name="hparams",
             )
-        writer.close()
     else:
-        _train_agent(cfg, env, recorder, run_dir, resume, progress)
+        writer = _train_agent(cfg, env, recorder, run_dir, resume, progress)
     best = recorder.best
     if best is None:
         raise RLPruneError("search evaluated no plan")
+    uniform = uniform_reference(env)
+    figures.write_search_figures(
+        run_dir, recorder.records, env.structure, target=e.target, budget=e.budget, uniform=uniform, writer=writer
+    )
+    writer.close()
     wall = time.perf_counter() - started
     summary = {
         "name": cfg.name,
@@ -232,6 +239,7 @@ def run_search(
         "wall_seconds": round(recorder.wall_seconds(), 1),
         "seconds_per_episode": round(recorder.wall_seconds() / recorder.episodes, 3),
         "mean_eval_seconds": round(sum(r["eval_seconds"] for r in recorder.records) / recorder.episodes, 3),
+        "uniform": uniform,
     }
     if table is not None:
         # the search steered by the lookup table's predictions; the best plan's latency is also measured for real
@@ -252,7 +260,9 @@ def run_search(
 
 def _train_agent(
     cfg: SearchConfig, env: LayerPruningEnv, recorder: SearchRecorder, run_dir: Path, resume: bool, progress: bool
-) -> None:
+) -> SummaryWriter:
+    """Train the agent until the episode budget is evaluated; returns a writer into the agent's TensorBoard run
+    (for the figures drawn at the end)."""
     algorithm = cfg.agent.algorithm
     agent = make_agent(algorithm, env, cfg.seed, cfg.agent.hyperparams, tensorboard_log=str(run_dir / "tb"))
     state_path = run_dir / "agent_state.pt"
@@ -277,15 +287,13 @@ def _train_agent(
         save_agent_state(agent, state_path, recorder.episodes)
         save_policy(run_dir / "policy", agent, algorithm, {**meta, "episodes": recorder.episodes})
 
-    callback = _with_hparams(
-        SearchCallback(
-            recorder,
-            cfg.agent.episodes,
-            cfg.agent.checkpoint_every,
-            save,
-            progress=progress,
-        ),
-        {
+    callback = SearchCallback(
+        recorder,
+        cfg.agent.episodes,
+        cfg.agent.checkpoint_every,
+        save,
+        progress=progress,
+        hparams={
             "algorithm": algorithm,
             "episodes": cfg.agent.episodes,
             "seed": cfg.seed,
@@ -305,18 +313,24 @@ def _train_agent(
             reset_num_timesteps=not resumed,
         )
     save()
+    # the agent's own TensorBoard run when it logged one this session, else the first (a finished run resumed)
+    logger = getattr(agent, "_logger", None)  # set by learn(); absent when nothing was left to learn
+    logged = logger.get_dir() if logger is not None else None
+    return SummaryWriter(logged or str(run_dir / "tb" / "agent_1"))
 
 
-def _with_hparams(callback: SearchCallback, hparams: dict[str, Any]) -> SearchCallback:
-    original = callback._on_training_start
-
-    def on_start() -> None:
-        callback.logger.record(
-            "hparams",
-            HParam(hparams, {"search/best_reward": 0.0, "search/best_accuracy": 0.0}),
-            exclude=("stdout", "log", "json", "csv"),
-        )
-        original()
-
-    callback._on_training_start = on_start  # type: ignore[method-assign]
-    return callback
+def uniform_reference(env: LayerPruningEnv) -> dict[str, Any]:
+    """The uniform plan at the search's target (its mid-point for a range), scored like every searched plan but not
+    recorded as an episode: the baseline the search scatter and the summary compare against."""
+    low, high = env.target_range
+    plan = uniform_rollout(env, (low + high) / 2)
+    result = env.scorer(plan)
+    macs = predict_costs(env.structure, plan.channels)[0] / env.structure.total_macs
+    latency = None
+    if env.latency_table is not None:
+        latency = env.latency_table.predict(env.structure, plan.channels) / env.latency_table.dense_ms
+    return {
+        "accuracy": round(float(result.accuracy), 4),
+        "macs_ratio": round(macs, 5),
+        "latency_ratio": None if latency is None else round(latency, 5),
+    }

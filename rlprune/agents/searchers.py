@@ -9,6 +9,7 @@ import numpy as np
 
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
+from rlprune.pruning import Plan
 
 
 def run_episode(env: LayerPruningEnv, actions: np.ndarray, seed: int | None = None) -> float:
@@ -36,6 +37,26 @@ class Searcher(ABC):
         recorded (answered from the evaluator's cache) and continues exactly where it stopped."""
 
 
+def uniform_action(env: LayerPruningEnv, target: float) -> float:
+    """Bisection on one action shared by every unit: the smallest uniform ratio that meets the budget ``target``."""
+    lo, hi = -1.0, 1.0
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        ratio = env.action_to_ratio(mid)
+        channels = {u.name: env._channels(ratio, u.index) for u in env.units}
+        if env.cost(channels) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def uniform_rollout(env: LayerPruningEnv, target: float) -> Plan:
+    """The uniform plan at ``target``, through the environment's clamp like the uniform searcher's, not scored."""
+    action = np.array([uniform_action(env, target)], dtype=np.float32)
+    return env.rollout(lambda _obs: action, target)
+
+
 class UniformSearcher(Searcher):
     """The same ratio for every unit: the one that meets the budget (solved by the environment's clamp, which
     with a uniform action raises later ratios only as far as needed). One plan; further episodes are cached."""
@@ -44,17 +65,8 @@ class UniformSearcher(Searcher):
 
     def run(self, episodes: int) -> None:
         n = len(self.env.units)
-        lo, hi = -1.0, 1.0
-        # Bisection on one shared action: the smallest uniform ratio that meets the budget.
-        for _ in range(12):
-            mid = (lo + hi) / 2
-            self.env.reset(seed=self.seed)
-            ratio = self.env.action_to_ratio(mid)
-            channels = {u.name: self.env._channels(ratio, u.index) for u in self.env.units}
-            if self.env.cost(channels) > self.env.target:
-                lo = mid
-            else:
-                hi = mid
+        self.env.reset(seed=self.seed)
+        hi = uniform_action(self.env, self.env.target)
         for i in range(episodes):
             run_episode(self.env, np.full(n, hi), seed=self.seed + i)
 
