@@ -305,7 +305,7 @@ def search_scatter_figure(
     ax.set_xlabel(label)
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    _legend_below(ax, ncol=2)
     axe.scatter(episodes, accs, s=8, color="#999999", alpha=0.7, label="episode")
     if len(records):
         so_far, best_r, best_a = [], -math.inf, 0.0
@@ -319,9 +319,14 @@ def search_scatter_figure(
     axe.set_xlabel("episode")
     axe.set_ylabel("accuracy (%)")
     axe.grid(alpha=0.3)
-    axe.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    _legend_below(axe, ncol=2)
     fig.suptitle(title or f"search: {len(records)} evaluated plans", fontsize=11)
     return fig
+
+
+def _legend_below(ax: Any, ncol: int) -> None:
+    """A legend under the axes, where it can hide no point."""
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=ncol, frameon=False)
 
 
 def comparison_figure(
@@ -412,6 +417,7 @@ def finetune_figure(
         if x:
             axl.plot(x, y, style, label=lab, markersize=4)
     last = max((float(r["epoch"]) for r in history), default=1.0)
+    axl.set_ylim(bottom=0.0)  # losses are non-negative; from 0 a single epoch is not blown up to fill the axis
     for a, ylabel in ((ax, "accuracy (%)"), (axl, "loss")):
         a.set_xlabel("epoch")
         a.set_ylabel(ylabel)
