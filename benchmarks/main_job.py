@@ -6,7 +6,9 @@ Runs the command in a subprocess with a fresh output directory (so nothing is re
 peak resident memory of that process tree from ``getrusage(RUSAGE_CHILDREN)`` and the numbers from the run's
 ``report.json``. The README's "at most 10 minutes on 2 cores" claim for the main job is checked against this file.
 
-Writes benchmarks/results/main_job.{json,md}.
+Writes benchmarks/results/main_job.{json,md} and the run's figures beside them (copied out of the run directory
+before it is removed): main_job_plan.png (the fine-tuned plan's profile), main_job_search.png (the search scatter)
+and main_job_finetune.png (the fine-tune curves); the Markdown embeds them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +46,7 @@ def main() -> None:
         # stdout: the summary JSON line, then the report's markdown
         summary = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
         report = json.loads(Path(summary["report"]).with_suffix(".json").read_text())
+        images = keep_figures(Path(summary["report"]).parent, Path(args.out))
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KiB
     pruned, dense = report["pruned"], report["dense"]
     row = [
@@ -77,11 +81,34 @@ def main() -> None:
             f"{verdict} the {args.limit_minutes:g}-minute budget. Search, fine-tune, ONNX export and report, from an "
             f"empty output directory (the decoded-data cache warm). {env['threads']} threads, {env['cpu']}, torch "
             f"{env['torch']}, commit {env['commit']}. Reproduce: `{reproduce}`.",
+            "",
+            *[line for caption, name in images.items() for line in (f"![{caption}]({name})", "")],
         ]
     )
     data = {"config": args.config, "wall_seconds": wall, "peak_rss_mb": peak_mb, "summary": summary, "report": report}
     write_results(args.out, {**data, "environment": env}, md)
     print(md)
+
+
+FIGURES = {  # caption -> (file in the run, suffix of the copy beside the results)
+    "the plan the search found, fine-tuned: channels kept per unit": ("pruned/plan_profile.png", "plan"),
+    "the search: every evaluated plan": ("search.png", "search"),
+    "the fine-tune": ("pruned/finetune.png", "finetune"),
+}
+
+
+def keep_figures(pruned_dir: Path, out: Path) -> dict[str, str]:
+    """Copy the run's figures next to the results (the run directory is temporary); returns caption -> file name."""
+    run_dir = pruned_dir.parent
+    kept = {}
+    for caption, (name, suffix) in FIGURES.items():
+        src = run_dir / name
+        if src.is_file():
+            dst = out.with_name(f"{out.name}_{suffix}.png")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            kept[caption] = dst.name
+    return kept
 
 
 if __name__ == "__main__":

@@ -2,19 +2,24 @@
 CIFAR-10 (JPEG copy), 50% MACs. PPO and random search run with 3 seeds, the others with one.
 
     python benchmarks/search_resnet20_macs50.py [--episodes 300] [--only ppo,random]
+    python benchmarks/search_resnet20_macs50.py --redraw    # the figure again from the committed JSON, no search
 
 Every search is an ordinary ``rlprune`` run under ``runs/bench_search/`` and resumes if interrupted (re-run the same
 command). Writes benchmarks/results/search_resnet20_macs50.{json,md}: best validation proxy accuracy per searcher
 (mean and per seed), MACs ratio, wall time per search and per episode; and each search's best plan as
-benchmarks/results/search_resnet20_macs50_plans/<searcher>-s<seed>.json (what the fine-tune benchmark starts from).
+benchmarks/results/search_resnet20_macs50_plans/<searcher>-s<seed>.json (what the fine-tune benchmark starts from);
+and search_resnet20_macs50.png, every searcher's plans on one accuracy-vs-MACs scatter (each run's evaluated plans,
+kept in the JSON as ``trace``, and its best plan; results from before traces were kept draw the best plans only).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
+from rlprune import figures
 from rlprune.checkpoint import read_meta
 from rlprune.config import SearchConfig, atomic_write_text, load_config
 from rlprune.results import environment, md_table, reproduce_command, write_results
@@ -41,7 +46,11 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated subset of uniform,random,evolution,ppo,ddpg")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench_search"))
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--redraw", action="store_true", help="only redraw the figure from the results JSON")
     args = ap.parse_args()
+    if args.redraw:
+        redraw(Path(args.out))
+        return
     only = set(filter(None, args.only.split(",")))
     results: dict[str, list[dict]] = {}
     base = load_config(CONFIG, SearchConfig)
@@ -58,7 +67,8 @@ def main() -> None:
             cfg = cfg.model_copy(update={"checkpoint": str(ROOT / cfg.checkpoint)})
             summary = complete_search(cfg, searcher=None if algorithm else label)
             keep_plan(Path(args.runs) / name / "best_plan.json", Path(args.out).parent / PLANS.name / f"{name}.json")
-            results.setdefault(label, []).append({"seed": seed, **summary})
+            trace = episode_trace(Path(args.runs) / name / "episodes.jsonl")
+            results.setdefault(label, []).append({"seed": seed, **summary, "trace": trace})
     rows, table = [], {}
     for label, runs in results.items():
         accs = [r["best"]["accuracy"] for r in runs]
@@ -93,6 +103,8 @@ def main() -> None:
             "",
             verdict(table),
             "",
+            f"![every searcher's plans, accuracy against MACs ratio]({Path(args.out).name}.png)",
+            "",
             f"Dense model: `{base.checkpoint}` ({dense['test_accuracy']:.2f}% test, {dense['val_accuracy']:.2f}% val, "
             f"weights sha256 {str(dense.get('weights_sha256'))[:12]}). Proxy: validation accuracy after "
             f"{base.proxy.finetune_steps} SGD steps and BN recalibration ({base.proxy.recal_batches} batches of "
@@ -103,6 +115,7 @@ def main() -> None:
             f"Reproduce: `{reproduce_command('benchmarks/search_resnet20_macs50.py', args, ROOT)}`.",
         ]
     )
+    draw(table, base.env.target, args.episodes, Path(args.out).with_suffix(".png"))
     write_results(
         args.out,
         {
@@ -115,6 +128,52 @@ def main() -> None:
         md,
     )
     print(md)
+
+
+def episode_trace(path: Path) -> dict[str, list[float]]:
+    """Each evaluated plan's accuracy and MACs ratio, in episode order (what the scatter draws)."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return {
+        "accuracy": [round(r["accuracy"], 3) for r in records],
+        "macs_ratio": [round(r["macs_ratio"], 5) for r in records],
+    }
+
+
+def draw(table: dict[str, dict], target: float, episodes: int, path: Path) -> Path:
+    """The scatter of all searchers' plans: per searcher, every traced plan and each run's best."""
+    groups = {}
+    for label, entry in table.items():
+        runs = entry["runs"]
+        plans = [
+            {"accuracy": a, "macs_ratio": m}
+            for r in runs
+            for a, m in zip(
+                r.get("trace", {}).get("accuracy", []), r.get("trace", {}).get("macs_ratio", []), strict=True
+            )
+        ]
+        groups[label] = {"best": [r["best"] for r in runs], "plans": plans}
+    traced = any(g["plans"] for g in groups.values())
+    title = f"ResNet-20, 50% MACs: {episodes} evaluated plans per search " + (
+        "(small dots: every plan; circles: each run's best)" if traced else "(each run's best plan)"
+    )
+    return figures.save(
+        figures.comparison_figure(groups, target=target, title=title, ylabel="validation proxy accuracy (%)"), path
+    )
+
+
+def redraw(stem: Path) -> None:
+    """Draw the figure from ``<stem>.json`` and make ``<stem>.md`` embed it (no search runs)."""
+    data = json.loads(stem.with_suffix(".json").read_text())
+    target = load_config(ROOT / data["config"], SearchConfig).env.target
+    png = draw(data["searchers"], target, data["episodes"], stem.with_suffix(".png"))
+    md_path = stem.with_suffix(".md")
+    md = md_path.read_text()
+    image = f"![every searcher's plans, accuracy against MACs ratio]({png.name})"
+    if image not in md:
+        head, sep, rest = md.partition("\n\nDense model:")
+        md = f"{head}\n\n{image}{sep}{rest}" if sep else f"{md.rstrip()}\n\n{image}\n"
+        atomic_write_text(md_path, md)
+    print(f"wrote {png} and {md_path}")
 
 
 def keep_plan(src: Path, dst: Path) -> None:

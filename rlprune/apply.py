@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlprune import figures
 from rlprune.agents.policy_io import Policy, load_policy
-from rlprune.agents.recorder import ratio_plot_png
 from rlprune.checkpoint import load_checkpoint, save_checkpoint
 from rlprune.config import ProxyConfig, TrainConfig, atomic_write_text, validate
 from rlprune.cost.latency import compare_latency
@@ -367,9 +367,6 @@ def _run(
         gpu = _str_keys(gpu)
         dense.cpu()
         pruned.cpu()
-    (work / "ratios.png").write_bytes(
-        ratio_plot_png(list(plan.ratios.values()), f"{meta['model']}: per-unit pruning ratio")
-    )
     report = {
         "model": meta["model"],
         "source": source,
@@ -388,6 +385,7 @@ def _run(
         "environment": environment(),
     }
     report["pruned"]["macs_ratio"] = report["pruned"]["macs"] / report["dense"]["macs"]
+    report["figures"] = figures.write_report_figures(work, report, plan, structure, work / "finetune" / "tb")
     text = json.dumps(json_safe(report), indent=1, default=float, allow_nan=False)  # no bare NaN in JSON
     atomic_write_text(work / "report.json", text + "\n")
     atomic_write_text(work / "report.md", _markdown(report))
@@ -455,7 +453,17 @@ def _markdown(r: dict[str, Any]) -> str:
             f"ONNX export checked against onnxruntime (max |diff| {r['onnx']['max_abs_diff']:.1e}). "
             f"Source: {json.dumps(r['source'])}.",
             "",
-            "![per-unit pruning ratios](ratios.png)",
-            "",
+            *_figure_lines(r.get("figures") or {}),
         ]
     )
+
+
+FIGURE_CAPTIONS = {
+    "plan_profile": "Channels kept per unit against the dense model, and each unit's share of the MACs",
+    "finetune": "Fine-tune: accuracy and loss per epoch",
+}
+
+
+def _figure_lines(files: dict[str, str]) -> list[str]:
+    """Markdown image lines for the report's figures (files beside report.md)."""
+    return [line for name, file in files.items() for line in (f"![{FIGURE_CAPTIONS.get(name, name)}]({file})", "")]

@@ -10,17 +10,17 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from stable_baselines3.common.logger import HParam
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from rlprune import figures
 from rlprune.agents.callbacks import SearchCallback
 from rlprune.agents.policy_io import Policy, save_policy
 from rlprune.agents.recorder import SearchRecorder
@@ -202,7 +202,9 @@ def run_search(
     if table is not None:
         table.save(run_dir / "latency_table.json")
     writer = SummaryWriter(str(run_dir / "tb" / (searcher or "agent"))) if searcher else None
-    recorder = SearchRecorder(run_dir, writer)
+    if writer is not None:
+        figures.add_search_layout(writer)
+    recorder = SearchRecorder(run_dir, writer, structure=scorer.structure, budget=cfg.env.budget)
     if hasattr(scorer, "remember"):
         for rec in recorder.records:
             scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"])
@@ -245,12 +247,16 @@ def run_search(
                 {"hparams/best_accuracy": recorder.best["accuracy"], "hparams/best_reward": recorder.best["reward"]},
                 run_name="hparams",
             )
-        writer.close()
     else:
-        _train_agent(cfg, env, recorder, run_dir, resume, progress)
+        writer = _train_agent(cfg, env, recorder, run_dir, resume, progress)
     best = recorder.best
     if best is None:
         raise RLPruneError("search evaluated no plan")
+    uniform = uniform_reference(env)
+    figures.write_search_figures(
+        run_dir, recorder.records, env.structure, target=e.target, budget=e.budget, uniform=uniform, writer=writer
+    )
+    writer.close()
     wall = time.perf_counter() - started
     summary = {
         "name": cfg.name,
@@ -261,6 +267,7 @@ def run_search(
         "wall_seconds": round(recorder.wall_seconds(), 1),
         "seconds_per_episode": round(recorder.wall_seconds() / recorder.episodes, 3),
         "mean_eval_seconds": round(sum(r["eval_seconds"] for r in recorder.records) / recorder.episodes, 3),
+        "uniform": uniform,
     }
     if table is not None:
         # the search steered by the lookup table's predictions; the best plan's latency is also measured for real
@@ -281,7 +288,9 @@ def run_search(
 
 def _train_agent(
     cfg: SearchConfig, env: LayerPruningEnv, recorder: SearchRecorder, run_dir: Path, resume: bool, progress: bool
-) -> None:
+) -> SummaryWriter:
+    """Train the agent until the episode budget is evaluated; returns a writer into the agent's TensorBoard run
+    (for the figures drawn at the end)."""
     algorithm = cfg.agent.algorithm
     n_envs = getattr(env.scorer, "workers", 1)  # one environment per actor: their terminal evaluations run at once
     if n_envs > 1:
@@ -314,15 +323,13 @@ def _train_agent(
         save_agent_state(agent, state_path, recorder.episodes)
         save_policy(run_dir / "policy", agent, algorithm, {**meta, "episodes": recorder.episodes})
 
-    callback = _with_hparams(
-        SearchCallback(
-            recorder,
-            cfg.agent.episodes,
-            cfg.agent.checkpoint_every,
-            save,
-            progress=progress,
-        ),
-        {
+    callback = SearchCallback(
+        recorder,
+        cfg.agent.episodes,
+        cfg.agent.checkpoint_every,
+        save,
+        progress=progress,
+        hparams={
             "algorithm": algorithm,
             "episodes": cfg.agent.episodes,
             "seed": cfg.seed,
@@ -342,48 +349,10 @@ def _train_agent(
             reset_num_timesteps=not resumed,
         )
     save()
-
-
-def _with_hparams(callback: SearchCallback, hparams: dict[str, Any]) -> SearchCallback:
-    original = callback._on_training_start
-
-    def on_start() -> None:
-        callback.logger.record(
-            "hparams",
-            HParam(hparams, {"search/best_reward": 0.0, "search/best_accuracy": 0.0}),
-            exclude=("stdout", "log", "json", "csv"),
-        )
-        original()
-
-    callback._on_training_start = on_start  # type: ignore[method-assign]
-    return callback
-
-
-@dataclass
-class SearchResult:
-    """What a search produced.
-
-    :param run_dir: where everything was written (``episodes.jsonl``, ``best_plan.json``, ``summary.json``, TensorBoard
-        logs, and for RL agents ``policy.safetensors`` + ``policy.json``).
-    :param best_plan: the best plan found (highest reward), with the kept channels per unit.
-    :param policy: the learned policy (RL agents only), ready for :func:`rlprune.apply_policy` on other models.
-    :param records: every evaluated plan, in order (one dict per episode, as in ``episodes.jsonl``).
-    :param summary: the run's summary (best score, episodes, seconds).
-    """
-
-    run_dir: Path
-    best_plan: Plan
-    policy: Policy | None
-    records: list[dict[str, Any]]
-    summary: dict[str, Any]
-
-    @property
-    def best(self) -> dict[str, Any]:
-        """The best episode's record (score, MACs ratio, reward, ...)."""
-        return max(self.records, key=lambda r: r["reward"])
-
-
-AGENTS = ("ppo", "ddpg", "sac", "td3")
+    # the agent's own TensorBoard run when it logged one this session, else the first (a finished run resumed)
+    logger = getattr(agent, "_logger", None)  # set by learn(); absent when nothing was left to learn
+    logged = logger.get_dir() if logger is not None else None
+    return SummaryWriter(logged or str(run_dir / "tb" / "agent_1"))
 
 
 def search(
@@ -464,3 +433,17 @@ def load_result(run_dir: str | Path, summary: dict[str, Any] | None = None) -> S
     records = SearchRecorder(run_dir).records
     policy = Policy.load(run_dir) if (run_dir / "policy.json").is_file() else None
     return SearchResult(run_dir, Plan.load(run_dir / "best_plan.json"), policy, records, summary)
+
+
+def uniform_reference(env: LayerPruningEnv) -> dict[str, Any]:
+    """The uniform plan at the search's target (its mid-point for a range), scored like every searched plan but not
+    recorded as an episode: the baseline the search scatter and the summary compare against."""
+    low, high = env.target_range
+    plan = env.budget.uniform_plan((low + high) / 2, importance=env.scorer.importance)
+    result = env.scorer(plan)
+    latency = env.budget.latency_ratio(plan.channels)
+    return {
+        "accuracy": round(float(result.accuracy), 4),
+        "macs_ratio": round(env.budget.macs_ratio(plan.channels), 5),
+        "latency_ratio": None if math.isnan(latency) else round(latency, 5),
+    }

@@ -81,7 +81,8 @@ def test_apply_to_a_deeper_model_end_to_end(trained: dict[str, Path], capsys: py
         "model.onnx",
         "report.json",
         "report.md",
-        "ratios.png",
+        "plan_profile.png",
+        "finetune.png",
     ):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import Image
+from stable_baselines3.common.logger import HParam, Image, TensorBoardOutputFormat
 from tqdm import tqdm
 
-from rlprune.agents.recorder import SearchRecorder, png_to_hwc, ratio_plot_png
+from rlprune.agents.recorder import SearchRecorder
+
+_TB_ONLY = ("stdout", "log", "json", "csv")
 
 
 class SearchCallback(BaseCallback):
-    """Logs ``search/*`` scalars per finished episode with ``self.logger.record``, an image of the best plan's
-    per-layer ratios, shows progress, saves the agent every ``checkpoint_every`` episodes and stops the agent once
-    ``max_episodes`` have been evaluated.
+    """Logs ``search/*`` scalars per finished episode with ``self.logger.record``, the best plan's profile and the
+    search scatter as images, shows progress, saves the agent every ``checkpoint_every`` episodes and stops the agent
+    once ``max_episodes`` have been evaluated.
 
     :param recorder: the run's recorder (it already holds episodes from before a resume).
     :param save: called with the recorder to checkpoint the agent.
+    :param hparams: the run's settings for TensorBoard's HParams tab; their metrics are the ``search/best_*`` scalars,
+        whose last values are the run's final results.
     """
 
     def __init__(
@@ -28,12 +33,14 @@ class SearchCallback(BaseCallback):
         checkpoint_every: int,
         save: Callable[[], None],
         progress: bool = True,
+        hparams: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.recorder = recorder
         self.max_episodes = max_episodes
         self.checkpoint_every = checkpoint_every
         self.save = save
+        self.hparams = hparams
         self.bar = tqdm(
             total=max_episodes,
             initial=recorder.episodes,
@@ -42,7 +49,17 @@ class SearchCallback(BaseCallback):
             disable=not progress,
             dynamic_ncols=True,
         )
-        self._best_seen = recorder.best["episode"] if recorder.best else None
+
+    def _on_training_start(self) -> None:
+        """The HParams entry and the custom-scalars layout, written once per session into the agent's TensorBoard."""
+        from rlprune.figures import add_search_layout
+
+        for fmt in self.logger.output_formats:
+            if isinstance(fmt, TensorBoardOutputFormat):
+                add_search_layout(fmt.writer)
+        if self.hparams is not None:
+            metrics = {"search/best_reward": 0.0, "search/best_accuracy": 0.0}  # placeholders; the scalars follow
+            self.logger.record("hparams", HParam(self.hparams, metrics), exclude=_TB_ONLY)
 
     def _on_step(self) -> bool:
         dones = self.locals.get("dones", [])
@@ -60,12 +77,12 @@ class SearchCallback(BaseCallback):
             self.logger.record("search/best_reward", best["reward"])
             self.logger.record("search/best_accuracy", best["accuracy"])
             self.logger.record("search/episodes", self.recorder.episodes)
-            if best["episode"] != self._best_seen:
-                self._best_seen = best["episode"]
-                png = ratio_plot_png(best["ratios"], f"best plan, episode {best['episode']}")
-                self.logger.record(
-                    "search/best_plan", Image(png_to_hwc(png), "HWC"), exclude=("stdout", "log", "json", "csv")
-                )
+            for tag, image in (
+                ("search/best_plan", self.recorder.best_plan_image()),
+                ("search/scatter", self.recorder.scatter_image()),
+            ):
+                if image is not None:
+                    self.logger.record(tag, Image(image, "HWC"), exclude=_TB_ONLY)
             self.logger.dump(self.num_timesteps)
             self.bar.update(1)
             self.bar.set_postfix(best=f"{best['accuracy']:.2f}%", last=f"{info['accuracy']:.2f}%")

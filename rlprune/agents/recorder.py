@@ -3,7 +3,6 @@ and TensorBoard scalars for searchers that are not SB3 agents. Reloading the fil
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -13,10 +12,14 @@ from typing import Any
 
 from rlprune.config import atomic_write_text
 from rlprune.errors import RLPruneError
+from rlprune.pruning.plan import Plan
+from rlprune.pruning.structure import Structure
 from rlprune.safeio import MAX_LINE_BYTES, json_safe, parse_json, writing
 from rlprune.schemas import EpisodeRecord, validated
 
 log = logging.getLogger("rlprune.search")
+PROFILE_EVERY = 10  # episodes between two TensorBoard drawings of the best plan (a drawing takes ~0.5 s)
+SCATTER_EVERY = 25  # episodes between two TensorBoard drawings of the search scatter
 
 
 class SearchRecorder:
@@ -24,11 +27,20 @@ class SearchRecorder:
 
     :param run_dir: the run directory; ``episodes.jsonl`` is appended to, ``best_plan.json`` replaced.
     :param writer: an optional TensorBoard ``SummaryWriter`` for searchers without an SB3 logger; with it the
-        recorder also logs the best plan's ratio chart and drives ``bar`` (a progress bar the caller may attach).
+        recorder also logs the best plan's profile and the search scatter and drives ``bar`` (a progress bar the
+        caller may attach).
+    :param structure: the searched model's units (the plan profile needs them; without it no profile is drawn).
+    :param budget: ``macs`` or ``latency``: the cost the search scatter puts on its x axis.
     """
 
-    def __init__(self, run_dir: Path, writer: Any | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, writer: Any | None = None, structure: Structure | None = None, budget: str = "macs"
+    ) -> None:
         self.run_dir = run_dir
+        self.structure = structure
+        self.budget = budget
+        self._drawn_best: int | None = None  # episode of the best plan last drawn for TensorBoard
+        self._drawn_at = -PROFILE_EVERY
         self.path = run_dir / "episodes.jsonl"
         self.writer = writer
         self.bar: Any | None = None
@@ -127,9 +139,9 @@ class SearchRecorder:
                 self.writer.add_scalar("search/latency_ratio", rec["latency_ratio"], step)
             self.writer.add_scalar("search/best_reward", self.best["reward"], step)
             self.writer.add_scalar("search/best_accuracy", self.best["accuracy"], step)
-            if improved:
-                png = ratio_plot_png(self.best["ratios"], f"best plan, episode {self.best['episode']}")
-                self.writer.add_image("search/best_plan", png_to_hwc(png), step, dataformats="HWC")
+            for tag, image in (("search/best_plan", self.best_plan_image()), ("search/scatter", self.scatter_image())):
+                if image is not None:
+                    self.writer.add_image(tag, image, step, dataformats="HWC")
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(best=f"{self.best['accuracy']:.2f}%", last=f"{rec['accuracy']:.2f}%")
@@ -138,33 +150,36 @@ class SearchRecorder:
         """Search wall time over all sessions (records written before wall times were kept count as 0)."""
         return sum(r.get("wall_seconds", 0.0) for r in self.records)
 
+    def best_plan_image(self) -> Any | None:
+        """The best plan's profile as an HxWx3 array when the best changed since the last drawing and at least
+        ``PROFILE_EVERY`` episodes passed (the final best is drawn at the end of the search); else ``None``."""
+        best = self.best
+        if self.structure is None or best is None or best["episode"] == self._drawn_best:
+            return None
+        if self.episodes - self._drawn_at < PROFILE_EVERY:
+            return None
+        from rlprune import figures
 
-def png_to_hwc(png: bytes) -> Any:
-    """PNG bytes as an HxWx3 uint8 array (what TensorBoard image summaries take)."""
-    import numpy as np
-    from PIL import Image
+        self._drawn_best, self._drawn_at = best["episode"], self.episodes
+        fig = figures.plan_profile_figure(
+            Plan.from_dict(best["plan"]),
+            self.structure,
+            title=f"{self.run_dir.name}: best plan (episode {best['episode']})",
+            metrics=figures.search_metrics(best),
+        )
+        return figures.to_hwc(fig)
 
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    def scatter_image(self) -> Any | None:
+        """The search scatter so far as an HxWx3 array every ``SCATTER_EVERY`` episodes, else ``None``."""
+        if not self.records or self.episodes % SCATTER_EVERY:
+            return None
+        from rlprune import figures
 
-
-def ratio_plot_png(ratios: list[float], title: str) -> bytes:
-    """A bar chart of per-layer pruning ratios as PNG bytes (drawn with Pillow; no plotting dependency)."""
-    from PIL import Image, ImageDraw
-
-    w, h, pad = max(320, 24 * len(ratios) + 60), 240, 30
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    d.text((pad, 5), title[:80], fill="black")
-    d.line([(pad, h - pad), (w - 10, h - pad)], fill="black")
-    d.line([(pad, pad), (pad, h - pad)], fill="black")
-    bar = (w - pad - 20) / max(1, len(ratios))
-    for i, r in enumerate(ratios):
-        x0 = pad + 5 + i * bar
-        y0 = h - pad - r * (h - 2 * pad)
-        d.rectangle([x0, y0, x0 + bar * 0.7, h - pad], fill=(70, 110, 200))
-    for frac in (0.0, 0.5, 1.0):
-        y = h - pad - frac * (h - 2 * pad)
-        d.text((2, y - 5), f"{frac:.1f}", fill="black")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+        last = self.records[-1]
+        fig = figures.search_scatter_figure(
+            self.records,
+            target=last["target"],
+            budget=self.budget,
+            title=f"{self.run_dir.name}: {self.episodes} evaluated plans",
+        )
+        return figures.to_hwc(fig)
