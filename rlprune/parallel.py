@@ -277,9 +277,7 @@ def _unwrap(ray: Any, exc: Exception) -> Exception:
     return exc
 
 
-def pool_for_config(
-    cfg: Any, workers: int, scorer: Any | None = None, trust_model_code: bool = False
-) -> RayScorer:
+def pool_for_config(cfg: Any, workers: int, scorer: Any | None = None, trust_model_code: bool = False) -> RayScorer:
     """The actor pool for a search config: each actor builds the proxy evaluator from ``cfg.checkpoint`` and the
     proxy settings, or (tests) gets a copy of the picklable ``scorer``."""
     device = str(cfg.device)

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +354,33 @@ def _train_agent(
     logger = getattr(agent, "_logger", None)  # set by learn(); absent when nothing was left to learn
     logged = logger.get_dir() if logger is not None else None
     return SummaryWriter(logged or str(run_dir / "tb" / "agent_1"))
+
+
+@dataclass
+class SearchResult:
+    """What a search produced.
+
+    :param run_dir: where everything was written (``episodes.jsonl``, ``best_plan.json``, ``summary.json``, TensorBoard
+        logs, and for RL agents ``policy.safetensors`` + ``policy.json``).
+    :param best_plan: the best plan found (highest reward), with the kept channels per unit.
+    :param policy: the learned policy (RL agents only), ready for :func:`rlprune.apply_policy` on other models.
+    :param records: every evaluated plan, in order (one dict per episode, as in ``episodes.jsonl``).
+    :param summary: the run's summary (best score, episodes, seconds).
+    """
+
+    run_dir: Path
+    best_plan: Plan
+    policy: Policy | None
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The best episode's record (score, MACs ratio, reward, ...)."""
+        return max(self.records, key=lambda r: r["reward"])
+
+
+AGENTS = ("ppo", "ddpg", "sac", "td3")
 
 
 def search(
