@@ -102,6 +102,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         batch_size=f.batch_size,
         swa_epochs=f.swa_epochs,
         swa_lr=f.swa_lr,
+        steps_per_epoch=f.steps_per_epoch,
         seed=cfg.seed,
         progress=not args.quiet,
         source={"search": str(run_dir), "checkpoint": cfg.checkpoint},

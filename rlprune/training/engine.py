@@ -8,6 +8,7 @@ which a killed run resumes with no lost epoch.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -103,7 +104,7 @@ def fit(
         device=device,
         channels_last=channels_last,
     )
-    steps_per_epoch = len(loader)
+    steps_per_epoch = min(len(loader), recipe.steps_per_epoch or len(loader))
     if steps_per_epoch == 0:
         raise RLPruneError(f"batch size {batch_size}: the training split has only {len(splits.train)} images")
     decay, no_decay = [], []
@@ -132,8 +133,9 @@ def fit(
     result = FitResult()
     start_epoch = 0
     state_path, last_path = run_dir / "state.pt", run_dir / "last"
-    # swa enters the key only when on, so runs saved before the option existed still resume
-    dumped = recipe.model_dump(mode="json", exclude=None if recipe.swa.epochs else {"swa"})
+    # swa and steps_per_epoch enter the key only when on, so runs saved before the options existed still resume
+    unset = {name for name, on in (("swa", recipe.swa.epochs), ("steps_per_epoch", recipe.steps_per_epoch)) if not on}
+    dumped = recipe.model_dump(mode="json", exclude=unset or None)
     key: dict[str, Any] = {"recipe": dumped, "batch_size": batch_size, "seed": seed}
     if cutout:  # only when on, so runs saved before the option existed still resume
         key["cutout"] = cutout
@@ -179,7 +181,8 @@ def fit(
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
             bar = tqdm(
-                loader,
+                itertools.islice(loader, steps_per_epoch),  # the whole split unless recipe.steps_per_epoch caps it
+                total=steps_per_epoch,
                 desc=f"epoch {epoch + 1}/{recipe.epochs}",
                 leave=False,
                 disable=not progress,
