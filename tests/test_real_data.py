@@ -1,4 +1,8 @@
-"""Checks on the real CIFAR-10 copy and the committed zoo checkpoint (skipped where either is absent)."""
+"""Checks on the real CIFAR-10 copy and the committed zoo checkpoints.
+
+Skipped where either is absent, except under ``RLPRUNE_REQUIRE_DATA=1`` (set by ``.ci/run``), where a skip fails the
+run and every committed zoo checkpoint must have been evaluated (tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -31,7 +35,9 @@ def _checkpoints_by_weights(folder: Path) -> dict[str, list[Path]]:
 GROUPS = _checkpoints_by_weights(ROOT / "zoo")
 CHECKPOINTS = [paths[0] for paths in GROUPS.values()]  # one evaluation per weights file
 HAVE_DATA = any((d / "cifar10-jpeg.tar.gz").is_file() for d in default_data_dirs())
-pytestmark = pytest.mark.skipif(not (HAVE_DATA and ZOO.is_file()), reason="needs ../shared/data and zoo/")
+pytestmark = pytest.mark.skipif(
+    not (HAVE_DATA and ZOO.is_file()), reason="needs the CIFAR-10 copy ($RLPRUNE_DATA) and zoo/"
+)
 
 
 @pytest.fixture(autouse=True)

@@ -117,14 +117,25 @@ def load_policy(path: str | Path) -> LoadedPolicy:
     from rlprune.agents.sb3_agents import policy_class
 
     kwargs = dict(meta.get("policy_kwargs", {}))
-    if isinstance(kwargs.get("activation_fn"), str):
-        kwargs["activation_fn"] = _ACTIVATIONS.get(kwargs["activation_fn"], torch.nn.Tanh)
+    if "activation_fn" in kwargs:
+        # only activations named here are rebuilt (nothing named in a file is imported); any other is refused, since
+        # a stand-in would silently change every action (SB3's default is Tanh for PPO, ReLU for DDPG/TD3/SAC)
+        named = kwargs["activation_fn"]
+        if named not in _ACTIVATIONS:
+            raise RLPruneError(
+                f"{sidecar}: policy_kwargs.activation_fn {named!r} is not one rlprune rebuilds "
+                f"(expected one of {', '.join(sorted(_ACTIVATIONS))})"
+            )
+        kwargs["activation_fn"] = _ACTIVATIONS[named]
     obs_space = spaces.Box(0.0, 1.0, (N_FEATURES,), dtype=np.float32)
     act_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
     algorithm = meta.get("algorithm")
     if not isinstance(algorithm, str):
         raise RLPruneError(f"{sidecar}: policy metadata has no 'algorithm'")
-    policy = policy_class(algorithm)(obs_space, act_space, lambda _: 0.0, **kwargs)
+    try:
+        policy = policy_class(algorithm)(obs_space, act_space, lambda _: 0.0, **kwargs)
+    except (TypeError, ValueError, KeyError) as exc:  # e.g. another algorithm's kwargs (n_critics for PPO)
+        raise RLPruneError(f"{sidecar}: policy_kwargs do not fit a {algorithm} policy ({str(exc)[:120]})") from exc
     try:
         state = load_file(str(weights))
         policy.load_state_dict(state)
