@@ -183,3 +183,14 @@ def test_finetune_report_is_reused_only_for_the_same_request(
     assert len(steps) == 1 + 2 * full  # other code: measured again
     with pytest.raises(RLPruneError, match="exists and is not empty"):
         ft(reuse=False)  # without reuse a finished report is never overwritten
+
+
+def test_steps_per_epoch_is_validated() -> None:
+    from rlprune.config import FinetuneConfig, TrainConfig
+
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="steps_per_epoch"):
+            FinetuneConfig(steps_per_epoch=bad)
+        with pytest.raises(ValueError, match="steps_per_epoch"):
+            TrainConfig(steps_per_epoch=bad)
+    assert FinetuneConfig().steps_per_epoch is None and TrainConfig(steps_per_epoch=5).steps_per_epoch == 5
