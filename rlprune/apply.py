@@ -38,7 +38,7 @@ from rlprune.pruning import Plan, Structure, analyze, prune
 from rlprune.pruning.budget import Budget
 from rlprune.pruning.budget import macs_ratio as plan_macs_ratio
 from rlprune.pruning.importance import calibration_batches
-from rlprune.results import environment, md_table
+from rlprune.results import environment, is_current, md_table, provenance, tensors_sha256
 from rlprune.safeio import json_safe, locked
 from rlprune.seeding import resolve_device
 from rlprune.training.engine import fit
@@ -193,6 +193,7 @@ def finetune_plan(
     device: str = "cpu",
     swa_epochs: int = 0,
     swa_lr: float | None = None,
+    steps_per_epoch: int | None = None,
 ) -> dict[str, Any]:
     """Prune ``dense`` with ``plan``, fine-tune, evaluate, export and report into ``out_dir``; returns the report.
 
@@ -200,14 +201,15 @@ def finetune_plan(
     ``out_dir`` is never half-written. A fine-tune that was killed resumes from its last finished epoch when the same
     command is run again (the partial folder keeps its per-epoch state; a failure before any epoch removes it).
 
-    :param reuse: if ``out_dir`` already holds a finished report, return it instead of fine-tuning again.
+    :param reuse: if ``out_dir`` already holds a report made by this very request (plan, dense weights, recipe,
+        seed, code version: its ``provenance`` hash), return it instead of fine-tuning again; a report made by any
+        other request is measured again and replaced.
+    :param steps_per_epoch: at most this many fine-tune steps per epoch (a fraction of an epoch); None = all.
     :param swa_epochs: average the weights of the last N epochs (SWA; the lr decays to ``swa_lr`` by their start and
         holds there; default ``swa_lr``: half of ``lr``); 0 = off.
     :param device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when present) for the fine-tune and evaluation;
         CPU latency is always measured on CPU.
     """
-    if reuse and (out_dir / "report.json").is_file():
-        return json.loads((out_dir / "report.json").read_text())
     swa = {"epochs": swa_epochs, "lr": swa_lr if swa_lr is not None else lr / 2} if swa_epochs else None
     recipe = validate(  # TrainConfig's own checks (SWA inside the epochs, its lr at most lr) before any work
         TrainConfig,
@@ -218,10 +220,26 @@ def finetune_plan(
             "weight_decay": 5e-4,
             "distill": {"weight": 0.5 if distill else 0.0, "temperature": 4.0},
             "swa": swa or {},
+            "steps_per_epoch": steps_per_epoch,
         },
         "fine-tune",
     )
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    # what decides the report, code version included: a report is reused only if it was made by exactly this
+    produced_by = {
+        "plan": plan.key(),
+        "dense": meta.get("weights_sha256") or tensors_sha256(dense),
+        **recipe.model_dump(mode="json"),
+        **{"distill": distill, "batch_size": batch_size, "recal_batches": recal_batches, "seed": seed},
+        **{"latency_batches": list(latency_batches), "device": str(device)},
+    }
+    stale = False
+    if reuse and (out_dir / "report.json").is_file():
+        report = json.loads((out_dir / "report.json").read_text())
+        if is_current(report, produced_by):
+            return report
+        log.warning("%s: made by another plan, checkpoint, recipe or code version; measuring it again", out_dir)
+        stale = True  # replaced only once the new report is complete
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not stale:
         raise RLPruneError(f"{out_dir}: output exists and is not an empty directory")
     example = example_input(meta)
     structure = analyze(dense.eval(), example)
@@ -239,6 +257,7 @@ def finetune_plan(
             "recal_batches": recal_batches,
             "seed": seed,
             **({"swa": swa} if swa else {}),  # only when on: partial runs from before the option still resume
+            **({"steps_per_epoch": steps_per_epoch} if steps_per_epoch else {}),
         },
         sort_keys=True,
     )
@@ -271,11 +290,13 @@ def finetune_plan(
             device=resolve_device(device),
             swa=swa,
         )
+        report["provenance"] = provenance(produced_by)
+        atomic_write_text(work / "report.json", json.dumps(report, indent=1, default=float) + "\n")
         # complete: drop what only served resuming (the TensorBoard logs stay)
         for name in ("finetune/last.safetensors", "finetune/last.json", "finetune/state.pt", "request.json"):
             (work / name).unlink(missing_ok=True)
         if out_dir.exists():
-            out_dir.rmdir()
+            shutil.rmtree(out_dir) if stale else out_dir.rmdir()
         work.rename(out_dir)
     except BaseException as exc:
         if not (work / "finetune" / "state.pt").is_file():

@@ -97,6 +97,8 @@ class TrainConfig(Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     swa: SWAConfig = Field(default_factory=SWAConfig)
     eval_every: int = Field(1, ge=1)
+    # at most this many optimizer steps per epoch (a fraction of an epoch: smoke runs, CI); None = the whole split
+    steps_per_epoch: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
@@ -315,6 +317,7 @@ class FinetuneConfig(Strict):
     batch_size: int = Field(128, ge=1)
     swa_epochs: int = Field(0, ge=0)
     swa_lr: float | None = Field(None, gt=0)
+    steps_per_epoch: int | None = Field(None, ge=1)  # cap per epoch (smoke runs, CI); None = the whole split
 
     @model_validator(mode="after")
     def _swa_fits(self) -> FinetuneConfig:

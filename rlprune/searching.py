@@ -38,6 +38,7 @@ from rlprune.evaluation.scorer import Scorer
 from rlprune.logs import setup_logging
 from rlprune.pruning import Plan, Structure
 from rlprune.pruning.budget import Budget
+from rlprune.results import is_current, provenance
 from rlprune.safeio import json_safe, locked, read_yaml_file
 from rlprune.seeding import seed_everything
 
@@ -114,15 +115,40 @@ def _prepare(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
 def complete_search(cfg: SearchConfig, *, searcher: str | None = None, progress: bool = True) -> dict[str, Any]:
     """The summary of the run ``cfg`` names, running or resuming it first unless it already has every episode.
 
-    Benchmarks call this so that running them again finishes an interrupted search and reuses a finished one.
+    Benchmarks call this so that running them again finishes an interrupted search and reuses a finished one, but
+    only one made by the same request (config, searcher, checkpoint weights, code version; ``request.json`` in the
+    run): a run made by any other is moved aside to ``<name>.stale-<time>`` with a warning and searched again.
     """
     run_dir = Path(cfg.output_dir) / cfg.name
+    request = search_request(cfg, searcher)
     summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        if summary["episodes"] >= cfg.agent.episodes:
-            return summary
-    return run_search(cfg, searcher=searcher, resume=(run_dir / "episodes.jsonl").is_file(), progress=progress)
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    if summary is not None and is_current(summary, request) and summary["episodes"] == cfg.agent.episodes:
+        return summary
+    recorded = json.loads((run_dir / "request.json").read_text()) if (run_dir / "request.json").is_file() else None
+    more_episodes = summary is None or summary["episodes"] < cfg.agent.episodes  # a finished run can be extended
+    if run_dir.exists() and not (is_current(recorded, request) and more_episodes):
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = next(
+            p for i in range(1, 10_000) if not (p := run_dir.with_name(f"{run_dir.name}.stale-{stamp}-{i}")).exists()
+        )
+        log.warning("%s: made by another request (config, checkpoint or code); moved to %s", run_dir, aside)
+        run_dir.rename(aside)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "request.json", json.dumps({"provenance": provenance(request)}, indent=1) + "\n")
+    summary = run_search(cfg, searcher=searcher, resume=(run_dir / "episodes.jsonl").is_file(), progress=progress)
+    summary["provenance"] = provenance(request)
+    atomic_write_text(summary_path, json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def search_request(cfg: SearchConfig, searcher: str | None) -> dict[str, Any]:
+    """What decides a search's result: the config (less where it is written and the episode count, which a resume
+    may extend), the searcher and the checkpoint's weights hash (a path names a file, not its contents)."""
+    from rlprune.checkpoint import read_meta
+
+    config = cfg.model_dump(mode="json", exclude={"name": True, "output_dir": True, "agent": {"episodes"}})
+    return {**config, "searcher": searcher, "weights_sha256": read_meta(cfg.checkpoint).get("weights_sha256")}
 
 
 # One search per run directory at a time: two would interleave episodes.jsonl and overwrite each other's files.

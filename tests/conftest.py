@@ -1,7 +1,13 @@
-"""Shared fixtures: a small generated image-folder dataset and an isolated dataset cache."""
+"""Shared fixtures: a small generated image-folder dataset and an isolated dataset cache.
+
+With ``RLPRUNE_REQUIRE_DATA=1`` (set by ``.ci/run``) no test may skip: a skip (the CIFAR-10 copy or the zoo
+missing) is reported as a failure, and the run fails unless every committed zoo checkpoint was evaluated.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import tarfile
 from pathlib import Path
 
@@ -60,3 +66,65 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("data") / "shapes")
+
+
+REQUIRE_DATA = os.environ.get("RLPRUNE_REQUIRE_DATA", "0") == "1"
+ZOO = Path(__file__).resolve().parents[1] / "zoo"
+ZOO_TEST = "test_real_data.py::test_zoo_checkpoint_reproduces_its_test_accuracy["
+_zoo_passed: list[str] = []
+_collected: list[str] = []
+_deselected: list[str] = []
+REAL_DATA_FILE = "tests/test_real_data.py::"
+
+
+def zoo_weight_files() -> dict[str, list[Path]]:
+    """Committed zoo checkpoints grouped by the sha256 of their weights (copies of one model count once)."""
+    groups: dict[str, list[Path]] = {}
+    for weights in sorted(ZOO.glob("*.safetensors")):
+        if weights.with_suffix(".json").is_file():
+            groups.setdefault(hashlib.sha256(weights.read_bytes()).hexdigest(), []).append(weights.with_suffix(".json"))
+    return groups
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_DATA and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under RLPRUNE_REQUIRE_DATA=1, where every test must run: {reason}"
+    if report.when == "call" and report.passed and ZOO_TEST in item.nodeid:
+        _zoo_passed.append(item.nodeid)
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _deselected.extend(item.nodeid for item in items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _collected.extend(item.nodeid for item in session.items)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under RLPRUNE_REQUIRE_DATA=1, a run that includes the real-data tests must have evaluated one zoo checkpoint
+    per committed weights file (at least ResNet-20/32/56), and says how many it evaluated."""
+    if not REQUIRE_DATA or _deselected or not any(REAL_DATA_FILE in nodeid for nodeid in _collected):
+        return  # (a run that leaves tests out on purpose, -k / -m, is not counted)
+    expected = len(zoo_weight_files())
+    if expected >= 3 and len(_zoo_passed) == expected:
+        _summary.append(f"RLPRUNE_REQUIRE_DATA=1: all {expected} zoo checkpoints evaluated")
+        return
+    _summary.append(
+        f"RLPRUNE_REQUIRE_DATA=1: {len(_zoo_passed)} zoo checkpoints evaluated, expected {expected} "
+        "(one per committed weights file in zoo/, at least ResNet-20/32/56)"
+    )
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_summary: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in _summary:
+        terminalreporter.write_line(line, red="expected" in line, green="expected" not in line)

@@ -9,10 +9,12 @@ import pytest
 import torch
 import yaml
 
-from rlprune.apply import finetune_plan
+from rlprune.apply import finetune_plan, load_dense
 from rlprune.checkpoint import load_checkpoint
 from rlprune.cli import main
+from rlprune.cost.macs import predict_costs
 from rlprune.errors import RLPruneError
+from rlprune.pruning import Plan
 
 
 def _pretrain(tmp: Path, data: Path, name: str, model: str) -> Path:
@@ -73,7 +75,14 @@ def test_apply_to_a_deeper_model_end_to_end(trained: dict[str, Path], capsys: py
     )
     assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
-    assert 0.45 <= summary["macs_ratio"] <= 0.51
+    report = json.loads((out / "report.json").read_text())
+    # the MACs the plan predicts are exactly those counted on the real pruned model, and within the env's budget
+    # window [target - tolerance, target] (tolerance 0.01, the EnvConfig default the policy was trained with)
+    _, _, structure = load_dense(str(trained["ck32"]))
+    plan = Plan.load(out / "plan.json")
+    assert predict_costs(structure, plan.channels)[0] == report["pruned"]["macs"]
+    ratio = report["pruned"]["macs"] / report["dense"]["macs"]
+    assert 0.5 - 0.01 <= ratio <= 0.5 and summary["macs_ratio"] == round(ratio, 4)
     for name in (
         "model.safetensors",
         "model.json",
@@ -85,7 +94,6 @@ def test_apply_to_a_deeper_model_end_to_end(trained: dict[str, Path], capsys: py
         "finetune.png",
     ):
         assert (out / name).is_file(), name
-    report = json.loads((out / "report.json").read_text())
     assert report["pruned"]["params"] < report["dense"]["params"]
     assert set(report["latency_ms_cpu"]["pruned"]) == {"1", "64"}
     model, meta = load_checkpoint(out / "model.json")
@@ -102,7 +110,7 @@ def test_apply_to_a_deeper_model_end_to_end(trained: dict[str, Path], capsys: py
 def test_apply_samples_plans_and_keeps_the_best_by_proxy(
     trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from rlprune.apply import load_dense, policy_plans
+    from rlprune.apply import policy_plans
 
     dense, _, structure = load_dense(str(trained["ck32"]))
     draw = {
@@ -302,13 +310,16 @@ def test_run_is_the_main_job_in_one_command(trained: dict[str, Path], capsys: py
 
 def test_latency_budget_search_on_a_real_checkpoint(trained: dict[str, Path]) -> None:
     tmp = trained["tmp"]
+    # a batch large enough (16 images) that computing, not per-call overhead, decides the time, and a cut (0.8 of
+    # the latency) well above the floor of this tiny net (~0.64 with every unit cut by 0.9): the pruned model must
+    # then be measurably faster, not just predicted to be
     cfg = _search_config(
         tmp,
         "lat",
         trained["ck20"],
         env={"budget": "latency", "target": 0.8, "max_ratio": 0.9},
         proxy={"recal_batches": 2, "recal_batch_size": 8, "finetune_steps": 2},
-        latency={"batch_size": 1, "threads": 1},
+        latency={"batch_size": 16, "threads": 1},
         agent={"episodes": 3},
     )
     assert main(["search", str(cfg), "--searcher", "random", "--quiet"]) == 0
@@ -320,7 +331,8 @@ def test_latency_budget_search_on_a_real_checkpoint(trained: dict[str, Path]) ->
     assert abs(calibration["predicted_ratio_mean_after"] - calibration["measured_ratio_mean"]) < 0.05
     best = summary["best"]
     assert best["latency_ratio"] <= 0.8 + 1e-6  # the lookup table's prediction meets the budget
-    assert 0 < best["measured_latency_ratio"] < 1.5  # and the real latency of the best plan is reported beside it
+    # the real latency of the best plan (interleaved medians against the dense model) is lower than the dense one's
+    assert 0 < best["measured_latency_ratio"] < 1
     assert summary["wall_seconds"] > 0 and summary["episodes"] == 3
 
 

@@ -89,8 +89,6 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     tar = make_tarball(make_image_folder(tmp_path / "t", 2, 2), tmp_path / "t.tar.gz")
     with pytest.raises(RLPruneError, match="wrong checksum"):
         load_splits("imagefolder", tar, val_size=1, sha256="0" * 64)
-    for e in (RLPruneError("x"),):
-        assert "\n" not in str(e)
 
 
 def _write_batches(folder: Path, rng: np.random.Generator, n: int = 20) -> None:

@@ -143,8 +143,16 @@ def load_policy(path: str | Path) -> Policy:
     from rlprune.checkpoint import fit_weights
 
     kwargs = {k: v for k, v in meta.get("policy_kwargs", {}).items() if v is not None}
-    if isinstance(kwargs.get("activation_fn"), str):
-        kwargs["activation_fn"] = _ACTIVATIONS[kwargs["activation_fn"]]
+    if "activation_fn" in kwargs:
+        # only activations named here are rebuilt (nothing named in a file is imported); any other is refused, since
+        # a stand-in would silently change every action (SB3's default is Tanh for PPO, ReLU for DDPG/TD3/SAC)
+        named = kwargs["activation_fn"]
+        if named not in _ACTIVATIONS:
+            raise RLPruneError(
+                f"{sidecar}: policy_kwargs.activation_fn {clip(str(named), 40)!r} is not one rlprune rebuilds "
+                f"(expected one of {', '.join(sorted(_ACTIVATIONS))})"
+            )
+        kwargs["activation_fn"] = _ACTIVATIONS[named]
     obs_space = spaces.Box(0.0, 1.0, (N_FEATURES,), dtype=np.float32)
     act_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
     algorithm = meta["algorithm"]

@@ -25,17 +25,32 @@ class Criterion(ABC):
     def __call__(self, group: object) -> torch.Tensor: ...
 
 
+def _checked(name: str, group: object, scores: torch.Tensor | None) -> torch.Tensor:
+    """One finite score per channel of the group, or an error: torch-pruning returns None when no layer of the group
+    carries the criterion (e.g. bn_scale on a group without batch norm, taylor without gradients), and ranking
+    channels by anything else (their order) would prune arbitrary channels under the criterion's name."""
+    channels = len(group[0].idxs)  # type: ignore[index]
+    if scores is None:
+        raise RLPruneError(
+            f"importance '{name}': torch-pruning gave no scores for a group of {channels} channels (none of its "
+            "layers carries this criterion); choose another importance"
+        )
+    scores = scores.detach().float().cpu().reshape(-1)
+    if scores.numel() != channels or not torch.isfinite(scores).all():
+        raise RLPruneError(
+            f"importance '{name}': expected {channels} finite channel scores from torch-pruning, got "
+            f"{scores.numel()} ({int((~torch.isfinite(scores)).sum())} not finite)"
+        )
+    return scores
+
+
 class _TorchPruningCriterion(Criterion):
     def __init__(self, impl: tp.importance.Importance) -> None:
         self.impl = impl
 
     @torch.no_grad()
     def __call__(self, group: object) -> torch.Tensor:
-        scores = self.impl(group)
-        if scores is None:  # torch-pruning returns None when no layer of the group carries the criterion
-            n = len(group[0].idxs)
-            return torch.arange(n, 0, -1, dtype=torch.float32)
-        return scores.float().cpu()
+        return _checked(self.name, group, self.impl(group))
 
 
 class L1(_TorchPruningCriterion):
@@ -75,10 +90,7 @@ class Taylor(Criterion):
         self.impl = tp.importance.GroupTaylorImportance()
 
     def __call__(self, group: object) -> torch.Tensor:
-        scores = self.impl(group)
-        if scores is None:
-            return torch.arange(len(group[0].idxs), 0, -1, dtype=torch.float32)
-        return scores.float().cpu()
+        return _checked(self.name, group, self.impl(group))
 
 
 CRITERIA: dict[str, type[Criterion]] = {c.name: c for c in (L1, L2, BNScale, Taylor)}

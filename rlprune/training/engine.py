@@ -8,6 +8,7 @@ which a killed run resumes with no lost epoch.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -104,11 +105,13 @@ def fit(
         device=device,
         channels_last=channels_last,
     )
-    if len(loader) == 0:
+    steps_per_epoch = min(len(loader), recipe.steps_per_epoch or len(loader))
+    if steps_per_epoch == 0:
         raise RLPruneError(f"batch size {batch_size}: the training split has only {len(splits.train)} images")
-    step = _Step(model, recipe, len(loader), device, dtype, teacher)
-    # swa enters the key only when on, so runs saved before the option existed still resume
-    dumped = recipe.model_dump(mode="json", exclude=None if recipe.swa.epochs else {"swa"})
+    step = _Step(model, recipe, steps_per_epoch, device, dtype, teacher)
+    # swa and steps_per_epoch enter the key only when on, so runs saved before the options existed still resume
+    unset = {name for name, on in (("swa", recipe.swa.epochs), ("steps_per_epoch", recipe.steps_per_epoch)) if not on}
+    dumped = recipe.model_dump(mode="json", exclude=unset or None)
     key: dict[str, Any] = {"recipe": dumped, "batch_size": batch_size, "seed": seed}
     if cutout:  # only when on, so runs saved before the option existed still resume
         key["cutout"] = cutout
@@ -261,7 +264,8 @@ class _Step:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         bar = tqdm(
-            loader,
+            itertools.islice(loader, self.steps_per_epoch),  # the whole split unless recipe.steps_per_epoch caps it
+            total=self.steps_per_epoch,
             desc=f"epoch {epoch + 1}/{recipe.epochs}",
             leave=False,
             disable=not progress,
