@@ -33,7 +33,11 @@ def predict_costs(structure: Structure, channels: Mapping[str, int]) -> tuple[in
     params = float(structure.total_params - sum(la.weight + la.bias for la in structure.layers))
     for la in structure.layers:
         f_out = frac[la.out_unit] if la.out_unit is not None else 1.0
-        f_in = frac[la.in_unit] if la.in_unit is not None else 1.0
+        if la.in_units:  # inputs from several units (concat) or partly from one: each segment keeps its share
+            kept_in = la.in_channels - sum(n for _, n in la.in_units) + sum(n * frac[u] for u, n in la.in_units)
+            f_in = kept_in / la.in_channels
+        else:
+            f_in = frac[la.in_unit] if la.in_unit is not None else 1.0
         macs += la.macs * f_out * f_in
         params += la.weight * f_out * f_in + la.bias * f_out
     return round(macs), round(params)

@@ -127,7 +127,8 @@ class LayerPruningEnv(gym.Env):
 
     # ----------------------------------------------------------------------------------------------- cost model
     def _channels(self, ratio: float, unit_index: int) -> int:
-        return kept_channels(self.units[unit_index].channels, ratio, self.round_to, self.min_channels)
+        unit = self.units[unit_index]
+        return kept_channels(unit.channels, ratio, self.round_to, self.min_channels, unit.groups)
 
     def cost(self, channels: dict[str, int]) -> float:
         """Pruned/dense cost of the budget's kind for the given kept channels (latency: lookup-table prediction)."""

@@ -20,6 +20,7 @@ from rlprune.pruning.structure import (
     build_graph,
     check_supported,
     sorted_groups,
+    unit_groups,
 )
 
 
@@ -82,13 +83,17 @@ def prune(
             _accumulate_gradients(pruned, calibration)
         for name, group in groups.items():
             total = len(group[0].idxs)
+            slices = unit_groups(group)
             keep = plan.channels.get(name, total)
             if round_to and name in plan.ratios:
-                keep = kept_channels(total, plan.ratios[name], round_to, plan.min_channels)
+                keep = kept_channels(total, plan.ratios[name], round_to, plan.min_channels, slices)
             if keep >= total:
                 kept[name] = list(range(total))
                 continue
             scores = criterion(group)
+            if slices > 1:
+                kept[name] = _grouped_topk(scores, keep, slices, name)
+                continue
             top = torch.topk(scores, keep, largest=True, sorted=False).indices
             kept[name] = sorted(int(i) for i in top)
         if criterion.needs_gradients:
@@ -107,6 +112,17 @@ def prune(
         group.prune()
     channels = {n: len(i) for n, i in kept.items()}
     return pruned, replace(plan, kept=kept, channels=channels, round_to=round_to or plan.round_to)
+
+
+def _grouped_topk(scores: torch.Tensor, keep: int, slices: int, name: str) -> list[int]:
+    """Keep the same positions in each of ``slices`` equal slices (what a grouped conv needs): the positions whose
+    importance, averaged over the slices, is highest (torch-pruning's convention for channel groups)."""
+    if keep % slices:
+        raise RLPruneError(f"plan: unit '{name}': keeps {keep} channels, not a multiple of its {slices} conv groups")
+    size = scores.numel() // slices
+    per = scores.reshape(slices, size).mean(0)
+    top = sorted(int(i) for i in torch.topk(per, keep // slices, largest=True, sorted=False).indices)
+    return [g * size + i for g in range(slices) for i in top]
 
 
 def names_to_module(model: nn.Module, name: str) -> nn.Module:

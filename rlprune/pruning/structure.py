@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -38,6 +39,8 @@ class Unit:
     :param macs: MACs of the conv/linear layers whose outputs this unit prunes.
     :param coupled: number of modules whose weights change when this unit is pruned.
     :param members: names of the conv/linear layers whose output channels belong to this unit.
+    :param groups: the unit keeps a multiple of this many channels, the same positions in each of its ``groups``
+        equal slices (its channels feed or leave grouped convolutions; 1 for everything else, depthwise included).
     """
 
     index: int
@@ -52,6 +55,7 @@ class Unit:
     macs: int
     coupled: int
     members: tuple[str, ...]
+    groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class Layer:
     """A conv or linear layer, for predicting a plan's MACs and parameters without pruning.
 
     ``out_unit`` / ``in_unit`` index the units that prune its output / input channels (``None``: never pruned).
+    When its inputs come from several units (a ``torch.cat`` of branches) or only partly from one, ``in_units``
+    lists ``(unit, input channels it provides)`` and ``in_channels`` the layer's input width; the rest is fixed.
     """
 
     name: str
@@ -68,6 +74,8 @@ class Layer:
     out_unit: int | None
     in_unit: int | None
     depthwise: bool
+    in_units: tuple[tuple[int, int], ...] = ()
+    in_channels: int = 0
 
 
 @dataclass
@@ -214,12 +222,13 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
 
     out_unit: dict[nn.Module, int] = {}
     in_unit: dict[nn.Module, int] = {}
+    in_segments: dict[nn.Module, dict[int, set[int]]] = {}
     units: list[Unit] = []
     for idx, group in enumerate(groups):
         root = group[0].dep.target.module
         touched = {dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.Module)}
         owned = []
-        for dep, _ in group:
+        for dep, idxs in group:
             m = dep.target.module
             if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
                 continue
@@ -228,6 +237,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
                 owned.append(m)
             elif graph.is_in_channel_pruning_fn(dep.handler):
                 in_unit[m] = idx
+                in_segments.setdefault(m, {}).setdefault(idx, set()).update(int(i) for i in idxs)
         owned.sort(key=lambda m: order.get(m, 1 << 30))
         first = owned[0] if owned else root
         members = owned or [root]
@@ -237,6 +247,13 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
             isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels == m.in_channels for m in members
         )
         kind = "linear" if isinstance(first, nn.Linear) else ("depthwise" if depthwise else "conv")
+        slices = unit_groups(group)
+        channels = int(graph.get_out_channels(root))
+        if channels % slices:
+            raise RLPruneError(
+                f"layer '{names[root]}': {channels} channels feed grouped convolutions with {slices} groups in all; "
+                "channels must divide evenly (ignore the layer with prune.ignore)"
+            )
         kernel = max((int(m.kernel_size[0]) for m in members if hasattr(m, "kernel_size")), default=1)
         stride = max((int(m.stride[0]) for m in members if hasattr(m, "stride")), default=1)
         fmaps = [int(shapes[m][-1]) for m in members if len(shapes.get(m, ())) >= 3]
@@ -251,7 +268,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
                 index=idx,
                 name=names[root],
                 kind=kind,
-                channels=int(graph.get_out_channels(root)),
+                channels=channels,
                 in_channels=int(getattr(first, "in_channels", getattr(first, "in_features", 0))),
                 kernel=kernel,
                 stride=stride,
@@ -260,6 +277,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
                 macs=sum(layer_macs(m, shapes.get(m, ())) for m in owned),
                 coupled=len(touched),
                 members=tuple(names[m] for m in owned),
+                groups=slices,
             )
         )
 
@@ -270,6 +288,10 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
         depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels
         o = out_unit.get(m)
         bias = m.bias.numel() if m.bias is not None else 0
+        width = int(getattr(m, "in_channels", getattr(m, "in_features", 0)))
+        segments = tuple(sorted((u, len(ix)) for u, ix in in_segments.get(m, {}).items()))
+        if depthwise or (len(segments) == 1 and segments[0][1] == width):
+            segments = ()  # one unit provides all inputs: ``in_unit`` says it all
         layers.append(
             Layer(
                 name=names[m],
@@ -279,6 +301,8 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
                 out_unit=o,
                 in_unit=None if depthwise else in_unit.get(m),
                 depthwise=depthwise,
+                in_units=segments,
+                in_channels=width if segments else 0,
             )
         )
     # Normalization layers' affine parameters follow the unit that prunes their channels (as a bias does).
@@ -305,6 +329,22 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
         fingerprint=architecture_fingerprint(model),
         input_shape=tuple(example_input.shape[1:]),
     )
+
+
+def is_grouped_conv(m: nn.Module) -> bool:
+    """A convolution with ``groups`` > 1 that is not depthwise (depthwise convs prune their groups with them)."""
+    return isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) and m.groups > 1 and m.groups != m.out_channels
+
+
+def unit_groups(group: object) -> int:
+    """How many equal slices a unit's channels are cut into by the grouped convolutions it touches (lcm of their
+    ``groups``): a pruned unit keeps the same positions in every slice, so every grouped conv stays valid."""
+    g = 1
+    for dep, _ in group:
+        m = dep.target.module
+        if is_grouped_conv(m):
+            g = math.lcm(g, int(m.groups))
+    return g
 
 
 def _handler_of(group: object, module: nn.Module) -> object:
