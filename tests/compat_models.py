@@ -106,5 +106,6 @@ def mlp_head(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
 
 def grayscale(in_channels: int = 1, num_classes: int = 5) -> nn.Module:
     """A single-channel network (28x28 digits-like input) with a residual stage."""
-    return nn.Sequential(_cbr(in_channels, 12, 3), _cbr(12, 16, 3, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(16, num_classes))
+    return nn.Sequential(
+        _cbr(in_channels, 12, 3), _cbr(12, 16, 3, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes)
+    )

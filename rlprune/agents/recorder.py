@@ -63,6 +63,7 @@ class SearchRecorder:
             "reward": info["reward"],
             "accuracy": info["accuracy"],
             "macs_ratio": info["macs_ratio"],
+            "macs_ratio_measured": info.get("macs_ratio_measured", info["macs_ratio"]),
             "latency_ratio": None if math.isnan(info["latency_ratio"]) else info["latency_ratio"],
             "target": info["target"],
             "ratios": [round(r, 5) for r in info["ratios"]],
@@ -82,7 +83,16 @@ class SearchRecorder:
             best = {
                 **rec["plan"],
                 "metrics": {
-                    k: rec[k] for k in ("reward", "accuracy", "macs_ratio", "latency_ratio", "target", "episode")
+                    k: rec[k]
+                    for k in (
+                        "reward",
+                        "accuracy",
+                        "macs_ratio",
+                        "macs_ratio_measured",
+                        "latency_ratio",
+                        "target",
+                        "episode",
+                    )
                 },
             }
             atomic_write_text(self.run_dir / "best_plan.json", json.dumps(best, indent=1) + "\n")

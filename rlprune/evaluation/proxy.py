@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlprune.cost.macs import count_params, predict_costs
+from rlprune.cost.macs import count_macs, count_params, predict_costs
 from rlprune.data import ArrayDataset, BatchLoader, DataSplits, stratified_split
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
@@ -33,6 +33,8 @@ class ProxyResult:
     macs_ratio: float
     seconds: float
     cached: bool = False
+    # MACs counted on the physically pruned candidate: the budget check that does not trust the cost model
+    macs_measured: int = 0
 
 
 class ProxyEvaluator:
@@ -153,6 +155,7 @@ class ProxyEvaluator:
             params=params,
             macs_ratio=macs / self.structure.total_macs,
             seconds=0.0,
+            macs_measured=macs,
         )
 
     def __call__(self, plan: Plan) -> ProxyResult:
@@ -181,6 +184,7 @@ class ProxyEvaluator:
             params=count_params(model),
             macs_ratio=macs / self.structure.total_macs,
             seconds=time.perf_counter() - start,
+            macs_measured=count_macs(model, self.structure.input_shape),
         )
         if self._cache is not None:
             self._cache[key] = result
