@@ -20,6 +20,7 @@ from rlprune.pruning.structure import Structure
 
 log = logging.getLogger("rlprune.envs")
 
+
 class Scorer(Protocol):
     """Anything that scores a plan on validation data (the proxy evaluator, or a synthetic task in tests)."""
 

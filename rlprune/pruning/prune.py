@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlprune.errors import RLPruneError
+from rlprune.pruning.attention import Heads, find_heads, head_scores, set_head_count
 from rlprune.pruning.importance import get_criterion
 from rlprune.pruning.plan import Plan, kept_channels
 from rlprune.pruning.structure import (
@@ -61,9 +62,10 @@ def prune(
         )
     graph = build_graph(pruned, example_input)
     check_supported(pruned, graph)
-    order, _ = _trace_shapes(pruned, example_input)
+    order, shapes = _trace_shapes(pruned, example_input)
     names = {m: n for n, m in pruned.named_modules()}
     groups = {names[g[0].dep.target.module]: g for g in sorted_groups(pruned, graph, order)}
+    heads = {name: _group_heads(pruned, names, graph, g, shapes, order) for name, g in groups.items()}
     missing = sorted(set(plan.channels) - set(groups))
     if missing:
         raise RLPruneError(f"plan: unit '{missing[0]}' is not a prunable unit of this model")
@@ -83,6 +85,9 @@ def prune(
             _accumulate_gradients(pruned, calibration)
         for name, group in groups.items():
             total = len(group[0].idxs)
+            if heads[name] is not None:
+                kept[name] = _top_heads(criterion(group), heads[name], plan.channels.get(name, heads[name].heads))
+                continue
             slices = unit_groups(group)
             keep = plan.channels.get(name, total)
             if round_to and name in plan.ratios:
@@ -110,8 +115,34 @@ def prune(
         pruner = graph.get_pruner_of_module(root)
         group = graph.get_pruning_group(root, pruner.prune_out_channels, remove)
         group.prune()
-    channels = {n: len(i) for n, i in kept.items()}
+        if heads[name] is not None:
+            set_head_count(pruned, heads[name], len(idxs) // (heads[name].head_dim * heads[name].sections))
+    channels = {
+        n: len(i) // (heads[n].head_dim * heads[n].sections) if heads.get(n) is not None else len(i)
+        for n, i in kept.items()
+    }
     return pruned, replace(plan, kept=kept, channels=channels, round_to=round_to or plan.round_to)
+
+
+def _group_heads(
+    model: nn.Module, names: dict, graph: object, group: object, shapes: dict, order: dict
+) -> Heads | None:
+    """The attention heads a group prunes (as :func:`rlprune.pruning.structure.analyze` found them), or ``None``."""
+    outs = [
+        dep.target.module
+        for dep, _ in group
+        if isinstance(dep.target.module, nn.Linear) and graph.is_out_channel_pruning_fn(dep.handler)
+    ]
+    outs.sort(key=lambda m: order.get(m, 1 << 30))
+    return find_heads(model, names, outs, shapes)
+
+
+def _top_heads(scores: torch.Tensor, heads: Heads, keep: int) -> list[int]:
+    """Channel indices of the ``keep`` most important whole heads (same heads in q, k and v)."""
+    keep = max(1, min(heads.heads, keep))
+    per = head_scores(scores, heads)
+    top = sorted(int(i) for i in torch.topk(per, keep, largest=True, sorted=False).indices)
+    return heads.channel_indices(top)
 
 
 def _grouped_topk(scores: torch.Tensor, keep: int, slices: int, name: str) -> list[int]:

@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from rlprune.errors import RLPruneError
+from rlprune.pruning.attention import Heads, find_heads
 
 # Leaf modules with parameters that need no channel handling of their own (they follow their input's channels).
 _PARAM_FREE_OK = (nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
@@ -29,7 +30,8 @@ class Unit:
 
     :param index: position in forward order.
     :param name: qualified name of the root module (the group's key in a plan).
-    :param kind: ``conv``, ``depthwise`` or ``linear``.
+    :param kind: ``conv``, ``depthwise``, ``linear``, ``heads`` (whole attention heads) or ``mlp`` (hidden neurons of a
+        token-wise Linear pair, as in a transformer block).
     :param channels: prunable channels of the group.
     :param in_channels: input channels of the root module.
     :param kernel: kernel size of the root (1 for linear).
@@ -41,6 +43,8 @@ class Unit:
     :param members: names of the conv/linear layers whose output channels belong to this unit.
     :param groups: the unit keeps a multiple of this many channels, the same positions in each of its ``groups``
         equal slices (its channels feed or leave grouped convolutions; 1 for everything else, depthwise included).
+    :param head_dim: for ``kind == "heads"`` (an attention's q/k/v outputs), the channels per head: ``channels``
+        then counts heads, the unit's pruning step; 0 otherwise.
     """
 
     index: int
@@ -56,6 +60,7 @@ class Unit:
     coupled: int
     members: tuple[str, ...]
     groups: int = 1
+    head_dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,8 @@ def _trace_shapes(model: nn.Module, example: torch.Tensor) -> tuple[dict[nn.Modu
     def hook(mod: nn.Module, _inp: object, out: object) -> None:
         if mod not in order:
             order[mod] = len(order)
+            if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+                out = out[0]  # e.g. nn.MultiheadAttention returns (output, weights)
             if isinstance(out, torch.Tensor):
                 shapes[mod] = tuple(out.shape)
 
@@ -161,6 +168,11 @@ def layer_macs(module: nn.Module, out_shape: tuple) -> int:
         for s in module.kernel_size:
             k *= s
         return spatial * module.out_channels * (module.in_channels // module.groups) * k
+    if isinstance(module, nn.MultiheadAttention):
+        tokens = int(out_shape[1] if module.batch_first else out_shape[0]) if len(out_shape) == 3 else 1
+        e, kd, vd = module.embed_dim, module.kdim, module.vdim
+        # q/k/v and output projections, then q·kᵀ and attn·v
+        return tokens * e * (e + kd + vd) + tokens * e * e + 2 * tokens * tokens * e
     if isinstance(module, nn.Linear):
         rows = 1
         for s in out_shape[1:-1]:
@@ -170,16 +182,20 @@ def layer_macs(module: nn.Module, out_shape: tuple) -> int:
 
 
 def check_supported(model: nn.Module, graph: tp.DependencyGraph) -> None:
-    """Refuse models with parameterised layers torch-pruning has no handler for, naming the first one."""
+    """Refuse models with parameterised layers torch-pruning has no handler for, naming the first one, before any
+    pruning work."""
     for name, m in model.named_modules():
         own = list(m.parameters(recurse=False))
         if not own or isinstance(m, _PARAM_FREE_OK):
             continue
         if graph.get_pruner_of_module(m) is None:
-            raise RLPruneError(f"layer '{name}' ({type(m).__name__}): unsupported operation for structural pruning")
-    if graph.unwrapped_parameters:
-        pname = graph._param_to_name.get(graph.unwrapped_parameters[0].parameters, "?")
-        raise RLPruneError(f"parameter '{pname}': not inside a supported layer; structural pruning cannot follow it")
+            raise RLPruneError(
+                f"layer '{name}' ({type(m).__name__}): torch-pruning has no pruner for this layer type; build the "
+                "model from supported layers (conv, linear, norms, attention) or register a torch-pruning "
+                "customized pruner for it (see docs/models.md)"
+            )
+    # Parameters outside layers (class tokens, position embeddings, layer-scale vectors) are pruned along their last
+    # non-singleton dimension with the channels they meet (torch-pruning's ``unwrapped_parameters``).
 
 
 def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
@@ -223,6 +239,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
     out_unit: dict[nn.Module, int] = {}
     in_unit: dict[nn.Module, int] = {}
     in_segments: dict[nn.Module, dict[int, set[int]]] = {}
+    attention_layers: list[tuple[Heads, int]] = []
     units: list[Unit] = []
     for idx, group in enumerate(groups):
         root = group[0].dep.target.module
@@ -241,12 +258,17 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
         owned.sort(key=lambda m: order.get(m, 1 << 30))
         first = owned[0] if owned else root
         members = owned or [root]
+        heads = find_heads(model, names, owned, shapes)
         # A unit is as "depthwise", as wide-kerneled and as strided as its most so member: in MobileNetV2 the group
         # is rooted at the 1x1 expansion but also owns the 3x3 (possibly stride-2) depthwise conv after it.
         depthwise = any(
             isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels == m.in_channels for m in members
         )
         kind = "linear" if isinstance(first, nn.Linear) else ("depthwise" if depthwise else "conv")
+        if heads is not None:
+            kind = "heads"
+        elif kind == "linear" and len(shapes.get(first, ())) >= 3:
+            kind = "mlp"  # a Linear applied per token: a transformer block's hidden neurons
         slices = unit_groups(group)
         channels = int(graph.get_out_channels(root))
         if channels % slices:
@@ -268,23 +290,36 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
                 index=idx,
                 name=names[root],
                 kind=kind,
-                channels=channels,
+                channels=heads.heads if heads is not None else channels,
                 in_channels=int(getattr(first, "in_channels", getattr(first, "in_features", 0))),
                 kernel=kernel,
                 stride=stride,
                 fmap=min(fmaps, default=1),
                 params=int(owned_params),
-                macs=sum(layer_macs(m, shapes.get(m, ())) for m in owned),
+                macs=sum(layer_macs(m, shapes.get(m, ())) for m in owned) + (heads.matmul_macs() if heads else 0),
                 coupled=len(touched),
                 members=tuple(names[m] for m in owned),
                 groups=slices,
+                head_dim=heads.head_dim if heads is not None else 0,
             )
         )
+        if heads is not None:
+            attention_layers.append((heads, idx))
 
+    mha_unit = {
+        dep.target.module: i
+        for i, g in enumerate(groups)
+        for dep, _ in g
+        if isinstance(dep.target.module, nn.MultiheadAttention)
+    }
     layers = []
     for m in sorted(
-        (m for m in shapes if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)), key=lambda m: order[m]
+        (m for m in shapes if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear | nn.MultiheadAttention)),
+        key=lambda m: order[m],
     ):
+        if isinstance(m, nn.MultiheadAttention):
+            layers.extend(_mha_layers(m, names[m], shapes[m], mha_unit.get(m)))
+            continue
         depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels
         o = out_unit.get(m)
         bias = m.bias.numel() if m.bias is not None else 0
@@ -305,6 +340,9 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
                 in_channels=width if segments else 0,
             )
         )
+    # q·kᵀ and attn·v of each attention: they scale with the heads kept.
+    for heads, idx in attention_layers:
+        layers.append(Layer(f"{heads.module}:q@k,attn@v", heads.matmul_macs(), 0, 0, idx, None, False))
     # Normalization layers' affine parameters follow the unit that prunes their channels (as a bias does).
     bn_unit = {dep.target.module: i for i, g in enumerate(groups) for dep, _ in g}
     for m in model.modules():
@@ -320,6 +358,15 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
                     depthwise=False,
                 )
             )
+        elif isinstance(m, nn.LayerNorm | nn.GroupNorm) and m in bn_unit:
+            own = sum(p.numel() for p in m.parameters(recurse=False))
+            if own:
+                layers.append(Layer(names[m], 0, 0, own, bn_unit[m], None, False))
+    # Parameters outside layers (class token, position embeddings, layer scale) shrink along their pruned dimension.
+    for unwrapped in graph.unwrapped_parameters:
+        param = unwrapped.parameters
+        if param in bn_unit:
+            layers.append(Layer(graph._param_to_name.get(param, "?"), 0, 0, param.numel(), bn_unit[param], None, False))
     total_params = sum(p.numel() for p in model.parameters())
     return Structure(
         units=units,
@@ -329,6 +376,20 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
         fingerprint=architecture_fingerprint(model),
         input_shape=tuple(example_input.shape[1:]),
     )
+
+
+def _mha_layers(m: nn.MultiheadAttention, name: str, shape: tuple, unit: int | None) -> list[Layer]:
+    """An ``nn.MultiheadAttention`` as two layers: its projections (input and output are both the embedding, one
+    unit, so they scale with its kept fraction squared) and q·kᵀ / attn·v (linear in the kept head dimensions)."""
+    tokens = int(shape[1] if m.batch_first else shape[0]) if len(shape) == 3 else 1
+    matmul = 2 * tokens * tokens * m.embed_dim
+    weights = [p for p in (m.in_proj_weight, m.q_proj_weight, m.k_proj_weight, m.v_proj_weight) if p is not None]
+    weight = sum(p.numel() for p in weights) + m.out_proj.weight.numel()
+    bias = sum(p.numel() for p in m.parameters()) - weight
+    return [
+        Layer(name, layer_macs(m, shape) - matmul, weight, bias, unit, unit, False),
+        Layer(f"{name}:q@k,attn@v", matmul, 0, 0, unit, None, False),
+    ]
 
 
 def is_grouped_conv(m: nn.Module) -> bool:
@@ -344,6 +405,8 @@ def unit_groups(group: object) -> int:
         m = dep.target.module
         if is_grouped_conv(m):
             g = math.lcm(g, int(m.groups))
+        elif isinstance(m, nn.MultiheadAttention):
+            g = math.lcm(g, int(m.num_heads))  # its embedding is pruned as head dimensions, equal in every head
     return g
 
 
