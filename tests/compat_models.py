@@ -109,3 +109,92 @@ def grayscale(in_channels: int = 1, num_classes: int = 5) -> nn.Module:
     return nn.Sequential(
         _cbr(in_channels, 12, 3), _cbr(12, 16, 3, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes)
     )
+
+
+class MHANet(nn.Module):
+    """Patch embedding, one ``nn.MultiheadAttention`` block and a token MLP (pruned by head dimensions)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(in_channels, dim, 4, 4)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.fc2 = nn.Linear(2 * dim, dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        h = self.norm1(t)
+        t = t + self.attn(h, h, h, need_weights=False)[0]
+        t = t + self.fc2(torch.relu(self.fc1(self.norm2(t))))
+        return self.head(t.mean(1))
+
+
+def mha(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    return MHANet(in_channels, num_classes)
+
+
+class BertSelfAttention(nn.Module):
+    """Hugging Face's older style: query/key/value Linear layers, reshaped by the ``num_attention_heads`` attribute
+    (which head pruning must update), output projection in another module."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.num_attention_heads = heads
+        self.attention_head_size = dim // heads
+        self.all_head_size = dim
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, n, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
+
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        scores = torch.softmax(q @ k.transpose(-1, -2) / self.attention_head_size**0.5, dim=-1)
+        return (scores @ v).transpose(1, 2).reshape(b, n, self.all_head_size)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.attention = BertSelfAttention(dim, heads)
+        self.output = nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.intermediate = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(2 * dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.dropout(self.output(self.attention(x))))
+        return self.norm2(x + self.dropout(self.out(torch.nn.functional.gelu(self.intermediate(x)))))
+
+
+class MiniBert(nn.Module):
+    """Token ids in, a class out: embeddings + learned positions, two encoder layers, the first token classified."""
+
+    def __init__(self, num_classes: int = 4, vocab: int = 100, tokens: int = 16, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.position = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+        self.layers = nn.Sequential(BertLayer(dim, heads), BertLayer(dim, heads))
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.layers(self.embed(ids) + self.position)[:, 0])
+
+
+def mini_bert(num_classes: int = 4) -> nn.Module:
+    return MiniBert(num_classes)
+
+
+def mini_vit(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    from rlprune.models.vit_cifar import vit_cifar
+
+    return vit_cifar(num_classes=num_classes, in_channels=in_channels, dim=32, depth=2, num_heads=4, mlp_ratio=2.0)

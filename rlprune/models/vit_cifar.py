@@ -94,5 +94,5 @@ class ViTCifar(nn.Module):
 
 
 def vit_cifar(num_classes: int = 10, in_channels: int = 3, **kwargs: object) -> ViTCifar:
-    """ViT for CIFAR: patch 4, 192 wide, 6 blocks of 4 heads, MLP ratio 2 (about 1.9 M parameters)."""
+    """ViT for CIFAR: patch 4, 192 wide, 6 blocks of 4 heads, MLP ratio 2 (1.81 M parameters)."""
     return ViTCifar(num_classes=num_classes, in_channels=in_channels, **kwargs)  # type: ignore[arg-type]

@@ -188,7 +188,11 @@ def check_supported(model: nn.Module, graph: tp.DependencyGraph) -> None:
         own = list(m.parameters(recurse=False))
         if not own or isinstance(m, _PARAM_FREE_OK):
             continue
-        if graph.get_pruner_of_module(m) is None:
+        custom_math = not any(True for _ in m.children()) and any(
+            sum(d > 1 for d in p.shape) > 1 for p in own
+        )  # a leaf layer with its own weight matrix (a hand-made conv/linear): its parameters are not scales
+        pruner = graph.get_pruner_of_module(m)
+        if (pruner is None or isinstance(pruner, tp.ops.ElementWisePruner)) and custom_math:
             raise RLPruneError(
                 f"layer '{name}' ({type(m).__name__}): torch-pruning has no pruner for this layer type; build the "
                 "model from supported layers (conv, linear, norms, attention) or register a torch-pruning "
