@@ -88,6 +88,7 @@ def architectures(size: int) -> dict[str, tuple[Callable[[], nn.Module], bool]]:
                 image_size=size,
                 width_coefficient=0.25,
                 depth_coefficient=0.25,
+                hidden_dim=320,  # its top conv's width at this width coefficient (the config does not derive it)
             ),
             False,
         ),

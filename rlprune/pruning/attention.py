@@ -34,6 +34,7 @@ class Heads:
     head_dim: int
     sections: int
     tokens: int  # sequence length seen at analysis (for the q·kᵀ and attn·v MACs)
+    fold: int = 1  # sequences per input image (MobileViT folds patches into the batch)
 
     def channel_indices(self, kept_heads: list[int]) -> list[int]:
         """Channel indices of the projection outputs that belong to the kept heads."""
@@ -47,7 +48,7 @@ class Heads:
 
     def matmul_macs(self) -> int:
         """MACs of ``q·kᵀ`` and ``attn·v`` at batch 1 (``2·tokens²·heads·head_dim``, as FlopCounterMode counts)."""
-        return 2 * self.tokens * self.tokens * self.heads * self.head_dim
+        return 2 * self.fold * self.tokens * self.tokens * self.heads * self.head_dim
 
 
 def _head_count(model: nn.Module, name: str) -> tuple[str, str, int] | None:
@@ -91,7 +92,10 @@ def find_heads(
         )
     shape = shapes.get(first, ())
     tokens = int(shape[-2]) if len(shape) >= 3 else 1
-    return Heads(owner, attr, heads, width // heads, 3 if fused else 1, tokens)
+    fold = 1
+    for d in shape[:-2]:
+        fold *= int(d)
+    return Heads(owner, attr, heads, width // heads, 3 if fused else 1, tokens, fold)
 
 
 def head_scores(scores: torch.Tensor, heads: Heads) -> torch.Tensor:

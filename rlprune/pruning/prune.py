@@ -54,7 +54,15 @@ def prune(
         prefers channel counts like multiples of 8); default: the plan's own channel counts.
     :param calibration: ``(inputs, labels)`` batches, required by gradient-based criteria (``taylor``).
     """
-    pruned = copy.deepcopy(model)
+    # Some models cache tensors computed in eval mode (LeViT's attention biases); going through train mode drops
+    # them, and a copy that still fails is refused in one line.
+    was_training = model.training
+    model.train()
+    model.train(was_training)
+    try:
+        pruned = copy.deepcopy(model)
+    except (RuntimeError, TypeError) as exc:
+        raise RLPruneError(f"model cannot be copied for pruning ({type(exc).__name__}: {str(exc)[:160]})") from None
     if architecture_fingerprint(pruned) != plan.fingerprint:
         raise RLPruneError(
             f"plan: made for another model (fingerprint {plan.fingerprint}, "

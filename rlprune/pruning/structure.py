@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -19,6 +20,8 @@ from torch import nn
 
 from rlprune.errors import RLPruneError
 from rlprune.pruning.attention import Heads, find_heads
+
+log = logging.getLogger("rlprune.pruning")
 
 # Leaf modules with parameters that need no channel handling of their own (they follow their input's channels).
 _PARAM_FREE_OK = (nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
@@ -162,7 +165,7 @@ def layer_macs(module: nn.Module, out_shape: tuple) -> int:
     """Multiply-accumulates of one conv or linear call (batch 1), bias excluded, as FlopCounterMode counts them."""
     if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
         spatial = 1
-        for s in out_shape[2:]:
+        for s in out_shape[:1] + out_shape[2:]:  # the leading dim: 1 (batch), or patches folded into the batch
             spatial *= s
         k = 1
         for s in module.kernel_size:
@@ -175,7 +178,7 @@ def layer_macs(module: nn.Module, out_shape: tuple) -> int:
         return tokens * e * (e + kd + vd) + tokens * e * e + 2 * tokens * tokens * e
     if isinstance(module, nn.Linear):
         rows = 1
-        for s in out_shape[1:-1]:
+        for s in out_shape[:-1]:  # batch 1 (or patches folded into the batch, as MobileViT does) x tokens
             rows *= s
         return rows * module.in_features * module.out_features
     return 0
@@ -227,10 +230,11 @@ def sorted_groups(model: nn.Module, graph: tp.DependencyGraph, order: dict[nn.Mo
     return sorted(groups, key=first_call)
 
 
-def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
+def analyze(model: nn.Module, example_input: torch.Tensor, *, trial: bool = True) -> Structure:
     """Prunable units of ``model`` in forward order with their features; raises on unsupported layers.
 
     :param example_input: one input batch of the shape the model expects (batch size 1 is enough).
+    :param trial: also prune a copy by half and run it, refusing (before any work) a model whose pruning fails.
     """
     graph = build_graph(model, example_input)
     check_supported(model, graph)
@@ -362,7 +366,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
                     depthwise=False,
                 )
             )
-        elif isinstance(m, nn.LayerNorm | nn.GroupNorm) and m in bn_unit:
+        elif isinstance(m, nn.LayerNorm | nn.GroupNorm | nn.Embedding) and m in bn_unit:
             own = sum(p.numel() for p in m.parameters(recurse=False))
             if own:
                 layers.append(Layer(names[m], 0, 0, own, bn_unit[m], None, False))
@@ -372,7 +376,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
         if param in bn_unit:
             layers.append(Layer(graph._param_to_name.get(param, "?"), 0, 0, param.numel(), bn_unit[param], None, False))
     total_params = sum(p.numel() for p in model.parameters())
-    return Structure(
+    structure = Structure(
         units=units,
         layers=layers,
         total_macs=sum(la.macs for la in layers),
@@ -380,6 +384,36 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
         fingerprint=architecture_fingerprint(model),
         input_shape=tuple(example_input.shape[1:]),
     )
+    if trial:
+        _trial_prune(model, example_input, structure)
+    return structure
+
+
+def _trial_prune(model: nn.Module, example: torch.Tensor, structure: Structure) -> None:
+    """Prune every unit by half and run the result once, so a block the graph misreads is refused now, in one
+    line, rather than as a traceback in the middle of a search; a cost prediction that misses the pruned model's
+    measured MACs by more than 1% is logged."""
+    from rlprune.cost.macs import count_macs, predict_costs
+    from rlprune.pruning.plan import Plan
+    from rlprune.pruning.prune import prune
+
+    plan = Plan.from_ratios(structure, [0.5] * len(structure.units))
+    try:
+        pruned, done = prune(model, plan, example)
+        with torch.no_grad():
+            pruned.eval()(example)
+    except RLPruneError:
+        raise
+    except Exception as exc:  # whatever the misread block raises
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise RLPruneError(
+            f"model: pruned by half, it fails ({type(exc).__name__}: {text}); it has a block rlprune cannot prune "
+            "yet (docs/models.md lists the supported ones and how to help)"
+        ) from None
+    predicted = predict_costs(structure, done.channels)[0]
+    measured = count_macs(pruned, structure.input_shape, dtype=example.dtype)
+    if abs(predicted - measured) > 0.01 * max(1, measured):
+        log.warning("cost model predicts %d MACs for a half-pruned model that measures %d", predicted, measured)
 
 
 def _mha_layers(m: nn.MultiheadAttention, name: str, shape: tuple, unit: int | None) -> list[Layer]:
