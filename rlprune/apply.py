@@ -298,6 +298,8 @@ def finetune_plan(
         if out_dir.exists():
             shutil.rmtree(out_dir) if stale else out_dir.rmdir()
         work.rename(out_dir)
+        if report["onnx"].get("error"):
+            raise RLPruneError(f"{out_dir}: fine-tuned model, plan and report written, but {report['onnx']['error']}")
     except BaseException as exc:
         if not (work / "finetune" / "state.pt").is_file():
             shutil.rmtree(work, ignore_errors=True)
@@ -380,7 +382,11 @@ def _run(
         identical = torch.equal(rebuilt.eval()(x), pruned(x))
     if not identical:
         raise RLPruneError("rebuilt model differs from the pruned model; refusing to write an unfaithful checkpoint")
-    onnx = export_onnx(pruned, shape, work / "model.onnx")
+    try:
+        onnx: dict[str, Any] = export_onnx(pruned, shape, work / "model.onnx")
+    except RLPruneError as exc:  # the fine-tuned model must survive a model no exporter handles
+        log.warning("%s", exc)
+        onnx = {"error": str(exc)}
     lat = _str_keys(compare_latency({"dense": dense.eval(), "pruned": pruned}, shape, latency_batches, repeats=15))
     gpu = None
     if torch.cuda.is_available():
@@ -471,8 +477,13 @@ def _markdown(r: dict[str, Any]) -> str:
             f"Fine-tune: {ft['epochs']} epoch(s), lr {ft['lr']}, distillation {'on' if ft['distill'] else 'off'}"
             + (f", the last {ft['swa']['epochs']} averaged (SWA, lr {ft['swa']['lr']:g})" if ft.get("swa") else "")
             + ". "
-            f"ONNX export checked against onnxruntime (max |diff| {r['onnx']['max_abs_diff']:.1e}). "
-            f"Source: {json.dumps(r['source'])}.",
+            + (
+                f"ONNX export ({r['onnx'].get('exporter', 'legacy')}) checked against onnxruntime "
+                f"(max |diff| {r['onnx']['max_abs_diff']:.1e}). "
+                if "error" not in r["onnx"]
+                else f"**Warning**: no ONNX model ({r['onnx']['error']}). "
+            )
+            + f"Source: {json.dumps(r['source'])}.",
             "",
             *_figure_lines(r.get("figures") or {}),
         ]

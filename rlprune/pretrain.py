@@ -15,7 +15,8 @@ from rlprune.data import DataSplits, load_splits
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
 from rlprune.logs import setup_logging
-from rlprune.models import MODELS, build_model
+from rlprune.models import MODELS, build_model, resolve_factory
+from rlprune.models.compat import check_model_io, fill_kwargs
 from rlprune.models.grow import deepen_resnet
 from rlprune.seeding import resolve_device, seed_everything
 from rlprune.training.engine import fit
@@ -41,12 +42,14 @@ def load_data(cfg: DataConfig) -> DataSplits:
 
 
 def model_kwargs(cfg: ModelConfig, splits: DataSplits) -> dict[str, Any]:
-    """Zoo models get the dataset's class and channel count; a user's model gets exactly its configured kwargs."""
+    """Zoo models get the dataset's class and channel count; a user's factory gets them too when its signature
+    takes them under a common name (``num_classes``, ``in_chans``, ...), never overriding configured kwargs."""
     kwargs = dict(cfg.kwargs)
     if cfg.name in MODELS:
         kwargs.setdefault("num_classes", splits.num_classes)
         kwargs.setdefault("in_channels", splits.in_channels)
-    return kwargs
+        return kwargs
+    return fill_kwargs(resolve_factory(cfg.name), kwargs, splits.num_classes, splits.in_channels)
 
 
 def data_meta(cfg: DataConfig, splits: DataSplits) -> dict[str, Any]:
@@ -110,6 +113,7 @@ def run_pretrain(
     splits = load_data(cfg.data)
     kwargs = model_kwargs(cfg.model, splits)
     model = build_model(cfg.model.name, **kwargs)
+    check_model_io(model, cfg.model.name, splits.in_channels, splits.input_size, splits.num_classes)
     trust = trust_model_code
     start = warm_start(model, cfg.init_from, cfg.model.name, trust_model_code=trust) if cfg.init_from else None
     distill = cfg.train.distill

@@ -170,7 +170,7 @@ def test_bad_plans() -> None:
         plan.check(s)
 
 
-class _Unsupported(nn.Module):
+class _LayerScaled(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3)
@@ -181,9 +181,26 @@ class _Unsupported(nn.Module):
         return self.fc((self.conv(x) * self.scale).mean((2, 3)))
 
 
+class _HandMadeLinear(nn.Module):
+    """A leaf layer doing its own matrix product: torch-pruning cannot know which dimension is which."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(2, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.t()
+
+
 def test_unsupported_operation_is_named() -> None:
-    with pytest.raises(RLPruneError, match="parameter 'scale'"):
-        analyze(_Unsupported(), X)
+    # a parameter outside any layer (layer scale) is pruned with the channels it multiplies
+    model = _LayerScaled()
+    s = analyze(model, X)
+    pruned, _ = prune(model, Plan.from_ratios(s, [0.5]), X)
+    assert pruned.scale.shape == (1, 4, 1, 1)
+    bad = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), _HandMadeLinear())
+    with pytest.raises(RLPruneError, match="layer '3' \\(_HandMadeLinear\\): torch-pruning has no pruner"):
+        analyze(bad, X)
     with pytest.raises(RLPruneError, match="no prunable units"):
         analyze(nn.Sequential(nn.Flatten(), nn.Linear(3072, 10)), X)
 

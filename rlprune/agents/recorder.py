@@ -106,6 +106,7 @@ class SearchRecorder:
             "reward": info["reward"],
             "accuracy": info["accuracy"],
             "macs_ratio": info["macs_ratio"],
+            "macs_ratio_measured": info.get("macs_ratio_measured", info["macs_ratio"]),
             "latency_ratio": None if math.isnan(info["latency_ratio"]) else info["latency_ratio"],
             "target": info["target"],
             "ratios": [round(r, 5) for r in info["ratios"]],
@@ -126,7 +127,16 @@ class SearchRecorder:
             best = {
                 **rec["plan"],
                 "metrics": {
-                    k: rec[k] for k in ("reward", "accuracy", "macs_ratio", "latency_ratio", "target", "episode")
+                    k: rec[k]
+                    for k in (
+                        "reward",
+                        "accuracy",
+                        "macs_ratio",
+                        "macs_ratio_measured",
+                        "latency_ratio",
+                        "target",
+                        "episode",
+                    )
                 },
             }
             text = json.dumps(json_safe(best), indent=1, allow_nan=False)

@@ -19,7 +19,7 @@ FEATURES: tuple[str, ...] = (
     "relative_depth",  # index / (units - 1)
     "is_conv",  # layer type one-hot
     "is_depthwise",
-    "is_linear",
+    "is_linear",  # also a transformer block's MLP hidden neurons (kind "mlp"); attention heads set none of the three
     "log_in_channels",  # log2(in_channels) / 11
     "log_channels",  # log2(prunable channels) / 11
     "kernel",  # kernel / 7
@@ -53,7 +53,7 @@ def _unit_row(u: Unit, n: int, side: int, total_macs: int, total_params: int) ->
         u.index / max(1, n - 1),
         float(u.kind == "conv"),
         float(u.kind == "depthwise"),
-        float(u.kind == "linear"),
+        float(u.kind in ("linear", "mlp")),  # attention ``heads`` units: none of the three
         math.log2(max(1, u.in_channels)) / 11,
         math.log2(max(1, u.channels)) / 11,
         u.kernel / 7,

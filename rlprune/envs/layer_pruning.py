@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,8 @@ from rlprune.evaluation.scorer import Scorer
 from rlprune.pruning.budget import Budget
 from rlprune.pruning.plan import Plan
 from rlprune.pruning.structure import Structure
+
+log = logging.getLogger("rlprune.envs")
 
 
 class LayerPruningEnv(gym.Env):
@@ -175,6 +178,17 @@ class LayerPruningEnv(gym.Env):
         """Play one episode with ``act(obs) -> action`` without scoring it (:func:`rlprune.envs.episode.rollout`)."""
         return rollout(self.budget, act, target, self.scorer.importance)
 
+    def _measured_ratio(self, result: Any, predicted: float) -> float:
+        """MACs ratio counted on the physically pruned candidate (the scorer's ``macs_measured``; the prediction when
+        the scorer builds no model); a prediction off by more than the tolerance is logged, tests make it an error."""
+        measured = int(getattr(result, "macs_measured", 0) or 0)
+        if measured <= 0:
+            return predicted
+        ratio = measured / self.structure.total_macs
+        if abs(ratio - predicted) > self.budget.tolerance:
+            log.warning("cost model predicted MACs ratio %.4f, the pruned model measures %.4f", predicted, ratio)
+        return ratio
+
     def _finish(self, ratio: float, wanted: float) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         plan = self.make_plan()
         result = self.scorer(plan)
@@ -194,6 +208,7 @@ class LayerPruningEnv(gym.Env):
             "target": self.target,
             "reward": reward,
             "budget_cost": self.cost(plan.channels),
+            "macs_ratio_measured": self._measured_ratio(result, macs_ratio),
             "plan": plan.to_dict(),
             "ratios": list(self.ratios),
             "eval_seconds": float(result.seconds),

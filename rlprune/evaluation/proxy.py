@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rlprune.cost.macs import count_params, predict_costs
+from rlprune.cost.macs import count_macs, count_params, predict_costs
 from rlprune.data import ArrayDataset, BatchLoader, DataSplits, stratified_split
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.scorer import MetricScorer, Score
@@ -28,6 +28,8 @@ class ProxyResult(Score):
     macs: int
     params: int
     macs_ratio: float
+    # MACs counted on the physically pruned candidate: the budget check that does not trust the cost model
+    macs_measured: int = 0
 
 
 class ProxyEvaluator(MetricScorer):
@@ -160,7 +162,9 @@ class ProxyEvaluator(MetricScorer):
     def _recorded(self, plan: Plan, accuracy: float) -> ProxyResult:
         macs, ratio = self._costs(plan)
         params = predict_costs(self.structure, plan.channels)[1]
-        return ProxyResult(accuracy=accuracy, loss=float("nan"), macs=macs, params=params, macs_ratio=ratio)
+        return ProxyResult(
+            accuracy=accuracy, loss=float("nan"), macs=macs, params=params, macs_ratio=ratio, macs_measured=macs
+        )
 
     def _result(
         self, plan: Plan, model: nn.Module, score: float, metrics: dict[str, float], seconds: float
@@ -174,6 +178,7 @@ class ProxyEvaluator(MetricScorer):
             params=count_params(model),
             macs_ratio=ratio,
             seconds=seconds,
+            macs_measured=count_macs(model, self.structure.input_shape),
         )
 
 

@@ -12,6 +12,7 @@ from rlprune.errors import RLPruneError
 from rlprune.models.mobilenetv2_cifar import mobilenetv2
 from rlprune.models.resnet_cifar import resnet20, resnet32, resnet56, resnet110
 from rlprune.models.vgg_cifar import vgg16_bn
+from rlprune.models.vit_cifar import vit_cifar
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,
@@ -20,6 +21,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet110": resnet110,
     "vgg16_bn": vgg16_bn,
     "mobilenetv2": mobilenetv2,
+    "vit_cifar": vit_cifar,
 }
 
 

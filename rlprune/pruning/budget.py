@@ -109,7 +109,8 @@ class Budget:
     # ------------------------------------------------------------------------------------------------ cost model
     def channels(self, index: int, ratio: float) -> int:
         """Channels unit ``index`` keeps at ``ratio`` (rounding and minimum applied)."""
-        return kept_channels(self.units[index].channels, ratio, self.round_to, self.min_channels)
+        unit = self.units[index]
+        return kept_channels(unit.channels, ratio, self.round_to, self.min_channels, unit.groups)
 
     def cost(self, channels: Mapping[str, int]) -> float:
         """Pruned/dense cost of this budget's kind for the kept channels (unit name -> channels; missing = dense)."""

@@ -24,9 +24,22 @@ PLAN_FORMAT = "rlprune-plan/1"
 log = logging.getLogger("rlprune.pruning")
 
 
-def kept_channels(channels: int, ratio: float, round_to: int | None = None, min_channels: int = 1) -> int:
+def kept_channels(
+    channels: int, ratio: float, round_to: int | None = None, min_channels: int = 1, groups: int = 1
+) -> int:
     """Channels a unit keeps for a pruning ratio: ``round((1-ratio)·C)``, rounded to a multiple of ``round_to``
-    (never below one multiple), then clipped to ``[min_channels, C]``."""
+    (never below one multiple), then clipped to ``[min_channels, C]``.
+
+    A unit cut into ``groups`` slices by grouped convolutions keeps a multiple of ``lcm(groups, round_to)`` (the
+    nearest one, at least one multiple): every slice must keep the same number of channels.
+    """
+    if groups > 1:
+        step = math.lcm(groups, round_to or 1)
+        if channels % step:
+            step = groups
+        keep = step * round((1.0 - ratio) * channels / step)
+        floor = step * math.ceil(max(1, min_channels) / step)
+        return int(min(channels, max(floor, keep, step)))
     keep = round((1.0 - ratio) * channels)
     if round_to and round_to > 1 and channels > round_to:
         keep = max(round_to, round_to * round(keep / round_to))
@@ -86,7 +99,7 @@ class Plan:
             if not (0.0 <= r < 1.0) or math.isnan(r):
                 raise RLPruneError(f"plan: unit '{unit.name}': ratio {r} outside [0, 1)")
             full[unit.name] = r
-            keep = kept_channels(unit.channels, r, round_to, min_channels)
+            keep = kept_channels(unit.channels, r, round_to, min_channels, unit.groups)
             if round((1.0 - r) * unit.channels) < min(min_channels, unit.channels):
                 log.warning(
                     "unit '%s': ratio %.3f would leave %d of %d channels; keeping %d",

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlprune.errors import RLPruneError
+from rlprune.pruning.attention import Heads, find_heads, head_scores, set_head_count
 from rlprune.pruning.importance import get_criterion
 from rlprune.pruning.plan import Plan, kept_channels
 from rlprune.pruning.structure import (
@@ -20,6 +21,7 @@ from rlprune.pruning.structure import (
     build_graph,
     check_supported,
     sorted_groups,
+    unit_groups,
 )
 
 
@@ -52,7 +54,15 @@ def prune(
         prefers channel counts like multiples of 8); default: the plan's own channel counts.
     :param calibration: ``(inputs, labels)`` batches, required by gradient-based criteria (``taylor``).
     """
-    pruned = copy.deepcopy(model)
+    # Some models cache tensors computed in eval mode (LeViT's attention biases); going through train mode drops
+    # them, and a copy that still fails is refused in one line.
+    was_training = model.training
+    model.train()
+    model.train(was_training)
+    try:
+        pruned = copy.deepcopy(model)
+    except (RuntimeError, TypeError) as exc:
+        raise RLPruneError(f"model cannot be copied for pruning ({type(exc).__name__}: {str(exc)[:160]})") from None
     if architecture_fingerprint(pruned) != plan.fingerprint:
         raise RLPruneError(
             f"plan: made for another model (fingerprint {plan.fingerprint}, "
@@ -60,9 +70,10 @@ def prune(
         )
     graph = build_graph(pruned, example_input)
     check_supported(pruned, graph)
-    order, _ = _trace_shapes(pruned, example_input)
+    order, shapes = _trace_shapes(pruned, example_input)
     names = {m: n for n, m in pruned.named_modules()}
     groups = {names[g[0].dep.target.module]: g for g in sorted_groups(pruned, graph, order)}
+    heads = {name: _group_heads(pruned, names, graph, g, shapes, order) for name, g in groups.items()}
     missing = sorted(set(plan.channels) - set(groups))
     if missing:
         raise RLPruneError(f"plan: unit '{missing[0]}' is not a prunable unit of this model")
@@ -82,13 +93,20 @@ def prune(
             _accumulate_gradients(pruned, calibration)
         for name, group in groups.items():
             total = len(group[0].idxs)
+            if heads[name] is not None:
+                kept[name] = _top_heads(criterion(group), heads[name], plan.channels.get(name, heads[name].heads))
+                continue
+            slices = unit_groups(group)
             keep = plan.channels.get(name, total)
             if round_to and name in plan.ratios:
-                keep = kept_channels(total, plan.ratios[name], round_to, plan.min_channels)
+                keep = kept_channels(total, plan.ratios[name], round_to, plan.min_channels, slices)
             if keep >= total:
                 kept[name] = list(range(total))
                 continue
             scores = criterion(group)
+            if slices > 1:
+                kept[name] = _grouped_topk(scores, keep, slices, name)
+                continue
             top = torch.topk(scores, keep, largest=True, sorted=False).indices
             kept[name] = sorted(int(i) for i in top)
         if criterion.needs_gradients:
@@ -105,8 +123,45 @@ def prune(
         pruner = graph.get_pruner_of_module(root)
         group = graph.get_pruning_group(root, pruner.prune_out_channels, remove)
         group.prune()
-    channels = {n: len(i) for n, i in kept.items()}
+        if heads[name] is not None:
+            set_head_count(pruned, heads[name], len(idxs) // (heads[name].head_dim * heads[name].sections))
+    channels = {
+        n: len(i) // (heads[n].head_dim * heads[n].sections) if heads.get(n) is not None else len(i)
+        for n, i in kept.items()
+    }
     return pruned, replace(plan, kept=kept, channels=channels, round_to=round_to or plan.round_to)
+
+
+def _group_heads(
+    model: nn.Module, names: dict, graph: object, group: object, shapes: dict, order: dict
+) -> Heads | None:
+    """The attention heads a group prunes (as :func:`rlprune.pruning.structure.analyze` found them), or ``None``."""
+    outs = [
+        dep.target.module
+        for dep, _ in group
+        if isinstance(dep.target.module, nn.Linear) and graph.is_out_channel_pruning_fn(dep.handler)
+    ]
+    outs.sort(key=lambda m: order.get(m, 1 << 30))
+    return find_heads(model, names, outs, shapes)
+
+
+def _top_heads(scores: torch.Tensor, heads: Heads, keep: int) -> list[int]:
+    """Channel indices of the ``keep`` most important whole heads (same heads in q, k and v)."""
+    keep = max(1, min(heads.heads, keep))
+    per = head_scores(scores, heads)
+    top = sorted(int(i) for i in torch.topk(per, keep, largest=True, sorted=False).indices)
+    return heads.channel_indices(top)
+
+
+def _grouped_topk(scores: torch.Tensor, keep: int, slices: int, name: str) -> list[int]:
+    """Keep the same positions in each of ``slices`` equal slices (what a grouped conv needs): the positions whose
+    importance, averaged over the slices, is highest (torch-pruning's convention for channel groups)."""
+    if keep % slices:
+        raise RLPruneError(f"plan: unit '{name}': keeps {keep} channels, not a multiple of its {slices} conv groups")
+    size = scores.numel() // slices
+    per = scores.reshape(slices, size).mean(0)
+    top = sorted(int(i) for i in torch.topk(per, keep // slices, largest=True, sorted=False).indices)
+    return [g * size + i for g in range(slices) for i in top]
 
 
 def names_to_module(model: nn.Module, name: str) -> nn.Module:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -17,6 +19,9 @@ import torch_pruning as tp
 from torch import nn
 
 from rlprune.errors import RLPruneError
+from rlprune.pruning.attention import Heads, find_heads
+
+log = logging.getLogger("rlprune.pruning")
 
 # Leaf modules with parameters that need no channel handling of their own (they follow their input's channels).
 _PARAM_FREE_OK = (nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
@@ -28,7 +33,8 @@ class Unit:
 
     :param index: position in forward order.
     :param name: qualified name of the root module (the group's key in a plan).
-    :param kind: ``conv``, ``depthwise`` or ``linear``.
+    :param kind: ``conv``, ``depthwise``, ``linear``, ``heads`` (whole attention heads) or ``mlp`` (hidden neurons of a
+        token-wise Linear pair, as in a transformer block).
     :param channels: prunable channels of the group.
     :param in_channels: input channels of the root module.
     :param kernel: kernel size of the root (1 for linear).
@@ -38,6 +44,10 @@ class Unit:
     :param macs: MACs of the conv/linear layers whose outputs this unit prunes.
     :param coupled: number of modules whose weights change when this unit is pruned.
     :param members: names of the conv/linear layers whose output channels belong to this unit.
+    :param groups: the unit keeps a multiple of this many channels, the same positions in each of its ``groups``
+        equal slices (its channels feed or leave grouped convolutions; 1 for everything else, depthwise included).
+    :param head_dim: for ``kind == "heads"`` (an attention's q/k/v outputs), the channels per head: ``channels``
+        then counts heads, the unit's pruning step; 0 otherwise.
     """
 
     index: int
@@ -52,6 +62,8 @@ class Unit:
     macs: int
     coupled: int
     members: tuple[str, ...]
+    groups: int = 1
+    head_dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,8 @@ class Layer:
     """A conv or linear layer, for predicting a plan's MACs and parameters without pruning.
 
     ``out_unit`` / ``in_unit`` index the units that prune its output / input channels (``None``: never pruned).
+    When its inputs come from several units (a ``torch.cat`` of branches) or only partly from one, ``in_units``
+    lists ``(unit, input channels it provides)`` and ``in_channels`` the layer's input width; the rest is fixed.
     """
 
     name: str
@@ -68,6 +82,8 @@ class Layer:
     out_unit: int | None
     in_unit: int | None
     depthwise: bool
+    in_units: tuple[tuple[int, int], ...] = ()
+    in_channels: int = 0
 
 
 @dataclass
@@ -129,6 +145,8 @@ def _trace_shapes(model: nn.Module, example: torch.Tensor) -> tuple[dict[nn.Modu
     def hook(mod: nn.Module, _inp: object, out: object) -> None:
         if mod not in order:
             order[mod] = len(order)
+            if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+                out = out[0]  # e.g. nn.MultiheadAttention returns (output, weights)
             if isinstance(out, torch.Tensor):
                 shapes[mod] = tuple(out.shape)
 
@@ -147,31 +165,44 @@ def layer_macs(module: nn.Module, out_shape: tuple) -> int:
     """Multiply-accumulates of one conv or linear call (batch 1), bias excluded, as FlopCounterMode counts them."""
     if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
         spatial = 1
-        for s in out_shape[2:]:
+        for s in out_shape[:1] + out_shape[2:]:  # the leading dim: 1 (batch), or patches folded into the batch
             spatial *= s
         k = 1
         for s in module.kernel_size:
             k *= s
         return spatial * module.out_channels * (module.in_channels // module.groups) * k
+    if isinstance(module, nn.MultiheadAttention):
+        tokens = int(out_shape[1] if module.batch_first else out_shape[0]) if len(out_shape) == 3 else 1
+        e, kd, vd = module.embed_dim, module.kdim, module.vdim
+        # q/k/v and output projections, then q·kᵀ and attn·v
+        return tokens * e * (e + kd + vd) + tokens * e * e + 2 * tokens * tokens * e
     if isinstance(module, nn.Linear):
         rows = 1
-        for s in out_shape[1:-1]:
+        for s in out_shape[:-1]:  # batch 1 (or patches folded into the batch, as MobileViT does) x tokens
             rows *= s
         return rows * module.in_features * module.out_features
     return 0
 
 
 def check_supported(model: nn.Module, graph: tp.DependencyGraph) -> None:
-    """Refuse models with parameterised layers torch-pruning has no handler for, naming the first one."""
+    """Refuse models with parameterised layers torch-pruning has no handler for, naming the first one, before any
+    pruning work."""
     for name, m in model.named_modules():
         own = list(m.parameters(recurse=False))
         if not own or isinstance(m, _PARAM_FREE_OK):
             continue
-        if graph.get_pruner_of_module(m) is None:
-            raise RLPruneError(f"layer '{name}' ({type(m).__name__}): unsupported operation for structural pruning")
-    if graph.unwrapped_parameters:
-        pname = graph._param_to_name.get(graph.unwrapped_parameters[0].parameters, "?")
-        raise RLPruneError(f"parameter '{pname}': not inside a supported layer; structural pruning cannot follow it")
+        custom_math = not any(True for _ in m.children()) and any(
+            sum(d > 1 for d in p.shape) > 1 for p in own
+        )  # a leaf layer with its own weight matrix (a hand-made conv/linear): its parameters are not scales
+        pruner = graph.get_pruner_of_module(m)
+        if (pruner is None or isinstance(pruner, tp.ops.ElementWisePruner)) and custom_math:
+            raise RLPruneError(
+                f"layer '{name}' ({type(m).__name__}): torch-pruning has no pruner for this layer type; build the "
+                "model from supported layers (conv, linear, norms, attention) or register a torch-pruning "
+                "customized pruner for it (see docs/models.md)"
+            )
+    # Parameters outside layers (class tokens, position embeddings, layer-scale vectors) are pruned along their last
+    # non-singleton dimension with the channels they meet (torch-pruning's ``unwrapped_parameters``).
 
 
 def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
@@ -199,10 +230,11 @@ def sorted_groups(model: nn.Module, graph: tp.DependencyGraph, order: dict[nn.Mo
     return sorted(groups, key=first_call)
 
 
-def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
+def analyze(model: nn.Module, example_input: torch.Tensor, *, trial: bool = True) -> Structure:
     """Prunable units of ``model`` in forward order with their features; raises on unsupported layers.
 
     :param example_input: one input batch of the shape the model expects (batch size 1 is enough).
+    :param trial: also prune a copy by half and run it, refusing (before any work) a model whose pruning fails.
     """
     graph = build_graph(model, example_input)
     check_supported(model, graph)
@@ -214,12 +246,14 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
 
     out_unit: dict[nn.Module, int] = {}
     in_unit: dict[nn.Module, int] = {}
+    in_segments: dict[nn.Module, dict[int, set[int]]] = {}
+    attention_layers: list[tuple[Heads, int]] = []
     units: list[Unit] = []
     for idx, group in enumerate(groups):
         root = group[0].dep.target.module
         touched = {dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.Module)}
         owned = []
-        for dep, _ in group:
+        for dep, idxs in group:
             m = dep.target.module
             if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
                 continue
@@ -228,15 +262,28 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
                 owned.append(m)
             elif graph.is_in_channel_pruning_fn(dep.handler):
                 in_unit[m] = idx
+                in_segments.setdefault(m, {}).setdefault(idx, set()).update(int(i) for i in idxs)
         owned.sort(key=lambda m: order.get(m, 1 << 30))
         first = owned[0] if owned else root
         members = owned or [root]
+        heads = find_heads(model, names, owned, shapes)
         # A unit is as "depthwise", as wide-kerneled and as strided as its most so member: in MobileNetV2 the group
         # is rooted at the 1x1 expansion but also owns the 3x3 (possibly stride-2) depthwise conv after it.
         depthwise = any(
             isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels == m.in_channels for m in members
         )
         kind = "linear" if isinstance(first, nn.Linear) else ("depthwise" if depthwise else "conv")
+        if heads is not None:
+            kind = "heads"
+        elif kind == "linear" and len(shapes.get(first, ())) >= 3:
+            kind = "mlp"  # a Linear applied per token: a transformer block's hidden neurons
+        slices = unit_groups(group)
+        channels = int(graph.get_out_channels(root))
+        if channels % slices:
+            raise RLPruneError(
+                f"layer '{names[root]}': {channels} channels feed grouped convolutions with {slices} groups in all; "
+                "channels must divide evenly (ignore the layer with prune.ignore)"
+            )
         kernel = max((int(m.kernel_size[0]) for m in members if hasattr(m, "kernel_size")), default=1)
         stride = max((int(m.stride[0]) for m in members if hasattr(m, "stride")), default=1)
         fmaps = [int(shapes[m][-1]) for m in members if len(shapes.get(m, ())) >= 3]
@@ -251,25 +298,43 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
                 index=idx,
                 name=names[root],
                 kind=kind,
-                channels=int(graph.get_out_channels(root)),
+                channels=heads.heads if heads is not None else channels,
                 in_channels=int(getattr(first, "in_channels", getattr(first, "in_features", 0))),
                 kernel=kernel,
                 stride=stride,
                 fmap=min(fmaps, default=1),
                 params=int(owned_params),
-                macs=sum(layer_macs(m, shapes.get(m, ())) for m in owned),
+                macs=sum(layer_macs(m, shapes.get(m, ())) for m in owned) + (heads.matmul_macs() if heads else 0),
                 coupled=len(touched),
                 members=tuple(names[m] for m in owned),
+                groups=slices,
+                head_dim=heads.head_dim if heads is not None else 0,
             )
         )
+        if heads is not None:
+            attention_layers.append((heads, idx))
 
+    mha_unit = {
+        dep.target.module: i
+        for i, g in enumerate(groups)
+        for dep, _ in g
+        if isinstance(dep.target.module, nn.MultiheadAttention)
+    }
     layers = []
     for m in sorted(
-        (m for m in shapes if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)), key=lambda m: order[m]
+        (m for m in shapes if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear | nn.MultiheadAttention)),
+        key=lambda m: order[m],
     ):
+        if isinstance(m, nn.MultiheadAttention):
+            layers.extend(_mha_layers(m, names[m], shapes[m], mha_unit.get(m)))
+            continue
         depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels
         o = out_unit.get(m)
         bias = m.bias.numel() if m.bias is not None else 0
+        width = int(getattr(m, "in_channels", getattr(m, "in_features", 0)))
+        segments = tuple(sorted((u, len(ix)) for u, ix in in_segments.get(m, {}).items()))
+        if depthwise or (len(segments) == 1 and segments[0][1] == width):
+            segments = ()  # one unit provides all inputs: ``in_unit`` says it all
         layers.append(
             Layer(
                 name=names[m],
@@ -279,8 +344,13 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
                 out_unit=o,
                 in_unit=None if depthwise else in_unit.get(m),
                 depthwise=depthwise,
+                in_units=segments,
+                in_channels=width if segments else 0,
             )
         )
+    # q·kᵀ and attn·v of each attention: they scale with the heads kept.
+    for heads, idx in attention_layers:
+        layers.append(Layer(f"{heads.module}:q@k,attn@v", heads.matmul_macs(), 0, 0, idx, None, False))
     # Normalization layers' affine parameters follow the unit that prunes their channels (as a bias does).
     bn_unit = {dep.target.module: i for i, g in enumerate(groups) for dep, _ in g}
     for m in model.modules():
@@ -296,8 +366,17 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
                     depthwise=False,
                 )
             )
+        elif isinstance(m, nn.LayerNorm | nn.GroupNorm | nn.Embedding) and m in bn_unit:
+            own = sum(p.numel() for p in m.parameters(recurse=False))
+            if own:
+                layers.append(Layer(names[m], 0, 0, own, bn_unit[m], None, False))
+    # Parameters outside layers (class token, position embeddings, layer scale) shrink along their pruned dimension.
+    for unwrapped in graph.unwrapped_parameters:
+        param = unwrapped.parameters
+        if param in bn_unit:
+            layers.append(Layer(graph._param_to_name.get(param, "?"), 0, 0, param.numel(), bn_unit[param], None, False))
     total_params = sum(p.numel() for p in model.parameters())
-    return Structure(
+    structure = Structure(
         units=units,
         layers=layers,
         total_macs=sum(la.macs for la in layers),
@@ -305,6 +384,68 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
         fingerprint=architecture_fingerprint(model),
         input_shape=tuple(example_input.shape[1:]),
     )
+    if trial:
+        _trial_prune(model, example_input, structure)
+    return structure
+
+
+def _trial_prune(model: nn.Module, example: torch.Tensor, structure: Structure) -> None:
+    """Prune every unit by half and run the result once, so a block the graph misreads is refused now, in one
+    line, rather than as a traceback in the middle of a search; a cost prediction that misses the pruned model's
+    measured MACs by more than 1% is logged."""
+    from rlprune.cost.macs import count_macs, predict_costs
+    from rlprune.pruning.plan import Plan
+    from rlprune.pruning.prune import prune
+
+    plan = Plan.from_ratios(structure, [0.5] * len(structure.units))
+    try:
+        pruned, done = prune(model, plan, example)
+        with torch.no_grad():
+            pruned.eval()(example)
+    except RLPruneError:
+        raise
+    except Exception as exc:  # whatever the misread block raises
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise RLPruneError(
+            f"model: pruned by half, it fails ({type(exc).__name__}: {text}); it has a block rlprune cannot prune "
+            "yet (docs/models.md lists the supported ones and how to help)"
+        ) from None
+    predicted = predict_costs(structure, done.channels)[0]
+    measured = count_macs(pruned, structure.input_shape, dtype=example.dtype)
+    if abs(predicted - measured) > 0.01 * max(1, measured):
+        log.warning("cost model predicts %d MACs for a half-pruned model that measures %d", predicted, measured)
+
+
+def _mha_layers(m: nn.MultiheadAttention, name: str, shape: tuple, unit: int | None) -> list[Layer]:
+    """An ``nn.MultiheadAttention`` as two layers: its projections (input and output are both the embedding, one
+    unit, so they scale with its kept fraction squared) and q·kᵀ / attn·v (linear in the kept head dimensions)."""
+    tokens = int(shape[1] if m.batch_first else shape[0]) if len(shape) == 3 else 1
+    matmul = 2 * tokens * tokens * m.embed_dim
+    weights = [p for p in (m.in_proj_weight, m.q_proj_weight, m.k_proj_weight, m.v_proj_weight) if p is not None]
+    weight = sum(p.numel() for p in weights) + m.out_proj.weight.numel()
+    bias = sum(p.numel() for p in m.parameters()) - weight
+    return [
+        Layer(name, layer_macs(m, shape) - matmul, weight, bias, unit, unit, False),
+        Layer(f"{name}:q@k,attn@v", matmul, 0, 0, unit, None, False),
+    ]
+
+
+def is_grouped_conv(m: nn.Module) -> bool:
+    """A convolution with ``groups`` > 1 that is not depthwise (depthwise convs prune their groups with them)."""
+    return isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) and m.groups > 1 and m.groups != m.out_channels
+
+
+def unit_groups(group: object) -> int:
+    """How many equal slices a unit's channels are cut into by the grouped convolutions it touches (lcm of their
+    ``groups``): a pruned unit keeps the same positions in every slice, so every grouped conv stays valid."""
+    g = 1
+    for dep, _ in group:
+        m = dep.target.module
+        if is_grouped_conv(m):
+            g = math.lcm(g, int(m.groups))
+        elif isinstance(m, nn.MultiheadAttention):
+            g = math.lcm(g, int(m.num_heads))  # its embedding is pruned as head dimensions, equal in every head
+    return g
 
 
 def _handler_of(group: object, module: nn.Module) -> object:
