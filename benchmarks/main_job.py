@@ -8,7 +8,8 @@ peak resident memory of that process tree from ``getrusage(RUSAGE_CHILDREN)`` an
 
 Writes benchmarks/results/main_job.{json,md} and the run's figures beside them (copied out of the run directory
 before it is removed): main_job_plan.png (the fine-tuned plan's profile), main_job_search.png (the search scatter)
-and main_job_finetune.png (the fine-tune curves); the Markdown embeds them.
+and main_job_finetune.png (the fine-tune curves); the Markdown embeds them. ``--redraw`` draws the fine-tune curves
+again from main_job.json (the report in it holds their history) without running the job.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ def main() -> None:
     ap.add_argument("--config", default="experiments/quickstart.yaml")
     ap.add_argument("--limit-minutes", type=float, default=10.0, help="the budget the README promises")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--redraw", action="store_true", help="only redraw the fine-tune curves from the results JSON")
     args = ap.parse_args()
+    if args.redraw:
+        print(redraw_finetune(Path(args.out)))
+        return
     with tempfile.TemporaryDirectory(prefix="rlprune-main-job-") as tmp:
         command = ["rlprune", "run", args.config, "--set", f"output_dir={tmp}", "--quiet"]
         started = time.perf_counter()
@@ -109,6 +114,20 @@ def keep_figures(pruned_dir: Path, out: Path) -> dict[str, str]:
             shutil.copyfile(src, dst)
             kept[caption] = dst.name
     return kept
+
+
+def redraw_finetune(out: Path) -> Path:
+    """``<out>_finetune.png`` from the report kept in ``<out>.json`` (the same figure the run's report drew)."""
+    from rlprune import figures
+
+    report = json.loads(out.with_suffix(".json").read_text())["report"]
+    fig = figures.finetune_figure(
+        report["finetune"]["history"],
+        dense_accuracy=report["dense"]["val"],
+        before_accuracy=report["pruned"]["before_finetune"]["val"],
+        title=f"{report['model']}: fine-tune of the pruned model",
+    )
+    return figures.save(fig, out.with_name(f"{out.name}_finetune.png"))
 
 
 if __name__ == "__main__":

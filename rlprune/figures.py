@@ -417,14 +417,16 @@ def finetune_figure(
         if x:
             axl.plot(x, y, style, label=lab, markersize=4)
     last = max((float(r["epoch"]) for r in history), default=1.0)
-    axl.set_ylim(bottom=0.0)  # losses are non-negative; from 0 a single epoch is not blown up to fill the axis
+    losses = [float(r[k]) for r in history for k in ("train_loss", "val_loss") if r.get(k) is not None]
+    if losses and all(math.isfinite(v) for v in losses):  # from 0, with headroom: one epoch does not fill the axis
+        axl.set_ylim(0.0, 1.15 * max(losses) or 1.0)
     for a, ylabel in ((ax, "accuracy (%)"), (axl, "loss")):
         a.set_xlabel("epoch")
         a.set_ylabel(ylabel)
         a.set_xlim(-0.2 if before_accuracy is not None else 0.8, last + 0.2)
         a.xaxis.get_major_locator().set_params(integer=True)
         a.grid(alpha=0.3)
-        a.legend(fontsize=8, loc="best")
+        _legend_below(a, ncol=2)
     fig.suptitle(title, fontsize=11)
     return fig
 
