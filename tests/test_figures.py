@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from rlprune.search import run_search
 from synthetic import PreferenceScorer
 
 from rlprune import figures
@@ -21,6 +20,7 @@ from rlprune.config import SearchConfig
 from rlprune.models import build_model
 from rlprune.pruning import Plan, Structure, analyze
 from rlprune.pruning.structure import Layer, Unit
+from rlprune.searching import run_search
 
 RESNET20 = analyze(build_model("resnet20").eval(), torch.zeros(1, 3, 32, 32))
 

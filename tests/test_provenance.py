@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-import rlprune.search
 import torch
 from synthetic import PreferenceScorer
 
 import rlprune.apply
 import rlprune.results
+import rlprune.searching
 from rlprune.apply import finetune_plan, load_dense
 from rlprune.checkpoint import save_checkpoint
 from rlprune.config import SearchConfig
@@ -110,26 +110,26 @@ def test_complete_search_reuses_only_the_same_request(
 ) -> None:
     _, _, structure = load_dense(str(dense_checkpoint))
     calls: list[int] = []
-    real = rlprune.search.run_search
+    real = rlprune.searching.run_search
 
     def run_search(cfg: SearchConfig, **kwargs: object) -> dict:
         calls.append(cfg.agent.episodes)
         return real(cfg, scorer=PreferenceScorer(structure, {0, 3}), **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(rlprune.search, "run_search", run_search)
+    monkeypatch.setattr(rlprune.searching, "run_search", run_search)
     run = tmp_path / "runs" / "s"
 
     def complete(episodes: int, searcher: str = "random", **proxy: object) -> dict:
         cfg = _search_cfg(tmp_path, dense_checkpoint, episodes, **proxy)
-        return rlprune.search.complete_search(cfg, searcher=searcher, progress=False)
+        return rlprune.searching.complete_search(cfg, searcher=searcher, progress=False)
 
-    first = rlprune.search.complete_search(
+    first = rlprune.searching.complete_search(
         _search_cfg(tmp_path, dense_checkpoint, 3), searcher="random", progress=False
     )
     assert calls == [3] and first["episodes"] == 3
     assert json.loads((run / "summary.json").read_text())["provenance"] == first["provenance"]
     # the same request: the summary comes back, nothing runs
-    again = rlprune.search.complete_search(
+    again = rlprune.searching.complete_search(
         _search_cfg(tmp_path, dense_checkpoint, 3), searcher="random", progress=False
     )
     assert again == first and calls == [3]

@@ -17,7 +17,7 @@ from rlprune.pruning.structure import Structure
 from rlprune.safeio import MAX_LINE_BYTES, json_safe, parse_json, writing
 from rlprune.schemas import EpisodeRecord, validated
 
-log = logging.getLogger("rlprune.search")
+log = logging.getLogger("rlprune.searching")
 PROFILE_EVERY = 10  # episodes between two TensorBoard drawings of the best plan (a drawing takes ~0.5 s)
 SCATTER_EVERY = 25  # episodes between two TensorBoard drawings of the search scatter
 
