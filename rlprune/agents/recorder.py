@@ -117,6 +117,8 @@ class SearchRecorder:
             "cached": info["cached"],
             "plan": info["plan"],
         }
+        if len(info.get("metrics") or {}) > 1:  # a metric that returned several numbers (e.g. F1 and accuracy)
+            rec["metrics"] = dict(info["metrics"])
         line = json.dumps(json_safe(rec), allow_nan=False) + "\n"
         with writing(self.path), self.path.open("a") as f:
             f.write(line)
