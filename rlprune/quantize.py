@@ -230,6 +230,7 @@ def int8_report(
     info = quantize_int8(model, shape, directory / "model.int8.onnx", batches, max_batches=calibration_batches)
     out: dict[str, Any] = {"files": {"fp32": info["fp32_onnx"], "int8": info["int8_onnx"]}}
     out["bytes"] = {"fp32": info["fp32_bytes"], "int8": info["int8_bytes"]}
+    out["agreement"] = {k: info[k] for k in ("top1_agreement", "max_rel_logit_diff")}
     for precision in ("fp32", "int8"):
         session = OnnxModel(info[f"{precision}_onnx"], threads=threads)
         scores: dict[str, Any] = {}
