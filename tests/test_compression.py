@@ -88,6 +88,12 @@ def test_split_metrics_agree_with_evaluate_and_chart(image_folder: Path, tmp_pat
     assert flat["worst_class_drop"] == 0.0 and "class_accuracy/circle" in flat
     png = class_chart({"dense": rep, "same": rep}, tmp_path / "c.png", title="t")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from rlprune.evaluation.classes import classes_section
+
+    models = {"dense": model, "again": model}
+    block, md = classes_section(models, splits.test, splits.mean, splits.std, tmp_path / "s.png")
+    assert block["again"]["worst_class_drop"] == 0.0 and block["dense"]["macro_f1"] == pytest.approx(rep["macro_f1"])
+    assert md.count("\n| ") == 2 and (tmp_path / "s.png").is_file()
 
 
 def test_worst_class_reward_penalises_only_beyond_the_limit(image_folder: Path) -> None:

@@ -267,3 +267,42 @@ def class_chart(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path), format="png")
     return path
+
+
+def classes_section(
+    models: dict[str, Predictor],
+    dataset: ArrayDataset,
+    mean: Sequence[float],
+    std: Sequence[float],
+    chart: str | Path | None = None,
+    **kwargs: Any,
+) -> tuple[dict[str, Any], str]:
+    """The per-class block of a report: for each named model (the first is the reference, e.g. ``dense``) its
+    macro-F1, worst class and per-class numbers, the others' worst-class drop against the first, a Markdown table,
+    and optionally the bar chart. Returns ``(json_block, markdown)``.
+    """
+    if not models:
+        raise RLPruneError("per-class section: no models")
+    reports = {name: evaluate_classes(m, dataset, mean, std, **kwargs) for name, m in models.items()}
+    ref_name = next(iter(reports))
+    block: dict[str, Any] = {}
+    rows = []
+    for name, rep in reports.items():
+        entry = {k: rep[k] for k in ("accuracy", "macro_f1", "worst_class", "worst_class_accuracy", "per_class")}
+        entry.update(worst_class_drop(rep, reports[ref_name]))
+        block[name] = entry
+        rows.append(
+            f"| {name} | {rep['accuracy']:.2f} | {rep['macro_f1']:.2f} | {rep['worst_class']} "
+            f"{rep['worst_class_accuracy']:.1f} | {entry['worst_class_drop']:.1f} ({entry['worst_drop_class']}) |"
+        )
+    md = "\n".join(
+        [
+            f"| model | top-1 | macro-F1 | worst class | largest class drop vs {ref_name} |",
+            "|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    if chart is not None:
+        block["chart"] = str(class_chart(reports, chart))
+        md += f"\n\n![per-class accuracy]({Path(chart).name})"
+    return block, md
