@@ -48,6 +48,14 @@ _EXPORTS = {
     "finetune": "rlprune.training.loop",
     "export_onnx": "rlprune.export",
     "report": "rlprune.reporting",
+    # compression beyond channels: per-class metrics, int8, sparsity
+    "class_report": "rlprune.evaluation.classes",
+    "evaluate_classes": "rlprune.evaluation.classes",
+    "quantize_int8": "rlprune.quantize",
+    "OnnxModel": "rlprune.quantize",
+    "sparsify": "rlprune.pruning.sparsity",
+    "save_sparse": "rlprune.pruning.sparsity",
+    "load_sparse": "rlprune.pruning.sparsity",
     # checkpoints and data
     "load_checkpoint": "rlprune.checkpoint",
     "save_checkpoint": "rlprune.checkpoint",
@@ -60,6 +68,7 @@ __all__ = [
     "Budget",
     "LayerPruningEnv",
     "MetricScorer",
+    "OnnxModel",
     "Plan",
     "Policy",
     "ProxyEvaluator",
@@ -72,15 +81,21 @@ __all__ = [
     "analyze",
     "apply_policy",
     "build_model",
+    "class_report",
+    "evaluate_classes",
     "export_onnx",
     "finetune",
     "load_checkpoint",
     "load_result",
+    "load_sparse",
     "load_splits",
     "prune",
+    "quantize_int8",
     "report",
     "save_checkpoint",
+    "save_sparse",
     "search",
+    "sparsify",
     "uniform_plan",
 ]
 
@@ -105,6 +120,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from rlprune.data import load_splits
     from rlprune.envs.layer_pruning import LayerPruningEnv
     from rlprune.errors import RLPruneError
+    from rlprune.evaluation.classes import class_report, evaluate_classes
     from rlprune.evaluation.proxy import ProxyEvaluator
     from rlprune.evaluation.scorer import MetricScorer, Score, Scorer
     from rlprune.export import export_onnx
@@ -112,7 +128,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from rlprune.pruning.budget import Budget, uniform_plan
     from rlprune.pruning.plan import Plan
     from rlprune.pruning.prune import prune
+    from rlprune.pruning.sparsity import load_sparse, save_sparse, sparsify
     from rlprune.pruning.structure import Structure, Unit, analyze
+    from rlprune.quantize import OnnxModel, quantize_int8
     from rlprune.reporting import report
     from rlprune.searching import SearchResult, load_result, search
     from rlprune.training.loop import finetune

@@ -196,7 +196,11 @@ class LayerPruningEnv(gym.Env):
         macs_ratio = macs / self.structure.total_macs
         latency_ratio = self.budget.latency_ratio(plan.channels)
         outcome = Outcome(
-            accuracy=float(result.accuracy), macs_ratio=macs_ratio, latency_ratio=latency_ratio, macs=macs
+            accuracy=float(result.accuracy),
+            macs_ratio=macs_ratio,
+            latency_ratio=latency_ratio,
+            macs=macs,
+            metrics=dict(result.metrics),
         )
         reward = float(self.reward_fn(outcome))
         info = {

@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from rlprune.errors import RLPruneError
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one finished episode produced: validation accuracy (percent) and pruned/dense cost ratios."""
+    """What one finished episode produced: validation accuracy (percent), pruned/dense cost ratios and every number
+    the scorer's metric returned (``Score.metrics``, e.g. ``worst_class_drop``)."""
 
     accuracy: float
     macs_ratio: float
     latency_ratio: float
     macs: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 class Reward(ABC):
@@ -58,7 +61,35 @@ class LatencyReward(Reward):
         return outcome.accuracy / 100.0 - self.weight * outcome.latency_ratio
 
 
-REWARDS: dict[str, type[Reward]] = {r.name: r for r in (AccuracyReward, AMCLogFlopsReward, LatencyReward)}
+class WorstClassReward(Reward):
+    """Accuracy, minus ``weight`` per point that the worst class drops beyond ``max_drop`` points (3 by default)
+    against the dense model; a large weight (e.g. 100) amounts to refusing such plans.
+
+    The drop comes from the scorer's metrics (``worst_class_drop``): ``ProxyEvaluator(per_class=True)`` or a
+    :class:`~rlprune.evaluation.scorer.MetricScorer` with :func:`rlprune.evaluation.classes.class_metric`.
+    """
+
+    name = "accuracy_worst_class"
+
+    def __init__(self, weight: float = 1.0, max_drop: float = 3.0) -> None:
+        super().__init__(weight)
+        if not (math.isfinite(max_drop) and max_drop >= 0):
+            raise RLPruneError(f"reward max_drop: expected a finite number >= 0, got {max_drop}")
+        self.max_drop = max_drop
+
+    def __call__(self, outcome: Outcome) -> float:
+        drop = outcome.metrics.get("worst_class_drop")
+        if drop is None:
+            raise RLPruneError(
+                "reward 'accuracy_worst_class': the scorer reports no 'worst_class_drop' "
+                "(use ProxyEvaluator(per_class=True) or rlprune.evaluation.classes.class_metric)"
+            )
+        return outcome.accuracy / 100.0 - self.weight * max(0.0, float(drop) - self.max_drop) / 100.0
+
+
+REWARDS: dict[str, type[Reward]] = {
+    r.name: r for r in (AccuracyReward, AMCLogFlopsReward, LatencyReward, WorstClassReward)
+}
 
 
 def get_reward(name: str, weight: float = 1.0) -> Reward:

@@ -47,6 +47,8 @@ class ProxyEvaluator(MetricScorer):
     :param amp: ``auto`` computes in bf16 autocast + channels-last where the hardware has native bf16 (about 2.5x
         faster on CPU; rankings, not absolute accuracies, are what the search needs), ``off`` in float32.
     :param seed: seeds the recalibration/fine-tune batches and the validation subset.
+    :param per_class: also score macro-F1, the worst class's accuracy and its drop against the dense model
+        (``worst_class_drop``, read by the ``accuracy_worst_class`` reward); same forward pass, plus one dense one.
     """
 
     def __init__(
@@ -65,8 +67,11 @@ class ProxyEvaluator(MetricScorer):
         seed: int = 0,
         device: torch.device | str = "cpu",
         cache: bool = True,
+        per_class: bool = False,
     ) -> None:
         self.splits = splits
+        self.per_class = per_class
+        self._dense_classes: dict | None = None
         self.seed = seed
         self.eval_batch_size = eval_batch_size
         self.recal_batch_size = recal_batch_size
@@ -133,6 +138,8 @@ class ProxyEvaluator(MetricScorer):
             model.to(memory_format=torch.channels_last)
 
     def _accuracy(self, model: nn.Module) -> dict[str, float]:
+        if self.per_class:
+            return self._class_metrics(model)
         metrics = evaluate(
             model,
             self.val,
@@ -144,6 +151,22 @@ class ProxyEvaluator(MetricScorer):
             channels_last=self.channels_last,
         )
         return {"accuracy": metrics["accuracy"], "loss": metrics["loss"]}
+
+    def _class_metrics(self, model: nn.Module) -> dict[str, float]:
+        from rlprune.evaluation.classes import evaluate_classes, flat_metrics, worst_class_drop
+
+        kwargs = {
+            "batch_size": self.eval_batch_size,
+            "device": self.device,
+            "amp_dtype": self.amp_dtype,
+            "channels_last": self.channels_last,
+        }
+        s = self.splits
+        if self._dense_classes is None:
+            self._dense_classes = evaluate_classes(self.model, self.val, s.mean, s.std, **kwargs)
+        report = evaluate_classes(model, self.val, s.mean, s.std, **kwargs)
+        report.update(worst_class_drop(report, self._dense_classes))
+        return {k: v for k, v in flat_metrics(report).items() if "/" not in k}  # scalars only in episode records
 
     def measure(self, model: nn.Module) -> tuple[float, dict[str, float]]:
         metrics = self._accuracy(model)  # the loss of a collapsed candidate may be huge; only accuracy must be finite
