@@ -31,6 +31,7 @@ from rlprune.envs.episode import rollout
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
+from rlprune.evaluation.classes import classes_section
 from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.evaluation.scorer import Scorer
 from rlprune.export import export_onnx
@@ -38,6 +39,7 @@ from rlprune.pruning import Plan, Structure, analyze, prune
 from rlprune.pruning.budget import Budget
 from rlprune.pruning.budget import macs_ratio as plan_macs_ratio
 from rlprune.pruning.importance import calibration_batches
+from rlprune.quantize import int8_report
 from rlprune.results import environment, is_current, md_table, provenance, tensors_sha256
 from rlprune.safeio import json_safe, locked
 from rlprune.seeding import resolve_device
@@ -193,6 +195,7 @@ def finetune_plan(
     device: str = "cpu",
     swa_epochs: int = 0,
     swa_lr: float | None = None,
+    quantize: str | None = None,
     steps_per_epoch: int | None = None,
 ) -> dict[str, Any]:
     """Prune ``dense`` with ``plan``, fine-tune, evaluate, export and report into ``out_dir``; returns the report.
@@ -231,6 +234,7 @@ def finetune_plan(
         **recipe.model_dump(mode="json"),
         **{"distill": distill, "batch_size": batch_size, "recal_batches": recal_batches, "seed": seed},
         **{"latency_batches": list(latency_batches), "device": str(device)},
+        **({"quantize": quantize} if quantize else {}),
     }
     stale = False
     if reuse and (out_dir / "report.json").is_file():
@@ -289,9 +293,11 @@ def finetune_plan(
             source=source or {},
             device=resolve_device(device),
             swa=swa,
+            quantize=quantize,
         )
         report["provenance"] = provenance(produced_by)
-        atomic_write_text(work / "report.json", json.dumps(report, indent=1, default=float) + "\n")
+        text = json.dumps(json_safe(report), indent=1, default=float, allow_nan=False)
+        atomic_write_text(work / "report.json", text + "\n")
         # complete: drop what only served resuming (the TensorBoard logs stay)
         for name in ("finetune/last.safetensors", "finetune/last.json", "finetune/state.pt", "request.json"):
             (work / name).unlink(missing_ok=True)
@@ -332,6 +338,7 @@ def _run(
     source: dict[str, Any],
     device: torch.device,
     swa: dict[str, float] | None = None,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     mean, std = meta.get("mean", splits.mean), meta.get("std", splits.std)
     shape = tuple(example_input(meta).shape[1:])
@@ -412,11 +419,33 @@ def _run(
         "environment": environment(),
     }
     report["pruned"]["macs_ratio"] = report["pruned"]["macs"] / report["dense"]["macs"]
+    # per-class numbers on the test split (reported, never used to choose): does any class pay for the cut?
+    report["classes"], classes_md = classes_section(
+        {"dense": dense, "pruned": pruned}, splits.test, mean, std, chart=work / "classes.png"
+    )
+    if quantize == "int8" and "error" not in onnx:
+        report["int8"] = int8_report(pruned, splits, work, mean=mean, std=std, seed=seed)
     report["figures"] = figures.write_report_figures(work, report, plan, structure, work / "finetune" / "tb")
     text = json.dumps(json_safe(report), indent=1, default=float, allow_nan=False)  # no bare NaN in JSON
     atomic_write_text(work / "report.json", text + "\n")
-    atomic_write_text(work / "report.md", _markdown(report))
+    atomic_write_text(work / "report.md", _markdown(report) + "\n" + classes_md + _int8_markdown(report.get("int8")))
     return report
+
+
+def _int8_markdown(block: dict[str, Any] | None) -> str:
+    """The int8 section of report.md: the pruned model in ONNX Runtime, fp32 against static int8."""
+    if not block:
+        return ""
+    fp, q = block["fp32"], block["int8"]
+    rows = [["file size (bytes)", f"{block['bytes']['fp32']:,}", f"{block['bytes']['int8']:,}"]]
+    for split in ("val", "test"):
+        if split in fp and split in q:
+            rows.append([f"{split} accuracy (%)", f"{fp[split]['accuracy']:.2f}", f"{q[split]['accuracy']:.2f}"])
+            rows.append([f"{split} macro-F1", f"{fp[split]['macro_f1']:.4f}", f"{q[split]['macro_f1']:.4f}"])
+    for bs, ms in fp["latency_ms_ort"].items():
+        rows.append([f"ONNX Runtime latency, batch {bs} (ms)", f"{ms:.2f}", f"{q['latency_ms_ort'][bs]:.2f}"])
+    table = md_table(["", "fp32", "int8"], rows)
+    return f"\n## int8 (ONNX Runtime static quantization, pruned model)\n\n{table}\n"
 
 
 def _str_keys(latency: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:

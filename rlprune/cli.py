@@ -153,6 +153,7 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
         lr=args.lr,
         swa_epochs=args.swa_epochs,
         swa_lr=args.swa_lr,
+        quantize=args.quantize,
         distill=not args.no_distill,
         seed=args.seed,
         batch_size=args.batch_size,
@@ -237,6 +238,12 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_int_at_least(1), default=None)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (CUDA when present)")
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="also quantize the pruned model to int8 (ONNX Runtime static, train-split calibration) and report it",
+    )
     p.add_argument("--trust-model-code", action="store_true", help=TRUST_HELP)
     p.add_argument("--quiet", action="store_true")
 

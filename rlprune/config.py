@@ -318,6 +318,7 @@ class FinetuneConfig(Strict):
     swa_epochs: int = Field(0, ge=0)
     swa_lr: float | None = Field(None, gt=0)
     steps_per_epoch: int | None = Field(None, ge=1)  # cap per epoch (smoke runs, CI); None = the whole split
+    quantize: Literal["int8"] | None = None  # also quantize the pruned model (ONNX Runtime static int8) and report it
 
     @model_validator(mode="after")
     def _swa_fits(self) -> FinetuneConfig:

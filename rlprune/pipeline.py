@@ -48,6 +48,8 @@ def run_job(
         batch_size=f.batch_size,
         swa_epochs=f.swa_epochs,
         swa_lr=f.swa_lr,
+        quantize=f.quantize,
+        steps_per_epoch=f.steps_per_epoch,
         seed=cfg.seed,
         progress=progress,
         source={"search": str(run_dir), "checkpoint": cfg.checkpoint},
