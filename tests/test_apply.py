@@ -157,6 +157,8 @@ def test_finetune_a_saved_plan(trained: dict[str, Path], capsys: pytest.CaptureF
                 "2",
                 "--swa-epochs",
                 "1",
+                "--quantize",
+                "int8",
             ]
         )
         == 0
@@ -164,9 +166,18 @@ def test_finetune_a_saved_plan(trained: dict[str, Path], capsys: pytest.CaptureF
     report_md = (out / "report.md").read_text()
     assert report_md.startswith("# Pruning report — resnet20")
     assert "the last 1 averaged (SWA, lr 0.01)" in report_md
-    finetune = json.loads((out / "report.json").read_text())["finetune"]
+    report = json.loads((out / "report.json").read_text())
+    finetune = report["finetune"]
     assert finetune["swa"] == {"epochs": 1, "lr": 0.01}
     assert finetune["history"][-1]["swa_models"] == 1 and "sgd_val_accuracy" in finetune["history"][-1]
+    # per-class numbers of both models on the test split, the chart beside the report
+    classes = report["classes"]
+    assert set(classes) >= {"dense", "pruned"} and (out / "classes.png").stat().st_size > 1000
+    assert len(classes["pruned"]["per_class"]) == 3 and "worst_class_drop" in classes["pruned"]
+    # int8: a smaller ONNX file, scored on val and test, timed in ONNX Runtime
+    int8 = report["int8"]
+    assert int8["bytes"]["int8"] < int8["bytes"]["fp32"] and (out / "model.int8.onnx").is_file()
+    assert {"val", "test", "latency_ms_ort"} <= set(int8["int8"]) and "## int8" in report_md
 
 
 def test_hand_written_plan_and_a_killed_finetune_resumes(
