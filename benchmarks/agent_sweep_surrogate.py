@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _results import environment, md_table, write_results
 from stable_baselines3.common.buffers import ReplayBuffer
 
 from rlprune.agents.sb3_agents import make_agent
@@ -35,7 +36,6 @@ from rlprune.apply import example_input
 from rlprune.checkpoint import load_checkpoint
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.pruning import Plan, analyze
-from rlprune.results import environment, md_table, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "agent_sweep_surrogate"

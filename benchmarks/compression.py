@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import md_table, reproduce_command, write_results
 from safetensors.torch import save_file
 
 from rlprune.checkpoint import load_checkpoint
@@ -36,7 +37,6 @@ from rlprune.pruning import Plan, analyze, prune
 from rlprune.pruning.budget import uniform_plan
 from rlprune.pruning.sparsity import save_sparse, sparsify
 from rlprune.quantize import OnnxModel, quantize_onnx
-from rlprune.results import md_table, reproduce_command, write_results
 from rlprune.training.loop import finetune
 
 ROOT = Path(__file__).resolve().parents[1]

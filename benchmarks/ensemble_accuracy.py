@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from _results import environment, md_table, reproduce_command, write_results
+
 from rlprune.checkpoint import read_meta
 from rlprune.data import splits_from_meta
 from rlprune.evaluation import evaluate
-from rlprune.results import environment, md_table, reproduce_command, write_results
 from rlprune.training.teachers import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -74,7 +74,7 @@ def main() -> None:
             "ppo_plans_identical": a["plans"]["ppo"] == b["plans"]["ppo"],
             "ppo_episodes": len(a["plans"]["ppo"]),
         }
-        from rlprune.results import write_results
+        from _results import write_results
 
         md = "# Feature and search parity before/after a change\n\n" + "\n".join(
             f"- {k}: {v}" for k, v in result.items()

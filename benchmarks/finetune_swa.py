@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from _results import environment, md_table, reproduce_command, write_results
+
 from rlprune.apply import finetune_plan, load_dense
 from rlprune.data import splits_from_meta
 from rlprune.pruning import Plan
-from rlprune.results import environment, md_table, reproduce_command, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "finetune_swa"

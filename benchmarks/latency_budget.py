@@ -15,8 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
+from _results import environment, md_table, reproduce_command, write_results
+
 from rlprune.config import SearchConfig, load_config
-from rlprune.results import environment, md_table, reproduce_command, write_results
 from rlprune.searching import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,13 +16,13 @@ import statistics
 from pathlib import Path
 
 import torch
+from _results import environment, md_table, reproduce_command, write_results
 
 from rlprune.cost.latency import compare_latency
 from rlprune.cost.lut import build_latency_table
 from rlprune.models import build_model
 from rlprune.pruning import analyze, prune
 from rlprune.pruning.budget import macs_ratio, scale_to_budget, uniform_plan
-from rlprune.results import environment, md_table, reproduce_command, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "latency_vs_macs"

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlprune.results import environment, md_table, reproduce_command, write_results
+from _results import environment, md_table, reproduce_command, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "main_job"

@@ -27,9 +27,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _results import environment, md_table, reproduce_command, write_results  # noqa: E402
+
 from rlprune.config import PretrainConfig, load_config  # noqa: E402
 from rlprune.pretrain import load_data  # noqa: E402
-from rlprune.results import environment, md_table, reproduce_command, write_results  # noqa: E402
 
 
 def _command(config: str, out: Path, name: str, threads: int, sets: list[str], restart: bool = False) -> list[str]:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import environment, md_table, reproduce_command, write_results
 
 from rlprune.checkpoint import load_checkpoint
 from rlprune.config import TrainConfig
@@ -32,7 +33,6 @@ from rlprune.evaluation import evaluate
 from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.pruning import prune
 from rlprune.pruning.budget import macs_ratio, scale_to_budget
-from rlprune.results import environment, md_table, reproduce_command, write_results
 from rlprune.training.engine import fit
 
 ROOT = Path(__file__).resolve().parents[1]

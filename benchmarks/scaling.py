@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _results import environment, md_table, reproduce_command, write_results
+
 from rlprune.config import SearchConfig, load_config
 from rlprune.pruning import Plan, Structure
-from rlprune.results import environment, md_table, reproduce_command, write_results
 from rlprune.searching import run_search
 
 ROOT = Path(__file__).resolve().parents[1]

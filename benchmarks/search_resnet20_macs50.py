@@ -19,10 +19,12 @@ import json
 import statistics
 from pathlib import Path
 
+from _results import environment, md_table, reproduce_command, write_results
+
 from rlprune import figures
 from rlprune.checkpoint import read_meta
-from rlprune.config import SearchConfig, atomic_write_text, load_config
-from rlprune.results import environment, md_table, reproduce_command, write_results
+from rlprune.config import SearchConfig, load_config
+from rlprune.fileio import atomic_write_text
 from rlprune.searching import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from _results import md_table, reproduce_command, write_results
 from safetensors.torch import save_file
 
 from rlprune.checkpoint import load_checkpoint
@@ -25,7 +26,6 @@ from rlprune.evaluation import evaluate
 from rlprune.export import export_onnx
 from rlprune.pruning.sparsity import save_sparse, sparsify
 from rlprune.quantize import OnnxModel
-from rlprune.results import md_table, reproduce_command, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "sparsity_cpu"

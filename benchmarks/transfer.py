@@ -24,6 +24,8 @@ import argparse
 import time
 from pathlib import Path
 
+from _results import environment, md_table, reproduce_command, write_results
+
 from rlprune.agents.policy_io import Policy
 from rlprune.apply import apply_policy, default_proxy, example_input, finetune_plan, load_dense
 from rlprune.config import SearchConfig, load_config
@@ -31,7 +33,6 @@ from rlprune.data import splits_from_meta
 from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.pruning import Plan
 from rlprune.pruning.budget import uniform_plan
-from rlprune.results import environment, md_table, reproduce_command, write_results
 from rlprune.searching import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from torch import nn
 from rlprune import figures
 from rlprune.agents.policy_io import Policy, load_policy
 from rlprune.checkpoint import load_checkpoint, save_checkpoint
-from rlprune.config import ProxyConfig, TrainConfig, atomic_write_text, validate
+from rlprune.config import ProxyConfig, TrainConfig, validate
 from rlprune.cost.latency import compare_latency
 from rlprune.cost.lut import build_latency_table
 from rlprune.cost.macs import count_macs, count_params
@@ -35,12 +35,14 @@ from rlprune.evaluation.classes import classes_section
 from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.evaluation.scorer import Scorer
 from rlprune.export import export_onnx
+from rlprune.fileio import atomic_write_text
+from rlprune.provenance import environment, is_current, provenance, tensors_sha256
 from rlprune.pruning import Plan, Structure, analyze, prune
 from rlprune.pruning.budget import Budget
 from rlprune.pruning.budget import macs_ratio as plan_macs_ratio
 from rlprune.pruning.importance import calibration_batches
 from rlprune.quantize import int8_report
-from rlprune.results import environment, is_current, md_table, provenance, tensors_sha256
+from rlprune.reporting import md_table
 from rlprune.safeio import json_safe, locked
 from rlprune.seeding import resolve_device
 from rlprune.training.engine import fit

@@ -20,8 +20,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rlprune.config import atomic_write_text, make_readable, read_json
 from rlprune.errors import RLPruneError
+from rlprune.fileio import atomic_write_text, make_readable, read_json
 from rlprune.models import build_model
 from rlprune.safeio import clip, writing
 from rlprune.schemas import SidecarSchema, validated

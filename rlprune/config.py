@@ -4,8 +4,6 @@ with ``--set a.b=value`` overrides, and the resolved config written into the run
 from __future__ import annotations
 
 import difflib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -13,7 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlprune.errors import RLPruneError
-from rlprune.safeio import check_tree, parse_yaml, quote, read_json_file, read_yaml_file, writing
+from rlprune.fileio import atomic_write_text
+from rlprune.safeio import check_tree, parse_yaml, quote, read_yaml_file
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -199,36 +198,6 @@ def validate(schema: type[T], data: dict[str, Any], source: str) -> T:
         return schema.model_validate(check_tree(data, source))
     except ValidationError as exc:
         raise RLPruneError(_describe(exc, source, schema)) from exc
-
-
-def make_readable(path: str | Path) -> None:
-    """Give a temporary file (created 0600 by mkstemp) the permissions a normally created file would have."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder, then rename: readers never see half a file."""
-    with writing(path):  # a full disk is one line, and the old file stays as it was
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            make_readable(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def read_json(path: Path, what: str) -> Any:
-    """Parse a JSON file; a missing or malformed file is a one-line error naming it and what it should be.
-
-    Size, depth and finite-number limits apply (:func:`rlprune.safeio.parse_json`): ``NaN`` is not JSON.
-    """
-    return read_json_file(Path(path), what)
 
 
 def write_resolved(config: BaseModel, run_dir: Path) -> Path:

@@ -10,10 +10,11 @@ from typing import Any
 import torch
 
 from rlprune.checkpoint import checkpoint_paths, load_checkpoint, load_weights, read_meta, save_checkpoint
-from rlprune.config import DataConfig, ModelConfig, PretrainConfig, atomic_write_text, write_resolved
+from rlprune.config import DataConfig, ModelConfig, PretrainConfig, write_resolved
 from rlprune.data import DataSplits, load_splits
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
+from rlprune.fileio import atomic_write_text
 from rlprune.logs import setup_logging
 from rlprune.models import MODELS, build_model, resolve_factory
 from rlprune.models.compat import check_model_io, fill_kwargs

@@ -28,17 +28,18 @@ from rlprune.agents.recorder import SearchRecorder
 from rlprune.agents.sb3_agents import make_agent
 from rlprune.agents.searchers import get_searcher
 from rlprune.checkpoint import load_state, save_state
-from rlprune.config import SearchConfig, atomic_write_text, read_json, validate, write_resolved
+from rlprune.config import SearchConfig, validate, write_resolved
 from rlprune.cost.lut import LatencyTable, build_latency_table, measured_latency_ratio
 from rlprune.envs.calibration import calibrate_latency_budget
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import proxy_from_checkpoint
 from rlprune.evaluation.scorer import Scorer
+from rlprune.fileio import atomic_write_text, read_json
 from rlprune.logs import setup_logging
+from rlprune.provenance import is_current, provenance
 from rlprune.pruning import Plan, Structure
 from rlprune.pruning.budget import Budget
-from rlprune.results import is_current, provenance
 from rlprune.safeio import json_safe, locked, read_yaml_file
 from rlprune.seeding import seed_everything
 

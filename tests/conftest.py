@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import pytest
 from PIL import Image
 
 CLASSES = ("circle", "square", "stripes")
+# the benchmarks' result helpers (benchmarks/_results.py), tested here like the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def _draw(cls: int, rng: np.random.Generator, size: int) -> np.ndarray:

@@ -362,8 +362,8 @@ def test_disk_full_is_one_line_and_leaves_no_half_file(
     import rlprune.checkpoint as checkpoint
     import rlprune.config as config
     from rlprune.checkpoint import save_checkpoint
-    from rlprune.config import atomic_write_text
     from rlprune.errors import RLPruneError
+    from rlprune.fileio import atomic_write_text
 
     model = torch.nn.Linear(2, 2)
 

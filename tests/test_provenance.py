@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _results import write_results
 from synthetic import PreferenceScorer
 
 import rlprune.apply
-import rlprune.results
+import rlprune.provenance
 import rlprune.searching
 from rlprune.apply import finetune_plan, load_dense
 from rlprune.checkpoint import save_checkpoint
@@ -19,23 +20,22 @@ from rlprune.config import SearchConfig
 from rlprune.data import load_splits
 from rlprune.errors import RLPruneError
 from rlprune.models import build_model
-from rlprune.pruning.budget import uniform_plan
-from rlprune.results import (
+from rlprune.provenance import (
     environment,
     is_current,
     provenance,
     request_sha256,
     source_sha256,
     tensors_sha256,
-    write_results,
 )
+from rlprune.pruning.budget import uniform_plan
 
 
 def _other_code(monkeypatch: pytest.MonkeyPatch) -> None:
     """As if the rlprune source tree had been edited."""
     edited = "0" * 64
     assert source_sha256() != edited
-    monkeypatch.setattr(rlprune.results, "source_sha256", lambda: edited)
+    monkeypatch.setattr(rlprune.provenance, "source_sha256", lambda: edited)
 
 
 def test_request_hash_covers_the_request_and_the_code(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,9 @@ import argparse
 import json
 from pathlib import Path
 
-from rlprune.results import md_table, reproduce_command, write_results
+from _results import reproduce_command, write_results
+
+from rlprune.reporting import md_table
 
 
 def test_reproduce_command_spells_out_every_option(tmp_path: Path) -> None:

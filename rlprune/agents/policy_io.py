@@ -19,9 +19,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from rlprune.config import atomic_write_text, read_json
 from rlprune.envs.features import FEATURE_VERSION, FEATURES, N_FEATURES
 from rlprune.errors import RLPruneError
+from rlprune.fileio import atomic_write_text, read_json
 from rlprune.safeio import clip, writing
 from rlprune.schemas import PolicyMetaSchema, validated
 

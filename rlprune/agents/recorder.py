@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlprune.config import atomic_write_text
 from rlprune.errors import RLPruneError
+from rlprune.fileio import atomic_write_text
 from rlprune.pruning.plan import Plan
 from rlprune.pruning.structure import Structure
 from rlprune.safeio import MAX_LINE_BYTES, json_safe, parse_json, writing

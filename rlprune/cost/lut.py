@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlprune.config import atomic_write_text
 from rlprune.cost.latency import _time_once, compare_latency, num_threads
 from rlprune.errors import RLPruneError
+from rlprune.fileio import atomic_write_text
 from rlprune.pruning.plan import Plan
 from rlprune.pruning.prune import prune
 from rlprune.pruning.structure import Structure

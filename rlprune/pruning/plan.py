@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlprune.config import atomic_write_text, read_json
 from rlprune.errors import RLPruneError
+from rlprune.fileio import atomic_write_text, read_json
 from rlprune.pruning.structure import Structure
 from rlprune.schemas import HandPlanSchema, PlanSchema, validated
 

@@ -1,25 +1,24 @@
-"""Benchmark results: one JSON file (machine-readable) and one markdown file (quoted by the README), written
-atomically, with the environment they were measured in."""
+"""Where a result came from: the code version, the request that produced it, the machine it was measured on.
+
+A stored result (a fine-tune report, a search summary) records ``provenance(request)`` and is reused only when
+``is_current`` says the same request, on the same code, produced it.
+"""
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import importlib.metadata
 import json
 import os
 import platform
-import shlex
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from rlprune.config import atomic_write_text
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 UNKNOWN_COMMIT = "unknown"
@@ -106,32 +105,6 @@ def tensors_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def measured_at(data: Any, current: Mapping[str, str]) -> dict[str, list[str]]:
-    """Commit -> the places in ``data`` measured at it. A result reused from an earlier run carries its own
-    ``provenance`` (commit, date); everything else in ``data`` was measured now, at ``current["commit"]``.
-    Results reused from before provenance existed count as commit ``unknown``."""
-    found: dict[str, list[str]] = {}
-
-    def walk(node: Any, where: str) -> None:
-        if isinstance(node, Mapping):
-            recorded = node.get("provenance")
-            if isinstance(recorded, Mapping):
-                found.setdefault(str(recorded.get("commit") or UNKNOWN_COMMIT), []).append(where or "/")
-                return
-            if "environment" in node and where and isinstance(node["environment"], Mapping):  # a reused report
-                found.setdefault(UNKNOWN_COMMIT, []).append(where)
-                return
-            for key, value in node.items():
-                walk(value, f"{where}/{key}")
-        elif isinstance(node, list | tuple):
-            for i, value in enumerate(node):
-                walk(value, f"{where}/{i}")
-
-    walk({k: v for k, v in data.items() if k != "environment"}, "")
-    found.setdefault(str(current.get("commit") or UNKNOWN_COMMIT), []).insert(0, "(this run)")
-    return found
-
-
 def environment() -> dict[str, Any]:
     """Where a number was measured: versions, threads, CPU, git commit."""
     commit = git_commit()
@@ -153,57 +126,13 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_results(stem: str | Path, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``<stem>.json`` and ``<stem>.md``.
-
-    Every row is dated: results measured by this run carry ``environment`` (commit, date); results it reused
-    (fine-tune reports, search summaries) carry their own ``provenance``. ``measured_at`` in the JSON maps each
-    commit to the rows measured at it, and a file whose rows come from more than one commit says so in its Markdown.
-    """
-    stem = Path(stem)
-    env = data.get("environment") or environment()
-    commits = measured_at(data, env)
-    data = {**data, "environment": env, "measured_at": commits}
-    if len(commits) > 1:
-        listed = "; ".join(f"{c}: {', '.join(w)}" for c, w in commits.items())
-        markdown = (
-            markdown.rstrip()
-            + f"\n\n**Mixed commits**: the rows of this file were measured at {len(commits)} commits ({listed}).\n"
-        )
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(data, indent=1, default=float) + "\n")
-    atomic_write_text(stem.with_suffix(".md"), markdown.rstrip() + "\n")
-    return stem.with_suffix(".json"), stem.with_suffix(".md")
-
-
-def md_table(headers: list[str], rows: list[list[Any]]) -> str:
-    def fmt(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def reproduce_command(script: str, args: argparse.Namespace, root: Path, skip: Iterable[str] = ("out", "runs")) -> str:
-    """The command line that reruns a benchmark with every option spelled out (defaults included, so the line still
-    means the same after a default changes); paths under ``root`` are written relative to it.
-
-    :param skip: destinations left out — where results go, not what is measured.
-    """
-    prefix = str(root.resolve()) + os.sep
-
-    def word(value: object) -> str:
-        return shlex.quote(str(value).replace(prefix, ""))  # also inside LABEL=PATH values
-
-    parts = [f"python {script}"]
-    for dest, value in vars(args).items():
-        flag = "--" + dest.replace("_", "-")
-        if dest in skip or value is None or value is False:
-            continue
-        if value is True:
-            parts.append(flag)
-        elif isinstance(value, list):
-            parts += [f"{flag} {word(v)}" for v in value]
-        else:
-            parts.append(f"{flag} {word(value)}")
-    return " ".join(parts)
+__all__ = [
+    "code_version",
+    "environment",
+    "git_commit",
+    "is_current",
+    "provenance",
+    "request_sha256",
+    "source_sha256",
+    "tensors_sha256",
+]
