@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from rlprune import figures
 from rlprune.agents.callbacks import SearchCallback
@@ -190,27 +189,95 @@ def run_search(
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     if scorer is None:
-        if cfg.checkpoint is None:
-            raise RLPruneError("search: give a checkpoint (the dense model) or a scorer")
-        scorer = proxy_from_checkpoint(
-            cfg.checkpoint,
-            cfg.data_root,
-            device=cfg.device,
-            recal_batches=cfg.proxy.recal_batches,
-            recal_batch_size=cfg.proxy.recal_batch_size,
-            val_images=cfg.proxy.val_images,
-            finetune_steps=cfg.proxy.finetune_steps,
-            finetune_lr=cfg.proxy.finetune_lr,
-            importance=cfg.proxy.importance,
-            amp=cfg.proxy.amp,
-            seed=cfg.proxy.seed,
-            trust_model_code=trust_model_code,
+        scorer = _proxy(cfg, trust_model_code)
+    budget, dense_cpu = _budget(cfg, scorer, run_dir)  # refuses an unreachable target: before the run dir exists
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir / "search.log", verbose=progress)
+    write_resolved(cfg, run_dir)
+    writer = SummaryWriter(str(run_dir / "tb" / (searcher or "agent"))) if searcher else None
+    if writer is not None:
+        figures.add_search_layout(writer)
+    recorder = SearchRecorder(run_dir, writer, structure=scorer.structure, budget=cfg.env.budget)
+    if hasattr(scorer, "remember"):  # a resumed search re-evaluates no recorded plan
+        for rec in recorder.records:
+            scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"])
+    if budget.latency_table is not None:
+        budget = _calibrated(cfg, budget, dense_cpu, run_dir)
+    e = cfg.env
+    env = LayerPruningEnv(scorer, budget=budget, reward=e.reward, reward_weight=e.reward_weight, on_episode=recorder)
+    started = time.perf_counter()
+    log.info(
+        "%s on %s: %d units, target %s, %d episodes (%d already recorded)",
+        searcher or cfg.agent.algorithm,
+        cfg.checkpoint,
+        len(env.units),
+        e.target,
+        cfg.agent.episodes,
+        recorder.episodes,
+    )
+    if searcher:
+        _run_baseline(cfg, searcher, env, recorder, writer, progress)
+    else:
+        writer = _train_agent(cfg, env, recorder, run_dir, resume, progress)
+    if recorder.best is None:
+        raise RLPruneError("search evaluated no plan")
+    uniform = uniform_reference(env)
+    figures.write_search_figures(
+        run_dir, recorder.records, env.structure, target=e.target, budget=e.budget, uniform=uniform, writer=writer
+    )
+    writer.close()
+    summary = _summary(cfg, searcher, recorder, uniform, time.perf_counter() - started)
+    if budget.latency_table is not None:
+        # the search steered by the lookup table's predictions; the best plan's latency is also measured for real
+        ratio = measured_latency_ratio(
+            dense_cpu,
+            env.structure,
+            Plan.from_dict(recorder.best["plan"]),
+            cfg.latency.batch_size,
+            threads=cfg.latency.threads,
         )
+        summary["best"]["measured_latency_ratio"] = round(ratio, 4)
+    atomic_write_text(run_dir / "summary.json", json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n")
+    best = recorder.best
+    log.info(
+        "best: accuracy %.2f%% at MACs ratio %.3f (episode %d) -> %s",
+        best["accuracy"],
+        best["macs_ratio"],
+        best["episode"],
+        run_dir / "best_plan.json",
+    )
+    return summary
+
+
+def _proxy(cfg: SearchConfig, trust_model_code: bool) -> Scorer:
+    """The built-in proxy scorer for ``cfg.checkpoint`` with the config's proxy settings."""
+    if cfg.checkpoint is None:
+        raise RLPruneError("search: give a checkpoint (the dense model) or a scorer")
+    p = cfg.proxy
+    return proxy_from_checkpoint(
+        cfg.checkpoint,
+        cfg.data_root,
+        device=cfg.device,
+        recal_batches=p.recal_batches,
+        recal_batch_size=p.recal_batch_size,
+        val_images=p.val_images,
+        finetune_steps=p.finetune_steps,
+        finetune_lr=p.finetune_lr,
+        importance=p.importance,
+        amp=p.amp,
+        seed=p.seed,
+        trust_model_code=trust_model_code,
+    )
+
+
+def _budget(cfg: SearchConfig, scorer: Scorer, run_dir: Path) -> tuple[Budget, nn.Module | None]:
+    """The search's budget and, for a latency budget or reward, the dense model on the CPU its table was built for."""
     table, dense_cpu = None, None
     if cfg.env.budget == "latency" or cfg.env.reward == "accuracy_latency":
-        if getattr(scorer, "model", None) is None:
+        model = getattr(scorer, "model", None)
+        if model is None:
             raise RLPruneError("search: a latency budget or reward needs a scorer that holds the dense model")
-        dense_cpu = copy.deepcopy(scorer.model).cpu().eval()  # the scorer keeps its model on its own device
+        dense_cpu = copy.deepcopy(model).cpu().eval()  # the scorer keeps its model on its own device
         table = _latency_table(cfg, scorer.structure, dense_cpu, run_dir)
     e = cfg.env
     budget = Budget(
@@ -223,27 +290,21 @@ def run_search(
         min_channels=e.min_channels,
         tolerance=e.tolerance,
         latency_table=table,
-    )  # refuses an unreachable target: before the run directory exists
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir / "search.log", verbose=progress)
-    write_resolved(cfg, run_dir)
-    if table is not None:
-        table.save(run_dir / "latency_table.json")
-    writer = SummaryWriter(str(run_dir / "tb" / (searcher or "agent"))) if searcher else None
-    if writer is not None:
-        figures.add_search_layout(writer)
-    recorder = SearchRecorder(run_dir, writer, structure=scorer.structure, budget=cfg.env.budget)
-    if hasattr(scorer, "remember"):
-        for rec in recorder.records:
-            scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"])
-    if table is not None and table.calibration is None and cfg.latency.calibration_plans > 0:
+    )
+    return budget, dense_cpu
+
+
+def _calibrated(cfg: SearchConfig, budget: Budget, dense_cpu: nn.Module | None, run_dir: Path) -> Budget:
+    """Save the run's latency table, refitted first on plans at the budget timed for real unless it already was."""
+    table = budget.latency_table
+    assert table is not None and dense_cpu is not None
+    if table.calibration is None and cfg.latency.calibration_plans > 0:
         log.info("calibrating the latency table on %d plans at the budget", cfg.latency.calibration_plans)
         budget = calibrate_latency_budget(
             budget, dense_cpu, cfg.latency.calibration_plans, seed=cfg.proxy.seed, threads=cfg.latency.threads
         )
         table = budget.latency_table
         assert table is not None and table.calibration is not None
-        table.save(run_dir / "latency_table.json")
         c = table.calibration
         log.info(
             "latency table: measured ratio of the calibration plans %.3f, predicted %.3f before / %.3f after",
@@ -251,42 +312,33 @@ def run_search(
             c["predicted_ratio_mean_before"],
             c["predicted_ratio_mean_after"],
         )
-    env = LayerPruningEnv(scorer, budget=budget, reward=e.reward, reward_weight=e.reward_weight, on_episode=recorder)
-    episodes = cfg.agent.episodes
-    started = time.perf_counter()
-    prior = recorder.episodes
-    log.info(
-        "%s on %s: %d units, target %s, %d episodes (%d already recorded)",
-        searcher or cfg.agent.algorithm,
-        cfg.checkpoint,
-        len(env.units),
-        e.target,
-        episodes,
-        prior,
-    )
-    if searcher:
-        recorder.replay = prior
-        recorder.bar = tqdm(total=episodes, initial=prior, desc=searcher, unit="ep", disable=not progress)
-        get_searcher(searcher, env, cfg.seed).run(episodes)
-        recorder.bar.close()
-        if recorder.best is not None:
-            writer.add_hparams(
-                {"searcher": searcher, "episodes": recorder.episodes, "seed": cfg.seed, "target": str(e.target)},
-                {"hparams/best_accuracy": recorder.best["accuracy"], "hparams/best_reward": recorder.best["reward"]},
-                run_name="hparams",
-            )
-    else:
-        writer = _train_agent(cfg, env, recorder, run_dir, resume, progress)
+    table.save(run_dir / "latency_table.json")
+    return budget
+
+
+def _run_baseline(
+    cfg: SearchConfig, searcher: str, env: LayerPruningEnv, recorder: SearchRecorder, writer: Any, progress: bool
+) -> None:
+    """Play a baseline searcher's episodes (a resumed one re-plays what is recorded, answered from the cache)."""
+    recorder.follow(cfg.agent.episodes, searcher, progress, replay=recorder.episodes)
+    try:
+        get_searcher(searcher, env, cfg.seed).run(cfg.agent.episodes)
+    finally:
+        recorder.close()
+    if recorder.best is not None:
+        writer.add_hparams(
+            {"searcher": searcher, "episodes": recorder.episodes, "seed": cfg.seed, "target": str(cfg.env.target)},
+            {"hparams/best_accuracy": recorder.best["accuracy"], "hparams/best_reward": recorder.best["reward"]},
+            run_name="hparams",
+        )
+
+
+def _summary(
+    cfg: SearchConfig, searcher: str | None, recorder: SearchRecorder, uniform: dict[str, Any], wall: float
+) -> dict[str, Any]:
     best = recorder.best
-    if best is None:
-        raise RLPruneError("search evaluated no plan")
-    uniform = uniform_reference(env)
-    figures.write_search_figures(
-        run_dir, recorder.records, env.structure, target=e.target, budget=e.budget, uniform=uniform, writer=writer
-    )
-    writer.close()
-    wall = time.perf_counter() - started
-    summary = {
+    assert best is not None
+    return {
         "name": cfg.name,
         "searcher": searcher or cfg.agent.algorithm,
         "episodes": recorder.episodes,
@@ -297,21 +349,6 @@ def run_search(
         "mean_eval_seconds": round(sum(r["eval_seconds"] for r in recorder.records) / recorder.episodes, 3),
         "uniform": uniform,
     }
-    if table is not None:
-        # the search steered by the lookup table's predictions; the best plan's latency is also measured for real
-        ratio = measured_latency_ratio(
-            dense_cpu, env.structure, Plan.from_dict(best["plan"]), cfg.latency.batch_size, threads=cfg.latency.threads
-        )
-        summary["best"]["measured_latency_ratio"] = round(ratio, 4)
-    atomic_write_text(run_dir / "summary.json", json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n")
-    log.info(
-        "best: accuracy %.2f%% at MACs ratio %.3f (episode %d) -> %s",
-        best["accuracy"],
-        best["macs_ratio"],
-        best["episode"],
-        run_dir / "best_plan.json",
-    )
-    return summary
 
 
 def _train_agent(

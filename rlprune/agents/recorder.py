@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from rlprune.errors import RLPruneError
 from rlprune.fileio import atomic_write_text
 from rlprune.pruning.plan import Plan
@@ -43,7 +45,7 @@ class SearchRecorder:
         self._drawn_at = -PROFILE_EVERY
         self.path = run_dir / "episodes.jsonl"
         self.writer = writer
-        self.bar: Any | None = None
+        self.bar: Any | None = None  # a progress bar for searchers without an SB3 callback (:meth:`follow`)
         self._mark = time.perf_counter()
         self.records: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
@@ -95,6 +97,18 @@ class SearchRecorder:
     @property
     def episodes(self) -> int:
         return len(self.records)
+
+    def follow(self, total: int, desc: str, progress: bool, replay: int = 0) -> None:
+        """Show a progress bar up to ``total`` episodes, and pass over the next ``replay`` episodes: a resumed
+        deterministic searcher plays again the episodes it already recorded (its scorer answers them from the cache)."""
+        self.replay = replay
+        self.bar = tqdm(total=total, initial=self.episodes, desc=desc, unit="ep", disable=not progress)
+
+    def close(self) -> None:
+        """Close the progress bar, if any."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def __call__(self, info: dict[str, Any]) -> None:
         if self.replay > 0:
