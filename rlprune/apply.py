@@ -250,33 +250,7 @@ def finetune_plan(
     example = example_input(meta)
     structure = analyze(dense.eval(), example)
     plan.check(structure, "plan")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = out_dir.parent / f".{out_dir.name}.partial"
-    request = json.dumps(
-        {
-            "plan": plan.key(),
-            "dense": meta.get("weights_sha256"),
-            "epochs": epochs,
-            "lr": lr,
-            "distill": distill,
-            "batch_size": batch_size,
-            "recal_batches": recal_batches,
-            "seed": seed,
-            **({"swa": swa} if swa else {}),  # only when on: partial runs from before the option still resume
-            **({"steps_per_epoch": steps_per_epoch} if steps_per_epoch else {}),
-        },
-        sort_keys=True,
-    )
-    resumable = (work / "finetune" / "state.pt").is_file()
-    if resumable and _read_text(work / "request.json") != request:
-        log.warning("%s: left by a fine-tune with other settings; starting over", work)
-        resumable = False
-    if work.exists() and not resumable:
-        shutil.rmtree(work)  # nothing worth resuming
-    if resumable:
-        log.info("resuming the fine-tune in %s", work)
-    work.mkdir(exist_ok=True)
-    atomic_write_text(work / "request.json", request + "\n")
+    work = _partial_dir(out_dir, json.dumps(produced_by, sort_keys=True))
     try:
         report = _run(
             dense,
@@ -298,14 +272,7 @@ def finetune_plan(
             quantize=quantize,
         )
         report["provenance"] = provenance(produced_by)
-        text = json.dumps(json_safe(report), indent=1, default=float, allow_nan=False)
-        atomic_write_text(work / "report.json", text + "\n")
-        # complete: drop what only served resuming (the TensorBoard logs stay)
-        for name in ("finetune/last.safetensors", "finetune/last.json", "finetune/state.pt", "request.json"):
-            (work / name).unlink(missing_ok=True)
-        if out_dir.exists():
-            shutil.rmtree(out_dir) if stale else out_dir.rmdir()
-        work.rename(out_dir)
+        _publish(work, out_dir, report, replace=stale)
         if report["onnx"].get("error"):
             raise RLPruneError(f"{out_dir}: fine-tuned model, plan and report written, but {report['onnx']['error']}")
     except BaseException as exc:
@@ -316,6 +283,36 @@ def finetune_plan(
             log.warning("fine-tune %s; the same command resumes from the last finished epoch in %s", why, work)
         raise
     return report
+
+
+def _partial_dir(out_dir: Path, request: str) -> Path:
+    """The hidden ``.<out>.partial`` folder a fine-tune works in: kept when it holds a resumable run of the same
+    ``request``, cleared otherwise."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = out_dir.parent / f".{out_dir.name}.partial"
+    resumable = (work / "finetune" / "state.pt").is_file()
+    if resumable and _read_text(work / "request.json") != request:
+        log.warning("%s: left by a fine-tune with other settings; starting over", work)
+        resumable = False
+    if work.exists() and not resumable:
+        shutil.rmtree(work)  # nothing worth resuming
+    if resumable:
+        log.info("resuming the fine-tune in %s", work)
+    work.mkdir(exist_ok=True)
+    atomic_write_text(work / "request.json", request + "\n")
+    return work
+
+
+def _publish(work: Path, out_dir: Path, report: dict[str, Any], *, replace: bool) -> None:
+    """Write the final report, drop what only served resuming (the TensorBoard logs stay) and rename the partial
+    folder into place (replacing a stale ``out_dir`` only now that the new one is complete)."""
+    text = json.dumps(json_safe(report), indent=1, default=float, allow_nan=False)
+    atomic_write_text(work / "report.json", text + "\n")
+    for name in ("finetune/last.safetensors", "finetune/last.json", "finetune/state.pt", "request.json"):
+        (work / name).unlink(missing_ok=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir) if replace else out_dir.rmdir()
+    work.rename(out_dir)
 
 
 def _read_text(path: Path) -> str | None:
