@@ -261,9 +261,6 @@ def writing(path: Path | str) -> Iterator[None]:
         raise error from exc
 
 
-_HELD: dict[str, int] = {}  # lock files this process holds, and how often it entered each
-
-
 class RunLock:
     """An exclusive OS lock (``flock``) on ``<dir>/../.<name>.lock``: it dies with its process, so a killed run never
     leaves a stale lock, and a second run into the same directory is refused with the holder's pid.
@@ -278,12 +275,6 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        key = str(self.path.resolve())
-        if key in _HELD:  # this process holds it already (a run that hands itself to a worker pool): re-enter
-            _HELD[key] += 1
-            self._reentered = True
-            return self
-        self._reentered = False
         while True:
             with writing(self.path):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -309,15 +300,9 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
-        _HELD[key] = 1
         return self
 
     def __exit__(self, *exc: object) -> None:
-        key = str(self.path.resolve())
-        if self._reentered:
-            _HELD[key] -= 1
-            return
-        _HELD.pop(key, None)
         if self._fd is not None:
             self.path.unlink(missing_ok=True)  # removed while still held: nothing is left behind
             fcntl.flock(self._fd, fcntl.LOCK_UN)

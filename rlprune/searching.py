@@ -174,7 +174,7 @@ def run_search(
         from rlprune.parallel import run_pooled
 
         return run_pooled(
-            run_search,
+            _search,
             cfg,
             workers,
             scorer,
@@ -183,6 +183,21 @@ def run_search(
             progress=progress,
             trust_model_code=trust_model_code,
         )
+    return _search(
+        cfg, searcher=searcher, resume=resume, progress=progress, scorer=scorer, trust_model_code=trust_model_code
+    )
+
+
+def _search(
+    cfg: SearchConfig,
+    *,
+    searcher: str | None,
+    resume: bool,
+    progress: bool,
+    scorer: Scorer | None,
+    trust_model_code: bool,
+) -> dict[str, Any]:
+    """:func:`run_search` once its run directory is locked and its scorer (in-process or a worker pool) chosen."""
     run_dir = Path(cfg.output_dir) / cfg.name
     _prepare(cfg, run_dir, resume)
     if cfg.threads:

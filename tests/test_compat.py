@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from rlprune.cost.macs import count_macs, count_params, predict_costs
 from rlprune.envs import LayerPruningEnv
 from rlprune.errors import RLPruneError
+from rlprune.evaluation.scorer import Score
 from rlprune.export import export_onnx
 from rlprune.models.compat import check_model_io, fill_kwargs
 from rlprune.pruning import Plan, Structure, analyze, prune
@@ -234,6 +235,11 @@ def test_user_factory_gets_dataset_sizes_or_a_one_line_error() -> None:
     check_model_io(cm.grayscale(1, 5), "pkg:grayscale", in_channels=1, input_size=28, num_classes=5)
 
 
+@dataclass(kw_only=True)
+class _Measured(Score):
+    macs_measured: int
+
+
 class _PhysicalScorer:
     """Scores a plan by pruning the real model and counting its MACs (what the proxy evaluator records)."""
 
@@ -243,15 +249,9 @@ class _PhysicalScorer:
         self.case = CASES[name]
         self.model, self.structure = built(name)
 
-    def __call__(self, plan: Plan) -> object:
+    def __call__(self, plan: Plan) -> _Measured:
         pruned, _ = prune(self.model, plan, self.case.example())
-
-        @dataclass
-        class Result:
-            accuracy: float
-            macs_measured: int
-
-        return Result(50.0, measured(pruned, self.case))
+        return _Measured(accuracy=50.0, macs_measured=measured(pruned, self.case))
 
 
 @settings(max_examples=14, deadline=None, suppress_health_check=[HealthCheck.too_slow])

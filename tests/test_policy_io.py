@@ -81,7 +81,7 @@ def test_named_activations_are_rebuilt_and_unknown_ones_refused(trained: tuple, 
         assert kwargs["activation_fn"] == "torch.nn.modules.activation.ReLU"
         assert any(isinstance(m, torch.nn.ReLU) for m in load_policy(path).policy.modules())
     for name in ("evil.module.Activation", 3):
-        with pytest.raises(RLPruneError, match=r"policy_kwargs.activation_fn .* is not one rlprune rebuilds"):
+        with pytest.raises(RLPruneError, match=r"policy_kwargs.activation_fn"):
             load_policy(_copy(path, tmp_path / str(name), policy_kwargs={**kwargs, "activation_fn": name}))
 
 
@@ -100,7 +100,7 @@ def test_bad_policy_files_are_refused(trained: tuple, tmp_path: Path) -> None:
         load_policy(_copy(path, tmp_path / "fmt", format="something/1"))
     with pytest.raises(RLPruneError, match="feature spec v99"):
         load_policy(_copy(path, tmp_path / "ver", feature_version=99))
-    with pytest.raises(RLPruneError, match="no 'algorithm'"):
+    with pytest.raises(RLPruneError, match="'algorithm'"):
         load_policy(_copy(path, tmp_path / "algo", algorithm=None))
     with pytest.raises(RLPruneError, match="agent 'a2c': unknown"):
         load_policy(_copy(path, tmp_path / "a2c", algorithm="a2c"))

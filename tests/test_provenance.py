@@ -181,7 +181,7 @@ def test_finetune_report_is_reused_only_for_the_same_request(
     _other_code(monkeypatch)
     ft()
     assert len(steps) == 1 + 2 * full  # other code: measured again
-    with pytest.raises(RLPruneError, match="exists and is not empty"):
+    with pytest.raises(RLPruneError, match="exists and is not an empty directory"):
         ft(reuse=False)  # without reuse a finished report is never overwritten
 
 

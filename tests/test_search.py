@@ -85,8 +85,9 @@ def test_resume_loses_no_episode(tmp_path: Path, searcher: str | None) -> None:
         run_search(cfg, searcher=searcher, scorer=_CrashingScorer(after=9), progress=False)
     before = _records(tmp_path / "run")
     assert len(before) == 9
-    with pytest.raises(RLPruneError, match="--resume"):
+    with pytest.raises(RLPruneError, match="a search already ran here") as refused:
         run_search(cfg, searcher=searcher, scorer=PreferenceScorer(STRUCTURE, PROTECT), progress=False)
+    assert refused.value.fix == "resume_or_rename"  # the CLI turns it into "pass --resume ..."
     summary = run_search(
         cfg, searcher=searcher, scorer=PreferenceScorer(STRUCTURE, PROTECT), resume=True, progress=False
     )
