@@ -360,7 +360,7 @@ def test_disk_full_is_one_line_and_leaves_no_half_file(
     from safetensors import SafetensorError
 
     import rlprune.checkpoint as checkpoint
-    import rlprune.config as config
+    import rlprune.fileio as config
     from rlprune.checkpoint import save_checkpoint
     from rlprune.errors import RLPruneError
     from rlprune.fileio import atomic_write_text
