@@ -114,7 +114,7 @@ def test_bad_policy_files_are_refused(trained: tuple, tmp_path: Path) -> None:
         load_policy(missing)
     corrupt = _copy(path, tmp_path / "corrupt")
     (corrupt / "policy.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(RLPruneError, match="weights do not fit"):
+    with pytest.raises(RLPruneError, match="unreadable safetensors file"):
         load_policy(corrupt)
     (tmp_path / "nojson").mkdir()
     with pytest.raises(RLPruneError, match=r"nojson/policy.json"):
