@@ -20,7 +20,6 @@ Ray is imported only when ``workers > 1``; without it that is a one-line ``RLPru
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import sys
@@ -382,11 +381,7 @@ def prefetch_episodes(
 def clone_env(env: LayerPruningEnv) -> LayerPruningEnv:
     """Another environment over the same scorer, structure, latency table and recorder, with its own episode state
     and random generator."""
-    clone = copy.copy(env)
-    clone._np_random = None
-    clone._np_random_seed = None
-    clone._reset_state(env.target_range[0])
-    return clone
+    return env.clone()
 
 
 def pool_vec_env(env: LayerPruningEnv, n: int) -> Any:

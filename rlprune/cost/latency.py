@@ -40,7 +40,7 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def _time_once(model: nn.Module, x: torch.Tensor, iters: int) -> float:
+def time_once(model: nn.Module, x: torch.Tensor, iters: int) -> float:
     _sync(x.device)
     start = time.perf_counter()
     for _ in range(iters):
@@ -51,7 +51,7 @@ def _time_once(model: nn.Module, x: torch.Tensor, iters: int) -> float:
 
 def _iters_for(model: nn.Module, x: torch.Tensor, target_ms: float = 20.0) -> int:
     """Calls per timed sample so that one sample lasts about ``target_ms`` (tiny models are timed in blocks)."""
-    one = _time_once(model, x, 1)
+    one = time_once(model, x, 1)
     return max(1, min(200, int(target_ms / max(one, 1e-3))))
 
 
@@ -114,11 +114,11 @@ def compare_latency(
             iters = {name: _iters_for(m, x) for name, (m, _) in todo.items()}
             for _ in range(warmup):
                 for name, (m, _) in todo.items():
-                    _time_once(m, x, iters[name])
+                    time_once(m, x, iters[name])
             samples: dict[str, list[float]] = {name: [] for name in todo}
             for _ in range(repeats):
                 for name, (m, _) in todo.items():
-                    samples[name].append(_time_once(m, x, iters[name]))
+                    samples[name].append(time_once(m, x, iters[name]))
             for name, (_, key) in todo.items():
                 out[name][bs] = statistics.median(samples[name])
                 if cache:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlprune.cost.latency import _time_once, compare_latency, num_threads
+from rlprune.cost.latency import compare_latency, num_threads, time_once
 from rlprune.errors import RLPruneError
 from rlprune.fileio import atomic_write_text
 from rlprune.pruning.plan import Plan
@@ -189,9 +189,9 @@ def build_latency_table(
                             ci = co
                         block = _layer_block(layer, ci, co, with_bn=isinstance(layer, nn.Conv2d)).eval()
                         x = torch.randn(batch_size, ci, *in_shape[2:])
-                        iters = max(1, min(200, int(5.0 / max(_time_once(block, x, 1), 1e-3))))
-                        _time_once(block, x, iters)
-                        row.append(statistics.median(_time_once(block, x, iters) for _ in range(repeats)))
+                        iters = max(1, min(200, int(5.0 / max(time_once(block, x, 1), 1e-3))))
+                        time_once(block, x, iters)
+                        row.append(statistics.median(time_once(block, x, iters) for _ in range(repeats)))
                     table.append(row)
                 timed[key] = table
             layers[la.name] = timed[key]

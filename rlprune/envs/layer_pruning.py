@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -133,6 +134,15 @@ class LayerPruningEnv(gym.Env):
     def feasible_interval(self, t: int) -> tuple[float, float]:
         """Ratios for unit ``t`` that keep the final cost within [target - tolerance, target] reachable."""
         return self.budget.feasible_interval(self.episode.decided, t, self.target)
+
+    def clone(self) -> LayerPruningEnv:
+        """Another environment over the same scorer, budget and recorder, with its own episode state and an unseeded
+        random generator (one per vectorized worker)."""
+        other = copy.copy(self)
+        other._np_random = None
+        other._np_random_seed = None
+        other._reset_state(self.target_range[0])
+        return other
 
     # ---------------------------------------------------------------------------------------------- gym API
     def _reset_state(self, target: float) -> None:

@@ -16,11 +16,11 @@ from rlprune.pruning.attention import Heads, find_heads, head_scores, set_head_c
 from rlprune.pruning.importance import get_criterion
 from rlprune.pruning.plan import Plan, kept_channels
 from rlprune.pruning.structure import (
-    _trace_shapes,
     architecture_fingerprint,
     build_graph,
     check_supported,
     sorted_groups,
+    trace_shapes,
     unit_groups,
 )
 
@@ -70,7 +70,7 @@ def prune(
         )
     graph = build_graph(pruned, example_input)
     check_supported(pruned, graph)
-    order, shapes = _trace_shapes(pruned, example_input)
+    order, shapes = trace_shapes(pruned, example_input)
     names = {m: n for n, m in pruned.named_modules()}
     groups = {names[g[0].dep.target.module]: g for g in sorted_groups(pruned, graph, order)}
     heads = {name: _group_heads(pruned, names, graph, g, shapes, order) for name, g in groups.items()}

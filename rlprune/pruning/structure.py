@@ -136,7 +136,7 @@ def find_classifier(model: nn.Module, order: dict[nn.Module, int] | None = None)
     return (linear or layers)[-1]
 
 
-def _trace_shapes(model: nn.Module, example: torch.Tensor) -> tuple[dict[nn.Module, int], dict[nn.Module, tuple]]:
+def trace_shapes(model: nn.Module, example: torch.Tensor) -> tuple[dict[nn.Module, int], dict[nn.Module, tuple]]:
     """Forward order of every module's first call and its output shape."""
     order: dict[nn.Module, int] = {}
     shapes: dict[nn.Module, tuple] = {}
@@ -238,7 +238,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor, *, trial: bool = True
     """
     graph = build_graph(model, example_input)
     check_supported(model, graph)
-    order, shapes = _trace_shapes(model, example_input)
+    order, shapes = trace_shapes(model, example_input)
     names = {m: n for n, m in model.named_modules()}
     groups = sorted_groups(model, graph, order)
     if not groups:
