@@ -130,3 +130,26 @@ _summary: list[str] = []
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for line in _summary:
         terminalreporter.write_line(line, red="expected" in line, green="expected" not in line)
+
+
+def pretrain_tiny(image_folder: Path, out: Path, *, width: int = 4, val_size: int = 12, name: str = "tiny") -> Path:
+    """Train a tiny ResNet-20 on the generated images for one epoch with ``rlprune pretrain``; returns its checkpoint
+    (``out/runs/<name>/model.json``) — the dense model the CLI search and fault tests start from."""
+    import yaml
+
+    from rlprune.cli import main
+
+    cfg = out / f"{name}.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "output_dir": str(out / "runs"),
+                "data": {"dataset": "imagefolder", "root": str(image_folder), "val_size": val_size, "batch_size": 16},
+                "model": {"name": "resnet20", "kwargs": {"width": width}},
+                "train": {"epochs": 1, "warmup_epochs": 0},
+            }
+        )
+    )
+    assert main(["pretrain", str(cfg), "--quiet"]) == 0
+    return out / "runs" / name / "model.json"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import pretrain_tiny
 
 from rlprune.agents.recorder import SearchRecorder
 from rlprune.cli import main
@@ -20,25 +21,13 @@ from rlprune.errors import RLPruneError
 @pytest.fixture(scope="module")
 def searched(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("faults")
-    cfg = tmp / "dense.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "name": "dense",
-                "output_dir": str(tmp / "runs"),
-                "data": {"dataset": "imagefolder", "root": str(image_folder), "val_size": 6, "batch_size": 16},
-                "model": {"name": "resnet20", "kwargs": {"width": 4}},
-                "train": {"epochs": 1, "warmup_epochs": 0},
-            }
-        )
-    )
-    assert main(["pretrain", str(cfg), "--quiet"]) == 0
+    checkpoint = pretrain_tiny(image_folder, tmp, width=4, val_size=6, name="dense")
     search = tmp / "search.yaml"
     search.write_text(
         yaml.safe_dump(
             {
                 "name": "s",
-                "checkpoint": str(tmp / "runs" / "dense" / "model.json"),
+                "checkpoint": str(checkpoint),
                 "output_dir": str(tmp / "runs"),
                 "proxy": {"recal_batches": 1, "recal_batch_size": 8, "finetune_steps": 0, "val_images": 6},
                 # n_steps far above 3 episodes: no PPO update happens, as in a search killed before its first update

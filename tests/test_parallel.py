@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import pretrain_tiny
 from synthetic import PreferenceScorer
 
 from rlprune.cli import main
@@ -158,25 +159,13 @@ def test_a_stopped_parallel_search_resumes_as_today(tmp_path: Path, structure) -
 
 def test_real_proxy_scores_do_not_depend_on_the_worker_count(image_folder: Path, tmp_path: Path) -> None:
     """Actors build the proxy evaluator from the checkpoint path; their scores equal the in-process ones."""
-    pre = tmp_path / "pre.yaml"
-    pre.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny",
-                "output_dir": str(tmp_path / "runs"),
-                "data": {"dataset": "imagefolder", "root": str(image_folder), "val_size": 12, "batch_size": 16},
-                "model": {"name": "resnet20", "kwargs": {"width": 4}},
-                "train": {"epochs": 1, "warmup_epochs": 0},
-            }
-        )
-    )
-    assert main(["pretrain", str(pre), "--quiet"]) == 0
+    checkpoint = pretrain_tiny(image_folder, tmp_path, width=4, val_size=12, name="tiny")
     search = tmp_path / "search.yaml"
     search.write_text(
         yaml.safe_dump(
             {
                 "name": "s",
-                "checkpoint": str(tmp_path / "runs" / "tiny" / "model.json"),
+                "checkpoint": str(checkpoint),
                 "output_dir": str(tmp_path / "runs"),
                 "threads": 1,
                 "proxy": {"recal_batches": 2, "recal_batch_size": 8, "finetune_steps": 2},

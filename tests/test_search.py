@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import pretrain_tiny
 from synthetic import PreferenceScorer
 
 from rlprune.agents.policy_io import load_policy
@@ -164,25 +165,13 @@ def test_bad_search_configs(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
 def test_train_and_search_cli_on_a_real_checkpoint(
     image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pre = tmp_path / "pre.yaml"
-    pre.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny",
-                "output_dir": str(tmp_path / "runs"),
-                "data": {"dataset": "imagefolder", "root": str(image_folder), "val_size": 12, "batch_size": 16},
-                "model": {"name": "resnet20", "kwargs": {"width": 8}},
-                "train": {"epochs": 1, "warmup_epochs": 0},
-            }
-        )
-    )
-    assert main(["pretrain", str(pre), "--quiet"]) == 0
+    checkpoint = pretrain_tiny(image_folder, tmp_path, width=8, val_size=12, name="tiny")
     search = tmp_path / "search.yaml"
     search.write_text(
         yaml.safe_dump(
             {
                 "name": "s",
-                "checkpoint": str(tmp_path / "runs" / "tiny" / "model.json"),
+                "checkpoint": str(checkpoint),
                 "output_dir": str(tmp_path / "runs"),
                 "proxy": {"recal_batches": 2, "recal_batch_size": 8},
                 "agent": {"episodes": 4, "hyperparams": {"n_steps": 24, "batch_size": 12}},
