@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, help_ in (
         ("search", "search per-layer pruning ratios: an RL agent (PPO by default) or a baseline"),
-        ("train", "the same as 'search' with an RL agent (the name the design card uses)"),
+        ("train", "the same as 'search', with an RL agent"),
     ):
         p = config_command(name, help_, _cmd_search, "continue the run in runs/<name>/")
         p.add_argument(
