@@ -296,20 +296,12 @@ def pool_for_config(cfg: Any, workers: int, scorer: Any | None = None, trust_mod
                 raise RLPruneError(f"device: '{cfg.device}' but Ray sees no GPU; use device cpu")
             gpus = min(1.0, total / workers)
             device = "cuda"  # Ray sets CUDA_VISIBLE_DEVICES for each actor
-        p = cfg.proxy
         kwargs = {
             "checkpoint": cfg.checkpoint,
             "data_root": cfg.data_root,
             "device": device,
-            "recal_batches": p.recal_batches,
-            "recal_batch_size": p.recal_batch_size,
-            "val_images": p.val_images,
-            "finetune_steps": p.finetune_steps,
-            "finetune_lr": p.finetune_lr,
-            "importance": p.importance,
-            "amp": p.amp,
-            "seed": p.seed,
             "trust_model_code": trust_model_code,
+            **cfg.proxy.model_dump(),
         }
         from rlprune.evaluation.proxy import proxy_from_checkpoint
 

@@ -268,20 +268,12 @@ def _proxy(cfg: SearchConfig, trust_model_code: bool) -> Scorer:
     """The built-in proxy scorer for ``cfg.checkpoint`` with the config's proxy settings."""
     if cfg.checkpoint is None:
         raise RLPruneError("search: give a checkpoint (the dense model) or a scorer")
-    p = cfg.proxy
     return proxy_from_checkpoint(
         cfg.checkpoint,
         cfg.data_root,
         device=cfg.device,
-        recal_batches=p.recal_batches,
-        recal_batch_size=p.recal_batch_size,
-        val_images=p.val_images,
-        finetune_steps=p.finetune_steps,
-        finetune_lr=p.finetune_lr,
-        importance=p.importance,
-        amp=p.amp,
-        seed=p.seed,
         trust_model_code=trust_model_code,
+        **cfg.proxy.model_dump(),  # the config's fields are the evaluator's settings, one to one
     )
 
 

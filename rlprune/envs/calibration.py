@@ -10,6 +10,7 @@ import numpy as np
 from torch import nn
 
 from rlprune.cost.lut import calibrate
+from rlprune.envs.episode import action_to_ratio
 from rlprune.pruning.budget import Budget
 from rlprune.pruning.plan import Plan
 
@@ -20,10 +21,9 @@ def sample_plans(budget: Budget, count: int, seed: int = 0) -> list[Plan]:
     rng = np.random.default_rng(seed)
     low, high = budget.target_range
     targets = np.linspace(low, high, count) if count > 1 else [low]
-    span = budget.max_ratio - budget.min_ratio
     plans = []
     for t in targets:
-        ratios = [budget.min_ratio + (float(rng.uniform(-1.0, 1.0, 1)[0]) + 1.0) / 2.0 * span for _ in budget.units]
+        ratios = [action_to_ratio(budget, rng.uniform(-1.0, 1.0, 1)) for _ in budget.units]
         plans.append(budget.plan(ratios, float(t)))
     return plans
 
