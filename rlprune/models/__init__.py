@@ -11,7 +11,7 @@ from torch import nn
 from rlprune.errors import RLPruneError
 from rlprune.models.mobilenetv2_cifar import mobilenetv2
 from rlprune.models.resnet_cifar import resnet20, resnet32, resnet56, resnet110
-from rlprune.models.vgg_cifar import vgg16_bn
+from rlprune.models.vgg_cifar import vgg11_bn, vgg16_bn
 from rlprune.models.vit_cifar import vit_cifar
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -19,6 +19,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet32": resnet32,
     "resnet56": resnet56,
     "resnet110": resnet110,
+    "vgg11_bn": vgg11_bn,
     "vgg16_bn": vgg16_bn,
     "mobilenetv2": mobilenetv2,
     "vit_cifar": vit_cifar,
