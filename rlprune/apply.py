@@ -81,6 +81,7 @@ def policy_plans(
     latency_batch: int = 1,
     threads: int | None = None,
     importance: str | None = None,
+    force: bool = False,
 ) -> list[Plan]:
     """The policy's deterministic rollout on ``model``'s units, followed by ``samples`` rollouts drawn from its
     action distribution; every plan is clamped to the budget exactly as in training.
@@ -90,18 +91,12 @@ def policy_plans(
     scorer something to choose from, at a few seconds per plan instead of a search.
 
     :param importance: channel criterion recorded in the plans (default: the one the policy was trained with).
+    :param force: roll the policy out at a target or budget kind it was not trained for (refused otherwise).
     """
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
     m = policy.meta
     importance = importance or m.get("importance", "l1")
-    trained = m.get("target")
-    lo, hi = (trained, trained) if isinstance(trained, int | float) else tuple(trained or (target, target))
-    if not lo - 0.1 <= target <= hi + 0.1:
-        log.warning(
-            "target %.3f is outside the range the policy was trained on (%s); results may be poor", target, trained
-        )
-    if m.get("budget", "macs") != budget:
-        log.warning("the policy was trained with a %s budget; applying it with a %s budget", m.get("budget"), budget)
+    check_policy_target(m, target, budget, force=force)
     table = build_latency_table(model, structure, latency_batch, threads=threads) if budget == "latency" else None
     solver = Budget(
         structure,
@@ -114,11 +109,35 @@ def policy_plans(
         latency_table=table,
     )
     solver = calibrate_latency_budget(solver, model, seed=0, threads=threads)  # met as measured, on average
-    plans = [rollout(solver, policy.act, target, importance)]
+    version = int(m.get("feature_version", 2))  # observed with the features it was trained on
+    plans = [rollout(solver, policy.act, target, importance, version)]
     if samples:
         sample = policy.sampler(seed)
-        plans += [rollout(solver, sample, target, importance) for _ in range(samples)]
+        plans += [rollout(solver, sample, target, importance, version) for _ in range(samples)]
     return plans
+
+
+TARGET_SLACK = 0.02  # how far outside its trained target range a policy is still applied without force
+
+
+def check_policy_target(meta: dict[str, Any], target: float, budget: str, *, force: bool = False) -> None:
+    """Refuse, in one line, a target outside the range the policy was trained on (by more than ``TARGET_SLACK``)
+    or another budget kind, unless ``force``: a policy's actions outside what it was trained on are a guess."""
+    trained = meta.get("target")
+    if trained is None:
+        return
+    lo, hi = (trained, trained) if isinstance(trained, int | float) else tuple(trained)
+    problem = None
+    if not lo - TARGET_SLACK <= target <= hi + TARGET_SLACK:
+        span = f"{lo:g}" if lo == hi else f"[{lo:g}, {hi:g}]"
+        problem = f"target {target:g} is outside what the policy was trained for ({span})"
+    elif meta.get("budget", "macs") != budget:
+        problem = f"the policy was trained with a {meta.get('budget')} budget, not {budget}"
+    if problem is None:
+        return
+    if not force:
+        raise RLPruneError(problem, fix="force")
+    log.warning("%s; applying it anyway (forced)", problem)
 
 
 def apply_policy(
@@ -132,6 +151,7 @@ def apply_policy(
     scorer: Scorer | None = None,
     seed: int = 0,
     threads: int | None = None,
+    force: bool = False,
 ) -> tuple[Plan, dict[str, Any]]:
     """A plan for ``model`` from a learned policy, without a search: the deterministic rollout, or with
     ``samples`` > 0 the best (by ``scorer``, on validation data) of it and ``samples`` plans drawn from the policy.
@@ -141,6 +161,7 @@ def apply_policy(
     :param target: pruned/dense cost ratio.
     :param budget: ``macs`` or ``latency`` (batch-1 CPU latency, from a lookup table built and calibrated here).
     :param scorer: scores the candidates when ``samples`` > 0 (e.g. a :class:`~rlprune.MetricScorer` for ``model``).
+    :param force: apply the policy at a target or budget kind outside what it was trained for (else refused).
     :returns: the plan and a record of how it was chosen (every candidate's score when sampling).
 
     Example::
@@ -154,7 +175,15 @@ def apply_policy(
         raise RLPruneError("samples: choosing among sampled plans needs a scorer for the model")
     structure = scorer.structure if scorer is not None else analyze(model.eval(), example_inputs)
     plans = policy_plans(
-        policy, model, structure, target=target, samples=samples, seed=seed, budget=budget, threads=threads
+        policy,
+        model,
+        structure,
+        target=target,
+        samples=samples,
+        seed=seed,
+        budget=budget,
+        threads=threads,
+        force=force,
     )
     if not samples:
         return plans[0], {"samples": 0}

@@ -205,6 +205,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
             scorer=scorer,
             seed=args.seed,
             threads=args.threads,
+            force=args.force,
         )
         return plan, source | (picked if args.samples else {})
 
@@ -255,6 +256,8 @@ FIXES = {
     "resume_or_rename": "pass --resume to continue it or set another name (--set name=...)",
     "restart": "start over with --restart",
     "restart_or_rename": "start over with --restart or set another name (--set name=...)",
+    "several_checkpoints": "train an RL agent (rlprune train) in one process (no --agent baseline, --workers 1)",
+    "force": "pass --force to apply it anyway",
 }
 
 
@@ -354,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="also draw N plans from the policy's distribution (seeded by --seed) and keep the one the search's "
         "proxy scores best on the validation split (a few seconds per plan); 0 = the deterministic rollout",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="apply the policy at a target or budget kind outside what it was trained for (refused otherwise)",
     )
     _add_finetune_args(p)
     p.set_defaults(func=_cmd_apply)

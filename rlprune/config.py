@@ -309,9 +309,41 @@ class SearchConfig(Strict):
     ray_address: str | None = None  # None: a local Ray instance; "auto" or host:port joins a running cluster
     output_dir: str = "runs"
     checkpoint: str | None = None  # the dense model; not needed when the search is given a scorer (Python API)
+    # several dense models: each episode draws one (and a target in env.target's range) and one policy learns them all
+    checkpoints: list[str] | None = None
     data_root: str | None = None
     env: EnvConfig = Field(default_factory=EnvConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+    @model_validator(mode="after")
+    def _several_models(self) -> SearchConfig:
+        if self.checkpoints is None:
+            return self
+        if self.checkpoint is not None:
+            raise ValueError("give 'checkpoint' (one model) or 'checkpoints' (several), not both")
+        if not self.checkpoints or not all(self.checkpoints):
+            raise ValueError("checkpoints: expected a non-empty list of checkpoint paths")
+        labels = [model_label(c) for c in self.checkpoints]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"checkpoints: two checkpoints share a file name ({labels}); each needs its own")
+        if self.env.budget != "latency" and "reward" not in self.env.model_fields_set:
+            # raw accuracies of different models and budgets are not on one scale (docs/generalize.md)
+            self.env.reward = MULTI_MODEL_REWARD
+        if self.env.budget == "latency":
+            raise ValueError("checkpoints: a search over several models supports MACs budgets only (env.budget: macs)")
+        return self
+
+
+MULTI_MODEL_REWARD = "gain_over_uniform"  # the default reward of a search over several checkpoints
+
+
+def model_label(checkpoint: str) -> str:
+    """How a model of a several-checkpoint search is named in its records: the checkpoint's file name, less
+    ``.json`` / ``.safetensors``."""
+    name = Path(checkpoint).name
+    for suffix in (".json", ".safetensors"):
+        name = name.removesuffix(suffix)
+    return name

@@ -170,6 +170,16 @@ def run_search(
     :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
     """
     workers = cfg.workers if workers is None else workers
+    if cfg.checkpoints is not None:
+        from rlprune.generalist import search_models
+
+        if searcher is not None or workers > 1 or scorer is not None:
+            raise RLPruneError(
+                "a search over several checkpoints trains one RL policy in this process: no baseline searcher, "
+                "workers or scorer",
+                fix="several_checkpoints",
+            )
+        return search_models(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
     if workers > 1 and not hasattr(scorer, "prefetch"):
         from rlprune.parallel import run_pooled
 
@@ -359,12 +369,23 @@ def _summary(
 
 
 def _train_agent(
-    cfg: SearchConfig, env: LayerPruningEnv, recorder: SearchRecorder, run_dir: Path, resume: bool, progress: bool
+    cfg: SearchConfig,
+    env: Any,
+    recorder: SearchRecorder,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    extra_meta: dict[str, Any] | None = None,
 ) -> SummaryWriter:
     """Train the agent until the episode budget is evaluated; returns a writer into the agent's TensorBoard run
-    (for the figures drawn at the end)."""
+    (for the figures drawn at the end).
+
+    :param env: a :class:`LayerPruningEnv`, or a :class:`~rlprune.envs.multi.MultiModelEnv` over several models.
+    :param extra_meta: more of the policy's metadata (e.g. the models it was trained on)."""
     algorithm = cfg.agent.algorithm
-    n_envs = getattr(env.scorer, "workers", 1)  # one environment per actor: their terminal evaluations run at once
+    n_envs = getattr(
+        getattr(env, "scorer", None), "workers", 1
+    )  # one environment per actor: their terminal evaluations run at once
     if n_envs > 1:
         from rlprune.parallel import pool_vec_env
 
@@ -388,7 +409,9 @@ def _train_agent(
         "reward": cfg.env.reward,
         "importance": cfg.proxy.importance,
         "trained_on": cfg.checkpoint,
+        "feature_version": env.feature_version,
         "config": cfg.model_dump(mode="json"),
+        **(extra_meta or {}),
     }
 
     def save() -> None:

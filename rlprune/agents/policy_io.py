@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from rlprune.envs.features import FEATURE_VERSION, FEATURES, N_FEATURES
+from rlprune.envs.features import FEATURE_VERSION, feature_spec
 from rlprune.errors import RLPruneError
 from rlprune.fileio import atomic_write_text, read_json
 from rlprune.safeio import clip, writing
@@ -40,13 +40,15 @@ def policy_paths(path: str | Path) -> tuple[Path, Path]:
 def save_policy(path: str | Path, agent: BaseAlgorithm, algorithm: str, meta: dict[str, Any]) -> Path:
     """Write a trained SB3 agent's policy as ``policy.safetensors`` + ``policy.json``; returns the JSON path.
 
-    :param meta: action scaling (``min_ratio``, ``max_ratio``), budget, training config, ... (JSON-serialisable).
+    :param meta: action scaling (``min_ratio``, ``max_ratio``), budget, training config, the ``feature_version`` its
+        environment observed (default: the current one), ... (JSON-serialisable).
     """
+    spec = feature_spec(int(meta.get("feature_version", FEATURE_VERSION)))
     full = {
         "format": POLICY_FORMAT,
         "algorithm": algorithm,
-        "feature_version": FEATURE_VERSION,
-        "features": list(FEATURES),
+        "feature_version": spec.version,
+        "features": list(spec.names),
         "policy_kwargs": _plain(agent.policy_kwargs),
         **meta,
     }
@@ -134,11 +136,11 @@ def load_policy(path: str | Path) -> Policy:
     meta = read_json(sidecar, "policy metadata")
     if not isinstance(meta, dict) or meta.get("format") != POLICY_FORMAT:
         raise RLPruneError(f"{sidecar}: not an rlprune policy (expected format '{POLICY_FORMAT}')")
-    if meta.get("feature_version") != FEATURE_VERSION:
-        raise RLPruneError(
-            f"{sidecar}: policy uses feature spec v{meta.get('feature_version')}, this rlprune uses v{FEATURE_VERSION}"
-        )
-    validated(PolicyMetaSchema, meta, str(sidecar))  # types, ranges, finite numbers, known network settings
+    validated(PolicyMetaSchema, meta, str(sidecar))
+    try:
+        spec = feature_spec(meta["feature_version"])
+    except RLPruneError as exc:
+        raise RLPruneError(f"{sidecar}: {exc}") from None  # types, ranges, finite numbers, known network settings
     from rlprune.agents.sb3_agents import policy_class
     from rlprune.checkpoint import fit_weights
 
@@ -153,7 +155,7 @@ def load_policy(path: str | Path) -> Policy:
                 f"(expected one of {', '.join(sorted(_ACTIVATIONS))})"
             )
         kwargs["activation_fn"] = _ACTIVATIONS[named]
-    obs_space = spaces.Box(0.0, 1.0, (N_FEATURES,), dtype=np.float32)
+    obs_space = spaces.Box(0.0, 1.0, (spec.size,), dtype=np.float32)
     act_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
     algorithm = meta["algorithm"]
     try:

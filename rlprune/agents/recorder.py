@@ -131,6 +131,9 @@ class SearchRecorder:
             "cached": info["cached"],
             "plan": info["plan"],
         }
+        for key in ("model", "dense_accuracy", "uniform_accuracy"):  # several models, relative rewards
+            if key in info:
+                rec[key] = info[key]
         if len(info.get("metrics") or {}) > 1:  # a metric that returned several numbers (e.g. F1 and accuracy)
             rec["metrics"] = dict(info["metrics"])
         line = json.dumps(json_safe(rec), allow_nan=False) + "\n"

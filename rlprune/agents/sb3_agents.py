@@ -81,7 +81,9 @@ def make_agent(
     algo = ALGORITHMS.get(algorithm)
     if algo is None:
         raise RLPruneError(f"agent '{algorithm}': unknown (expected one of {', '.join(sorted(ALGORITHMS))})")
-    length = len(env.unwrapped.units) if hasattr(env, "unwrapped") else len(env.units)
+    length = getattr(env, "episode_length", None) or (
+        len(env.unwrapped.units) if hasattr(env, "unwrapped") else len(env.units)
+    )
     n_envs = getattr(env, "num_envs", 1)
     params = {**default_hyperparams(algorithm, length, n_envs=n_envs), **(hyperparams or {})}
     if algorithm in ("ddpg", "td3"):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rlprune.envs.features import observation, static_features
+from rlprune.envs.features import FEATURE_VERSION, feature_spec
 from rlprune.errors import RLPruneError
 from rlprune.pruning.budget import Budget
 from rlprune.pruning.plan import Plan
@@ -28,16 +28,20 @@ class Episode:
 
     :param budget: the cost model and clamp.
     :param target: this episode's cost target (within the budget's range).
-    :param static: per-unit static features (:func:`rlprune.envs.features.static_features`); computed if omitted.
+    :param static: per-unit static features of ``features``' version; computed if omitted.
+    :param features: the feature-set version observed (:mod:`rlprune.envs.features`; a policy's own, when applied).
     """
 
-    def __init__(self, budget: Budget, target: float, static: np.ndarray | None = None) -> None:
+    def __init__(
+        self, budget: Budget, target: float, static: np.ndarray | None = None, features: int = FEATURE_VERSION
+    ) -> None:
         if not 0.0 < target <= 1.0:
             raise RLPruneError(f"episode: target must lie in (0, 1], got {target}")
         self.budget = budget
         self.units = budget.units
         self.target = float(target)
-        self.static = static if static is not None else static_features(budget.structure)
+        self.spec = feature_spec(features)
+        self.static = static if static is not None else self.spec.static(budget.structure)
         self.t = 0
         self.decided: dict[str, int] = {}
         self.ratios: list[float] = []
@@ -59,9 +63,18 @@ class Episode:
         total = self.budget.structure.total_macs
         removed = sum(units[j].macs * (1 - self.decided[units[j].name] / units[j].channels) for j in range(t))
         later = sum(u.macs for u in units[t + 1 :])
-        prev = self.ratios[-1] if self.ratios else 0.0
         self.interval = self.budget.feasible_interval(self.decided, t, self.target)
-        return observation(self.static[t], [removed / total, later / total, prev, self.target, *self.interval])
+        dynamic = {
+            "macs_removed": removed / total,
+            "macs_later": later / total,
+            "previous_ratio": self.ratios[-1] if self.ratios else 0.0,
+            "target": self.target,
+            "min_ratio_needed": self.interval[0],
+            "max_ratio_allowed": self.interval[1],
+        }
+        if "uniform_ratio_rest" in self.spec.dynamic_names:
+            dynamic["uniform_ratio_rest"] = self.budget.uniform_rest(self.decided, t, self.target)
+        return self.spec.observation(self.static[t], dynamic)
 
     def decide(self, action: np.ndarray | float) -> tuple[float, float]:
         """Clamp the action's ratio into the feasible interval and commit it; returns ``(ratio, wanted)``."""
@@ -77,7 +90,10 @@ class Episode:
 
     def final_observation(self, macs_ratio: float) -> np.ndarray:
         r = self.ratios[-1]
-        return observation(self.static[-1], [1 - macs_ratio, 0.0, r, self.target, r, r])
+        dynamic = dict.fromkeys(("previous_ratio", "min_ratio_needed", "max_ratio_allowed", "uniform_ratio_rest"), r)
+        return self.spec.observation(
+            self.static[-1], {**dynamic, "macs_removed": 1 - macs_ratio, "macs_later": 0.0, "target": self.target}
+        )
 
     def plan(self, importance: str = "l1") -> Plan:
         """The plan of the ratios chosen so far (units not yet visited keep all channels)."""
@@ -86,10 +102,17 @@ class Episode:
 
 
 def rollout(
-    budget: Budget, act: Callable[[np.ndarray], np.ndarray], target: float | None = None, importance: str = "l1"
+    budget: Budget,
+    act: Callable[[np.ndarray], np.ndarray],
+    target: float | None = None,
+    importance: str = "l1",
+    features: int = FEATURE_VERSION,
 ) -> Plan:
-    """Play one episode with ``act(obs) -> action`` and return its plan, scoring nothing: how a policy is applied."""
-    episode = Episode(budget, budget.target_range[0] if target is None else target)
+    """Play one episode with ``act(obs) -> action`` and return its plan, scoring nothing: how a policy is applied.
+
+    :param features: the feature-set version ``act`` expects (a saved policy's ``meta["feature_version"]``).
+    """
+    episode = Episode(budget, budget.target_range[0] if target is None else target, features=features)
     while not episode.done:
         episode.decide(act(episode.observe()))
     return episode.plan(importance)

@@ -14,7 +14,8 @@ from gymnasium import spaces
 from rlprune.cost.lut import LatencyTable
 from rlprune.cost.macs import predict_costs
 from rlprune.envs.episode import Episode, action_to_ratio, rollout
-from rlprune.envs.features import FEATURE_VERSION, N_FEATURES, static_features
+from rlprune.envs.features import FEATURE_VERSION, feature_spec
+from rlprune.envs.references import References
 from rlprune.envs.rewards import Outcome, get_reward
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.scorer import Scorer
@@ -41,14 +42,16 @@ class LayerPruningEnv(gym.Env):
     to the interval that keeps the budget reachable.
 
     ## Observation Space
-    ``Box(0, 1, (18,), float32)``: the current unit's features (see ``rlprune.envs.features.FEATURES``; version
-    ``FEATURE_VERSION``): relative depth, layer type, log-channels, kernel, stride, feature-map size, MACs and
-    parameter shares, coupled modules, MACs removed so far, MACs still to come, previous ratio, the target, and the
-    feasible ratio interval for this unit.
+    ``Box(0, 1, (24,), float32)`` with the default feature set (``rlprune.envs.features``, v3): the current unit's
+    position (overall, by stage, in its stage, MACs before it), layer type, width and MACs relative to the mean unit,
+    kernel, stride, feature-map size, coupled modules, the spread of its channels' weight norms, then the budget
+    state: MACs removed so far and still to come, the previous ratio, the target, the feasible ratio interval and the
+    uniform ratio the rest of the network would need. ``features=2`` gives the older 18-feature set.
 
     ## Rewards
-    0 on every step but the last; at the last step the configured reward strategy (``accuracy``,
-    ``amc_log_flops`` or ``accuracy_latency``) applied to the validation accuracy and cost ratios.
+    0 on every step but the last; at the last step the configured reward strategy (``rlprune.envs.rewards``:
+    ``accuracy``, ``amc_log_flops``, ``accuracy_latency``, ``accuracy_worst_class``, or the relative ``retention``
+    and ``gain_over_uniform``, whose reference scores the environment measures once and caches).
 
     ## Episode End
     Terminates after the last unit (episode length = number of units). Never truncated.
@@ -66,6 +69,8 @@ class LayerPruningEnv(gym.Env):
     - ``tolerance``: how far below the target the final cost may land.
     - ``checkpoint`` / ``proxy``: build the scorer from a checkpoint path and proxy settings instead (for
       ``gymnasium.make``, whose keyword arguments must be plain data).
+    - ``features``: the feature-set version observed (default: the current one).
+    - ``name``: a label for the model, recorded with every episode (several models in one search).
     """
 
     metadata = {"render_modes": []}  # noqa: RUF012 - gymnasium's convention
@@ -87,6 +92,8 @@ class LayerPruningEnv(gym.Env):
         checkpoint: str | None = None,
         proxy: dict[str, Any] | None = None,
         on_episode: Callable[[dict[str, Any]], None] | None = None,
+        features: int = FEATURE_VERSION,
+        name: str = "",
     ) -> None:
         super().__init__()
         if scorer is None:
@@ -117,10 +124,13 @@ class LayerPruningEnv(gym.Env):
         self.reward_fn = get_reward(reward, reward_weight)
         self.min_ratio, self.max_ratio = self.budget.min_ratio, self.budget.max_ratio
         self.on_episode = on_episode
-        self.static = static_features(self.structure)
-        self.feature_version = FEATURE_VERSION
+        self.name = name
+        spec = feature_spec(features)
+        self.static = spec.static(self.structure)
+        self.feature_version = spec.version
+        self.references = References(scorer, self.budget)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
-        self.observation_space = spaces.Box(0.0, 1.0, (N_FEATURES,), dtype=np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, (spec.size,), dtype=np.float32)
         self._reset_state(self.target_range[0])
 
     @property
@@ -146,7 +156,7 @@ class LayerPruningEnv(gym.Env):
 
     # ---------------------------------------------------------------------------------------------- gym API
     def _reset_state(self, target: float) -> None:
-        self.episode = Episode(self.budget, target, self.static)
+        self.episode = Episode(self.budget, target, self.static, self.feature_version)
 
     @property
     def target(self) -> float:
@@ -186,7 +196,7 @@ class LayerPruningEnv(gym.Env):
 
     def rollout(self, act: Callable[[np.ndarray], np.ndarray], target: float | None = None) -> Plan:
         """Play one episode with ``act(obs) -> action`` without scoring it (:func:`rlprune.envs.episode.rollout`)."""
-        return rollout(self.budget, act, target, self.scorer.importance)
+        return rollout(self.budget, act, target, self.scorer.importance, self.feature_version)
 
     def _measured_ratio(self, result: Any, predicted: float) -> float:
         """MACs ratio counted on the physically pruned candidate (the scorer's ``macs_measured``; the prediction when
@@ -205,12 +215,15 @@ class LayerPruningEnv(gym.Env):
         macs = predict_costs(self.structure, plan.channels)[0]
         macs_ratio = macs / self.structure.total_macs
         latency_ratio = self.budget.latency_ratio(plan.channels)
+        needs = self.reward_fn.references
         outcome = Outcome(
             accuracy=float(result.accuracy),
             macs_ratio=macs_ratio,
             latency_ratio=latency_ratio,
             macs=macs,
             metrics=dict(result.metrics),
+            dense_accuracy=self.references.dense() if "dense" in needs else None,
+            uniform_accuracy=self.references.uniform(self.target) if "uniform" in needs else None,
         )
         reward = float(self.reward_fn(outcome))
         info = {
@@ -229,6 +242,11 @@ class LayerPruningEnv(gym.Env):
             "cached": bool(result.cached),
             "metrics": dict(result.metrics),
         }
+        if self.name:
+            info["model"] = self.name
+        for key in ("dense_accuracy", "uniform_accuracy"):
+            if getattr(outcome, key) is not None:
+                info[key] = getattr(outcome, key)
         if self.on_episode is not None:
             self.on_episode(info)
         return self.episode.final_observation(macs_ratio), reward, True, False, info

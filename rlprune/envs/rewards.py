@@ -15,17 +15,22 @@ from rlprune.errors import RLPruneError
 @dataclass(frozen=True)
 class Outcome:
     """What one finished episode produced: validation accuracy (percent), pruned/dense cost ratios and every number
-    the scorer's metric returned (``Score.metrics``, e.g. ``worst_class_drop``)."""
+    the scorer's metric returned (``Score.metrics``, e.g. ``worst_class_drop``); for relative rewards also the dense
+    model's score and the uniform plan's score at the same target, measured by the same scorer."""
 
     accuracy: float
     macs_ratio: float
     latency_ratio: float
     macs: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+    dense_accuracy: float | None = None
+    uniform_accuracy: float | None = None
 
 
 class Reward(ABC):
     name: str = ""
+    # which reference scores the environment must measure for this reward ("dense", "uniform")
+    references: frozenset[str] = frozenset()
 
     def __init__(self, weight: float = 1.0) -> None:
         self.weight = weight
@@ -87,8 +92,46 @@ class WorstClassReward(Reward):
         return outcome.accuracy / 100.0 - self.weight * max(0.0, float(drop) - self.max_drop) / 100.0
 
 
+def _reference(outcome: Outcome, name: str) -> float:
+    value = getattr(outcome, f"{name}_accuracy")
+    if value is None:
+        raise RLPruneError(f"this reward needs the {name} model's score, which the environment did not measure")
+    return float(value)
+
+
+class RetentionReward(Reward):
+    """The share of the dense model's score the pruned one keeps (accuracy / dense accuracy, both measured by the
+    same scorer): comparable between a 90% ResNet and a 60% ViT, so one policy can learn on both."""
+
+    name = "retention"
+    references = frozenset({"dense"})
+
+    def __call__(self, outcome: Outcome) -> float:
+        return outcome.accuracy / max(1e-6, _reference(outcome, "dense"))
+
+
+class GainOverUniformReward(Reward):
+    """Points gained over the uniform plan at the same target on the same model (accuracy - uniform accuracy, as a
+    fraction of 100): zero means "as good as cutting every layer equally", whatever the model and budget, so the
+    reward measures what the policy adds and not how hard the model or budget is."""
+
+    name = "gain_over_uniform"
+    references = frozenset({"uniform"})
+
+    def __call__(self, outcome: Outcome) -> float:
+        return (outcome.accuracy - _reference(outcome, "uniform")) / 100.0
+
+
 REWARDS: dict[str, type[Reward]] = {
-    r.name: r for r in (AccuracyReward, AMCLogFlopsReward, LatencyReward, WorstClassReward)
+    r.name: r
+    for r in (
+        AccuracyReward,
+        AMCLogFlopsReward,
+        LatencyReward,
+        WorstClassReward,
+        RetentionReward,
+        GainOverUniformReward,
+    )
 }
 
 

@@ -137,6 +137,22 @@ class Budget:
         return self.cost(channels)
 
     # ---------------------------------------------------------------------------------------------------- clamp
+    def uniform_rest(self, decided: Mapping[str, int], t: int, target: float, steps: int = 12) -> float:
+        """The one ratio for unit ``t`` and every later unit that meets ``target`` given the channels ``decided``
+        for units ``0..t-1`` (clipped to ``[min_ratio, max_ratio]``): how hard the rest of the network must be cut."""
+        lo, hi = self.min_ratio, self.max_ratio
+        if self._cost_with(decided, t, lo, lo) <= target:
+            return lo
+        if self._cost_with(decided, t, hi, hi) > target:
+            return hi
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            if self._cost_with(decided, t, mid, mid) <= target:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
     def feasible_interval(self, decided: Mapping[str, int], t: int, target: float) -> tuple[float, float]:
         """Ratios for unit ``t`` that keep a final cost in ``[target - tolerance, target]`` reachable, given the
         channels ``decided`` for units ``0..t-1``."""

@@ -48,6 +48,9 @@ class Unit:
         equal slices (its channels feed or leave grouped convolutions; 1 for everything else, depthwise included).
     :param head_dim: for ``kind == "heads"`` (an attention's q/k/v outputs), the channels per head: ``channels``
         then counts heads, the unit's pruning step; 0 otherwise.
+    :param norm_spread: coefficient of variation (std / mean) of the L2 norms of the unit's output channels (of its
+        heads, for attention), over all its member layers: a cheap redundancy signal at analysis time. Near 0, every
+        channel carries as much weight as the next; a large spread means that magnitude pruning finds weak channels.
     """
 
     index: int
@@ -64,6 +67,7 @@ class Unit:
     members: tuple[str, ...]
     groups: int = 1
     head_dim: int = 0
+    norm_spread: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -309,6 +313,9 @@ def analyze(model: nn.Module, example_input: torch.Tensor, *, trial: bool = True
                 members=tuple(names[m] for m in owned),
                 groups=slices,
                 head_dim=heads.head_dim if heads is not None else 0,
+                norm_spread=norm_spread(
+                    owned, *((heads.heads, heads.head_dim) if heads is not None else (channels, 1))
+                ),
             )
         )
         if heads is not None:
@@ -387,6 +394,33 @@ def analyze(model: nn.Module, example_input: torch.Tensor, *, trial: bool = True
     if trial:
         _trial_prune(model, example_input, structure)
     return structure
+
+
+def norm_spread(layers: list[nn.Module], slots: int, block: int = 1) -> float:
+    """Coefficient of variation of the per-slot L2 norms of ``layers``' output weights.
+
+    :param slots: the unit's pruning slots (channels, or heads).
+    :param block: output rows per slot and section (an attention's head dimension; 1 for channels): rows are read as
+        ``sections x slots x block``, the layout of fused q|k|v projections. Layers whose outputs do not split that
+        way are skipped; 0 when none is left or every norm is 0.
+    """
+    if slots <= 0 or block <= 0:
+        return 0.0
+    total = torch.zeros(slots, dtype=torch.float64)
+    used = False
+    with torch.no_grad():
+        for m in layers:
+            w = getattr(m, "weight", None)
+            if not isinstance(w, torch.Tensor) or w.dim() < 1 or w.shape[0] % (slots * block):
+                continue
+            sq = w.detach().double().reshape(w.shape[0], -1).pow(2).sum(1)
+            total += sq.reshape(-1, slots, block).sum(dim=(0, 2))
+            used = True
+    norms = total.sqrt()
+    mean = float(norms.mean()) if used else 0.0
+    if mean <= 0 or not math.isfinite(mean):
+        return 0.0
+    return float(norms.std(unbiased=False)) / mean
 
 
 def _trial_prune(model: nn.Module, example: torch.Tensor, structure: Structure) -> None:

@@ -1,0 +1,226 @@
+"""One policy over several models and budgets: depth-invariant features, relative rewards, the multi-model env, the
+several-checkpoint search, and zero-shot apply with its trained-range check."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+from torch import nn
+
+from rlprune.apply import check_policy_target, policy_plans
+from rlprune.config import SearchConfig, load_config
+from rlprune.data import default_data_dirs
+from rlprune.envs.features import FEATURE_GROUPS, SPECS, feature_spec, static_features
+from rlprune.envs.layer_pruning import LayerPruningEnv
+from rlprune.envs.multi import MultiModelEnv
+from rlprune.envs.references import References
+from rlprune.envs.rewards import Outcome, get_reward
+from rlprune.errors import RLPruneError
+from rlprune.evaluation.scorer import Score
+from rlprune.models import build_model
+from rlprune.pruning import analyze
+from rlprune.pruning.budget import Budget, macs_ratio
+from rlprune.pruning.structure import norm_spread
+
+X = torch.zeros(1, 3, 32, 32)
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "zoo"
+HAVE_DATA = (
+    any((d / "cifar10-jpeg.tar.gz").is_file() for d in default_data_dirs())
+    and (ZOO / "resnet32_cifar10.json").is_file()
+)
+
+
+def _structure(name: str, **kwargs: object):
+    torch.manual_seed(0)
+    return analyze(build_model(name, **kwargs).eval(), X)
+
+
+class ChannelScorer:
+    """A deterministic stand-in scorer: the score is the share of kept channels (in percent), so references and
+    rewards can be checked by hand."""
+
+    importance = "l1"
+
+    def __init__(self, structure) -> None:
+        self.structure = structure
+        self.calls = 0
+
+    def __call__(self, plan) -> Score:
+        self.calls += 1
+        kept = sum(plan.channels[u.name] for u in self.structure.units)
+        total = sum(u.channels for u in self.structure.units)
+        return Score(accuracy=100.0 * kept / total, metrics={}, seconds=0.0, cached=False)
+
+
+def test_norm_spread_matches_hand_computation():
+    layer = nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 1.0], [0.0, 2.0]]))  # row norms 5, 1, 2
+    norms = np.array([5.0, 1.0, 2.0])
+    assert norm_spread([layer], 3) == pytest.approx(norms.std() / norms.mean())
+    # heads: rows read as sections x heads x head_dim (fused q|k|v): 2 heads of dim 1 in 2 sections
+    fused = nn.Linear(1, 4, bias=False)
+    with torch.no_grad():
+        fused.weight.copy_(torch.tensor([[1.0], [2.0], [1.0], [2.0]]))  # head 0: rows 0, 2; head 1: rows 1, 3
+    head_norms = np.sqrt([2.0, 8.0])
+    assert norm_spread([fused], 2, 1) == pytest.approx(head_norms.std() / head_norms.mean())
+    assert norm_spread([nn.Linear(2, 5)], 3) == 0.0  # outputs that do not split into the slots are skipped
+
+
+def test_v3_features_do_not_shrink_with_depth_where_v2_shares_do():
+    shallow, deep = _structure("resnet20"), _structure("resnet56")
+    v2 = {n: SPECS[2].static_names.index(n) for n in ("macs_share",)}
+    share20 = static_features(shallow, 2)[:, v2["macs_share"]].mean()
+    share56 = static_features(deep, 2)[:, v2["macs_share"]].mean()
+    assert share20 / share56 > 2  # v2: a 3x deeper network looks like "all small layers"
+    names = SPECS[3].static_names
+    f20, f56 = static_features(shallow, 3), static_features(deep, 3)
+    for name in ("macs_rel", "width_rel", "stage_position", "position_in_stage", "macs_before"):
+        i = names.index(name)
+        assert abs(f20[:, i].mean() - f56[:, i].mean()) < 0.06, name
+    assert np.all((f56 >= 0) & (f56 <= 1)) and np.isfinite(f56).all()
+
+
+def test_feature_groups_and_versions_are_consistent():
+    spec = feature_spec(3)
+    grouped = [n for names in FEATURE_GROUPS.values() for n in names]
+    assert sorted(grouped) == sorted(spec.names)  # every v3 feature in exactly one ablation group
+    assert feature_spec(2).size == 18 and spec.size == len(spec.names)
+    with pytest.raises(RLPruneError, match="v9: unknown"):
+        feature_spec(9)
+
+
+def test_relative_rewards_by_hand():
+    o = Outcome(
+        accuracy=72.0, macs_ratio=0.5, latency_ratio=math.nan, macs=1, dense_accuracy=90.0, uniform_accuracy=70.0
+    )
+    assert get_reward("retention")(o) == pytest.approx(0.8)
+    assert get_reward("gain_over_uniform")(o) == pytest.approx(0.02)
+    with pytest.raises(RLPruneError, match="uniform model's score"):
+        get_reward("gain_over_uniform")(Outcome(accuracy=1.0, macs_ratio=0.5, latency_ratio=0.0, macs=1))
+
+
+def test_references_interpolate_uniform_scores_on_a_grid():
+    structure = _structure("resnet20")
+    scorer = ChannelScorer(structure)
+    budget = Budget(structure, (0.3, 0.8))
+    refs = References(scorer, budget, grid=0.1)
+    assert refs.dense() == pytest.approx(100.0)
+    at = {t: scorer(budget.uniform_plan(t)).accuracy for t in (0.4, 0.5)}
+    scorer.calls = 0
+    value = refs.uniform(0.43)
+    assert value == pytest.approx(at[0.4] + (at[0.5] - at[0.4]) * 0.3)
+    assert scorer.calls == 2
+    refs.uniform(0.47)  # same grid points: answered from the cache
+    assert scorer.calls == 2
+    assert set(refs.measured()["uniform"]) == {"0.400", "0.500"}
+
+
+def _env(name: str, structure, target=(0.3, 0.8)) -> LayerPruningEnv:
+    return LayerPruningEnv(ChannelScorer(structure), target=target, reward="gain_over_uniform", name=name)
+
+
+def test_multi_model_env_draws_models_and_targets_reproducibly():
+    envs = [_env("r20", _structure("resnet20")), _env("mb", _structure("mobilenetv2", width_mult=0.25))]
+    multi = MultiModelEnv(envs)
+    check_env(multi, skip_render_check=True)
+
+    def draws(seed: int) -> list[tuple[str, float]]:
+        out = []
+        multi.reset(seed=seed)
+        for _ in range(12):
+            _, info = multi.reset()
+            out.append((info["model"], round(info["target"], 6)))
+        return out
+
+    first = draws(3)
+    assert first == draws(3)
+    assert {m for m, _ in first} == {"r20", "mb"} and all(0.3 <= t <= 0.8 for _, t in first)
+    multi.reset(options={"model": "mb", "target": 0.5})
+    done, reward = False, 0.0
+    while not done:
+        _, reward, done, _, step_info = multi.step(np.zeros(1, dtype=np.float32))
+    assert step_info["model"] == "mb" and "uniform_accuracy" in step_info
+    assert reward == pytest.approx((step_info["accuracy"] - step_info["uniform_accuracy"]) / 100)
+    with pytest.raises(RLPruneError, match="distinct name"):
+        MultiModelEnv([_env("a", envs[0].structure), _env("a", envs[0].structure)])
+
+
+def test_several_checkpoints_config():
+    cfg = SearchConfig(name="g", checkpoints=["zoo/a.json", "other/b.json"], env={"target": [0.3, 0.8]})
+    assert cfg.env.reward == "gain_over_uniform"  # relative by default across models
+    assert SearchConfig(name="g", checkpoints=["a.json"], env={"reward": "accuracy"}).env.reward == "accuracy"
+    for bad, match in (
+        ({"checkpoint": "x.json", "checkpoints": ["a.json"]}, "not both"),
+        ({"checkpoints": ["zoo/a.json", "other/a.json"]}, "share a file name"),
+        ({"checkpoints": ["a.json"], "env": {"budget": "latency"}}, "MACs budgets only"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            SearchConfig(name="g", **bad)
+
+
+def test_policy_target_range_is_enforced_unless_forced():
+    meta = {"target": [0.3, 0.8], "budget": "macs"}
+    check_policy_target(meta, 0.5, "macs")
+    check_policy_target(meta, 0.81, "macs")  # within the slack
+    with pytest.raises(RLPruneError, match=r"outside what the policy was trained for \(\[0.3, 0.8\]\)") as info:
+        check_policy_target(meta, 0.9, "macs")
+    assert info.value.fix == "force"
+    check_policy_target(meta, 0.9, "macs", force=True)
+    with pytest.raises(RLPruneError, match="latency budget"):
+        check_policy_target({"target": 0.5, "budget": "latency"}, 0.5, "macs")
+
+
+def test_older_policy_is_rolled_out_with_its_own_features():
+    from rlprune.agents.policy_io import load_policy
+
+    policy = load_policy(ROOT / "benchmarks/results/policies/resnet20_macs50_ppo_s1")
+    assert policy.meta["feature_version"] == 2
+    model = build_model("resnet56").eval()
+    structure = analyze(model, X)
+    plan = policy_plans(policy, model, structure, target=0.5)[0]
+    assert abs(macs_ratio(structure, plan) - 0.5) <= 0.011
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason="needs the CIFAR-10 copy ($RLPRUNE_DATA) and zoo/")
+def test_generalist_search_applies_zero_shot(tmp_path):
+    """Two zoo models, 16 episodes with a tiny proxy: the run records models, the policy records what it was
+    trained on, resumes to more episodes without re-scoring, and rolls out on a third model within budget."""
+    config = tmp_path / "g.yaml"
+    config.write_text(
+        "name: g\n"
+        f"output_dir: {tmp_path}\n"
+        f"checkpoints: [{ZOO / 'resnet20_cifar10.json'}, {ZOO / 'resnet32_cifar10.json'}]\n"
+        "env: {target: [0.4, 0.7]}\n"
+        "proxy: {val_images: 100, finetune_steps: 0, recal_batches: 1, recal_batch_size: 16}\n"
+        "agent: {episodes: 10}\n"
+    )
+    from rlprune.searching import run_search
+
+    cfg = load_config(config, SearchConfig)
+    summary = run_search(cfg, progress=False)
+    assert summary["reward"] == "gain_over_uniform" and summary["episodes"] == 10
+    assert sum(m["episodes"] for m in summary["models"]) == 10
+    records = [json.loads(line) for line in (tmp_path / "g" / "episodes.jsonl").read_text().splitlines()]
+    assert {r["model"] for r in records} <= {"resnet20_cifar10", "resnet32_cifar10"}
+    assert all("uniform_accuracy" in r and 0.39 <= r["macs_ratio"] <= 0.7 + 1e-9 for r in records)
+    meta = json.loads((tmp_path / "g" / "policy.json").read_text())
+    assert meta["feature_version"] == 3 and meta["target"] == [0.4, 0.7]
+    assert [m["name"] for m in meta["models"]] == ["resnet20_cifar10", "resnet32_cifar10"]
+
+    more = load_config(config, SearchConfig, ["agent.episodes=12"])
+    assert run_search(more, resume=True, progress=False)["episodes"] == 12
+
+    model = build_model("resnet56").eval()
+    structure = analyze(model, X)
+    plan = policy_plans(str(tmp_path / "g"), model, structure, target=0.55)[0]
+    assert abs(macs_ratio(structure, plan) - 0.55) <= 0.011
+    with pytest.raises(RLPruneError, match="outside what the policy was trained for"):
+        policy_plans(str(tmp_path / "g"), model, structure, target=0.2)
