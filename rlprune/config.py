@@ -311,6 +311,8 @@ class SearchConfig(Strict):
     checkpoint: str | None = None  # the dense model; not needed when the search is given a scorer (Python API)
     # several dense models: each episode draws one (and a target in env.target's range) and one policy learns them all
     checkpoints: list[str] | None = None
+    # rlprune run only: roll this learned policy out on the checkpoint at env.target instead of searching (zero-shot)
+    policy: str | None = None
     data_root: str | None = None
     env: EnvConfig = Field(default_factory=EnvConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
@@ -320,8 +322,12 @@ class SearchConfig(Strict):
 
     @model_validator(mode="after")
     def _several_models(self) -> SearchConfig:
+        if self.policy is not None and not isinstance(self.env.target, float | int):
+            raise ValueError("policy: applying a policy needs one env.target, not a range")
         if self.checkpoints is None:
             return self
+        if self.policy is not None:
+            raise ValueError("policy: applies to one checkpoint, not to 'checkpoints'")
         if self.checkpoint is not None:
             raise ValueError("give 'checkpoint' (one model) or 'checkpoints' (several), not both")
         if not self.checkpoints or not all(self.checkpoints):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from rlprune.data import splits_from_meta
 from rlprune.errors import RLPruneError
 from rlprune.pruning import Plan
 from rlprune.searching import run_search
+
+log = logging.getLogger("rlprune.pipeline")
 
 
 def run_job(
@@ -32,8 +35,12 @@ def run_job(
     out = run_dir / "pruned"
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not resume:
         raise RLPruneError(f"{out}: already exists", fix="resume_or_rename")
-    summary = run_search(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
-    dense, meta, _ = load_dense(cfg.checkpoint, trust_model_code=trust_model_code)
+    if cfg.policy is not None:
+        dense, meta, structure = load_dense(cfg.checkpoint, trust_model_code=trust_model_code)
+        summary = _zero_shot(cfg, dense, meta, structure, run_dir)
+    else:
+        summary = run_search(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
+        dense, meta, _ = load_dense(cfg.checkpoint, trust_model_code=trust_model_code)
     plan = Plan.load(run_dir / "best_plan.json")
     f = cfg.finetune
     finetune_plan(
@@ -52,18 +59,35 @@ def run_job(
         steps_per_epoch=f.steps_per_epoch,
         seed=cfg.seed,
         progress=progress,
-        source={"search": str(run_dir), "checkpoint": cfg.checkpoint},
+        source={"search": str(run_dir), "checkpoint": cfg.checkpoint, "policy": cfg.policy},
         reuse=True,
         device=cfg.device,
     )
     return {
-        "best_val_proxy_accuracy": round(summary["best"]["accuracy"], 2),
+        "best_val_proxy_accuracy": None
+        if summary["best"]["accuracy"] is None
+        else round(summary["best"]["accuracy"], 2),
         "macs_ratio": round(summary["best"]["macs_ratio"], 4),
         "report": str(out / "report.md"),
         "pruned_model": str(out / "model.json"),
         "tensorboard": f"tensorboard --logdir {run_dir}",
         "report_md": (out / "report.md").read_text(),
     }
+
+
+def _zero_shot(cfg: SearchConfig, dense: Any, meta: dict[str, Any], structure: Any, run_dir: Path) -> dict[str, Any]:
+    """Roll ``cfg.policy`` out on the checkpoint at ``cfg.env.target`` (no search, no scoring) and save the plan as
+    the run's ``best_plan.json``; the same plan for the same policy, model and target, every time."""
+    from rlprune.apply import apply_policy, example_input
+    from rlprune.pruning.budget import macs_ratio
+
+    target = float(cfg.env.target)  # type: ignore[arg-type]  # a range is refused by the config
+    plan, _ = apply_policy(cfg.policy, dense, example_input(meta), target=target, budget=cfg.env.budget)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ratio = macs_ratio(structure, plan)
+    plan.save(run_dir / "best_plan.json")
+    log.info("policy %s on %s at %.2f: MACs ratio %.4f (no search)", cfg.policy, cfg.checkpoint, target, ratio)
+    return {"best": {"accuracy": None, "macs_ratio": ratio}}
 
 
 __all__ = ["run_job"]

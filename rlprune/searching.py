@@ -148,7 +148,9 @@ def search_request(cfg: SearchConfig, searcher: str | None) -> dict[str, Any]:
     from rlprune.checkpoint import read_meta
 
     config = cfg.model_dump(mode="json", exclude={"name": True, "output_dir": True, "agent": {"episodes"}})
-    return {**config, "searcher": searcher, "weights_sha256": read_meta(cfg.checkpoint).get("weights_sha256")}
+    paths = cfg.checkpoints if cfg.checkpoints is not None else [cfg.checkpoint]
+    hashes = [read_meta(p).get("weights_sha256") for p in paths]
+    return {**config, "searcher": searcher, "weights_sha256": hashes[0] if cfg.checkpoints is None else hashes}
 
 
 # One search per run directory at a time: two would interleave episodes.jsonl and overwrite each other's files.

@@ -224,3 +224,33 @@ def test_generalist_search_applies_zero_shot(tmp_path):
     assert abs(macs_ratio(structure, plan) - 0.55) <= 0.011
     with pytest.raises(RLPruneError, match="outside what the policy was trained for"):
         policy_plans(str(tmp_path / "g"), model, structure, target=0.2)
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason="needs the CIFAR-10 copy ($RLPRUNE_DATA) and zoo/")
+def test_main_job_applies_a_policy_zero_shot(tmp_path, capsys):
+    """``rlprune run`` with ``policy:`` rolls the policy out instead of searching, then fine-tunes and reports;
+    a target outside the policy's range is refused with the flag that forces it."""
+    import yaml
+
+    from rlprune.cli import main
+
+    body = {
+        "name": "zs",
+        "checkpoint": str(ZOO / "resnet20_cifar10.json"),
+        "output_dir": str(tmp_path),
+        "policy": str(ROOT / "benchmarks/results/policies/resnet20_macs50_ppo_s1"),
+        "env": {"target": 0.5},
+        "finetune": {"epochs": 1, "batch_size": 64, "steps_per_epoch": 5},
+    }
+    (tmp_path / "zs.yaml").write_text(yaml.safe_dump(body))
+    assert main(["run", str(tmp_path / "zs.yaml"), "--quiet"]) == 0
+    first = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert not (tmp_path / "zs" / "episodes.jsonl").exists()  # no search ran
+    report = json.loads((tmp_path / "zs" / "pruned" / "report.json").read_text())
+    assert 0.49 <= report["pruned"]["macs"] / report["dense"]["macs"] <= 0.5 and first["macs_ratio"] <= 0.5
+    assert report["source"]["policy"] == body["policy"]
+    body.update(name="zs2", env={"target": 0.3})
+    (tmp_path / "zs2.yaml").write_text(yaml.safe_dump(body))
+    assert main(["run", str(tmp_path / "zs2.yaml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "outside what the policy was trained for" in err and "--force" in err

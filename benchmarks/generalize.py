@@ -1,0 +1,453 @@
+"""Does one policy prune networks it never saw? Leave-families-out test of the generalist policy.
+
+A generalist PPO policy is trained on some models (default: ResNet-20, ResNet-32 and VGG-11/2) over a MACs range,
+then rolled out zero-shot on held-out families (default: ResNet-56, MobileNetV2/2 and the small ViT — none of them
+in training) at several budgets. Per (target, budget) it is compared with: the single-model ResNet-20 PPO policy
+(v2 features, trained at 0.5 only; forced at other budgets), the uniform plan, and fresh 100-plan random and PPO
+searches on the target. Every plan is scored by the same validation proxy the policy was trained with; the MACs
+ratio is counted on the physically pruned model.
+
+Stages (each resumable: finished pieces are cached under ``--runs`` and reused):
+
+    python benchmarks/generalize.py --stage train       # the generalist (and copies its policy into results)
+    python benchmarks/generalize.py --stage proxy       # every (target, budget) row on the proxy
+    python benchmarks/generalize.py --stage ablation    # which feature groups carry the transfer
+    python benchmarks/generalize.py --stage finetune    # short distillation fine-tunes, test accuracy, seeds
+    python benchmarks/generalize.py --stage report      # (every stage ends with it) tables from what exists
+
+Ablation: the generalist is rolled out with one feature group replaced by its mean over the policy's own
+observations on its training models (the information removed, the input still in range); the drop in proxy
+accuracy against the full policy says how much the transfer relies on that group.
+
+Writes benchmarks/results/generalize.{json,md}; the policy goes to benchmarks/results/policies/generalist_macs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _results import environment, md_table, reproduce_command, write_results
+
+from rlprune.agents.policy_io import Policy
+from rlprune.apply import finetune_plan, load_dense, policy_plans
+from rlprune.config import SearchConfig, model_label, validate
+from rlprune.cost.macs import count_macs
+from rlprune.data import splits_from_meta
+from rlprune.envs.episode import Episode
+from rlprune.envs.features import FEATURE_GROUPS, feature_spec
+from rlprune.evaluation.proxy import proxy_from_checkpoint
+from rlprune.fileio import atomic_write_text
+from rlprune.pruning import Plan, prune
+from rlprune.pruning.budget import Budget
+from rlprune.searching import complete_search
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "generalize"
+POLICY_DIR = ROOT / "benchmarks" / "results" / "policies" / "generalist_macs"
+SINGLE_POLICY = ROOT / "benchmarks" / "results" / "policies" / "resnet20_macs50_ppo_s1"
+TRAIN = ["zoo/resnet20_cifar10.json", "zoo/resnet32_cifar10.json", "zoo/vgg11_cifar10.json"]
+TARGETS = ["zoo/resnet56_cifar10.json", "zoo/mobilenetv2_cifar10.json", "zoo/vit_cifar10.json"]
+# One proxy for training and for every row: BN recalibration on 10 batches, 1000 validation images, no SGD steps
+# (a third of the default proxy's cost per plan; the same for every method, so the comparison is fair).
+PROXY = {"val_images": 1000, "finetune_steps": 0, "recal_batches": 10, "recal_batch_size": 64, "seed": 0}
+METHODS = ("generalist", "single-model policy", "uniform", "random search", "PPO search")
+
+
+def _key(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cached(path: Path, request: dict[str, Any]) -> dict[str, Any] | None:
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("request_key") == _key(request):
+            return data
+    return None
+
+
+def _store(path: Path, request: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {**data, "request_key": _key(request), "request": request}
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def _search_config(args: argparse.Namespace, name: str, **fields: Any) -> SearchConfig:
+    raw = {
+        "name": name,
+        "output_dir": str(Path(args.runs) / "search"),
+        "seed": args.seed,
+        "threads": args.threads,
+        "proxy": dict(PROXY),
+        **fields,
+    }
+    return validate(SearchConfig, raw, "generalize")
+
+
+# ----------------------------------------------------------------------------------------------------------- train
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = _search_config(
+        args,
+        "generalist",
+        checkpoints=args.train,
+        env={"target": [args.low, args.high], "reward": args.reward},
+        agent={"episodes": args.episodes},
+    )
+    summary = complete_search(cfg, progress=not args.quiet)
+    run_dir = Path(cfg.output_dir) / cfg.name
+    args.policy_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("policy.json", "policy.safetensors"):
+        shutil.copy2(run_dir / name, args.policy_dir / name)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------- proxy
+def _measured_ratio(dense: torch.nn.Module, plan: Plan, shape: tuple[int, ...], dense_macs: int) -> float:
+    pruned, _ = prune(dense, plan, torch.zeros(1, *shape))
+    return count_macs(pruned, shape) / dense_macs
+
+
+def _cell(args: argparse.Namespace, ckpt: str, budget: float) -> dict[str, Any]:
+    label = model_label(ckpt)
+    request = {
+        "checkpoint": ckpt,
+        "budget": budget,
+        "proxy": PROXY,
+        "episodes": args.search_episodes,
+        "policy": _key(json.loads((args.policy_dir / "policy.json").read_text())),
+        "seed": args.seed,
+    }
+    path = Path(args.runs) / "cells" / f"{label}_{budget:.2f}.json"
+    hit = _cached(path, request)
+    if hit is not None:
+        return hit
+    dense, _, structure = load_dense(ckpt)
+    shape = tuple(structure.input_shape)
+    dense_macs = count_macs(dense, shape)
+    scorer = proxy_from_checkpoint(ckpt, None, **PROXY)
+    plans: dict[str, Plan] = {}
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    plans["generalist"] = policy_plans(str(args.policy_dir), dense, structure, target=budget)[0]
+    seconds["generalist"] = time.perf_counter() - started
+    single = Policy.load(SINGLE_POLICY)
+    started = time.perf_counter()
+    forced = abs(budget - float(single.meta["target"])) > 0.02
+    plans["single-model policy"] = policy_plans(single, dense, structure, target=budget, force=forced)[0]
+    seconds["single-model policy"] = time.perf_counter() - started
+    plans["uniform"] = Budget(structure, budget).uniform_plan()
+    seconds["uniform"] = 0.0
+    for method, searcher in (("random search", "random"), ("PPO search", None)):
+        cfg = _search_config(
+            args,
+            f"{label}-{budget:.2f}-{searcher or 'ppo'}",
+            checkpoint=ckpt,
+            env={"target": budget},
+            agent={"episodes": args.search_episodes},
+        )
+        summary = complete_search(cfg, searcher=searcher, progress=not args.quiet)
+        plans[method] = Plan.load(Path(cfg.output_dir) / cfg.name / "best_plan.json")
+        seconds[method] = float(summary["wall_seconds"])
+    rows = {}
+    for method, plan in plans.items():
+        score = scorer(plan)
+        rows[method] = {
+            "proxy_val_accuracy": round(float(score.accuracy), 2),
+            "macs_ratio_measured": round(_measured_ratio(dense, plan, shape, dense_macs), 4),
+            "search_seconds": round(seconds[method], 3),
+            "plan": plan.to_dict(),
+        }
+    everything = Budget(structure, 1.0).plan_from_clamped({u.name: 0.0 for u in structure.units})
+    data = {
+        "model": label,
+        "budget": budget,
+        "rows": rows,
+        "single_policy_forced": forced,
+        "dense_val_proxy": round(float(scorer(everything).accuracy), 2),
+    }
+    return _store(path, request, data)
+
+
+def proxy_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    cells = []
+    for ckpt in args.targets:
+        for budget in args.budgets:
+            print(f"[proxy] {model_label(ckpt)} at {budget}", flush=True)
+            cells.append(_cell(args, ckpt, budget))
+    return cells
+
+
+# -------------------------------------------------------------------------------------------------------- ablation
+def _observations(policy: Policy, checkpoints: list[str], budgets: list[float]) -> np.ndarray:
+    """The generalist's own observations on its training models (deterministic rollouts at ``budgets``)."""
+    version = int(policy.meta["feature_version"])
+    seen = []
+    for ckpt in checkpoints:
+        _, _, structure = load_dense(ckpt)
+        b = Budget(structure, (min(budgets), max(budgets)), max_ratio=policy.meta.get("max_ratio", 0.8))
+        for target in budgets:
+            episode = Episode(b, target, features=version)
+            while not episode.done:
+                obs = episode.observe()
+                seen.append(obs)
+                episode.decide(policy.act(obs))
+    return np.asarray(seen)
+
+
+def ablation(args: argparse.Namespace) -> dict[str, Any]:
+    policy = Policy.load(args.policy_dir)
+    spec = feature_spec(int(policy.meta["feature_version"]))
+    request = {"policy": _key(policy.meta), "targets": args.targets, "budgets": args.budgets, "proxy": PROXY}
+    path = Path(args.runs) / "ablation.json"
+    hit = _cached(path, request)
+    if hit is not None:
+        return hit
+    mean = _observations(policy, args.train, args.budgets).mean(axis=0)
+    out: dict[str, Any] = {"groups": {g: list(names) for g, names in FEATURE_GROUPS.items()}, "cells": []}
+    for ckpt in args.targets:
+        dense, _, structure = load_dense(ckpt)
+        scorer = proxy_from_checkpoint(ckpt, None, **PROXY)
+        for budget in args.budgets:
+            row = {"model": model_label(ckpt), "budget": budget}
+            row["full"] = float(scorer(policy_plans(policy, dense, structure, target=budget)[0]).accuracy)
+            for group, names in FEATURE_GROUPS.items():
+                idx = [spec.names.index(n) for n in names]
+
+                def act(obs: np.ndarray, idx: list[int] = idx) -> np.ndarray:
+                    obs = obs.copy()
+                    obs[idx] = mean[idx]
+                    return policy.act(obs)
+
+                plan = Policy(policy.policy, policy.meta)
+                plan.act = act  # type: ignore[method-assign]
+                row[group] = float(scorer(policy_plans(plan, dense, structure, target=budget)[0]).accuracy)
+            print(f"[ablation] {row}", flush=True)
+            out["cells"].append(row)
+    return _store(path, request, out)
+
+
+# -------------------------------------------------------------------------------------------------------- finetune
+def finetune(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for cell in cells:
+        if cell["budget"] not in args.finetune_budgets:
+            continue
+        ckpt = next(c for c in args.targets if model_label(c) == cell["model"])
+        dense, meta, _ = load_dense(ckpt)
+        splits = splits_from_meta(meta, None)
+        for method, row in cell["rows"].items():
+            seeds = args.finetune_seeds if cell["budget"] == args.seeds_budget else args.finetune_seeds[:1]
+            for seed in seeds:
+                out = Path(args.runs) / "finetune" / f"{cell['model']}_{cell['budget']:.2f}" / method.replace(" ", "_")
+                report = finetune_plan(
+                    dense,
+                    meta,
+                    Plan.from_dict(row["plan"]),
+                    splits,
+                    out / f"seed{seed}",
+                    epochs=1,
+                    steps_per_epoch=args.finetune_steps,
+                    lr=args.finetune_lr,
+                    distill=True,
+                    seed=seed,
+                    latency_batches=(),
+                    progress=False,
+                    reuse=True,
+                    source={"benchmark": "generalize", "method": method},
+                )
+                key = f"{cell['model']}|{cell['budget']:.2f}|{method}"
+                results.setdefault(key, []).append(report["pruned"]["after_finetune"]["test"])
+                print(f"[finetune] {key} seed {seed}: {results[key][-1]:.2f}", flush=True)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------- report
+def _load_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
+    found = []
+    for ckpt in args.targets:
+        for budget in args.budgets:
+            path = Path(args.runs) / "cells" / f"{model_label(ckpt)}_{budget:.2f}.json"
+            if path.is_file():
+                found.append(json.loads(path.read_text()))
+    return found
+
+
+def _mean_std(values: list[float] | None) -> str:
+    if not values:
+        return "not run"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1 seed)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)} seeds)"
+
+
+def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
+    cells = _load_cells(args)
+    ft_path = Path(args.runs) / "finetune.json"
+    ft = json.loads(ft_path.read_text()) if ft_path.is_file() else {}
+    rows, verdicts = [], []
+    for cell in cells:
+        r = cell["rows"]
+        for method in METHODS:
+            if method not in r:
+                continue
+            key = f"{cell['model']}|{cell['budget']:.2f}|{method}"
+            rows.append(
+                [
+                    cell["model"],
+                    cell["budget"],
+                    method,
+                    r[method]["proxy_val_accuracy"],
+                    _mean_std(ft.get(key)),
+                    r[method]["macs_ratio_measured"],
+                    r[method]["search_seconds"],
+                ]
+            )
+        g, u, s, p = (
+            r[m]["proxy_val_accuracy"] for m in ("generalist", "uniform", "single-model policy", "PPO search")
+        )
+        verdicts.append(
+            {
+                "model": cell["model"],
+                "budget": cell["budget"],
+                "generalist_minus_uniform": round(g - u, 2),
+                "generalist_minus_single": round(g - s, 2),
+                "generalist_minus_ppo_search": round(g - p, 2),
+                "cost_share_of_ppo_search": round(
+                    r["generalist"]["search_seconds"] / max(1e-9, r["PPO search"]["search_seconds"]), 5
+                ),
+            }
+        )
+    ablation_path = Path(args.runs) / "ablation.json"
+    ablation_data = json.loads(ablation_path.read_text()) if ablation_path.is_file() else None
+    env = environment()
+    reproduce = reproduce_command("benchmarks/generalize.py", args, ROOT)
+    md = [
+        "# Generalist policy: zero-shot on held-out families",
+        "",
+        f"Trained on {', '.join(model_label(c) for c in args.train)} over MACs [{args.low}, {args.high}], "
+        f"reward `{args.reward}`, {args.episodes} episodes; applied with no search to "
+        f"{', '.join(model_label(c) for c in args.targets)} (none of them seen in training).",
+        "",
+        md_table(["target", "MACs", "plan", "val proxy", "test after FT", "MACs measured", "search s"], rows)
+        if rows
+        else "(no cell measured yet)",
+        "",
+        "## Targets",
+        "",
+        md_table(
+            ["target", "MACs", "gen − uniform", "gen − single", "gen − PPO search", "gen cost / PPO cost"],
+            [
+                [
+                    v["model"],
+                    v["budget"],
+                    v["generalist_minus_uniform"],
+                    v["generalist_minus_single"],
+                    v["generalist_minus_ppo_search"],
+                    v["cost_share_of_ppo_search"],
+                ]
+                for v in verdicts
+            ],
+        )
+        if verdicts
+        else "",
+        "",
+    ]
+    if verdicts:
+        ahead = sum(v["generalist_minus_uniform"] > 0 for v in verdicts)
+        near = sum(v["generalist_minus_ppo_search"] >= -1 for v in verdicts)
+        beats = sum(v["generalist_minus_single"] > 0 for v in verdicts)
+        md += [
+            f"- Ahead of uniform on the proxy: {ahead} of {len(verdicts)} cells"
+            + (" (target met)" if ahead == len(verdicts) else " — **target missed**")
+            + ".",
+            f"- Within 1 point of the fresh 100-plan PPO search: {near} of {len(verdicts)} cells"
+            + (" (target met)" if near == len(verdicts) else " — **target missed**")
+            + ".",
+            f"- Ahead of the single-model ResNet-20 policy: {beats} of {len(verdicts)} cells"
+            + (" (target met)" if beats == len(verdicts) else " — **target missed**")
+            + ".",
+            "",
+        ]
+    if ablation_data:
+        groups = list(ablation_data["groups"])
+        arows = [
+            [c["model"], c["budget"], round(c["full"], 2), *[round(c[g] - c["full"], 2) for g in groups]]
+            for c in ablation_data["cells"]
+        ]
+        means = [round(float(np.mean([c[g] - c["full"] for c in ablation_data["cells"]])), 2) for g in groups]
+        md += [
+            "## Feature ablation (proxy accuracy change when a group is replaced by its training mean)",
+            "",
+            md_table(["target", "MACs", "full", *groups], [*arows, ["mean", "", "", *means]]),
+            "",
+        ]
+    md += [
+        f"Proxy: {PROXY}. Fine-tune: 1 epoch capped at {args.finetune_steps} steps, lr {args.finetune_lr}, "
+        f"distillation from the dense model; seeds {args.finetune_seeds} at MACs {args.seeds_budget}. "
+        f"{env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}. "
+        f"Reproduce: `{reproduce}`.",
+    ]
+    data = {
+        "training": training,
+        "cells": cells,
+        "finetune": ft,
+        "verdicts": verdicts,
+        "ablation": ablation_data,
+        "proxy": PROXY,
+        "environment": env,
+    }
+    write_results(args.out, data, "\n".join(md))
+    print("\n".join(md))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stage", choices=["train", "proxy", "ablation", "finetune", "report", "all"], default="all")
+    ap.add_argument("--train", nargs="+", default=TRAIN)
+    ap.add_argument("--targets", nargs="+", default=TARGETS)
+    ap.add_argument("--budgets", nargs="+", type=float, default=[0.3, 0.5, 0.7])
+    ap.add_argument("--low", type=float, default=0.3)
+    ap.add_argument("--high", type=float, default=0.8)
+    ap.add_argument("--reward", default="gain_over_uniform")
+    ap.add_argument("--episodes", type=int, default=600)
+    ap.add_argument("--search-episodes", type=int, default=100)
+    ap.add_argument("--finetune-budgets", nargs="+", type=float, default=[0.5])
+    ap.add_argument("--seeds-budget", type=float, default=0.5)
+    ap.add_argument("--finetune-seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--finetune-steps", type=int, default=200)
+    ap.add_argument("--finetune-lr", type=float, default=0.02)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "bench_generalize"))
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--policy-dir", type=Path, default=POLICY_DIR, help="where the trained policy is copied")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    training = None
+    if args.stage in ("train", "all"):
+        training = train(args)
+    summary_path = Path(args.runs) / "search" / "generalist" / "summary.json"
+    if training is None and summary_path.is_file():
+        training = json.loads(summary_path.read_text())
+    cells = proxy_rows(args) if args.stage in ("proxy", "all", "finetune") else _load_cells(args)
+    if args.stage in ("ablation", "all"):
+        ablation(args)
+    if args.stage in ("finetune", "all"):
+        ft = finetune(args, cells)
+        atomic_write_text(Path(args.runs) / "finetune.json", json.dumps(ft, indent=1) + "\n")
+    report(args, training)
+
+
+if __name__ == "__main__":
+    main()
