@@ -12,6 +12,7 @@ Stages (each resumable: finished pieces are cached under ``--runs`` and reused):
     python benchmarks/generalize.py --stage train       # the generalist (and copies its policy into results)
     python benchmarks/generalize.py --stage proxy       # every (target, budget) row on the proxy
     python benchmarks/generalize.py --stage ablation    # which feature groups carry the transfer
+    python benchmarks/generalize.py --stage rewards     # the generalist trained with each reward, compared
     python benchmarks/generalize.py --stage finetune    # short distillation fine-tunes, test accuracy, seeds
     python benchmarks/generalize.py --stage report      # (every stage ends with it) tables from what exists
 
@@ -235,6 +236,36 @@ def ablation(args: argparse.Namespace) -> dict[str, Any]:
     return _store(path, request, out)
 
 
+# --------------------------------------------------------------------------------------------------------- rewards
+def rewards(args: argparse.Namespace) -> dict[str, Any]:
+    """The same generalist trained with each reward (``--reward-episodes`` each, same seed and models), rolled out
+    zero-shot on the targets: which reward transfers best (proxy accuracy minus the uniform plan's)."""
+    out: dict[str, Any] = {"episodes": args.reward_episodes, "cells": []}
+    policies = {}
+    for reward in args.rewards:
+        cfg = _search_config(
+            args,
+            f"generalist-{reward}-{args.reward_episodes}",
+            checkpoints=args.train,
+            env={"target": [args.low, args.high], "reward": reward},
+            agent={"episodes": args.reward_episodes},
+        )
+        complete_search(cfg, progress=not args.quiet)
+        policies[reward] = Policy.load(Path(cfg.output_dir) / cfg.name)
+    for ckpt in args.targets:
+        dense, _, structure = load_dense(ckpt)
+        scorer = proxy_from_checkpoint(ckpt, None, **PROXY)
+        for budget in args.budgets:
+            row: dict[str, Any] = {"model": model_label(ckpt), "budget": budget}
+            row["uniform"] = float(scorer(Budget(structure, budget).uniform_plan()).accuracy)
+            for reward, policy in policies.items():
+                row[reward] = float(scorer(policy_plans(policy, dense, structure, target=budget)[0]).accuracy)
+            print(f"[rewards] {row}", flush=True)
+            out["cells"].append(row)
+    atomic_write_text(Path(args.runs) / "rewards.json", json.dumps(out, indent=1) + "\n")
+    return out
+
+
 # -------------------------------------------------------------------------------------------------------- finetune
 def finetune(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str, Any]:
     results: dict[str, Any] = {}
@@ -326,6 +357,8 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
                 ),
             }
         )
+    rewards_path = Path(args.runs) / "rewards.json"
+    rewards_data = json.loads(rewards_path.read_text()) if rewards_path.is_file() else None
     ablation_path = Path(args.runs) / "ablation.json"
     ablation_data = json.loads(ablation_path.read_text()) if ablation_path.is_file() else None
     env = environment()
@@ -390,6 +423,19 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
             md_table(["target", "MACs", "full", *groups], [*arows, ["mean", "", "", *means]]),
             "",
         ]
+    if rewards_data:
+        names = [k for k in rewards_data["cells"][0] if k not in ("model", "budget", "uniform")]
+        rrows = [
+            [c["model"], c["budget"], round(c["uniform"], 2), *[round(c[n] - c["uniform"], 2) for n in names]]
+            for c in rewards_data["cells"]
+        ]
+        means = [round(float(np.mean([c[n] - c["uniform"] for c in rewards_data["cells"]])), 2) for n in names]
+        md += [
+            f"## Rewards compared ({rewards_data['episodes']} episodes each; zero-shot proxy accuracy minus uniform)",
+            "",
+            md_table(["target", "MACs", "uniform", *names], [*rrows, ["mean", "", "", *means]]),
+            "",
+        ]
     md += [
         f"Proxy: {PROXY}. Fine-tune: 1 epoch capped at {args.finetune_steps} steps, lr {args.finetune_lr}, "
         f"distillation from the dense model; seeds {args.finetune_seeds} at MACs {args.seeds_budget}. "
@@ -411,7 +457,9 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=["train", "proxy", "ablation", "finetune", "report", "all"], default="all")
+    ap.add_argument(
+        "--stage", choices=["train", "proxy", "ablation", "rewards", "finetune", "report", "all"], default="all"
+    )
     ap.add_argument("--train", nargs="+", default=TRAIN)
     ap.add_argument("--targets", nargs="+", default=TARGETS)
     ap.add_argument("--budgets", nargs="+", type=float, default=[0.3, 0.5, 0.7])
@@ -420,6 +468,8 @@ def main() -> None:
     ap.add_argument("--reward", default="gain_over_uniform")
     ap.add_argument("--episodes", type=int, default=600)
     ap.add_argument("--search-episodes", type=int, default=100)
+    ap.add_argument("--rewards", nargs="+", default=["accuracy", "retention", "gain_over_uniform"])
+    ap.add_argument("--reward-episodes", type=int, default=300)
     ap.add_argument("--finetune-budgets", nargs="+", type=float, default=[0.5])
     ap.add_argument("--seeds-budget", type=float, default=0.5)
     ap.add_argument("--finetune-seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -443,6 +493,8 @@ def main() -> None:
     cells = proxy_rows(args) if args.stage in ("proxy", "all", "finetune") else _load_cells(args)
     if args.stage in ("ablation", "all"):
         ablation(args)
+    if args.stage in ("rewards", "all"):
+        rewards(args)
     if args.stage in ("finetune", "all"):
         ft = finetune(args, cells)
         atomic_write_text(Path(args.runs) / "finetune.json", json.dumps(ft, indent=1) + "\n")
