@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from rlprune.pruning import Plan, Structure, analyze, prune
 from rlprune.pruning.budget import Budget
 from rlprune.pruning.budget import macs_ratio as plan_macs_ratio
 from rlprune.pruning.importance import calibration_batches
+from rlprune.pruning.options import PruneOptions
 from rlprune.quantize import int8_report
 from rlprune.reporting import md_table
 from rlprune.safeio import json_safe, locked
@@ -56,16 +58,22 @@ def example_input(meta: dict[str, Any]) -> torch.Tensor:
 
 
 def load_dense(
-    checkpoint: str, model_name: str | None = None, *, trust_model_code: bool = False
+    checkpoint: str,
+    model_name: str | None = None,
+    *,
+    trust_model_code: bool = False,
+    options: PruneOptions | None = None,
 ) -> tuple[nn.Module, dict[str, Any], Structure]:
     """A dense checkpoint, its metadata and its prunable structure (a checkpoint without units is refused).
 
     :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
+    :param options: parts to leave unpruned and head counts (:mod:`rlprune.pruning.options`).
     """
     model, meta = load_checkpoint(checkpoint, model_name, trust_model_code=trust_model_code)
     if meta.get("plan"):
         raise RLPruneError(f"{checkpoint}: already pruned; apply a policy to a dense checkpoint")
-    structure = analyze(model.eval(), example_input(meta))
+    options = options or PruneOptions()
+    structure = analyze(model.eval(), example_input(meta), ignore=options.ignore, heads=options.heads)
     return model, meta, structure
 
 
@@ -152,6 +160,8 @@ def apply_policy(
     seed: int = 0,
     threads: int | None = None,
     force: bool = False,
+    ignore: Sequence[str] | None = None,
+    heads: Mapping[str, int | str] | None = None,
 ) -> tuple[Plan, dict[str, Any]]:
     """A plan for ``model`` from a learned policy, without a search: the deterministic rollout, or with
     ``samples`` > 0 the best (by ``scorer``, on validation data) of it and ``samples`` plans drawn from the policy.
@@ -162,6 +172,9 @@ def apply_policy(
     :param budget: ``macs`` or ``latency`` (batch-1 CPU latency, from a lookup table built and calibrated here).
     :param scorer: scores the candidates when ``samples`` > 0 (e.g. a :class:`~rlprune.MetricScorer` for ``model``).
     :param force: apply the policy at a target or budget kind outside what it was trained for (else refused).
+    :param ignore: module or parameter names (or patterns) to leave unpruned (:func:`rlprune.analyze`; a scorer's
+        own structure is used when given).
+    :param heads: attention module name -> head count or its attribute's name (:func:`rlprune.analyze`).
     :returns: the plan and a record of how it was chosen (every candidate's score when sampling).
 
     Example::
@@ -173,7 +186,9 @@ def apply_policy(
         raise RLPruneError(f"samples: expected >= 0, got {samples}")
     if samples and scorer is None:
         raise RLPruneError("samples: choosing among sampled plans needs a scorer for the model")
-    structure = scorer.structure if scorer is not None else analyze(model.eval(), example_inputs)
+    structure = (
+        scorer.structure if scorer is not None else analyze(model.eval(), example_inputs, ignore=ignore, heads=heads)
+    )
     plans = policy_plans(
         policy,
         model,
@@ -198,10 +213,20 @@ def apply_policy(
     return plans[best], {"samples": samples, "candidates": scores, "chosen": "deterministic" if best == 0 else best}
 
 
-def default_proxy(model: nn.Module, splits: DataSplits, importance: str = "l1", device: str = "cpu") -> ProxyEvaluator:
-    """The search's default proxy (:class:`~rlprune.config.ProxyConfig`) for ``model`` on ``splits`` (val only)."""
+def default_proxy(
+    model: nn.Module,
+    splits: DataSplits,
+    importance: str = "l1",
+    device: str = "cpu",
+    options: PruneOptions | None = None,
+) -> ProxyEvaluator:
+    """The search's default proxy (:class:`~rlprune.config.ProxyConfig`) for ``model`` on ``splits`` (val only),
+    analyzing the model with ``options`` (parts left unpruned, head counts)."""
     cfg = ProxyConfig(importance=importance)
-    return ProxyEvaluator(model, splits, **cfg.model_dump(), device=resolve_device(device))
+    options = options or PruneOptions()
+    return ProxyEvaluator(
+        model, splits, **cfg.model_dump(), device=resolve_device(device), ignore=options.ignore, heads=options.heads
+    )
 
 
 # One fine-tune per output at a time: a second one would delete the first's live ``.partial`` folder.
@@ -277,7 +302,7 @@ def finetune_plan(
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not stale:
         raise RLPruneError(f"{out_dir}: output exists and is not an empty directory")
     example = example_input(meta)
-    structure = analyze(dense.eval(), example)
+    structure = analyze(dense.eval(), example, ignore=plan.options.ignore, heads=plan.options.heads)
     plan.check(structure, "plan")
     work = _partial_dir(out_dir, json.dumps(produced_by, sort_keys=True))
     try:

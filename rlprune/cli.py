@@ -110,7 +110,20 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
+def _prune_options(args: argparse.Namespace) -> object:
+    """``--ignore`` and ``--heads NAME=COUNT`` (or ``NAME=ATTRIBUTE``) as prune options (config ``prune.*``)."""
+    from rlprune.pruning.options import PruneOptions
+
+    heads: dict[str, int | str] = {}
+    for item in args.heads:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise RLPruneError(f"--heads '{item[:60]}': expected MODULE=COUNT or MODULE=ATTRIBUTE (blocks.0.attn=4)")
+        heads[name] = int(value) if value.isdigit() else value
+    return PruneOptions.of(args.ignore, heads)
+
+
+def _finetune_common(args: argparse.Namespace, plan_fn: object, options: object = None) -> int:
     from pathlib import Path
 
     import torch
@@ -132,7 +145,13 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RLPruneError(f"--out {out}: exists and is not an empty directory")
-    dense, meta, structure = load_dense(args.checkpoint, args.model, trust_model_code=args.trust_model_code)
+    options = options or _prune_options(args)
+    dense, meta, structure = load_dense(
+        args.checkpoint,
+        args.model,
+        trust_model_code=args.trust_model_code,
+        options=options,  # type: ignore[arg-type]
+    )
 
     def load_checked() -> object:
         splits = splits_from_meta(meta, args.data_root)
@@ -194,7 +213,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         scorer = None
         if args.samples:
             importance = policy.meta.get("importance", "l1")
-            scorer = default_proxy(dense, get_splits(), importance, args.device)
+            scorer = default_proxy(dense, get_splits(), importance, args.device, structure.options)
         plan, picked = apply_policy(
             policy,
             dense,
@@ -206,6 +225,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
             seed=args.seed,
             threads=args.threads,
             force=args.force,
+            ignore=structure.options.ignore,
+            heads=structure.options.heads,
         )
         return plan, source | (picked if args.samples else {})
 
@@ -213,14 +234,23 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from collections.abc import Mapping
+
+    from rlprune.fileio import read_json
     from rlprune.pruning import Plan
+    from rlprune.pruning.options import PruneOptions
 
     def plan_fn(dense, meta, structure, get_splits):
         plan = Plan.load(args.plan, structure)  # a saved plan or a hand-written {"ratios": ...}
         plan.check(structure, args.plan)
         return plan, {"plan": args.plan, "checkpoint": args.checkpoint}
 
-    return _finetune_common(args, plan_fn)
+    options = _prune_options(args)
+    if not options:  # a saved plan says what its model was analyzed with
+        saved = read_json(args.plan, "plan file")
+        if isinstance(saved, Mapping) and "format" in saved:
+            options = PruneOptions.of(saved.get("ignore"), saved.get("heads"))
+    return _finetune_common(args, plan_fn, options)
 
 
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
@@ -244,6 +274,21 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
         choices=["int8"],
         default=None,
         help="also quantize the pruned model to int8 (ONNX Runtime static, train-split calibration) and report it",
+    )
+    p.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="leave this module or parameter (name or glob pattern) and every unit coupled to it unpruned "
+        "(config key prune.ignore; finetune: default from the saved plan)",
+    )
+    p.add_argument(
+        "--heads",
+        action="append",
+        default=[],
+        metavar="MODULE=COUNT",
+        help="an attention's head count (or the name of its attribute) when rlprune cannot find it (prune.heads)",
     )
     p.add_argument("--trust-model-code", action="store_true", help=TRUST_HELP)
     p.add_argument("--quiet", action="store_true")

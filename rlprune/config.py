@@ -234,6 +234,26 @@ class EnvConfig(Strict):
         return self
 
 
+class PruneConfig(Strict):
+    """What rlprune cannot find in a model by itself (:mod:`rlprune.pruning.options`): parts to leave unpruned and
+    attention head counts. Refusals name these keys."""
+
+    # module or parameter names, or glob patterns (blocks.*.attn): left as they are, with every unit coupled to them
+    ignore: list[str] = Field(default_factory=list)
+    # attention module name (or pattern) -> its head count, or the name of the int attribute that holds it
+    heads: dict[str, int | str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _valid(self) -> PruneConfig:
+        from rlprune.pruning.options import PruneOptions
+
+        try:
+            PruneOptions.of(self.ignore, self.heads)
+        except RLPruneError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+        return self
+
+
 class ProxyConfig(Strict):
     """How candidates are scored: BN recalibration, validation subset, optional short fine-tune."""
 
@@ -316,6 +336,7 @@ class SearchConfig(Strict):
     data_root: str | None = None
     env: EnvConfig = Field(default_factory=EnvConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)

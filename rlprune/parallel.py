@@ -302,6 +302,7 @@ def pool_for_config(cfg: Any, workers: int, scorer: Any | None = None, trust_mod
             "device": device,
             "trust_model_code": trust_model_code,
             **cfg.proxy.model_dump(),
+            **cfg.prune.model_dump(),
         }
         from rlprune.evaluation.proxy import proxy_from_checkpoint
 

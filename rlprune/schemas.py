@@ -9,7 +9,7 @@ Fields rlprune does not use may be present (provenance, recipes) and are kept as
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -121,6 +121,11 @@ class PlanSchema(_Closed):
     channels: dict[str, int] = Field(max_length=MAX_UNITS)
     kept: dict[str, list[int]] | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    # what analysis was told (rlprune.pruning.options): parts left alone, attention head counts
+    ignore: list[Annotated[str, Field(min_length=1, max_length=300)]] = Field(
+        default_factory=list, max_length=MAX_UNITS
+    )
+    heads: dict[str, int | str] = Field(default_factory=dict, max_length=MAX_UNITS)
 
     @model_validator(mode="after")
     def _consistent(self) -> PlanSchema:

@@ -286,6 +286,7 @@ def _proxy(cfg: SearchConfig, trust_model_code: bool) -> Scorer:
         device=cfg.device,
         trust_model_code=trust_model_code,
         **cfg.proxy.model_dump(),  # the config's fields are the evaluator's settings, one to one
+        **cfg.prune.model_dump(),  # ignore, heads: what analysis cannot find by itself
     )
 
 

@@ -198,3 +198,80 @@ def mini_vit(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
     from rlprune.models.vit_cifar import vit_cifar
 
     return vit_cifar(num_classes=num_classes, in_channels=in_channels, dim=32, depth=2, num_heads=4, mlp_ratio=2.0)
+
+
+class HandMadeMix(nn.Module):
+    """A leaf layer doing its own matrix product with its own weight: torch-pruning has no pruner for it."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin) / cin**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.t()
+
+
+class HandMadeMixNet(nn.Module):
+    """Convs, then a hand-made channel mix before the classifier: refused unless the mix is ignored."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = _cbr(in_channels, 16, 3, 2)
+        self.body = _cbr(16, 24, 3, 2)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.mix = HandMadeMix(24, 20)
+        self.head = nn.Linear(20, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mix(self.pool(self.body(self.stem(x))))))
+
+
+def hand_made_mix(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    return HandMadeMixNet(in_channels, num_classes)
+
+
+class HeadDimAttention(nn.Module):
+    """An attention that stores only its head size and reshapes with ``-1`` heads (so pruned heads need no update),
+    or, with ``count_attr``, keeps its head count under a name rlprune does not know; projections named by
+    ``names`` (q/k/v-like by default)."""
+
+    def __init__(self, dim: int, head_dim: int, names: tuple[str, str, str] = ("q", "k", "v"), count_attr: str = ""):
+        super().__init__()
+        self.dim_head = head_dim
+        self.names = names
+        self.count_attr = count_attr
+        if count_attr:
+            setattr(self, count_attr, dim // head_dim)
+        for n in names:
+            self.add_module(n, nn.Linear(dim, dim))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        heads = getattr(self, self.count_attr) if self.count_attr else -1
+        q, k, v = (getattr(self, name)(x).view(b, n, heads, self.dim_head).transpose(1, 2) for name in self.names)
+        out = torch.softmax(q @ k.transpose(-1, -2) / self.dim_head**0.5, dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class HeadDimTransformer(nn.Module):
+    """Patch embedding, one block with :class:`HeadDimAttention` (4 heads of 8) and a token MLP, mean-pooled."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, **attn: object) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(in_channels, 32, 4, 4)
+        self.norm = nn.LayerNorm(32)
+        self.attn = HeadDimAttention(32, 8, **attn)  # type: ignore[arg-type]
+        self.fc1 = nn.Linear(32, 64)
+        self.fc2 = nn.Linear(64, 32)
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = t + self.attn(self.norm(t))
+        t = t + self.fc2(torch.relu(self.fc1(t)))
+        return self.head(t.mean(1))
+
+
+def head_dim_transformer(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    return HeadDimTransformer(in_channels, num_classes)

@@ -28,7 +28,7 @@ from rlprune.evaluation.scorer import Score
 from rlprune.export import export_onnx
 from rlprune.models.compat import check_model_io, fill_kwargs
 from rlprune.pruning import Plan, Structure, analyze, prune
-from rlprune.pruning.budget import macs_ratio, scale_to_budget, uniform_plan
+from rlprune.pruning.budget import Budget, macs_ratio, scale_to_budget, uniform_plan
 from tests import compat_models as cm
 
 
@@ -128,6 +128,19 @@ def test_pruned_model_trains_a_step(name: str) -> None:
     opt.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, pruned.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("name", ["mini_vit", "mini_bert", "mha"])
+def test_clamped_plans_land_in_the_tolerance_despite_coarse_units(name: str) -> None:
+    """Whole heads (and MHA head dimensions) move the cost in big steps; the finer units before the last coarse one
+    make up for its rounding, so every clamped plan lands in [target - tolerance, target], not below it."""
+    _, s = built(name)
+    rng = random.Random(0)
+    for target in (0.3, 0.4, 0.5, 0.6, 0.7):
+        budget = Budget(s, target, max_ratio=0.9, tolerance=0.01)
+        plans = [budget.uniform_plan()] + [budget.plan([rng.uniform(0, 0.95) for _ in s.units]) for _ in range(12)]
+        for plan in plans:
+            assert target - 0.01 - 1e-9 <= macs_ratio(s, plan) <= target + 1e-9, (target, plan.channels)
 
 
 def test_grouped_units_keep_multiples_of_groups_and_se_gates_follow() -> None:

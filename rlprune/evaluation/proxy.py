@@ -6,6 +6,7 @@ test split never is. Results are cached by the plan's key (channels kept per uni
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,8 @@ class ProxyEvaluator(MetricScorer):
     :param seed: seeds the recalibration/fine-tune batches and the validation subset.
     :param per_class: also score macro-F1, the worst class's accuracy and its drop against the dense model
         (``worst_class_drop``, read by the ``accuracy_worst_class`` reward); same forward pass, plus one dense one.
+    :param ignore: module or parameter names (or patterns) to leave unpruned (config key ``prune.ignore``).
+    :param heads: attention module name -> head count or its attribute's name (config key ``prune.heads``).
     """
 
     def __init__(
@@ -68,6 +71,8 @@ class ProxyEvaluator(MetricScorer):
         device: torch.device | str = "cpu",
         cache: bool = True,
         per_class: bool = False,
+        ignore: Sequence[str] | None = None,
+        heads: Mapping[str, int | str] | None = None,
     ) -> None:
         self.splits = splits
         self.per_class = per_class
@@ -96,6 +101,8 @@ class ProxyEvaluator(MetricScorer):
             device=device,
             amp_dtype=amp_dtype,
             cache=cache,
+            ignore=ignore,
+            heads=heads,
         )
 
     def _draw(

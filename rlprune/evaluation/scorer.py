@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -125,6 +125,8 @@ class MetricScorer:
     :param device: where pruned candidates are trained and evaluated.
     :param amp_dtype: autocast dtype for the fine-tune steps and recalibration (``None``: float32).
     :param cache: remember the score of every plan (a search revisits plans).
+    :param ignore: module or parameter names (or patterns) to leave unpruned (:func:`rlprune.analyze`).
+    :param heads: attention module name -> head count (or its attribute's name) (:func:`rlprune.analyze`).
     """
 
     def __init__(
@@ -143,6 +145,8 @@ class MetricScorer:
         device: torch.device | str = "cpu",
         amp_dtype: torch.dtype | None = None,
         cache: bool = True,
+        ignore: Sequence[str] | None = None,
+        heads: Mapping[str, int | str] | None = None,
     ) -> None:
         if recal_batches < 0 or finetune_steps < 0:
             raise RLPruneError("scorer: recal_batches and finetune_steps must be >= 0")
@@ -152,7 +156,7 @@ class MetricScorer:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.example = example_inputs.to(self.device)
-        self.structure: Structure = analyze(self.model, self.example)
+        self.structure: Structure = analyze(self.model, self.example, ignore=ignore, heads=heads)
         self.importance = importance
         self.evaluate_fn = evaluate
         self.key = key

@@ -92,6 +92,7 @@ class Budget:
         self.min_ratio, self.max_ratio = float(min_ratio), float(max_ratio)
         self.round_to, self.min_channels, self.tolerance = round_to, int(min_channels), float(tolerance)
         self.latency_table = latency_table
+        self._levels: dict[int, list[int]] | None = None  # coarse units' channel counts (feasible_interval)
         floor_cost = self.cost({u.name: self.channels(i, self.max_ratio) for i, u in enumerate(self.units)})
         low = self.target_range[0]
         if floor_cost > low + 1e-9:
@@ -129,12 +130,31 @@ class Budget:
             return float("nan")
         return self.latency_table.predict(self.structure, channels) / self.latency_table.dense_ms
 
-    def _cost_with(self, decided: Mapping[str, int], t: int, ratio: float, rest: float) -> float:
+    def _cost_with(
+        self, decided: Mapping[str, int], t: int, ratio: float, rest: float, fixed: Mapping[int, int] | None = None
+    ) -> float:
         channels = dict(decided)
         channels[self.units[t].name] = self.channels(t, ratio)
         for j in range(t + 1, len(self.units)):
             channels[self.units[j].name] = self.channels(j, rest)
+        for j, keep in (fixed or {}).items():  # later units held at a given channel count
+            channels[self.units[j].name] = keep
         return self.cost(channels)
+
+    def _coarse_levels(self, t: int) -> tuple[int, list[int]] | None:
+        """The last unit after ``t`` whose channels move in coarse steps (whole attention heads, grouped or
+        ``nn.MultiheadAttention`` channels) and the channel counts it can keep, or ``None``."""
+        if self._levels is None:
+            levels: dict[int, list[int]] = {}
+            for j, u in enumerate(self.units):
+                if u.kind == "heads" or u.groups > 1:
+                    grid = (self.min_ratio + (self.max_ratio - self.min_ratio) * i / 64 for i in range(65))
+                    counts = sorted({self.channels(j, r) for r in grid})
+                    if 1 < len(counts) <= 32:
+                        levels[j] = counts
+            self._levels = levels
+        later = [j for j in self._levels if j > t]
+        return (max(later), self._levels[max(later)]) if later else None
 
     # ---------------------------------------------------------------------------------------------------- clamp
     def uniform_rest(self, decided: Mapping[str, int], t: int, target: float, steps: int = 12) -> float:
@@ -155,38 +175,72 @@ class Budget:
 
     def feasible_interval(self, decided: Mapping[str, int], t: int, target: float) -> tuple[float, float]:
         """Ratios for unit ``t`` that keep a final cost in ``[target - tolerance, target]`` reachable, given the
-        channels ``decided`` for units ``0..t-1``."""
+        channels ``decided`` for units ``0..t-1``.
+
+        Later units are assumed able to land anywhere between their extremes, which fails when a late unit moves in
+        steps larger than what the units after it can make up (whole heads: a 4-head attention moves in quarters).
+        So when a coarse unit follows, the interval is the widest run of ratios for which one of its channel counts
+        still leaves the target reachable: the finer units before it compensate its rounding. Models without
+        coarse units (CNNs without grouped convolutions) get the plain interval, unchanged.
+        """
+        need, allow, _ = self._interval(decided, t, target)
+        coarse = self._coarse_levels(t)
+        if coarse is None:
+            return need, max(need, allow)
+        c, counts = coarse
+        pieces = []
+        for keep in counts:
+            n_k, a_k, ok = self._interval(decided, t, target, {c: keep})
+            lo, hi = max(n_k, need), min(a_k, allow)
+            if ok and lo <= hi:
+                pieces.append((lo, hi))
+        if not pieces:
+            return need, max(need, allow)
+        merged: list[tuple[float, float]] = []
+        for lo, hi in sorted(pieces):
+            if merged and lo <= merged[-1][1] + 1e-9:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            else:
+                merged.append((lo, hi))
+        return max(merged, key=lambda p: p[1] - p[0])
+
+    def _interval(
+        self, decided: Mapping[str, int], t: int, target: float, fixed: Mapping[int, int] | None = None
+    ) -> tuple[float, float, bool]:
+        """AMC's clamp from both sides, later units at their extremes (except those ``fixed``): the smallest and
+        the largest ratio for unit ``t``, and whether both bounds meet their side of the target."""
         lo_r, hi_r = self.min_ratio, self.max_ratio
+        ok = True
         # Smallest ratio with which, even if all later units are pruned to the maximum, the target is met.
-        if self._cost_with(decided, t, lo_r, self.max_ratio) <= target:
+        if self._cost_with(decided, t, lo_r, self.max_ratio, fixed) <= target:
             need = lo_r
-        elif self._cost_with(decided, t, hi_r, self.max_ratio) > target:
-            need = hi_r
+        elif self._cost_with(decided, t, hi_r, self.max_ratio, fixed) > target:
+            need, ok = hi_r, False
         else:
             a, b = lo_r, hi_r
             for _ in range(20):
                 mid = (a + b) / 2
-                if self._cost_with(decided, t, mid, self.max_ratio) <= target:
+                if self._cost_with(decided, t, mid, self.max_ratio, fixed) <= target:
                     b = mid
                 else:
                     a = mid
             need = b
         # Largest ratio with which, even if all later units are pruned as little as allowed, the target is reached.
         floor = target - self.tolerance
-        if self._cost_with(decided, t, hi_r, self.min_ratio) >= floor:
+        if self._cost_with(decided, t, hi_r, self.min_ratio, fixed) >= floor:
             allow = hi_r
-        elif self._cost_with(decided, t, lo_r, self.min_ratio) < floor:
-            allow = lo_r
+        elif self._cost_with(decided, t, lo_r, self.min_ratio, fixed) < floor:
+            allow, ok = lo_r, False
         else:
             a, b = lo_r, hi_r
             for _ in range(20):
                 mid = (a + b) / 2
-                if self._cost_with(decided, t, mid, self.min_ratio) >= floor:
+                if self._cost_with(decided, t, mid, self.min_ratio, fixed) >= floor:
                     a = mid
                 else:
                     b = mid
             allow = a
-        return need, max(need, allow)
+        return need, allow, ok and need <= allow
 
     def _target(self, target: float | None) -> float:
         if target is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from rlprune.errors import RLPruneError
 from rlprune.fileio import atomic_write_text, read_json
+from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.structure import Structure
 from rlprune.schemas import HandPlanSchema, PlanSchema, validated
 
@@ -54,6 +55,8 @@ class Plan:
     :param ratios: unit name -> pruning ratio in [0, 1).
     :param channels: unit name -> channels kept (after rounding and the minimum).
     :param kept: unit name -> indices of the kept channels, filled in by pruning (needed to rebuild a pruned model).
+    :param options: the parts the user ignored and the head counts given when the model was analyzed; pruning (and
+        rebuilding a pruned checkpoint) uses the same.
     """
 
     fingerprint: str
@@ -65,6 +68,7 @@ class Plan:
     min_channels: int = 1
     kept: dict[str, list[int]] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    options: PruneOptions = field(default_factory=PruneOptions)
 
     @classmethod
     def from_ratios(
@@ -118,6 +122,7 @@ class Plan:
             importance=importance,
             round_to=round_to,
             min_channels=min_channels,
+            options=structure.options,
         )
 
     def check(self, structure: Structure, what: str = "plan") -> None:
@@ -127,6 +132,11 @@ class Plan:
             raise RLPruneError(
                 f"{what}: made for another model (fingerprint {self.fingerprint[:20]}, this model is "
                 f"{structure.fingerprint}{', plan model ' + repr(self.model[:40]) if self.model else ''})"
+            )
+        if self.options != structure.options:
+            raise RLPruneError(
+                f"{what}: made with prune options {self.options.to_dict() or 'none'}, the model was analyzed with "
+                f"{structure.options.to_dict() or 'none'}"[:300]
             )
         sizes = {u.name: u.channels for u in structure.units}
         for name, n in self.channels.items():
@@ -143,9 +153,10 @@ class Plan:
 
     def key(self) -> str:
         """Hash of what decides the pruned model: channels kept per unit and the importance criterion."""
-        payload = json.dumps(
-            [self.fingerprint, sorted(self.channels.items()), self.importance, self.kept], sort_keys=True
-        )
+        what = [self.fingerprint, sorted(self.channels.items()), self.importance, self.kept]
+        if self.options:  # only when set: plans without options keep the keys they always had
+            what.append(self.options.to_dict())
+        payload = json.dumps(what, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +171,7 @@ class Plan:
             "channels": self.channels,
             "kept": self.kept,
             "metrics": self.metrics,
+            **self.options.to_dict(),
         }
 
     @classmethod
@@ -179,6 +191,7 @@ class Plan:
                 min_channels=int(data.get("min_channels", 1)),
                 kept={str(k): [int(i) for i in v] for k, v in data["kept"].items()} if data.get("kept") else None,
                 metrics=dict(data.get("metrics", {})),
+                options=PruneOptions.of(data.get("ignore"), data.get("heads")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RLPruneError(f"{source}: malformed plan ({type(exc).__name__}: {exc})") from exc

@@ -9,11 +9,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch_pruning as tp
 from torch import nn
 
 from rlprune.errors import RLPruneError
 from rlprune.pruning.attention import Heads, find_heads, head_scores, set_head_count
 from rlprune.pruning.importance import get_criterion
+from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.plan import Plan, kept_channels
 from rlprune.pruning.structure import (
     architecture_fingerprint,
@@ -47,7 +49,8 @@ def prune(
 
     If ``plan.kept`` is set, exactly those channels are kept (rebuilding a saved pruned model); otherwise each unit
     keeps its ``plan.channels[unit]`` most important channels by ``importance`` (default: the plan's criterion).
-    Channels coupled through residual additions or depthwise convolutions are removed together.
+    Channels coupled through residual additions or depthwise convolutions are removed together; the parts the plan's
+    ``options`` ignore (and every unit coupled to them) are left as they are.
 
     :param example_input: an input batch for tracing (batch size 1 is enough).
     :param round_to: re-derive each unit's kept channels from its ratio, rounded to a multiple of this (hardware
@@ -69,11 +72,11 @@ def prune(
             f"this model is {architecture_fingerprint(pruned)})"
         )
     graph = build_graph(pruned, example_input)
-    check_supported(pruned, graph)
+    check_supported(pruned, graph, plan.options)
     order, shapes = trace_shapes(pruned, example_input)
     names = {m: n for n, m in pruned.named_modules()}
-    groups = {names[g[0].dep.target.module]: g for g in sorted_groups(pruned, graph, order)}
-    heads = {name: _group_heads(pruned, names, graph, g, shapes, order) for name, g in groups.items()}
+    groups = {names[g[0].dep.target.module]: g for g in sorted_groups(pruned, graph, order, plan.options)}
+    heads = {name: _group_heads(pruned, names, graph, g, shapes, order, plan.options) for name, g in groups.items()}
     missing = sorted(set(plan.channels) - set(groups))
     if missing:
         raise RLPruneError(f"plan: unit '{missing[0]}' is not a prunable unit of this model")
@@ -82,9 +85,12 @@ def prune(
     if plan.kept is not None:
         for name, idxs in plan.kept.items():
             total = graph.get_out_channels(names_to_module(pruned, name))
+            unit_heads = heads.get(name)
+            if unit_heads is not None:
+                total = unit_heads.heads  # a heads unit records which heads it kept
             if name not in groups or not idxs or len(set(idxs)) != len(idxs) or min(idxs) < 0 or max(idxs) >= total:
                 raise RLPruneError(f"plan: unit '{name}': kept channel indices are invalid for this model")
-            kept[name] = sorted(idxs)
+            kept[name] = unit_heads.channel_indices(sorted(idxs)) if unit_heads is not None else sorted(idxs)
     else:
         criterion = get_criterion(importance or plan.importance)
         if criterion.needs_gradients:
@@ -125,24 +131,30 @@ def prune(
         group.prune()
         if heads[name] is not None:
             set_head_count(pruned, heads[name], len(idxs) // (heads[name].head_dim * heads[name].sections))
-    channels = {
-        n: len(i) // (heads[n].head_dim * heads[n].sections) if heads.get(n) is not None else len(i)
-        for n, i in kept.items()
-    }
-    return pruned, replace(plan, kept=kept, channels=channels, round_to=round_to or plan.round_to)
+    # heads units record the heads they kept (as many as their channel count), other units their channel indices
+    recorded = {n: _kept_heads(i, heads[n]) if heads.get(n) is not None else i for n, i in kept.items()}
+    channels = {n: len(i) for n, i in recorded.items()}
+    return pruned, replace(plan, kept=recorded, channels=channels, round_to=round_to or plan.round_to)
+
+
+def _kept_heads(channel_indices: list[int], heads: Heads) -> list[int]:
+    """Which heads the kept q/k/v channel indices belong to (read from the first section)."""
+    width = heads.heads * heads.head_dim
+    return sorted({i // heads.head_dim for i in channel_indices if i < width})
 
 
 def _group_heads(
-    model: nn.Module, names: dict, graph: object, group: object, shapes: dict, order: dict
+    model: nn.Module, names: dict, graph: object, group: object, shapes: dict, order: dict, options: PruneOptions
 ) -> Heads | None:
     """The attention heads a group prunes (as :func:`rlprune.pruning.structure.analyze` found them), or ``None``."""
-    outs = [
+    outs = [  # the output-pruned conv/linear layers, as analyze passes them
         dep.target.module
         for dep, _ in group
-        if isinstance(dep.target.module, nn.Linear) and graph.is_out_channel_pruning_fn(dep.handler)
+        if isinstance(dep.target.module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)
+        and (graph.is_out_channel_pruning_fn(dep.handler) or dep.handler == tp.prune_depthwise_conv_out_channels)
     ]
     outs.sort(key=lambda m: order.get(m, 1 << 30))
-    return find_heads(model, names, outs, shapes)
+    return find_heads(model, names, outs, shapes, options)
 
 
 def _top_heads(scores: torch.Tensor, heads: Heads, keep: int) -> list[int]:

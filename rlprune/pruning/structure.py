@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 from rlprune.errors import RLPruneError
 from rlprune.pruning.attention import Heads, find_heads
+from rlprune.pruning.options import PruneOptions, ignore_hint
 
 log = logging.getLogger("rlprune.pruning")
 
@@ -101,6 +103,8 @@ class Structure:
     fingerprint: str
     input_shape: tuple[int, ...]
     extra: dict[str, object] = field(default_factory=dict)
+    # what the user told analysis (``prune.ignore`` / ``prune.heads``); plans made from this structure carry it
+    options: PruneOptions = field(default_factory=PruneOptions)
 
     def unit(self, name: str) -> Unit:
         for u in self.units:
@@ -188,22 +192,28 @@ def layer_macs(module: nn.Module, out_shape: tuple) -> int:
     return 0
 
 
-def check_supported(model: nn.Module, graph: tp.DependencyGraph) -> None:
+def _custom_math(m: nn.Module, graph: tp.DependencyGraph) -> bool:
+    """A leaf layer with its own weight matrix (a hand-made conv/linear) that torch-pruning has no pruner for."""
+    own = list(m.parameters(recurse=False))
+    if not own or isinstance(m, _PARAM_FREE_OK) or any(True for _ in m.children()):
+        return False
+    if not any(sum(d > 1 for d in p.shape) > 1 for p in own):
+        return False  # vectors only: scales and biases, pruned along their channels
+    pruner = graph.get_pruner_of_module(m)
+    return pruner is None or isinstance(pruner, tp.ops.ElementWisePruner)
+
+
+def check_supported(model: nn.Module, graph: tp.DependencyGraph, options: PruneOptions | None = None) -> None:
     """Refuse models with parameterised layers torch-pruning has no handler for, naming the first one, before any
-    pruning work."""
+    pruning work (layers the user ignores are left alone instead)."""
+    options = options or PruneOptions()
+    options.check_names(model)
     for name, m in model.named_modules():
-        own = list(m.parameters(recurse=False))
-        if not own or isinstance(m, _PARAM_FREE_OK):
-            continue
-        custom_math = not any(True for _ in m.children()) and any(
-            sum(d > 1 for d in p.shape) > 1 for p in own
-        )  # a leaf layer with its own weight matrix (a hand-made conv/linear): its parameters are not scales
-        pruner = graph.get_pruner_of_module(m)
-        if (pruner is None or isinstance(pruner, tp.ops.ElementWisePruner)) and custom_math:
+        if _custom_math(m, graph) and not options.ignores(name):
             raise RLPruneError(
-                f"layer '{name}' ({type(m).__name__}): torch-pruning has no pruner for this layer type; build the "
-                "model from supported layers (conv, linear, norms, attention) or register a torch-pruning "
-                "customized pruner for it (see docs/models.md)"
+                f"layer '{name}' ({type(m).__name__}): torch-pruning has no pruner for this layer type; "
+                f"{ignore_hint(name)}, build it from supported layers (conv, linear, norms, attention) or register a "
+                "torch-pruning customized pruner for it (see docs/models.md)"
             )
     # Parameters outside layers (class tokens, position embeddings, layer-scale vectors) are pruned along their last
     # non-singleton dimension with the channels they meet (torch-pruning's ``unwrapped_parameters``).
@@ -223,10 +233,17 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     return graph
 
 
-def sorted_groups(model: nn.Module, graph: tp.DependencyGraph, order: dict[nn.Module, int]) -> list:
-    """Dependency groups (classifier outputs excluded), sorted by the forward position of their first member."""
+def sorted_groups(
+    model: nn.Module, graph: tp.DependencyGraph, order: dict[nn.Module, int], options: PruneOptions | None = None
+) -> list:
+    """Dependency groups (classifier outputs excluded, and every group that touches a module or parameter the user
+    ignores), sorted by the forward position of their first member."""
     classifier = find_classifier(model, order)
     groups = list(graph.get_all_groups(ignored_layers=[classifier]))
+    if options is not None and options.ignore:
+        names: dict[object, str] = {m: n for n, m in model.named_modules()}
+        names.update({p: n for n, p in model.named_parameters()})  # unwrapped parameters are group members too
+        groups = [g for g in groups if not any(options.ignores(names.get(dep.target.module, "")) for dep, _ in g)]
 
     def first_call(group: object) -> int:
         return min(order.get(dep.target.module, 1 << 30) for dep, _ in group)
@@ -234,19 +251,35 @@ def sorted_groups(model: nn.Module, graph: tp.DependencyGraph, order: dict[nn.Mo
     return sorted(groups, key=first_call)
 
 
-def analyze(model: nn.Module, example_input: torch.Tensor, *, trial: bool = True) -> Structure:
+def analyze(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    trial: bool = True,
+    ignore: Sequence[str] | None = None,
+    heads: Mapping[str, int | str] | None = None,
+) -> Structure:
     """Prunable units of ``model`` in forward order with their features; raises on unsupported layers.
 
     :param example_input: one input batch of the shape the model expects (batch size 1 is enough).
     :param trial: also prune a copy by half and run it, refusing (before any work) a model whose pruning fails.
+    :param ignore: module or parameter names (or glob patterns) to leave as they are, with every unit coupled to
+        them: what rlprune cannot prune becomes a fixed cost instead of a refusal (config key ``prune.ignore``).
+    :param heads: attention module name (or pattern) -> head count, or the name of the attribute holding it, for
+        attentions whose head count rlprune cannot find (config key ``prune.heads``).
     """
+    options = PruneOptions.of(ignore, heads)
     graph = build_graph(model, example_input)
-    check_supported(model, graph)
+    check_supported(model, graph, options)
     order, shapes = trace_shapes(model, example_input)
     names = {m: n for n, m in model.named_modules()}
-    groups = sorted_groups(model, graph, order)
+    groups = sorted_groups(model, graph, order, options)
     if not groups:
-        raise RLPruneError("model has no prunable units (no conv/linear layer whose outputs can be pruned)")
+        raise RLPruneError(
+            "model has no prunable units (no conv/linear layer whose outputs can be pruned"
+            + (", outside the ignored parts" if options.ignore else "")
+            + ")"
+        )
 
     out_unit: dict[nn.Module, int] = {}
     in_unit: dict[nn.Module, int] = {}
@@ -270,7 +303,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor, *, trial: bool = True
         owned.sort(key=lambda m: order.get(m, 1 << 30))
         first = owned[0] if owned else root
         members = owned or [root]
-        heads = find_heads(model, names, owned, shapes)
+        heads = find_heads(model, names, owned, shapes, options)
         # A unit is as "depthwise", as wide-kerneled and as strided as its most so member: in MobileNetV2 the group
         # is rooted at the 1x1 expansion but also owns the 3x3 (possibly stride-2) depthwise conv after it.
         depthwise = any(
@@ -286,7 +319,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor, *, trial: bool = True
         if channels % slices:
             raise RLPruneError(
                 f"layer '{names[root]}': {channels} channels feed grouped convolutions with {slices} groups in all; "
-                "channels must divide evenly (ignore the layer with prune.ignore)"
+                f"channels must divide evenly; {ignore_hint(names[root])}"
             )
         kernel = max((int(m.kernel_size[0]) for m in members if hasattr(m, "kernel_size")), default=1)
         stride = max((int(m.stride[0]) for m in members if hasattr(m, "stride")), default=1)
@@ -382,6 +415,10 @@ def analyze(model: nn.Module, example_input: torch.Tensor, *, trial: bool = True
         param = unwrapped.parameters
         if param in bn_unit:
             layers.append(Layer(graph._param_to_name.get(param, "?"), 0, 0, param.numel(), bn_unit[param], None, False))
+    if options.ignore:  # ignored hand-made layers: their matrix products are a fixed cost
+        custom = [m for n, m in model.named_modules() if options.ignores(n) and _custom_math(m, graph)]
+        for m, macs in _own_macs(model, example_input, custom).items():
+            layers.append(Layer(f"{names[m]}:ignored", macs, 0, 0, None, None, False))
     total_params = sum(p.numel() for p in model.parameters())
     structure = Structure(
         units=units,
@@ -390,6 +427,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor, *, trial: bool = True
         total_params=total_params,
         fingerprint=architecture_fingerprint(model),
         input_shape=tuple(example_input.shape[1:]),
+        options=options,
     )
     if trial:
         _trial_prune(model, example_input, structure)
@@ -442,12 +480,40 @@ def _trial_prune(model: nn.Module, example: torch.Tensor, structure: Structure) 
         text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise RLPruneError(
             f"model: pruned by half, it fails ({type(exc).__name__}: {text}); it has a block rlprune cannot prune "
-            "yet (docs/models.md lists the supported ones and how to help)"
+            "yet: give an attention's head count with prune.heads, or leave the block unpruned with prune.ignore "
+            "(Python: heads=, ignore=; docs/models.md lists the supported blocks and how to help)"
         ) from None
     predicted = predict_costs(structure, done.channels)[0]
     measured = count_macs(pruned, structure.input_shape, dtype=example.dtype)
     if abs(predicted - measured) > 0.01 * max(1, measured):
         log.warning("cost model predicts %d MACs for a half-pruned model that measures %d", predicted, measured)
+
+
+def _own_macs(model: nn.Module, example: torch.Tensor, modules: list[nn.Module]) -> dict[nn.Module, int]:
+    """MACs counted inside each of ``modules`` during one forward pass (FlopCounterMode's running total, read when
+    the module starts and ends), as the measured count will see them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if not modules:
+        return {}
+    own: dict[nn.Module, int] = {}
+    start: dict[nn.Module, int] = {}
+    with FlopCounterMode(display=False) as counter:
+
+        def before(m: nn.Module, _inp: object) -> None:
+            start[m] = counter.get_total_flops()
+
+        def after(m: nn.Module, _inp: object, _out: object) -> None:
+            own.setdefault(m, (counter.get_total_flops() - start[m]) // 2)
+
+        hooks = [h for m in modules for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+        try:
+            with torch.no_grad():
+                model(example)
+        finally:
+            for h in hooks:
+                h.remove()
+    return {m: n for m, n in own.items() if n}
 
 
 def _mha_layers(m: nn.MultiheadAttention, name: str, shape: tuple, unit: int | None) -> list[Layer]:
