@@ -1,7 +1,8 @@
 """The main job in one call: search a plan for a checkpoint, prune and fine-tune the best one, export and report.
 
 ``rlprune run <config>`` is this function; everything it writes lives under ``runs/<name>/`` (the search) and
-``runs/<name>/pruned/`` (the pruned model, ONNX, report).
+``runs/<name>/pruned/`` (the pruned model, ONNX, report). With ``rounds:`` in the config it runs in iterative rounds
+instead (:mod:`rlprune.pipeline_rounds`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def run_job(
     """
     if cfg.checkpoint is None:
         raise RLPruneError("checkpoint: the main job needs the dense model's checkpoint")
+    if cfg.rounds is not None:  # search, prune and fine-tune per round (rlprune.pipeline_rounds)
+        from rlprune.pipeline_rounds import run_rounds
+
+        return run_rounds(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
     run_dir = Path(cfg.output_dir) / cfg.name
     out = run_dir / "pruned"
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not resume:
