@@ -29,7 +29,7 @@ def _config(tmp: Path, checkpoint: Path | str, name: str, **sections: Any) -> Se
         "name": name,
         "checkpoint": str(checkpoint),
         "output_dir": str(tmp / "runs"),
-        "env": {"target": 0.5},
+        "env": {"target": 0.5, "reward": "accuracy"},  # (the latency-aware default adds a lookup table per round)
         "proxy": {"recal_batches": 2, "recal_batch_size": 8, "finetune_steps": 0},
         "agent": {"episodes": 2, "hyperparams": {"n_steps": 24, "batch_size": 12}},
         "finetune": {"epochs": 1, "batch_size": 16, "steps_per_epoch": 2},
