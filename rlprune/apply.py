@@ -37,12 +37,14 @@ from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.evaluation.scorer import Scorer
 from rlprune.export import export_onnx
 from rlprune.fileio import atomic_write_text
+from rlprune.models import build_model
 from rlprune.provenance import environment, is_current, provenance, tensors_sha256
 from rlprune.pruning import Plan, Structure, analyze, prune
 from rlprune.pruning.budget import Budget
 from rlprune.pruning.budget import macs_ratio as plan_macs_ratio
 from rlprune.pruning.importance import calibration_batches
 from rlprune.pruning.options import PruneOptions
+from rlprune.pruning.rounds import compose_plans
 from rlprune.quantize import int8_report
 from rlprune.reporting import md_table
 from rlprune.safeio import json_safe, locked
@@ -222,6 +224,16 @@ def default_proxy(
 ) -> ProxyEvaluator:
     """The search's default proxy (:class:`~rlprune.config.ProxyConfig`) for ``model`` on ``splits`` (val only),
     analyzing the model with ``options`` (parts left unpruned, head counts)."""
+
+
+def original_structure(meta: dict[str, Any]) -> Structure:
+    """The prunable structure of the dense architecture a (possibly pruned) checkpoint's ``meta`` was built from."""
+    model = build_model(meta["model"], **meta.get("model_kwargs", {}))  # named by a checkpoint already loaded
+    return analyze(model.eval(), example_input(meta))
+
+
+def default_proxy(model: nn.Module, splits: DataSplits, importance: str = "l1", device: str = "cpu") -> ProxyEvaluator:
+    """The search's default proxy (:class:`~rlprune.config.ProxyConfig`) for ``model`` on ``splits`` (val only)."""
     cfg = ProxyConfig(importance=importance)
     options = options or PruneOptions()
     return ProxyEvaluator(
@@ -253,6 +265,7 @@ def finetune_plan(
     swa_lr: float | None = None,
     quantize: str | None = None,
     steps_per_epoch: int | None = None,
+    reference: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Prune ``dense`` with ``plan``, fine-tune, evaluate, export and report into ``out_dir``; returns the report.
 
@@ -268,6 +281,10 @@ def finetune_plan(
         holds there; default ``swa_lr``: half of ``lr``); 0 = off.
     :param device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when present) for the fine-tune and evaluation;
         CPU latency is always measured on CPU.
+    :param reference: the model the report compares against and the fine-tune distills from (default: ``dense``).
+        Iterative rounds prune an already pruned ``dense`` (its ``meta`` holds its plan; the saved checkpoint then
+        records the plan composed onto the original architecture) and pass the original dense model here, so that
+        every round is reported against it and learns from it.
     """
     swa = {"epochs": swa_epochs, "lr": swa_lr if swa_lr is not None else lr / 2} if swa_epochs else None
     recipe = validate(  # TrainConfig's own checks (SWA inside the epochs, its lr at most lr) before any work
@@ -291,6 +308,7 @@ def finetune_plan(
         **{"distill": distill, "batch_size": batch_size, "recal_batches": recal_batches, "seed": seed},
         **{"latency_batches": list(latency_batches), "device": str(device)},
         **({"quantize": quantize} if quantize else {}),
+        **({"reference": tensors_sha256(reference)} if reference is not None else {}),
     }
     stale = False
     if reuse and (out_dir / "report.json").is_file():
@@ -324,6 +342,7 @@ def finetune_plan(
             device=resolve_device(device),
             swa=swa,
             quantize=quantize,
+            reference=reference,
         )
         report["provenance"] = provenance(produced_by)
         _publish(work, out_dir, report, replace=stale)
@@ -392,12 +411,17 @@ def _run(
     device: torch.device,
     swa: dict[str, float] | None = None,
     quantize: str | None = None,
+    reference: nn.Module | None = None,
 ) -> dict[str, Any]:
     mean, std = meta.get("mean", splits.mean), meta.get("std", splits.std)
     shape = tuple(example_input(meta).shape[1:])
     loader = BatchLoader(splits.train, batch_size, mean, std, shuffle=True, seed=seed + 1)
     calibration = calibration_batches(plan.importance, loader)  # e.g. taylor: scores from a few labelled batches
     pruned, plan = prune(dense, plan, example_input(meta), calibration=calibration)
+    if meta.get("plan"):  # ``dense`` was pruned before: the checkpoint records the plan for the original architecture
+        structure = original_structure(meta)
+        plan = compose_plans(Plan.from_dict(meta["plan"], "checkpoint plan"), plan, structure)
+    dense = reference if reference is not None else dense  # from here on: what the report compares against
     recalibrate_bn(pruned, (x for _, (x, _) in zip(range(recal_batches), loader, strict=False)))
 
     def scores(model: nn.Module) -> dict[str, float]:

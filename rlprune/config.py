@@ -4,6 +4,7 @@ with ``--set a.b=value`` overrides, and the resolved config written into the run
 from __future__ import annotations
 
 import difflib
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -318,6 +319,47 @@ class FinetuneConfig(Strict):
         return self
 
 
+class RoundsConfig(Strict):
+    """Iterative pruning for ``rlprune run``: per round, search (or apply ``policy``) on the model the previous round
+    left, prune to the round's MACs target — a ratio of the *original* dense model's MACs — and fine-tune.
+
+    Give the targets (``rounds: [0.8, 0.65, 0.5]`` is shorthand for ``targets``), or ``count`` rounds of the
+    polynomial schedule from the dense model down to ``env.target`` (:func:`rlprune.pruning.rounds.
+    polynomial_schedule`; cubic: the big cut first). Each round is saved in ``runs/<name>/round_<k>/``, so a killed
+    run resumes at its first unfinished round.
+    """
+
+    targets: list[float] | None = None
+    count: int | None = Field(None, ge=1)
+    power: float = Field(3.0, gt=0)
+    policy: str | None = None  # a saved policy (run directory or policy.json) applied per round instead of a search
+    episodes: int | None = Field(None, ge=1)  # plans searched per round (default: agent.episodes)
+    finetune_epochs: int | None = Field(None, ge=1)  # fine-tune epochs per round (default: finetune.epochs)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"targets": value} if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> RoundsConfig:
+        if (self.targets is None) == (self.count is None):
+            raise ValueError("give either targets (a list of MACs ratios) or count (a polynomial schedule)")
+        t = self.targets
+        if t is not None and (not t or not all(0 < v <= 1 for v in t) or any(a <= b for a, b in pairwise(t))):
+            raise ValueError(f"targets must be decreasing MACs ratios in (0, 1], got {t}")
+        return self
+
+    def schedule(self, final: float) -> list[float]:
+        """The per-round MACs targets (ratios of the dense model's MACs), ending at ``final``."""
+        if self.targets is not None:
+            return list(self.targets)
+        from rlprune.pruning.rounds import polynomial_schedule
+
+        assert self.count is not None
+        return polynomial_schedule(1.0, final, self.count, self.power)
+
+
 class SearchConfig(Strict):
     """``rlprune train`` / ``rlprune search``: learn a pruning policy for a trained checkpoint."""
 
@@ -340,11 +382,25 @@ class SearchConfig(Strict):
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    rounds: RoundsConfig | None = None  # ``rlprune run`` in iterative rounds (None: one search, one fine-tune)
+
+    @model_validator(mode="after")
+    def _rounds_fit(self) -> SearchConfig:
+        if self.rounds is None:
+            return self
+        if not isinstance(self.env.target, float | int) or self.env.budget != "macs":
+            raise ValueError("rounds need a single MACs target (env.target a number, env.budget macs)")
+        last = self.rounds.schedule(float(self.env.target))[-1]
+        if abs(last - self.env.target) > 1e-9:
+            raise ValueError(f"the last round's target ({last}) must be env.target ({self.env.target})")
+        return self
 
     @model_validator(mode="after")
     def _several_models(self) -> SearchConfig:
         if self.policy is not None and not isinstance(self.env.target, float | int):
             raise ValueError("policy: applying a policy needs one env.target, not a range")
+        if self.policy is not None and self.rounds is not None:
+            raise ValueError("policy: with rounds, name the policy in rounds.policy")
         if self.checkpoints is None:
             return self
         if self.policy is not None:

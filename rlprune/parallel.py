@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ import numpy as np
 
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
+from rlprune.evaluation.proxy import proxy_from_checkpoint, proxy_settings
 from rlprune.evaluation.scorer import Score
 from rlprune.pruning import Plan, Structure
 
@@ -192,9 +193,10 @@ class RayScorer:
             self._model = self._model_fn()
         return self._model
 
-    def remember(self, plan: Plan, accuracy: float) -> None:
-        """Seed the cache with a recorded result (a resumed search re-evaluates nothing)."""
-        self._cache[plan.key()] = PoolResult(accuracy=float(accuracy), seconds=0.0)
+    def remember(self, plan: Plan, accuracy: float, metrics: Mapping[str, float] | None = None) -> None:
+        """Seed the cache with a recorded result and its metrics (a resumed search re-evaluates nothing)."""
+        recorded = {k: float(v) for k, v in (metrics or {}).items()}
+        self._cache[plan.key()] = PoolResult(accuracy=float(accuracy), seconds=0.0, metrics=recorded)
 
     def prefetch(self, plans: Iterable[Plan]) -> None:
         """Queue the plans not yet known on the actors and return at once; an episode that ends in one of them waits
@@ -301,10 +303,9 @@ def pool_for_config(cfg: Any, workers: int, scorer: Any | None = None, trust_mod
             "data_root": cfg.data_root,
             "device": device,
             "trust_model_code": trust_model_code,
-            **cfg.proxy.model_dump(),
+            **proxy_settings(cfg),
             **cfg.prune.model_dump(),
         }
-        from rlprune.evaluation.proxy import proxy_from_checkpoint
 
         def dense() -> Any:
             from rlprune.checkpoint import load_checkpoint

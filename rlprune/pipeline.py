@@ -1,7 +1,8 @@
 """The main job in one call: search a plan for a checkpoint, prune and fine-tune the best one, export and report.
 
 ``rlprune run <config>`` is this function; everything it writes lives under ``runs/<name>/`` (the search) and
-``runs/<name>/pruned/`` (the pruned model, ONNX, report).
+``runs/<name>/pruned/`` (the pruned model, ONNX, report). With ``rounds:`` in the config it runs in iterative rounds
+instead (:mod:`rlprune.pipeline_rounds`).
 """
 
 from __future__ import annotations
@@ -10,14 +11,52 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from rlprune.apply import finetune_plan, load_dense
 from rlprune.config import SearchConfig
+from rlprune.cost.lut import timeable
 from rlprune.data import splits_from_meta
 from rlprune.errors import RLPruneError
-from rlprune.pruning import Plan
+from rlprune.pruning import Plan, Structure
+from rlprune.safeio import read_yaml_file
 from rlprune.searching import run_search
 
 log = logging.getLogger("rlprune.pipeline")
+
+# The main job's reward when its config names none: accuracy minus LATENCY_WEIGHT x the latency ratio the lookup table
+# predicts at batch LATENCY_BATCH, under the same MACs budget, so that among plans of equal MACs the search prefers the
+# faster ones. On the zoo ResNet-20 at 50% MACs this took the measured batch-64 latency from 0.70x to 0.62x of dense
+# for the same proxy accuracy (70.4 vs 70.5); neither it nor a batch-1 table moved batch-1 latency beyond the noise
+# (benchmarks/results/latency_default.md).
+LATENCY_WEIGHT = 0.3
+LATENCY_BATCH = 64
+
+
+def with_default_reward(
+    cfg: SearchConfig, model: nn.Module | None = None, structure: Structure | None = None
+) -> SearchConfig:
+    """``cfg`` with the main job's latency-aware reward when ``env.reward`` was not set: ``accuracy_latency``, weight
+    :data:`LATENCY_WEIGHT` (unless ``env.reward_weight`` is given), lookup table at batch :data:`LATENCY_BATCH`
+    (unless ``latency.batch_size`` is given). A reward the config names, or a latency budget, is kept as it is, and so
+    is the plain accuracy reward for a model the lookup table cannot time (given ``model`` and its ``structure``).
+
+    ``rlprune search`` / ``train`` keep plain ``accuracy`` as their default: they find plans, ``run`` ships one.
+    """
+    env = cfg.env
+    if "reward" in env.model_fields_set or env.budget != "macs":
+        return cfg
+    if model is not None and structure is not None and not timeable(model, structure):
+        log.info("the latency table cannot time this model's layers; searching by accuracy alone")
+        return cfg
+    weight = env.reward_weight if "reward_weight" in env.model_fields_set else LATENCY_WEIGHT
+    batch = cfg.latency.batch_size if "batch_size" in cfg.latency.model_fields_set else LATENCY_BATCH
+    return cfg.model_copy(
+        update={
+            "env": env.model_copy(update={"reward": "accuracy_latency", "reward_weight": weight}),
+            "latency": cfg.latency.model_copy(update={"batch_size": batch}),
+        }
+    )
 
 
 def run_job(
@@ -31,16 +70,25 @@ def run_job(
     """
     if cfg.checkpoint is None:
         raise RLPruneError("checkpoint: the main job needs the dense model's checkpoint")
+    dense, meta, structure = load_dense(cfg.checkpoint, trust_model_code=trust_model_code)
     run_dir = Path(cfg.output_dir) / cfg.name
+    saved = run_dir / "config.yaml"
+    started_plain = (
+        resume and saved.is_file() and (read_yaml_file(saved) or {}).get("env", {}).get("reward") == "accuracy"
+    )
+    if not started_plain:  # a run started with the plain reward (before this default) is continued as it began
+        cfg = with_default_reward(cfg, dense, structure)
+    if cfg.rounds is not None:  # search, prune and fine-tune per round (rlprune.pipeline_rounds)
+        from rlprune.pipeline_rounds import run_rounds
+
+        return run_rounds(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
     out = run_dir / "pruned"
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not resume:
         raise RLPruneError(f"{out}: already exists", fix="resume_or_rename")
-    if cfg.policy is not None:
-        dense, meta, structure = load_dense(cfg.checkpoint, trust_model_code=trust_model_code)
+    if cfg.policy is not None:  # a learned policy, rolled out with no search
         summary = _zero_shot(cfg, dense, meta, structure, run_dir)
     else:
         summary = run_search(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
-        dense, meta, _ = load_dense(cfg.checkpoint, trust_model_code=trust_model_code)
     plan = Plan.load(run_dir / "best_plan.json")
     f = cfg.finetune
     finetune_plan(

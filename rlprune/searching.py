@@ -32,7 +32,7 @@ from rlprune.cost.lut import LatencyTable, build_latency_table, measured_latency
 from rlprune.envs.calibration import calibrate_latency_budget
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
-from rlprune.evaluation.proxy import proxy_from_checkpoint
+from rlprune.evaluation.proxy import proxy_from_checkpoint, proxy_settings
 from rlprune.evaluation.scorer import Scorer
 from rlprune.fileio import atomic_write_text, read_json
 from rlprune.logs import setup_logging
@@ -226,8 +226,9 @@ def _search(
         figures.add_search_layout(writer)
     recorder = SearchRecorder(run_dir, writer, structure=scorer.structure, budget=cfg.env.budget)
     if hasattr(scorer, "remember"):  # a resumed search re-evaluates no recorded plan
-        for rec in recorder.records:
-            scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"])
+        for rec in recorder.records:  # with its metrics when several were recorded (a reward may read them)
+            extra = {"metrics": rec["metrics"]} if rec.get("metrics") else {}
+            scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"], **extra)
     if budget.latency_table is not None:
         budget = _calibrated(cfg, budget, dense_cpu, run_dir)
     e = cfg.env
@@ -285,7 +286,7 @@ def _proxy(cfg: SearchConfig, trust_model_code: bool) -> Scorer:
         cfg.data_root,
         device=cfg.device,
         trust_model_code=trust_model_code,
-        **cfg.proxy.model_dump(),  # the config's fields are the evaluator's settings, one to one
+        **proxy_settings(cfg),  # the proxy section one to one, plus per-class scoring when the reward reads it
         **cfg.prune.model_dump(),  # ignore, heads: what analysis cannot find by itself
     )
 

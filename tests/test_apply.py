@@ -309,6 +309,7 @@ def test_run_is_the_main_job_in_one_command(trained: dict[str, Path], capsys: py
         trained["ck20"],
         agent={"episodes": 3, "hyperparams": {"n_steps": 24, "batch_size": 12}},
         finetune={"epochs": 1, "batch_size": 16},
+        latency={"calibration_plans": 2},
     )
     capsys.readouterr()
     assert main(["run", str(cfg), "--quiet"]) == 0
@@ -316,6 +317,10 @@ def test_run_is_the_main_job_in_one_command(trained: dict[str, Path], capsys: py
     first = json.loads(out.splitlines()[0])
     assert Path(first["report"]).is_file() and "tensorboard --logdir" in first["tensorboard"]
     assert "# Pruning report" in out
+    # no reward in the config: the main job's search was latency-aware, on a batch-64 lookup table
+    run = tmp / "runs" / "main"
+    assert yaml.safe_load((run / "config.yaml").read_text())["env"]["reward"] == "accuracy_latency"
+    assert json.loads((run / "latency_table.json").read_text())["batch_size"] == 64
     assert main(["run", str(cfg), "--quiet"]) == 2  # a finished run is not overwritten
 
 

@@ -125,6 +125,40 @@ def test_worst_class_reward_penalises_only_beyond_the_limit(image_folder: Path) 
     assert reward == pytest.approx(info["accuracy"] / 100 - 100.0 * max(0.0, drop - 3.0) / 100)
 
 
+def test_worst_class_reward_from_config_scores_per_class_and_resumes(image_folder: Path, tmp_path: Path) -> None:
+    """``env.reward: accuracy_worst_class`` in a search config builds the proxy with per-class scoring (no hand-built
+    evaluator), and a resumed search answers revisited plans with their recorded drop instead of raising."""
+    import json
+
+    from conftest import pretrain_tiny
+
+    from rlprune.config import SearchConfig
+    from rlprune.searching import run_search
+
+    checkpoint = pretrain_tiny(image_folder, tmp_path, width=4, val_size=12, name="tiny")
+    raw = {
+        "name": "worst",
+        "checkpoint": str(checkpoint),
+        "output_dir": str(tmp_path / "runs"),
+        "env": {"reward": "accuracy_worst_class", "reward_weight": 50.0},
+        "proxy": {"recal_batches": 1, "recal_batch_size": 8, "finetune_steps": 0},
+        "agent": {"episodes": 2},
+    }
+    run_search(SearchConfig(**raw), searcher="uniform", progress=False)
+    records_path = tmp_path / "runs" / "worst" / "episodes.jsonl"
+    first = [json.loads(line) for line in records_path.read_text().splitlines()]
+    assert len(first) == 2
+    for rec in first:
+        drop = rec["metrics"]["worst_class_drop"]
+        assert rec["reward"] == pytest.approx(rec["accuracy"] / 100 - 50.0 * max(0.0, drop - 3.0) / 100)
+    # resumed: the uniform plan again, answered from the recorded episode (its metrics included)
+    summary = run_search(SearchConfig(**{**raw, "agent": {"episodes": 3}}), searcher="uniform", resume=True)
+    records = [json.loads(line) for line in records_path.read_text().splitlines()]
+    assert summary["episodes"] == 3 and records[2]["cached"]
+    assert records[2]["metrics"]["worst_class_drop"] == first[0]["metrics"]["worst_class_drop"]
+    assert records[2]["reward"] == pytest.approx(first[0]["reward"])
+
+
 # ------------------------------------------------------------------------------------------------ int8
 
 

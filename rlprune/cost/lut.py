@@ -130,6 +130,12 @@ def _layer_block(layer: nn.Module, cin: int, cout: int, with_bn: bool) -> nn.Mod
     return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU()) if with_bn else conv
 
 
+def timeable(model: nn.Module, structure: Structure) -> bool:
+    """Whether :func:`build_latency_table` can time ``model``: every layer with MACs is a Conv2d or Linear."""
+    modules = dict(model.named_modules())
+    return all(isinstance(modules.get(la.name), nn.Conv2d | nn.Linear) for la in structure.layers if la.macs)
+
+
 def build_latency_table(
     model: nn.Module,
     structure: Structure,

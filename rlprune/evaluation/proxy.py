@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,6 +20,12 @@ from rlprune.evaluation.scorer import MetricScorer, Score
 from rlprune.precision import autocast_dtype
 from rlprune.pruning import Plan
 from rlprune.pruning.importance import calibration_batches
+
+if TYPE_CHECKING:
+    from rlprune.config import SearchConfig
+
+# rewards that read per-class metrics (``worst_class_drop``) from the scorer: the search's proxy scores them for these
+PER_CLASS_REWARDS = frozenset({"accuracy_worst_class"})
 
 
 @dataclass(kw_only=True)
@@ -189,11 +196,17 @@ class ProxyEvaluator(MetricScorer):
         macs, _ = predict_costs(self.structure, plan.channels)
         return macs, macs / self.structure.total_macs
 
-    def _recorded(self, plan: Plan, accuracy: float) -> ProxyResult:
+    def _recorded(self, plan: Plan, accuracy: float, metrics: dict[str, float] | None = None) -> ProxyResult:
         macs, ratio = self._costs(plan)
         params = predict_costs(self.structure, plan.channels)[1]
         return ProxyResult(
-            accuracy=accuracy, loss=float("nan"), macs=macs, params=params, macs_ratio=ratio, macs_measured=macs
+            accuracy=accuracy,
+            metrics=dict(metrics or {}),
+            loss=float("nan"),
+            macs=macs,
+            params=params,
+            macs_ratio=ratio,
+            macs_measured=macs,
         )
 
     def _result(
@@ -210,6 +223,13 @@ class ProxyEvaluator(MetricScorer):
             seconds=seconds,
             macs_measured=count_macs(model, self.structure.input_shape),
         )
+
+
+def proxy_settings(cfg: SearchConfig) -> dict[str, Any]:
+    """The evaluator's settings for a search config: its ``proxy`` section one to one, plus ``per_class`` when the
+    configured reward reads per-class metrics — so ``env.reward: accuracy_worst_class`` works without building the
+    proxy by hand (the per-class pass costs one dense evaluation; other rewards skip it)."""
+    return {**cfg.proxy.model_dump(), "per_class": cfg.env.reward in PER_CLASS_REWARDS}
 
 
 def proxy_from_checkpoint(

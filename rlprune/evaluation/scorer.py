@@ -218,13 +218,14 @@ class MetricScorer:
         with torch.no_grad():
             return _scalar(self.evaluate_fn(model), self.key)
 
-    def remember(self, plan: Plan, accuracy: float) -> None:
-        """Seed the cache with a score recorded earlier (a resumed search re-evaluates nothing)."""
+    def remember(self, plan: Plan, accuracy: float, metrics: Mapping[str, float] | None = None) -> None:
+        """Seed the cache with a score recorded earlier (a resumed search re-evaluates nothing); ``metrics`` are the
+        recorded ones, which a reward may read again (e.g. ``worst_class_drop``) when the plan is revisited."""
         if self._cache is not None:
-            self._cache[plan.key()] = self._recorded(plan, accuracy)
+            self._cache[plan.key()] = self._recorded(plan, accuracy, dict(metrics or {}))
 
-    def _recorded(self, plan: Plan, accuracy: float) -> Score:
-        return Score(accuracy=accuracy)
+    def _recorded(self, plan: Plan, accuracy: float, metrics: dict[str, float] | None = None) -> Score:
+        return Score(accuracy=accuracy, metrics=dict(metrics or {}))
 
     def _result(self, plan: Plan, model: nn.Module, score: float, metrics: dict[str, float], seconds: float) -> Score:
         return Score(accuracy=score, metrics=metrics, seconds=seconds)

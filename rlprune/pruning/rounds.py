@@ -5,7 +5,9 @@ between, lets the rest take over (Zhu & Gupta, 2017: "To prune, or not to prune"
 ``PolynomialDecay`` schedule). :func:`polynomial_schedule` gives the per-round targets (cubic by default: big steps
 early, while there is most redundancy, small ones near the end), and :func:`iterative_sparsify` runs the rounds for
 magnitude sparsity, writing ``round_<k>.safetensors`` + ``rounds.json`` after each so a crashed run resumes at the
-first unfinished round.
+first unfinished round. Channel plans in rounds (``rounds:`` in a ``rlprune run`` config) are run by
+:mod:`rlprune.pipeline_rounds` with the same schedule and state file; :func:`compose_plans` turns a plan made for an
+already pruned model into one for the original dense model, which is what a pruned checkpoint records.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from typing import Any
 from torch import nn
 
 from rlprune.errors import RLPruneError
+from rlprune.fileio import atomic_write_text
+from rlprune.pruning.plan import Plan
 from rlprune.pruning.sparsity import SparsityMasks, load_sparse, save_sparse, sparsify
+from rlprune.pruning.structure import Structure
 
 STATE = "rounds.json"
 
@@ -61,21 +66,11 @@ def iterative_sparsify(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state_path = directory / STATE
-    done: list[dict[str, Any]] = []
+    schedule = {"targets": targets, "pattern": pattern}
+    done = finished_rounds(state_path, schedule)
     masks: SparsityMasks | None = None
-    if state_path.is_file():
-        try:
-            state = json.loads(state_path.read_text())
-        except json.JSONDecodeError:
-            raise RLPruneError(f"{state_path}: not valid JSON; delete the directory to start over") from None
-        if state.get("targets") != targets or state.get("pattern") != pattern:
-            raise RLPruneError(
-                f"{state_path}: holds rounds of another schedule ({state.get('targets')}, {state.get('pattern')}); "
-                "use a new directory"
-            )
-        done = list(state.get("done", []))
-        if done:
-            masks = load_sparse(model, directory / done[-1]["file"])
+    if done:
+        masks = load_sparse(model, directory / done[-1]["file"])
     for k in range(len(done), len(targets)):
         masks = sparsify(model, targets[k]) if pattern == "unstructured" else sparsify(model, pattern=pattern)
         masks.attach(model)
@@ -87,11 +82,67 @@ def iterative_sparsify(
         name = f"round_{k}.safetensors"
         save_sparse(model, masks, directory / name)
         done.append({"round": k, "target": targets[k], "file": name, "finetune": _jsonable(result)})
-        tmp = state_path.with_name(STATE + ".tmp")
-        tmp.write_text(json.dumps({"targets": targets, "pattern": pattern, "done": done}, indent=1) + "\n")
-        tmp.replace(state_path)
+        record_rounds(state_path, schedule, done)
     assert masks is not None
     return masks
+
+
+def finished_rounds(state_path: Path, schedule: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rounds ``state_path`` records as finished (none if it does not exist), refusing a file written for another
+    ``schedule`` (targets and whatever else decides the rounds): resuming must not mix two schedules' rounds."""
+    if not state_path.is_file():
+        return []
+    try:
+        state = json.loads(state_path.read_text())
+    except json.JSONDecodeError:
+        raise RLPruneError(f"{state_path}: not valid JSON; delete the directory to start over") from None
+    if not isinstance(state, dict) or not isinstance(state.get("done", []), list):
+        raise RLPruneError(f"{state_path}: expected a rounds record with a 'done' list; delete it to start over")
+    recorded = {k: state.get(k) for k in schedule}
+    if recorded != schedule:
+        shown = ", ".join(str(v) for v in recorded.values())
+        raise RLPruneError(f"{state_path}: holds rounds of another schedule ({shown}); use a new directory")
+    return list(state.get("done", []))
+
+
+def record_rounds(state_path: Path, schedule: dict[str, Any], done: list[dict[str, Any]]) -> None:
+    """Write the schedule and the finished rounds atomically: a crash leaves the previous record, never half a file."""
+    atomic_write_text(state_path, json.dumps({**schedule, "done": done}, indent=1) + "\n")
+
+
+def compose_plans(base: Plan, step: Plan, dense: Structure) -> Plan:
+    """The plan for the original dense model (``dense``'s structure) that gives what ``step`` gives when applied to
+    the model ``base`` pruned it to: kept channel indices are mapped back through ``base``'s.
+
+    Both plans must come out of :func:`~rlprune.pruning.prune` (``kept`` filled in). The result is what a checkpoint
+    of a model pruned in several rounds records, so that it rebuilds from the dense architecture like any other.
+    """
+    if base.kept is None or step.kept is None:
+        raise RLPruneError("plan: composing rounds needs plans with kept channel indices (as pruning returns them)")
+    if base.fingerprint != dense.fingerprint:
+        raise RLPruneError("plan: the earlier round's plan was made for another model than the dense one")
+    sizes = {u.name: u.channels for u in dense.units}
+    unknown = sorted((set(step.kept) | set(base.kept)) - set(sizes))
+    if unknown:
+        raise RLPruneError(f"plan: unit '{unknown[0][:60]}' is not a prunable unit of the dense model")
+    kept: dict[str, list[int]] = {}
+    for name, before in base.kept.items():
+        idxs = step.kept.get(name, list(range(len(before))))
+        if idxs and max(idxs) >= len(before):
+            raise RLPruneError(f"plan: unit '{name[:60]}': the round keeps channel {max(idxs)} of {len(before)}")
+        kept[name] = [before[i] for i in idxs]
+    channels = {name: step.channels.get(name, base.channels.get(name, sizes[name])) for name in kept}
+    ratios = {name: 1.0 - channels[name] / sizes[name] for name in kept}
+    return Plan(
+        fingerprint=base.fingerprint,
+        ratios=ratios,
+        channels=channels,
+        model=base.model,
+        importance=step.importance,
+        round_to=step.round_to or base.round_to,
+        min_channels=max(base.min_channels, step.min_channels),
+        kept=kept,
+    )
 
 
 def _jsonable(value: Any) -> Any:

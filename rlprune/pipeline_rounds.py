@@ -1,0 +1,184 @@
+"""``rlprune run`` in iterative rounds (``rounds:`` in the config): per round, search a plan (or apply a policy) for
+the model the previous round left, prune it to the round's MACs target, fine-tune; resumable per round.
+
+Pruning a lot at once removes channels the network still relies on; removing them in steps with fine-tuning in
+between lets the rest take over (Zhu & Gupta, 2017). Each round's target is a ratio of the *original* dense model's
+MACs, so the round's search, which sees the current (already pruned) model, aims at ``target · dense MACs / current
+MACs`` — with its tolerance scaled the same way, so the round lands within ``env.tolerance`` of the dense-relative
+target. Every round's fine-tune distills from, and is reported against, the original dense model.
+
+``runs/<name>/`` holds ``rounds.json`` (the schedule and each finished round's numbers), ``rounds.md`` and one
+folder per round, ``round_<k>/``: that round's search run directory (or ``plan.json`` when a policy is applied) and
+``round_<k>/pruned/``, its fine-tuned model, ONNX and report. The last round's ``pruned/`` is the result. A round
+is recorded as finished only once its fine-tune is published, so a killed run resumes at its first unfinished round
+(whose search and fine-tune resume from their own records).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from rlprune.agents.policy_io import load_policy
+from rlprune.apply import example_input, finetune_plan, load_dense, policy_plans
+from rlprune.checkpoint import load_checkpoint
+from rlprune.config import SearchConfig, validate
+from rlprune.data import splits_from_meta
+from rlprune.errors import RLPruneError
+from rlprune.fileio import atomic_write_text
+from rlprune.pruning import Plan, Structure, analyze
+from rlprune.pruning.rounds import STATE, finished_rounds, record_rounds
+from rlprune.reporting import md_table
+from rlprune.searching import run_search
+
+log = logging.getLogger("rlprune.rounds")
+
+
+def round_config(
+    cfg: SearchConfig, k: int, checkpoint: Path, target: float, dense_macs: int, macs: int
+) -> SearchConfig:
+    """The search config of round ``k`` (1-based): ``cfg`` on ``checkpoint`` (the model the previous round left,
+    ``macs`` of the dense model's ``dense_macs``) at the round's ``target`` given relative to the dense model."""
+    relative = target * dense_macs / macs
+    if relative >= 1.0:
+        raise RLPruneError(
+            f"rounds: round {k} targets {target:g} of the dense MACs, but the model it starts from is already at "
+            f"{macs / dense_macs:.4f}; targets must decrease"
+        )
+    data = cfg.model_dump(mode="json")
+    data.update(name=f"round_{k}", output_dir=str(Path(cfg.output_dir) / cfg.name), checkpoint=str(checkpoint))
+    data.update(rounds=None)
+    tolerance = min(0.49, cfg.env.tolerance * dense_macs / macs)
+    data["env"] = {**data["env"], "target": relative, "tolerance": tolerance}
+    assert cfg.rounds is not None
+    data["agent"] = {**data["agent"], "episodes": cfg.rounds.episodes or cfg.agent.episodes}
+    return validate(SearchConfig, data, f"rounds: round {k}")
+
+
+def run_rounds(
+    cfg: SearchConfig, *, resume: bool = False, progress: bool = True, trust_model_code: bool = False
+) -> dict[str, Any]:
+    """The main job in rounds (``cfg.rounds``); returns what :func:`rlprune.pipeline.run_job` returns, plus
+    ``rounds``: each round's target, MACs ratio, accuracies and latency ratios against the dense model."""
+    rounds = cfg.rounds
+    if rounds is None or cfg.checkpoint is None:
+        raise RLPruneError("rounds: the job needs a 'rounds' section and the dense model's checkpoint")
+    run_dir = Path(cfg.output_dir) / cfg.name
+    state = run_dir / STATE
+    if not resume and (state.is_file() or (run_dir / "round_1").exists()):
+        raise RLPruneError(f"{run_dir}: a run in rounds already ran here", fix="resume_or_rename")
+    targets = rounds.schedule(float(cfg.env.target))
+    schedule = {"targets": targets, "policy": rounds.policy}
+    done = finished_rounds(state, schedule)
+    dense, meta, structure = load_dense(cfg.checkpoint, trust_model_code=trust_model_code)
+    splits = splits_from_meta(meta, cfg.data_root)
+    policy = load_policy(rounds.policy) if rounds.policy else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if done:
+        log.info("rounds: %d of %d already finished; resuming at round %d", len(done), len(targets), len(done) + 1)
+    for index in range(len(done), len(targets)):
+        k = index + 1
+        current = run_dir / done[-1]["checkpoint"] if done else Path(cfg.checkpoint)
+        model, model_meta = load_checkpoint(current, trust_model_code=trust_model_code) if done else (dense, meta)
+        current_structure = analyze(model.eval(), example_input(meta))
+        round_cfg = round_config(cfg, k, current, targets[index], structure.total_macs, current_structure.total_macs)
+        round_dir = run_dir / round_cfg.name
+        log.info("round %d of %d: MACs target %.4f of the dense model", k, len(targets), targets[index])
+        plan, proxy = _round_plan(round_cfg, model, current_structure, policy, progress, trust_model_code)
+        report = finetune_plan(
+            model,
+            model_meta,
+            plan,
+            splits,
+            round_dir / "pruned",
+            epochs=rounds.finetune_epochs or cfg.finetune.epochs,
+            lr=cfg.finetune.lr,
+            distill=cfg.finetune.distill,
+            batch_size=cfg.finetune.batch_size,
+            swa_epochs=cfg.finetune.swa_epochs,
+            swa_lr=cfg.finetune.swa_lr,
+            quantize=cfg.finetune.quantize if k == len(targets) else None,  # only the result is deployed
+            steps_per_epoch=cfg.finetune.steps_per_epoch,
+            seed=cfg.seed,
+            progress=progress,
+            source={"search": str(round_dir), "checkpoint": str(current), "round": k, "dense": cfg.checkpoint},
+            reuse=True,
+            device=cfg.device,
+            reference=dense,
+        )
+        done.append(_record(k, targets[index], round_dir, report, proxy))
+        record_rounds(state, schedule, done)  # only now is the round finished
+    atomic_write_text(run_dir / "rounds.md", rounds_markdown(done) + "\n")
+    last = run_dir / done[-1]["checkpoint"]
+    report_md = (last.parent / "report.md").read_text()
+    return {
+        "best_val_proxy_accuracy": done[-1]["proxy_val_accuracy"],
+        "macs_ratio": done[-1]["macs_ratio"],
+        "report": str(last.parent / "report.md"),
+        "pruned_model": str(last),
+        "rounds": done,
+        "tensorboard": f"tensorboard --logdir {run_dir}",
+        "report_md": report_md + "\n" + rounds_markdown(done) + "\n",
+    }
+
+
+def _round_plan(
+    cfg: SearchConfig, model: nn.Module, structure: Structure, policy: Any, progress: bool, trust_model_code: bool
+) -> tuple[Plan, float | None]:
+    """The round's plan and its proxy accuracy: the policy's deterministic rollout, or the best plan of the round's
+    search (run, resumed, or reused when its summary already has every episode)."""
+    round_dir = Path(cfg.output_dir) / cfg.name
+    if policy is not None:
+        plan = policy_plans(policy, model, structure, target=float(cfg.env.target), importance=cfg.proxy.importance)[0]
+        round_dir.mkdir(parents=True, exist_ok=True)
+        plan.save(round_dir / "plan.json")
+        return plan, None
+    summary_path = round_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    if summary is None or summary.get("episodes", 0) < cfg.agent.episodes:
+        resume = (round_dir / "episodes.jsonl").is_file()
+        summary = run_search(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
+    return Plan.load(round_dir / "best_plan.json"), round(float(summary["best"]["accuracy"]), 2)
+
+
+def _record(k: int, target: float, round_dir: Path, report: dict[str, Any], proxy: float | None) -> dict[str, Any]:
+    """What rounds.json keeps of a finished round (paths relative to the run directory, so it can move)."""
+    lat = report["latency_ms_cpu"]
+    after = report["pruned"]["after_finetune"]
+    return {
+        "round": k,
+        "target": target,
+        "checkpoint": f"{round_dir.name}/pruned/model.json",
+        "proxy_val_accuracy": proxy,
+        "macs_ratio": round(report["pruned"]["macs_ratio"], 5),
+        "params_ratio": round(report["pruned"]["params"] / report["dense"]["params"], 5),
+        "val_accuracy": round(after["val"], 2),
+        "test_accuracy": round(after["test"], 2),
+        "latency_ratio_cpu": {bs: round(lat["pruned"][bs] / lat["dense"][bs], 4) for bs in lat["dense"]},
+    }
+
+
+def rounds_markdown(done: list[dict[str, Any]]) -> str:
+    """A table of the finished rounds, each against the original dense model."""
+    batches = sorted(done[0]["latency_ratio_cpu"], key=int) if done else []
+    rows = [
+        [
+            str(r["round"]),
+            f"{r['target']:.4f}",
+            f"{r['macs_ratio']:.4f}",
+            f"{r['params_ratio']:.4f}",
+            *(f"{r['latency_ratio_cpu'][bs]:.3f}" for bs in batches),
+            f"{r['val_accuracy']:.2f}",
+            f"{r['test_accuracy']:.2f}",
+        ]
+        for r in done
+    ]
+    head = ["round", "MACs target", "MACs", "params", *(f"CPU latency b{bs}" for bs in batches), "val %", "test %"]
+    return "## Rounds (ratios against the dense model, after each round's fine-tune)\n\n" + md_table(head, rows)
+
+
+__all__ = ["round_config", "rounds_markdown", "run_rounds"]

@@ -1,0 +1,57 @@
+"""The main job's default reward is latency-aware; a reward the config names is left alone."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rlprune.config import SearchConfig, validate
+from rlprune.cost.lut import timeable
+from rlprune.models import build_model
+from rlprune.pipeline import LATENCY_BATCH, LATENCY_WEIGHT, with_default_reward
+from rlprune.pruning import analyze
+
+
+def _cfg(**sections: object) -> SearchConfig:
+    return validate(SearchConfig, {"name": "x", "checkpoint": "unused", **sections}, "test")
+
+
+def test_run_defaults_to_the_latency_reward_only_when_none_is_named() -> None:
+    default = with_default_reward(_cfg(env={"target": 0.5}))
+    assert (default.env.reward, default.env.reward_weight) == ("accuracy_latency", LATENCY_WEIGHT)
+    assert default.latency.batch_size == LATENCY_BATCH and default.env.target == 0.5 and default.env.budget == "macs"
+    chosen = with_default_reward(_cfg(env={"reward_weight": 0.1}, latency={"batch_size": 8}))
+    assert (chosen.env.reward, chosen.env.reward_weight, chosen.latency.batch_size) == ("accuracy_latency", 0.1, 8)
+    for named in (
+        _cfg(env={"reward": "accuracy"}),
+        _cfg(env={"reward": "accuracy_worst_class"}),
+        _cfg(env={"budget": "latency"}),
+    ):
+        assert with_default_reward(named) == named
+    # what the run directory records is the reward the search used
+    assert with_default_reward(_cfg()).model_dump(mode="json")["env"]["reward"] == "accuracy_latency"
+
+
+class WithConv1d(nn.Module):
+    """A model with a layer the latency table cannot time (Conv1d): the default must not make its run fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.mix = nn.Conv1d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).flatten(2)
+        return self.head(self.mix(y).mean(-1))
+
+
+def test_models_the_latency_table_cannot_time_keep_the_accuracy_reward() -> None:
+    example = torch.zeros(1, 3, 32, 32)
+    resnet = build_model("resnet20", num_classes=3, width=4).eval()
+    assert timeable(resnet, analyze(resnet, example))
+    odd = WithConv1d().eval()
+    structure = analyze(odd, example)
+    assert not timeable(odd, structure)
+    assert with_default_reward(_cfg(), odd, structure).env.reward == "accuracy"
+    assert with_default_reward(_cfg(), resnet, analyze(resnet, example)).env.reward == "accuracy_latency"
