@@ -215,6 +215,12 @@ def apply_policy(
     return plans[best], {"samples": samples, "candidates": scores, "chosen": "deterministic" if best == 0 else best}
 
 
+def original_structure(meta: dict[str, Any]) -> Structure:
+    """The prunable structure of the dense architecture a (possibly pruned) checkpoint's ``meta`` was built from."""
+    model = build_model(meta["model"], **meta.get("model_kwargs", {}))  # named by a checkpoint already loaded
+    return analyze(model.eval(), example_input(meta))
+
+
 def default_proxy(
     model: nn.Module,
     splits: DataSplits,
@@ -224,16 +230,6 @@ def default_proxy(
 ) -> ProxyEvaluator:
     """The search's default proxy (:class:`~rlprune.config.ProxyConfig`) for ``model`` on ``splits`` (val only),
     analyzing the model with ``options`` (parts left unpruned, head counts)."""
-
-
-def original_structure(meta: dict[str, Any]) -> Structure:
-    """The prunable structure of the dense architecture a (possibly pruned) checkpoint's ``meta`` was built from."""
-    model = build_model(meta["model"], **meta.get("model_kwargs", {}))  # named by a checkpoint already loaded
-    return analyze(model.eval(), example_input(meta))
-
-
-def default_proxy(model: nn.Module, splits: DataSplits, importance: str = "l1", device: str = "cpu") -> ProxyEvaluator:
-    """The search's default proxy (:class:`~rlprune.config.ProxyConfig`) for ``model`` on ``splits`` (val only)."""
     cfg = ProxyConfig(importance=importance)
     options = options or PruneOptions()
     return ProxyEvaluator(
