@@ -39,12 +39,13 @@ import torch
 from _results import environment, md_table, reproduce_command, write_results
 
 from rlprune.agents.policy_io import Policy
-from rlprune.apply import finetune_plan, load_dense, policy_plans
+from rlprune.apply import check_policy_target, finetune_plan, load_dense, policy_plans
 from rlprune.config import SearchConfig, model_label, validate
 from rlprune.cost.macs import count_macs
 from rlprune.data import splits_from_meta
 from rlprune.envs.episode import Episode
 from rlprune.envs.features import FEATURE_GROUPS, feature_spec
+from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import proxy_from_checkpoint
 from rlprune.fileio import atomic_write_text
 from rlprune.pruning import Plan, prune
@@ -117,9 +118,9 @@ def _measured_ratio(dense: torch.nn.Module, plan: Plan, shape: tuple[int, ...], 
     return count_macs(pruned, shape) / dense_macs
 
 
-def _cell(args: argparse.Namespace, ckpt: str, budget: float) -> dict[str, Any]:
-    label = model_label(ckpt)
-    request = {
+def _cell_request(args: argparse.Namespace, ckpt: str, budget: float) -> dict[str, Any]:
+    """What decides a cell's rows (the policies by their metadata, which holds the training run's config)."""
+    return {
         "checkpoint": ckpt,
         "budget": budget,
         "proxy": PROXY,
@@ -127,6 +128,11 @@ def _cell(args: argparse.Namespace, ckpt: str, budget: float) -> dict[str, Any]:
         "policy": _key(json.loads((args.policy_dir / "policy.json").read_text())),
         "seed": args.seed,
     }
+
+
+def _cell(args: argparse.Namespace, ckpt: str, budget: float) -> dict[str, Any]:
+    label = model_label(ckpt)
+    request = _cell_request(args, ckpt, budget)
     path = Path(args.runs) / "cells" / f"{label}_{budget:.2f}.json"
     hit = _cached(path, request)
     if hit is not None:
@@ -142,7 +148,11 @@ def _cell(args: argparse.Namespace, ckpt: str, budget: float) -> dict[str, Any]:
     seconds["generalist"] = time.perf_counter() - started
     single = Policy.load(SINGLE_POLICY)
     started = time.perf_counter()
-    forced = abs(budget - float(single.meta["target"])) > 0.02
+    try:
+        check_policy_target(single.meta, budget, "macs")
+        forced = False
+    except RLPruneError:
+        forced = True
     plans["single-model policy"] = policy_plans(single, dense, structure, target=budget, force=forced)[0]
     seconds["single-model policy"] = time.perf_counter() - started
     plans["uniform"] = Budget(structure, budget).uniform_plan()
@@ -194,7 +204,15 @@ def _observations(policy: Policy, checkpoints: list[str], budgets: list[float]) 
     seen = []
     for ckpt in checkpoints:
         _, _, structure = load_dense(ckpt)
-        b = Budget(structure, (min(budgets), max(budgets)), max_ratio=policy.meta.get("max_ratio", 0.8))
+        m = policy.meta
+        b = Budget(
+            structure,
+            (min(budgets), max(budgets)),
+            min_ratio=m.get("min_ratio", 0.0),
+            max_ratio=m.get("max_ratio", 0.8),
+            round_to=m.get("round_to"),
+            min_channels=m.get("min_channels", 1),
+        )
         for target in budgets:
             episode = Episode(b, target, features=version)
             while not episode.done:
@@ -207,7 +225,13 @@ def _observations(policy: Policy, checkpoints: list[str], budgets: list[float]) 
 def ablation(args: argparse.Namespace) -> dict[str, Any]:
     policy = Policy.load(args.policy_dir)
     spec = feature_spec(int(policy.meta["feature_version"]))
-    request = {"policy": _key(policy.meta), "targets": args.targets, "budgets": args.budgets, "proxy": PROXY}
+    request = {
+        "policy": _key(policy.meta),
+        "train": args.train,
+        "targets": args.targets,
+        "budgets": args.budgets,
+        "proxy": PROXY,
+    }
     path = Path(args.runs) / "ablation.json"
     hit = _cached(path, request)
     if hit is not None:
@@ -221,7 +245,7 @@ def ablation(args: argparse.Namespace) -> dict[str, Any]:
             row = {"model": model_label(ckpt), "budget": budget}
             row["full"] = float(scorer(policy_plans(policy, dense, structure, target=budget)[0]).accuracy)
             for group, names in FEATURE_GROUPS.items():
-                idx = [spec.names.index(n) for n in names]
+                idx = [spec.names.index(n) for n in names if n in spec.names]
 
                 def act(obs: np.ndarray, idx: list[int] = idx) -> np.ndarray:
                     obs = obs.copy()
@@ -307,8 +331,9 @@ def _load_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
     for ckpt in args.targets:
         for budget in args.budgets:
             path = Path(args.runs) / "cells" / f"{model_label(ckpt)}_{budget:.2f}.json"
-            if path.is_file():
-                found.append(json.loads(path.read_text()))
+            hit = _cached(path, _cell_request(args, ckpt, budget))  # a cell of another policy or setting is stale
+            if hit is not None:
+                found.append(hit)
     return found
 
 
@@ -335,7 +360,9 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
                 [
                     cell["model"],
                     cell["budget"],
-                    method,
+                    f"{method} (forced)"
+                    if method == "single-model policy" and cell["single_policy_forced"]
+                    else method,
                     r[method]["proxy_val_accuracy"],
                     _mean_std(ft.get(key)),
                     r[method]["macs_ratio_measured"],
@@ -373,6 +400,10 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
         md_table(["target", "MACs", "plan", "val proxy", "test after FT", "MACs measured", "search s"], rows)
         if rows
         else "(no cell measured yet)",
+        "",
+        "The fresh searches choose their best plan on the same validation proxy that scores every row, which favours "
+        "them; the policies' plans are scored once. Rows marked (forced) apply the single-model policy outside the "
+        "one target it was trained at.",
         "",
         "## Targets",
         "",

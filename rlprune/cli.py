@@ -77,7 +77,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from rlprune.pipeline import run_job
 
     cfg = load_config(args.config, SearchConfig, _with_workers(args))
-    out = run_job(cfg, resume=args.resume, progress=not args.quiet, trust_model_code=args.trust_model_code)
+    out = run_job(
+        cfg, resume=args.resume, progress=not args.quiet, trust_model_code=args.trust_model_code, force=args.force
+    )
     print(json.dumps({k: v for k, v in out.items() if k != "report_md"}))
     print(out["report_md"])
     return 0
@@ -378,11 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
             "(baselines, run in runs/<name>-<agent>/)",
         )
         p.add_argument("--searcher", default=None, help=argparse.SUPPRESS)  # the old spelling of --agent
-    config_command(
+    p = config_command(
         "run",
-        "the main job: search, fine-tune the best plan, export and report",
+        "the main job: search (or apply the config's policy), fine-tune the best plan, export and report",
         _cmd_run,
         "continue an interrupted run",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="apply the config's policy (or rounds.policy) at a target outside what it was trained for",
     )
     for name in ("train", "run", "search"):
         sub.choices[name].add_argument(

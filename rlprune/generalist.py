@@ -8,7 +8,8 @@ distribute a cut, not where one network's slack happens to be.
 
 ``runs/<name>/`` holds what a one-model search holds (config, ``episodes.jsonl`` with each episode's ``model``,
 ``policy.safetensors`` + ``policy.json`` recording the models and the target range, TensorBoard logs) and a
-``summary.json`` with per-model statistics and reference scores.
+``summary.json`` with per-model statistics and reference scores. ``best_plan.json`` is the highest-reward plan of
+any model (a plan for one of them): the product of such a run is the policy, applied with ``rlprune apply``.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import torch
 
 from rlprune.agents.recorder import SearchRecorder
 from rlprune.config import SearchConfig, model_label, write_resolved
+from rlprune.envs.features import FEATURE_VERSION
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.envs.multi import MultiModelEnv
 from rlprune.errors import RLPruneError
-from rlprune.evaluation.proxy import proxy_from_checkpoint
+from rlprune.evaluation.proxy import proxy_from_checkpoint, proxy_settings
 from rlprune.fileio import atomic_write_text
 from rlprune.logs import setup_logging
 from rlprune.pruning import Plan
@@ -38,7 +40,9 @@ from rlprune.seeding import seed_everything
 log = logging.getLogger("rlprune.generalist")
 
 
-def model_envs(cfg: SearchConfig, recorder: SearchRecorder | None, trust_model_code: bool) -> list[LayerPruningEnv]:
+def model_envs(
+    cfg: SearchConfig, recorder: SearchRecorder | None, trust_model_code: bool, features: int = FEATURE_VERSION
+) -> list[LayerPruningEnv]:
     """One environment per checkpoint of ``cfg.checkpoints``, each with its own proxy scorer (data and model built
     once per model) and MACs budget over ``cfg.env``'s target range."""
     assert cfg.checkpoints is not None
@@ -51,7 +55,8 @@ def model_envs(cfg: SearchConfig, recorder: SearchRecorder | None, trust_model_c
             cfg.data_root,
             device=cfg.device,
             trust_model_code=trust_model_code,
-            **cfg.proxy.model_dump(),
+            **proxy_settings(cfg),
+            **cfg.prune.model_dump(),
         )
         budget = Budget(
             scorer.structure,
@@ -71,6 +76,7 @@ def model_envs(cfg: SearchConfig, recorder: SearchRecorder | None, trust_model_c
                 reward_weight=e.reward_weight,
                 on_episode=recorder,
                 name=model_label(checkpoint),
+                features=features,
             )
         )
     return envs
@@ -81,14 +87,17 @@ def search_models(
 ) -> dict[str, Any]:
     """Train one RL policy over every checkpoint in ``cfg.checkpoints``; returns the summary (also written to
     ``summary.json``). Called by :func:`rlprune.searching.run_search`, which holds the run directory's lock."""
-    from rlprune.searching import _prepare, _train_agent
+    from rlprune.searching import _prepare, _train_agent, resumed_features
 
     run_dir = Path(cfg.output_dir) / cfg.name
     _prepare(cfg, run_dir, resume)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    envs = model_envs(cfg, None, trust_model_code)  # every checkpoint loads and analyzes before the run dir exists
+    features = resumed_features(run_dir) if resume else FEATURE_VERSION
+    envs = model_envs(
+        cfg, None, trust_model_code, features
+    )  # every checkpoint loads and analyzes before the run dir exists
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / "search.log", verbose=progress)
     write_resolved(cfg, run_dir)
@@ -97,7 +106,7 @@ def search_models(
         env.on_episode = recorder
         for rec in recorder.records:  # a resumed search re-evaluates no recorded plan
             if rec.get("model") == env.name and hasattr(env.scorer, "remember"):
-                env.scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"])
+                env.scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"], metrics=rec.get("metrics"))
     multi = MultiModelEnv(envs)
     log.info(
         "%s over %d models (%s), targets %s, reward %s, %d episodes (%d already recorded)",

@@ -19,6 +19,7 @@ from rlprune.cost.lut import timeable
 from rlprune.data import splits_from_meta
 from rlprune.errors import RLPruneError
 from rlprune.pruning import Plan, Structure
+from rlprune.pruning.options import PruneOptions
 from rlprune.safeio import read_yaml_file
 from rlprune.searching import run_search
 
@@ -60,17 +61,24 @@ def with_default_reward(
 
 
 def run_job(
-    cfg: SearchConfig, *, resume: bool = False, progress: bool = True, trust_model_code: bool = False
+    cfg: SearchConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    trust_model_code: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Search -> prune the best plan -> fine-tune (distilling from the dense model) -> ONNX -> report.
 
     :param resume: continue an interrupted run (the search from its records, the fine-tune from its last epoch).
     :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
+    :param force: apply a configured ``policy`` at a target outside what it was trained for (else refused).
     :returns: where the outputs are and the headline numbers; ``report_md`` holds the Markdown report.
     """
     if cfg.checkpoint is None:
         raise RLPruneError("checkpoint: the main job needs the dense model's checkpoint")
-    dense, meta, structure = load_dense(cfg.checkpoint, trust_model_code=trust_model_code)
+    options = PruneOptions.of(cfg.prune.ignore, cfg.prune.heads)
+    dense, meta, structure = load_dense(cfg.checkpoint, trust_model_code=trust_model_code, options=options)
     run_dir = Path(cfg.output_dir) / cfg.name
     saved = run_dir / "config.yaml"
     started_plain = (
@@ -81,12 +89,12 @@ def run_job(
     if cfg.rounds is not None:  # search, prune and fine-tune per round (rlprune.pipeline_rounds)
         from rlprune.pipeline_rounds import run_rounds
 
-        return run_rounds(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
+        return run_rounds(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code, force=force)
     out = run_dir / "pruned"
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not resume:
         raise RLPruneError(f"{out}: already exists", fix="resume_or_rename")
     if cfg.policy is not None:  # a learned policy, rolled out with no search
-        summary = _zero_shot(cfg, dense, meta, structure, run_dir)
+        summary = _zero_shot(cfg, dense, meta, structure, run_dir, force)
     else:
         summary = run_search(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
     plan = Plan.load(run_dir / "best_plan.json")
@@ -123,14 +131,25 @@ def run_job(
     }
 
 
-def _zero_shot(cfg: SearchConfig, dense: Any, meta: dict[str, Any], structure: Any, run_dir: Path) -> dict[str, Any]:
+def _zero_shot(
+    cfg: SearchConfig, dense: Any, meta: dict[str, Any], structure: Any, run_dir: Path, force: bool
+) -> dict[str, Any]:
     """Roll ``cfg.policy`` out on the checkpoint at ``cfg.env.target`` (no search, no scoring) and save the plan as
     the run's ``best_plan.json``; the same plan for the same policy, model and target, every time."""
     from rlprune.apply import apply_policy, example_input
     from rlprune.pruning.budget import macs_ratio
 
     target = float(cfg.env.target)  # type: ignore[arg-type]  # a range is refused by the config
-    plan, _ = apply_policy(cfg.policy, dense, example_input(meta), target=target, budget=cfg.env.budget)
+    plan, _ = apply_policy(
+        cfg.policy,
+        dense,
+        example_input(meta),
+        target=target,
+        budget=cfg.env.budget,
+        ignore=cfg.prune.ignore,
+        heads=cfg.prune.heads,
+        force=force,
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     ratio = macs_ratio(structure, plan)
     plan.save(run_dir / "best_plan.json")

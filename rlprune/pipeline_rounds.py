@@ -60,7 +60,12 @@ def round_config(
 
 
 def run_rounds(
-    cfg: SearchConfig, *, resume: bool = False, progress: bool = True, trust_model_code: bool = False
+    cfg: SearchConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    trust_model_code: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """The main job in rounds (``cfg.rounds``); returns what :func:`rlprune.pipeline.run_job` returns, plus
     ``rounds``: each round's target, MACs ratio, accuracies and latency ratios against the dense model."""
@@ -88,7 +93,7 @@ def run_rounds(
         round_cfg = round_config(cfg, k, current, targets[index], structure.total_macs, current_structure.total_macs)
         round_dir = run_dir / round_cfg.name
         log.info("round %d of %d: MACs target %.4f of the dense model", k, len(targets), targets[index])
-        plan, proxy = _round_plan(round_cfg, model, current_structure, policy, progress, trust_model_code)
+        plan, proxy = _round_plan(round_cfg, model, current_structure, policy, progress, trust_model_code, force)
         report = finetune_plan(
             model,
             model_meta,
@@ -127,13 +132,20 @@ def run_rounds(
 
 
 def _round_plan(
-    cfg: SearchConfig, model: nn.Module, structure: Structure, policy: Any, progress: bool, trust_model_code: bool
+    cfg: SearchConfig,
+    model: nn.Module,
+    structure: Structure,
+    policy: Any,
+    progress: bool,
+    trust_model_code: bool,
+    force: bool = False,
 ) -> tuple[Plan, float | None]:
     """The round's plan and its proxy accuracy: the policy's deterministic rollout, or the best plan of the round's
     search (run, resumed, or reused when its summary already has every episode)."""
     round_dir = Path(cfg.output_dir) / cfg.name
     if policy is not None:
-        plan = policy_plans(policy, model, structure, target=float(cfg.env.target), importance=cfg.proxy.importance)[0]
+        target = float(cfg.env.target)  # type: ignore[arg-type]
+        plan = policy_plans(policy, model, structure, target=target, importance=cfg.proxy.importance, force=force)[0]
         round_dir.mkdir(parents=True, exist_ok=True)
         plan.save(round_dir / "plan.json")
         return plan, None

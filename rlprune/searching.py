@@ -30,6 +30,7 @@ from rlprune.checkpoint import load_state, save_state
 from rlprune.config import SearchConfig, validate, write_resolved
 from rlprune.cost.lut import LatencyTable, build_latency_table, measured_latency_ratio
 from rlprune.envs.calibration import calibrate_latency_budget
+from rlprune.envs.features import FEATURE_VERSION
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import proxy_from_checkpoint, proxy_settings
@@ -103,7 +104,7 @@ def _prepare(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
         # Recorded accuracies are only comparable with new ones if plans are scored and budgeted the same way.
         saved = read_yaml_file(saved_path) or {}
         now = cfg.model_dump(mode="json")
-        for section in ("checkpoint", "data_root", "env", "proxy", "latency"):
+        for section in ("checkpoint", "checkpoints", "data_root", "env", "proxy", "latency", "prune"):
             if saved.get(section) != now.get(section):
                 raise RLPruneError(
                     f"{run_dir}: cannot resume with a different '{section}' than the run was started with "
@@ -172,6 +173,8 @@ def run_search(
     :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
     """
     workers = cfg.workers if workers is None else workers
+    if cfg.policy is not None:
+        raise RLPruneError("policy: a search learns a policy; applying one is rlprune run (or rlprune apply)")
     if cfg.checkpoints is not None:
         from rlprune.generalist import search_models
 
@@ -232,7 +235,14 @@ def _search(
     if budget.latency_table is not None:
         budget = _calibrated(cfg, budget, dense_cpu, run_dir)
     e = cfg.env
-    env = LayerPruningEnv(scorer, budget=budget, reward=e.reward, reward_weight=e.reward_weight, on_episode=recorder)
+    env = LayerPruningEnv(
+        scorer,
+        budget=budget,
+        reward=e.reward,
+        reward_weight=e.reward_weight,
+        on_episode=recorder,
+        features=resumed_features(run_dir) if resume else FEATURE_VERSION,
+    )
     started = time.perf_counter()
     log.info(
         "%s on %s: %d units, target %s, %d episodes (%d already recorded)",
@@ -275,6 +285,16 @@ def _search(
         run_dir / "best_plan.json",
     )
     return summary
+
+
+def resumed_features(run_dir: Path) -> int:
+    """The feature set a resumed search's agent was built for (its saved policy's), so that an agent saved by an
+    older rlprune keeps its input size; the current set when nothing was saved yet."""
+    path = run_dir / "policy.json"
+    if not path.is_file():
+        return FEATURE_VERSION
+    version = read_json(path, "policy metadata").get("feature_version", FEATURE_VERSION)
+    return version if isinstance(version, int) else FEATURE_VERSION
 
 
 def _proxy(cfg: SearchConfig, trust_model_code: bool) -> Scorer:

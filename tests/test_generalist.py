@@ -254,3 +254,16 @@ def test_main_job_applies_a_policy_zero_shot(tmp_path, capsys):
     assert main(["run", str(tmp_path / "zs2.yaml"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "outside what the policy was trained for" in err and "--force" in err
+
+
+def test_resumed_search_keeps_the_feature_set_its_agent_was_built_for(tmp_path):
+    from rlprune.envs.features import FEATURE_VERSION
+    from rlprune.searching import resumed_features, run_search
+
+    assert resumed_features(tmp_path) == FEATURE_VERSION  # nothing saved yet
+    (tmp_path / "policy.json").write_text(json.dumps({"feature_version": 2}))
+    assert resumed_features(tmp_path) == 2  # an agent saved by an older rlprune keeps its 18 inputs
+    with pytest.raises(RLPruneError, match="applying one is rlprune run"):
+        run_search(SearchConfig(name="x", checkpoint="a.json", policy="p", output_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="rounds.policy"):
+        SearchConfig(name="x", checkpoint="a.json", policy="p", rounds=[0.8, 0.5])

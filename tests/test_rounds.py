@@ -132,7 +132,9 @@ def test_rounds_resume_after_a_crash_without_redoing_a_round(
 
     # a learned policy applied per round instead of searching (the first round's policy)
     by_policy = _config(tmp_path, checkpoint, "pol", rounds={"targets": [0.7, 0.5], "policy": str(run_dir / "round_1")})
-    out = run_job(by_policy, progress=False)
+    with pytest.raises(RLPruneError, match="outside what the policy was trained for"):
+        run_job(by_policy, progress=False)  # trained at 0.75 only: a round target of 0.7 needs force
+    out = run_job(by_policy, progress=False, resume=True, force=True)
     pol_dir = tmp_path / "runs" / "pol"
     assert [r["round"] for r in out["rounds"]] == [1, 2] and out["rounds"][0]["proxy_val_accuracy"] is None
     assert (pol_dir / "round_2" / "plan.json").is_file() and not (pol_dir / "round_2" / "episodes.jsonl").exists()

@@ -131,7 +131,8 @@ class Policy:
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Rebuild a saved policy without unpickling; refuses another feature-spec version."""
+    """Rebuild a saved policy without unpickling; its observation size is its own feature set's (any version this
+    rlprune knows; a newer one is refused in one line)."""
     weights, sidecar = policy_paths(path)
     meta = read_json(sidecar, "policy metadata")
     if not isinstance(meta, dict) or meta.get("format") != POLICY_FORMAT:

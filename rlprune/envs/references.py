@@ -57,7 +57,7 @@ class References:
             raise RLPruneError(f"references: target must lie in (0, 1], got {target}")
         low = math.floor(target / self.grid + 1e-9) * self.grid
         high = min(1.0, low + self.grid)
-        low = max(self.grid, low)  # a target below the first grid point extrapolates from the first two
+        low = max(self.grid, low)  # a target below the first grid point gets the first grid point's score
         if high <= low:
             return self._uniform_at(low)
         a, b = self._uniform_at(low), self._uniform_at(high)
