@@ -389,7 +389,7 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
     ablation_path = Path(args.runs) / "ablation.json"
     ablation_data = json.loads(ablation_path.read_text()) if ablation_path.is_file() else None
     env = environment()
-    reproduce = reproduce_command("benchmarks/generalize.py", args, ROOT)
+    reproduce = reproduce_command("benchmarks/generalize.py", args, ROOT, skip=("out", "runs", "stage", "quiet"))
     md = [
         "# Generalist policy: zero-shot on held-out families",
         "",
@@ -468,9 +468,15 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
             "",
         ]
     md += [
-        f"Proxy: {PROXY}. Fine-tune: 1 epoch capped at {args.finetune_steps} steps, lr {args.finetune_lr}, "
-        f"distillation from the dense model; seeds {args.finetune_seeds} at MACs {args.seeds_budget}. "
-        f"{env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}. "
+        f"Proxy: {PROXY}. "
+        + (
+            f"Fine-tune: 1 epoch capped at {args.finetune_steps} steps, lr {args.finetune_lr}, distillation from the "
+            f"dense model; seeds {args.finetune_seeds} at MACs {args.seeds_budget}. "
+            if ft
+            else "Fine-tunes: not run yet (`--stage finetune`; each evaluates the dense and pruned model on the full "
+            "validation and test splits). "
+        )
+        + f"{env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}. "
         f"Reproduce: `{reproduce}`.",
     ]
     data = {
@@ -491,19 +497,19 @@ def main() -> None:
     ap.add_argument(
         "--stage", choices=["train", "proxy", "ablation", "rewards", "finetune", "report", "all"], default="all"
     )
-    ap.add_argument("--train", nargs="+", default=TRAIN)
-    ap.add_argument("--targets", nargs="+", default=TARGETS)
-    ap.add_argument("--budgets", nargs="+", type=float, default=[0.3, 0.5, 0.7])
+    ap.add_argument("--train", action="append", help=f"a training checkpoint (repeat; default {TRAIN})")
+    ap.add_argument("--targets", action="append", help=f"a held-out checkpoint (repeat; default {TARGETS})")
+    ap.add_argument("--budgets", action="append", type=float, help="a MACs target (repeat; default 0.3 0.5 0.7)")
     ap.add_argument("--low", type=float, default=0.3)
     ap.add_argument("--high", type=float, default=0.8)
     ap.add_argument("--reward", default="gain_over_uniform")
     ap.add_argument("--episodes", type=int, default=600)
     ap.add_argument("--search-episodes", type=int, default=100)
-    ap.add_argument("--rewards", nargs="+", default=["accuracy", "retention", "gain_over_uniform"])
+    ap.add_argument("--rewards", action="append", help="a reward to compare (repeat; default: all three)")
     ap.add_argument("--reward-episodes", type=int, default=300)
-    ap.add_argument("--finetune-budgets", nargs="+", type=float, default=[0.5])
+    ap.add_argument("--finetune-budgets", action="append", type=float, help="repeat; default 0.5")
     ap.add_argument("--seeds-budget", type=float, default=0.5)
-    ap.add_argument("--finetune-seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--finetune-seeds", action="append", type=int, help="repeat; default 0 1 2")
     ap.add_argument("--finetune-steps", type=int, default=200)
     ap.add_argument("--finetune-lr", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)
@@ -513,6 +519,17 @@ def main() -> None:
     ap.add_argument("--policy-dir", type=Path, default=POLICY_DIR, help="where the trained policy is copied")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
+    defaults = {
+        "train": TRAIN,
+        "targets": TARGETS,
+        "budgets": [0.3, 0.5, 0.7],
+        "rewards": ["accuracy", "retention", "gain_over_uniform"],
+        "finetune_budgets": [0.5],
+        "finetune_seeds": [0, 1, 2],
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.threads:
         torch.set_num_threads(args.threads)
     training = None

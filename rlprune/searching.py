@@ -407,9 +407,9 @@ def _train_agent(
     :param env: a :class:`LayerPruningEnv`, or a :class:`~rlprune.envs.multi.MultiModelEnv` over several models.
     :param extra_meta: more of the policy's metadata (e.g. the models it was trained on)."""
     algorithm = cfg.agent.algorithm
-    n_envs = getattr(
-        getattr(env, "scorer", None), "workers", 1
-    )  # one environment per actor: their terminal evaluations run at once
+    features = env.feature_version  # read before a worker pool wraps the env in a VecEnv
+    # one environment per actor: their terminal evaluations run at once
+    n_envs = getattr(getattr(env, "scorer", None), "workers", 1)
     if n_envs > 1:
         from rlprune.parallel import pool_vec_env
 
@@ -433,7 +433,7 @@ def _train_agent(
         "reward": cfg.env.reward,
         "importance": cfg.proxy.importance,
         "trained_on": cfg.checkpoint,
-        "feature_version": env.feature_version,
+        "feature_version": features,
         "config": cfg.model_dump(mode="json"),
         **(extra_meta or {}),
     }

@@ -142,7 +142,7 @@ def _apply(world: World, t: Path, policy: Path | None = None, ckpt: Path | None 
         "--checkpoint",
         str(ckpt),
         "--target-macs",
-        "0.6",
+        "0.5",
         "--out",
         str(t / "out"),
         "--quiet",

@@ -12,6 +12,7 @@ PARAMS = {
     "resnet32": 466_906,
     "resnet56": 855_770,
     "resnet110": 1_730_714,
+    "vgg11_bn": 9_228_362,
     "vgg16_bn": 14_724_042,
     "mobilenetv2": 2_236_682,
     "vit_cifar": 1_806_538,

@@ -47,4 +47,4 @@ def test_readme_python_example_runs_as_written(
     model = namespace["model"]
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())  # type: ignore[attr-defined]
     out = capsys.readouterr().out.strip().splitlines()
-    assert 0.58 <= float(out[-1]) <= 0.6  # the policy met the 0.6 budget on the wider model
+    assert 0.49 <= float(out[-1]) <= 0.5  # the policy met its budget on the wider model

@@ -52,7 +52,9 @@ def test_zoo_checkpoint_reproduces_its_test_accuracy(checkpoint: Path, capsys: p
     out = json.loads(capsys.readouterr().out)
     assert out["images"] == 10_000
     assert out["accuracy"] == pytest.approx(meta["test_accuracy"], abs=0.1)
-    assert meta["val_accuracy"] > 80 and meta["dataset"]["val_size"] == 5000
+    # the ResNets are baselines; VGG-11/2, MobileNetV2/2 and the ViT are short transfer targets (zoo/README.md)
+    floor = 80 if meta["model"].startswith("resnet") else 50
+    assert meta["val_accuracy"] > floor and meta["dataset"]["val_size"] == 5000
 
 
 def test_copies_of_one_checkpoint_record_the_same_accuracy() -> None:
