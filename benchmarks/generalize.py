@@ -292,7 +292,10 @@ def rewards(args: argparse.Namespace) -> dict[str, Any]:
 
 # -------------------------------------------------------------------------------------------------------- finetune
 def finetune(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+    """Test accuracy after the short fine-tune, by ``model|budget|method`` and seed; merged into what earlier runs
+    of this stage measured (each fine-tune is reused from its own output folder when run again)."""
+    path = Path(args.runs) / "finetune.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     for cell in cells:
         if cell["budget"] not in args.finetune_budgets:
             continue
@@ -300,6 +303,8 @@ def finetune(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str,
         dense, meta, _ = load_dense(ckpt)
         splits = splits_from_meta(meta, None)
         for method, row in cell["rows"].items():
+            if method not in args.finetune_methods:
+                continue
             seeds = args.finetune_seeds if cell["budget"] == args.seeds_budget else args.finetune_seeds[:1]
             for seed in seeds:
                 out = Path(args.runs) / "finetune" / f"{cell['model']}_{cell['budget']:.2f}" / method.replace(" ", "_")
@@ -320,8 +325,8 @@ def finetune(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str,
                     source={"benchmark": "generalize", "method": method},
                 )
                 key = f"{cell['model']}|{cell['budget']:.2f}|{method}"
-                results.setdefault(key, []).append(report["pruned"]["after_finetune"]["test"])
-                print(f"[finetune] {key} seed {seed}: {results[key][-1]:.2f}", flush=True)
+                results.setdefault(key, {})[str(seed)] = report["pruned"]["after_finetune"]["test"]
+                print(f"[finetune] {key} seed {seed}: {results[key][str(seed)]:.2f}", flush=True)
     return results
 
 
@@ -364,7 +369,7 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
                     if method == "single-model policy" and cell["single_policy_forced"]
                     else method,
                     r[method]["proxy_val_accuracy"],
-                    _mean_std(ft.get(key)),
+                    _mean_std(list(ft[key].values()) if key in ft else None),
                     r[method]["macs_ratio_measured"],
                     r[method]["search_seconds"],
                 ]
@@ -510,6 +515,7 @@ def main() -> None:
     ap.add_argument("--finetune-budgets", action="append", type=float, help="repeat; default 0.5")
     ap.add_argument("--seeds-budget", type=float, default=0.5)
     ap.add_argument("--finetune-seeds", action="append", type=int, help="repeat; default 0 1 2")
+    ap.add_argument("--finetune-methods", action="append", choices=METHODS, help="repeat; default: every row")
     ap.add_argument("--finetune-steps", type=int, default=200)
     ap.add_argument("--finetune-lr", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)
@@ -526,6 +532,7 @@ def main() -> None:
         "rewards": ["accuracy", "retention", "gain_over_uniform"],
         "finetune_budgets": [0.5],
         "finetune_seeds": [0, 1, 2],
+        "finetune_methods": list(METHODS),
     }
     for name, value in defaults.items():
         if getattr(args, name) is None:
