@@ -130,11 +130,25 @@ def _cell_request(args: argparse.Namespace, ckpt: str, budget: float) -> dict[st
     }
 
 
+def _committed_cell(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any] | None:
+    """The cell of the committed results file made by the same request (``runs/`` is not kept between machines;
+    the results file is), so that a later stage (fine-tunes) does not search again."""
+    results = Path(f"{args.out}.json")
+    if not results.is_file():
+        return None
+    for cell in json.loads(results.read_text()).get("cells", []):
+        if cell.get("request_key") == _key(request):
+            return cell
+    return None
+
+
 def _cell(args: argparse.Namespace, ckpt: str, budget: float) -> dict[str, Any]:
     label = model_label(ckpt)
     request = _cell_request(args, ckpt, budget)
     path = Path(args.runs) / "cells" / f"{label}_{budget:.2f}.json"
     hit = _cached(path, request)
+    if hit is None and (hit := _committed_cell(args, request)) is not None:
+        _store(path, request, {k: v for k, v in hit.items() if k not in ("request_key", "request")})
     if hit is not None:
         return hit
     dense, _, structure = load_dense(ckpt)
@@ -294,8 +308,7 @@ def rewards(args: argparse.Namespace) -> dict[str, Any]:
 def finetune(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str, Any]:
     """Test accuracy after the short fine-tune, by ``model|budget|method`` and seed; merged into what earlier runs
     of this stage measured (each fine-tune is reused from its own output folder when run again)."""
-    path = Path(args.runs) / "finetune.json"
-    results: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    results: dict[str, Any] = _stage_data(args, "finetune", "finetune") or {}
     for cell in cells:
         if cell["budget"] not in args.finetune_budgets:
             continue
@@ -332,14 +345,25 @@ def finetune(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str,
 
 # ---------------------------------------------------------------------------------------------------------- report
 def _load_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every cell measured for these arguments: from ``--runs``, else from the committed results file."""
     found = []
     for ckpt in args.targets:
         for budget in args.budgets:
             path = Path(args.runs) / "cells" / f"{model_label(ckpt)}_{budget:.2f}.json"
-            hit = _cached(path, _cell_request(args, ckpt, budget))  # a cell of another policy or setting is stale
+            request = _cell_request(args, ckpt, budget)  # a cell of another policy or setting is stale
+            hit = _cached(path, request) or _committed_cell(args, request)
             if hit is not None:
                 found.append(hit)
     return found
+
+
+def _stage_data(args: argparse.Namespace, name: str, field: str) -> Any:
+    """A stage's stored output (``--runs``/<name>.json), else what the committed results file holds for it."""
+    path = Path(args.runs) / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    results = Path(f"{args.out}.json")
+    return json.loads(results.read_text()).get(field) if results.is_file() else None
 
 
 def _mean_std(values: list[float] | None) -> str:
@@ -352,8 +376,7 @@ def _mean_std(values: list[float] | None) -> str:
 
 def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
     cells = _load_cells(args)
-    ft_path = Path(args.runs) / "finetune.json"
-    ft = json.loads(ft_path.read_text()) if ft_path.is_file() else {}
+    ft = _stage_data(args, "finetune", "finetune") or {}
     rows, verdicts = [], []
     for cell in cells:
         r = cell["rows"]
@@ -389,10 +412,8 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
                 ),
             }
         )
-    rewards_path = Path(args.runs) / "rewards.json"
-    rewards_data = json.loads(rewards_path.read_text()) if rewards_path.is_file() else None
-    ablation_path = Path(args.runs) / "ablation.json"
-    ablation_data = json.loads(ablation_path.read_text()) if ablation_path.is_file() else None
+    rewards_data = _stage_data(args, "rewards", "rewards")
+    ablation_data = _stage_data(args, "ablation", "ablation")
     env = environment()
     reproduce = reproduce_command("benchmarks/generalize.py", args, ROOT, skip=("out", "runs", "stage", "quiet"))
     md = [
@@ -490,6 +511,7 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
         "finetune": ft,
         "verdicts": verdicts,
         "ablation": ablation_data,
+        "rewards": rewards_data,
         "proxy": PROXY,
         "environment": env,
     }
@@ -543,8 +565,10 @@ def main() -> None:
     if args.stage in ("train", "all"):
         training = train(args)
     summary_path = Path(args.runs) / "search" / "generalist" / "summary.json"
-    if training is None and summary_path.is_file():
-        training = json.loads(summary_path.read_text())
+    if training is None:
+        training = (
+            json.loads(summary_path.read_text()) if summary_path.is_file() else _stage_data(args, "-", "training")
+        )
     cells = proxy_rows(args) if args.stage in ("proxy", "all", "finetune") else _load_cells(args)
     if args.stage in ("ablation", "all"):
         ablation(args)
