@@ -1,7 +1,7 @@
 """Search quality at the same number of evaluated plans: uniform, random, evolution, PPO and DDPG on ResNet-20,
-CIFAR-10 (JPEG copy), 50% MACs. PPO and random search run with 3 seeds, the others with one.
+CIFAR-10 (JPEG copy), 50% MACs. PPO, random search and evolution run with 3 seeds, the others with one.
 
-    python benchmarks/search_resnet20_macs50.py [--episodes 300] [--only ppo,random]
+    python benchmarks/search_resnet20_macs50.py [--episodes 300] [--only ppo,random] [--seeds 0]
     python benchmarks/search_resnet20_macs50.py --redraw    # the figure again from the committed JSON, no search
 
 Every search is an ordinary ``rlprune`` run under ``runs/bench_search/`` and resumes if interrupted (re-run the same
@@ -37,7 +37,7 @@ PLAN = [
     ("uniform", None, (0,)),
     ("ppo", "ppo", (0, 1, 2)),
     ("random", None, (0, 1, 2)),
-    ("evolution", None, (0,)),
+    ("evolution", None, (0, 1, 2)),
     ("ddpg", "ddpg", (0,)),
 ]
 
@@ -46,6 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--episodes", type=int, default=300)
     ap.add_argument("--only", default="", help="comma-separated subset of uniform,random,evolution,ppo,ddpg")
+    ap.add_argument("--seeds", default="", help="comma-separated subset of seeds (0: each searcher once)")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench_search"))
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--redraw", action="store_true", help="only redraw the figure from the results JSON")
@@ -54,6 +55,7 @@ def main() -> None:
         redraw(Path(args.out))
         return
     only = set(filter(None, args.only.split(",")))
+    wanted = {int(s) for s in args.seeds.split(",") if s.strip()}
     results: dict[str, list[dict]] = {}
     base = load_config(CONFIG, SearchConfig)
     dense = read_meta(ROOT / base.checkpoint)
@@ -61,6 +63,8 @@ def main() -> None:
         if only and label not in only:
             continue
         for seed in seeds:
+            if wanted and seed not in wanted:
+                continue
             name = f"{label}-s{seed}"
             overrides = [f"name={name}", f"seed={seed}", f"output_dir={args.runs}", f"agent.episodes={args.episodes}"]
             if algorithm:
