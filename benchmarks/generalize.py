@@ -362,6 +362,11 @@ def _stage_data(args: argparse.Namespace, name: str, field: str) -> Any:
     path = Path(args.runs) / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
+    return _committed(args, field)
+
+
+def _committed(args: argparse.Namespace, field: str) -> Any:
+    """What the committed results file (``--out``.json) holds under ``field`` (None without one)."""
     results = Path(f"{args.out}.json")
     return json.loads(results.read_text()).get(field) if results.is_file() else None
 
@@ -566,9 +571,7 @@ def main() -> None:
         training = train(args)
     summary_path = Path(args.runs) / "search" / "generalist" / "summary.json"
     if training is None:
-        training = (
-            json.loads(summary_path.read_text()) if summary_path.is_file() else _stage_data(args, "-", "training")
-        )
+        training = json.loads(summary_path.read_text()) if summary_path.is_file() else _committed(args, "training")
     cells = proxy_rows(args) if args.stage in ("proxy", "all", "finetune") else _load_cells(args)
     if args.stage in ("ablation", "all"):
         ablation(args)

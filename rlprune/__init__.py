@@ -56,6 +56,8 @@ _EXPORTS = {
     "sparsify": "rlprune.pruning.sparsity",
     "save_sparse": "rlprune.pruning.sparsity",
     "load_sparse": "rlprune.pruning.sparsity",
+    "weight_structure": "rlprune.pruning.weights",
+    "sparsify_plan": "rlprune.pruning.weights",
     # checkpoints and data
     "load_checkpoint": "rlprune.checkpoint",
     "save_checkpoint": "rlprune.checkpoint",
@@ -96,7 +98,9 @@ __all__ = [
     "save_sparse",
     "search",
     "sparsify",
+    "sparsify_plan",
     "uniform_plan",
+    "weight_structure",
 ]
 
 
@@ -130,6 +134,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from rlprune.pruning.prune import prune
     from rlprune.pruning.sparsity import load_sparse, save_sparse, sparsify
     from rlprune.pruning.structure import Structure, Unit, analyze
+    from rlprune.pruning.weights import sparsify_plan, weight_structure
     from rlprune.quantize import OnnxModel, quantize_int8
     from rlprune.reporting import report
     from rlprune.searching import SearchResult, load_result, search

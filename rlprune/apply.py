@@ -9,6 +9,7 @@ half-written.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -45,10 +46,12 @@ from rlprune.pruning.budget import macs_ratio as plan_macs_ratio
 from rlprune.pruning.importance import calibration_batches
 from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.rounds import compose_plans
+from rlprune.pruning.weights import sparsify_plan, structure_for
 from rlprune.quantize import int8_report
 from rlprune.reporting import md_table
 from rlprune.safeio import json_safe, locked
 from rlprune.seeding import resolve_device
+from rlprune.sparse_report import sparse_markdown, sparse_section
 from rlprune.training.engine import fit
 
 log = logging.getLogger("rlprune.apply")
@@ -65,17 +68,22 @@ def load_dense(
     *,
     trust_model_code: bool = False,
     options: PruneOptions | None = None,
+    granularity: str = "channel",
 ) -> tuple[nn.Module, dict[str, Any], Structure]:
     """A dense checkpoint, its metadata and its prunable structure (a checkpoint without units is refused).
 
     :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
     :param options: parts to leave unpruned and head counts (:mod:`rlprune.pruning.options`).
+    :param granularity: ``channel``, or the label of weight-level plans (``unstructured``, ``2:4``): which units the
+        structure holds.
     """
     model, meta = load_checkpoint(checkpoint, model_name, trust_model_code=trust_model_code)
-    if meta.get("plan"):
+    if meta.get("plan") or meta.get("sparse_plan"):
         raise RLPruneError(f"{checkpoint}: already pruned; apply a policy to a dense checkpoint")
     options = options or PruneOptions()
-    structure = analyze(model.eval(), example_input(meta), ignore=options.ignore, heads=options.heads)
+    structure = structure_for(
+        model.eval(), example_input(meta), granularity, ignore=options.ignore, heads=options.heads or None
+    )
     return model, meta, structure
 
 
@@ -105,6 +113,11 @@ def policy_plans(
     """
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
     m = policy.meta
+    if policy_granularity(m) != str(structure.extra.get("pattern", "channel")):
+        raise RLPruneError(
+            f"policy: trained to decide {policy_granularity(m)} sparsity per unit, but the model was analyzed for "
+            f"{structure.extra.get('pattern', 'channel')} units"
+        )
     importance = importance or m.get("importance", "l1")
     check_policy_target(m, target, budget, force=force)
     table = build_latency_table(model, structure, latency_batch, threads=threads) if budget == "latency" else None
@@ -125,6 +138,12 @@ def policy_plans(
         sample = policy.sampler(seed)
         plans += [rollout(solver, sample, target, importance, version) for _ in range(samples)]
     return plans
+
+
+def policy_granularity(meta: dict[str, Any]) -> str:
+    """What a policy decides per unit: ``channel`` (any policy saved before weight-level plans), ``unstructured``
+    or an N:M pattern such as ``2:4``."""
+    return str(meta.get("granularity", "channel"))
 
 
 TARGET_SLACK = 0.02  # how far outside its trained target range a policy is still applied without force
@@ -188,9 +207,11 @@ def apply_policy(
         raise RLPruneError(f"samples: expected >= 0, got {samples}")
     if samples and scorer is None:
         raise RLPruneError("samples: choosing among sampled plans needs a scorer for the model")
-    structure = (
-        scorer.structure if scorer is not None else analyze(model.eval(), example_inputs, ignore=ignore, heads=heads)
-    )
+    if scorer is not None:
+        structure = scorer.structure
+    else:
+        meta = (policy if isinstance(policy, Policy) else load_policy(policy)).meta
+        structure = structure_for(model, example_inputs, policy_granularity(meta), ignore=ignore, heads=heads)
     plans = policy_plans(
         policy,
         model,
@@ -316,7 +337,9 @@ def finetune_plan(
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not stale:
         raise RLPruneError(f"{out_dir}: output exists and is not an empty directory")
     example = example_input(meta)
-    structure = analyze(dense.eval(), example, ignore=plan.options.ignore, heads=plan.options.heads)
+    structure = structure_for(
+        dense.eval(), example, plan.granularity, ignore=plan.options.ignore, heads=plan.options.heads or None
+    )
     plan.check(structure, "plan")
     work = _partial_dir(out_dir, json.dumps(produced_by, sort_keys=True))
     try:
@@ -412,9 +435,15 @@ def _run(
     mean, std = meta.get("mean", splits.mean), meta.get("std", splits.std)
     shape = tuple(example_input(meta).shape[1:])
     loader = BatchLoader(splits.train, batch_size, mean, std, shuffle=True, seed=seed + 1)
-    calibration = calibration_batches(plan.importance, loader)  # e.g. taylor: scores from a few labelled batches
-    pruned, plan = prune(dense, plan, example_input(meta), calibration=calibration)
-    if meta.get("plan"):  # ``dense`` was pruned before: the checkpoint records the plan for the original architecture
+    masks = None
+    if plan.granularity != "channel":  # weights zeroed, shapes kept; the masks keep them zero while fine-tuning
+        pruned = copy.deepcopy(dense)
+        masks = sparsify_plan(pruned, plan)
+    else:
+        calibration = calibration_batches(plan.importance, loader)  # e.g. taylor: scores from a few labelled batches
+        pruned, plan = prune(dense, plan, example_input(meta), calibration=calibration)
+    # ``dense`` was pruned before: the checkpoint records the plan for the original architecture
+    if meta.get("plan") and masks is None:
         structure = original_structure(meta)
         plan = compose_plans(Plan.from_dict(meta["plan"], "checkpoint plan"), plan, structure)
     dense = reference if reference is not None else dense  # from here on: what the report compares against
@@ -429,6 +458,8 @@ def _run(
 
     dense_acc = scores(dense)
     before = scores(pruned)
+    if masks is not None:
+        masks.attach(pruned)
     history = fit(
         pruned,
         splits,
@@ -442,13 +473,17 @@ def _run(
         resume=True,
         device=device,
     ).history
+    if masks is not None:
+        masks.detach()
+        masks.apply(pruned)
     after = scores(pruned.eval())
     pruned, dense = pruned.cpu(), dense.cpu()
 
     plan.metrics = {"val_accuracy": after["val"], "test_accuracy": after["test"]}
     ckpt_meta = {k: v for k, v in meta.items() if k not in ("weights_file", "weights_sha256", "format")}
+    # a sparse model keeps its dense shapes: its plan is recorded apart, so loading it reshapes nothing
     ckpt_meta.update(
-        plan=plan.to_dict(),
+        **({"sparse_plan": plan.to_dict()} if masks is not None else {"plan": plan.to_dict()}),
         val_accuracy=round(after["val"], 2),
         test_accuracy=round(after["test"], 2),
         recipe=recipe.model_dump(mode="json"),
@@ -492,6 +527,8 @@ def _run(
         "environment": environment(),
     }
     report["pruned"]["macs_ratio"] = report["pruned"]["macs"] / report["dense"]["macs"]
+    if masks is not None:
+        report["sparse"] = sparse_section(pruned, masks, plan, structure, work, work / "model.safetensors")
     # per-class numbers on the test split (reported, never used to choose): does any class pay for the cut?
     report["classes"], classes_md = classes_section(
         {"dense": dense, "pruned": pruned}, splits.test, mean, std, chart=work / "classes.png"
@@ -501,7 +538,8 @@ def _run(
     report["figures"] = figures.write_report_figures(work, report, plan, structure, work / "finetune" / "tb")
     text = json.dumps(json_safe(report), indent=1, default=float, allow_nan=False)  # no bare NaN in JSON
     atomic_write_text(work / "report.json", text + "\n")
-    atomic_write_text(work / "report.md", _markdown(report) + "\n" + classes_md + _int8_markdown(report.get("int8")))
+    extra = classes_md + _int8_markdown(report.get("int8")) + sparse_markdown(report.get("sparse"))
+    atomic_write_text(work / "report.md", _markdown(report) + "\n" + extra)
     return report
 
 

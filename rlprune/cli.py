@@ -125,7 +125,9 @@ def _prune_options(args: argparse.Namespace) -> object:
     return PruneOptions.of(args.ignore, heads)
 
 
-def _finetune_common(args: argparse.Namespace, plan_fn: object, options: object = None) -> int:
+def _finetune_common(
+    args: argparse.Namespace, plan_fn: object, options: object = None, granularity: str = "channel"
+) -> int:
     from pathlib import Path
 
     import torch
@@ -153,6 +155,7 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object, options: object 
         args.model,
         trust_model_code=args.trust_model_code,
         options=options,  # type: ignore[arg-type]
+        granularity=granularity,
     )
 
     def load_checked() -> object:
@@ -188,6 +191,7 @@ def _finetune_common(args: argparse.Namespace, plan_fn: object, options: object 
             {
                 "out": str(out),
                 "macs_ratio": round(report["pruned"]["macs_ratio"], 4),
+                **({"nonzero_params_ratio": round(report["sparse"]["nonzero_ratio"], 4)} if "sparse" in report else {}),
                 "dense_test_accuracy": round(report["dense"]["test"], 2),
                 "test_accuracy": round(after["test"], 2),
                 "report": str(out / "report.md"),
@@ -202,10 +206,14 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from rlprune.agents.policy_io import load_policy
     from rlprune.apply import apply_policy, default_proxy, example_input
 
-    if (args.target_macs is None) == (args.target_latency is None):
-        raise RLPruneError("give exactly one of --target-macs or --target-latency")
-    budget = "macs" if args.target_macs is not None else "latency"
-    target = args.target_macs if args.target_macs is not None else args.target_latency
+    given = {
+        k: v
+        for k, v in (("macs", args.target_macs), ("latency", args.target_latency), ("params", args.target_params))
+        if v is not None
+    }
+    if len(given) != 1:
+        raise RLPruneError("give exactly one of --target-macs, --target-latency or --target-params")
+    ((budget, target),) = given.items()
     if not 0 < target <= 1:
         raise RLPruneError(f"--target-{budget}: expected a ratio in (0, 1], got {target}")
 
@@ -232,7 +240,24 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         )
         return plan, source | (picked if args.samples else {})
 
-    return _finetune_common(args, plan_fn)
+    return _finetune_common(args, plan_fn, granularity=_saved_granularity(args.policy, "policy.json"))
+
+
+def _saved_granularity(path: str, name: str) -> str:
+    """What a saved policy or plan decides per unit (``channel`` when it does not say or cannot be read here: the
+    loader that reads it properly reports what is wrong with it)."""
+    from pathlib import Path
+
+    from rlprune.fileio import read_json
+
+    p = Path(path)
+    p = p / name if p.is_dir() else p.with_suffix(".json") if name == "policy.json" else p
+    try:
+        saved = read_json(p, "saved file")
+    except RLPruneError:
+        return "channel"
+    value = saved.get("granularity", "channel") if isinstance(saved, dict) else "channel"
+    return value if isinstance(value, str) else "channel"
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
@@ -252,7 +277,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         saved = read_json(args.plan, "plan file")
         if isinstance(saved, Mapping) and "format" in saved:
             options = PruneOptions.of(saved.get("ignore"), saved.get("heads"))
-    return _finetune_common(args, plan_fn, options)
+    return _finetune_common(args, plan_fn, options, _saved_granularity(args.plan, "plan.json"))
 
 
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
@@ -403,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", required=True, help="run directory or policy.json of a search")
     p.add_argument("--target-macs", type=_number, default=None, help="pruned/dense MACs ratio")
     p.add_argument("--target-latency", type=_number, default=None, help="pruned/dense batch-1 CPU latency ratio")
+    p.add_argument(
+        "--target-params", type=_number, default=None, help="non-zero/dense parameters (a weight-level policy)"
+    )
     p.add_argument(
         "--samples",
         type=_int_at_least(0),

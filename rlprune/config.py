@@ -212,7 +212,12 @@ class EnvConfig(Strict):
     """The pruning environment: budget, reward, action range."""
 
     target: float | tuple[float, float] = 0.5
-    budget: Literal["macs", "latency"] = "macs"
+    # what a target counts: MACs, CPU latency (lookup table) or parameters (non-zero ones for weight-level plans)
+    budget: Literal["macs", "latency", "params"] = "macs"
+    # what the agent decides per unit: a channel group's pruning ratio, or a layer's weight sparsity
+    # (unstructured, or N:M: which layers follow ``pattern``); weight-level plans need ``budget: params``
+    granularity: Literal["channel", "unstructured", "nm"] = "channel"
+    pattern: str = "2:4"
     reward: str = "accuracy"
     reward_weight: float = Field(1.0, ge=0)
     min_ratio: float = Field(0.0, ge=0, lt=1)
@@ -232,6 +237,21 @@ class EnvConfig(Strict):
             raise ValueError(f"min_ratio ({self.min_ratio}) > max_ratio ({self.max_ratio})")
         if self.reward not in REWARDS:
             raise ValueError(f"unknown reward '{self.reward}' (expected one of {', '.join(sorted(REWARDS))})")
+        if self.granularity != "channel":
+            from rlprune.pruning.sparsity import parse_nm
+
+            if self.granularity == "nm":
+                try:
+                    parse_nm(self.pattern)
+                except RLPruneError as exc:
+                    raise ValueError(f"pattern: {exc}") from None
+            if self.budget != "params":
+                raise ValueError(
+                    f"granularity {self.granularity} zeroes weights, which saves parameters, not {self.budget} "
+                    "(dense kernels run a sparse layer as fast as a dense one): use budget: params"
+                )
+            if self.reward == "accuracy_latency" or self.round_to is not None:
+                raise ValueError(f"granularity {self.granularity}: latency rewards and round_to are for channels")
         return self
 
 

@@ -29,52 +29,31 @@ from rlprune.envs.features import FEATURE_VERSION
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.envs.multi import MultiModelEnv
 from rlprune.errors import RLPruneError
-from rlprune.evaluation.proxy import proxy_from_checkpoint, proxy_settings
 from rlprune.fileio import atomic_write_text
 from rlprune.logs import setup_logging
 from rlprune.pruning import Plan
-from rlprune.pruning.budget import Budget
 from rlprune.safeio import json_safe
 from rlprune.seeding import seed_everything
 
 log = logging.getLogger("rlprune.generalist")
 
 
-def model_envs(
-    cfg: SearchConfig, recorder: SearchRecorder | None, trust_model_code: bool, features: int = FEATURE_VERSION
-) -> list[LayerPruningEnv]:
+def model_envs(cfg: SearchConfig, trust_model_code: bool, features: int = FEATURE_VERSION) -> list[LayerPruningEnv]:
     """One environment per checkpoint of ``cfg.checkpoints``, each with its own proxy scorer (data and model built
-    once per model) and MACs budget over ``cfg.env``'s target range."""
+    once per model) and budget over ``cfg.env``'s target range; the episode recorder is attached afterwards."""
+    from rlprune.searching import build_budget, build_scorer
+
     assert cfg.checkpoints is not None
     e = cfg.env
-    target = e.target if isinstance(e.target, float) else tuple(e.target)
     envs = []
     for checkpoint in cfg.checkpoints:
-        scorer = proxy_from_checkpoint(
-            checkpoint,
-            cfg.data_root,
-            device=cfg.device,
-            trust_model_code=trust_model_code,
-            **proxy_settings(cfg),
-            **cfg.prune.model_dump(),
-        )
-        budget = Budget(
-            scorer.structure,
-            target,
-            kind="macs",
-            min_ratio=e.min_ratio,
-            max_ratio=e.max_ratio,
-            round_to=e.round_to,
-            min_channels=e.min_channels,
-            tolerance=e.tolerance,
-        )
+        scorer = build_scorer(cfg, checkpoint, trust_model_code)
         envs.append(
             LayerPruningEnv(
                 scorer,
-                budget=budget,
+                budget=build_budget(cfg, scorer.structure),
                 reward=e.reward,
                 reward_weight=e.reward_weight,
-                on_episode=recorder,
                 name=model_label(checkpoint),
                 features=features,
             )
@@ -87,21 +66,19 @@ def search_models(
 ) -> dict[str, Any]:
     """Train one RL policy over every checkpoint in ``cfg.checkpoints``; returns the summary (also written to
     ``summary.json``). Called by :func:`rlprune.searching.run_search`, which holds the run directory's lock."""
-    from rlprune.searching import _prepare, _train_agent, resumed_features
+    from rlprune.searching import prepare_run, resumed_features, train_agent
 
     run_dir = Path(cfg.output_dir) / cfg.name
-    _prepare(cfg, run_dir, resume)
+    prepare_run(cfg, run_dir, resume)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     features = resumed_features(run_dir) if resume else FEATURE_VERSION
-    envs = model_envs(
-        cfg, None, trust_model_code, features
-    )  # every checkpoint loads and analyzes before the run dir exists
+    envs = model_envs(cfg, trust_model_code, features)  # every checkpoint loads and analyzes before the run dir exists
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / "search.log", verbose=progress)
     write_resolved(cfg, run_dir)
-    recorder = SearchRecorder(run_dir, None, structure=None, budget="macs")
+    recorder = SearchRecorder(run_dir, None, structure=None, budget=cfg.env.budget)
     for env in envs:
         env.on_episode = recorder
         for rec in recorder.records:  # a resumed search re-evaluates no recorded plan
@@ -123,7 +100,7 @@ def search_models(
         {"name": e.name, "checkpoint": c, "fingerprint": e.structure.fingerprint, "units": len(e.units)}
         for e, c in zip(envs, cfg.checkpoints or [], strict=True)
     ]
-    writer = _train_agent(cfg, multi, recorder, run_dir, resume, progress, extra_meta={"models": models})
+    writer = train_agent(cfg, multi, recorder, run_dir, resume, progress, extra_meta={"models": models})
     writer.close()
     if recorder.best is None:
         raise RLPruneError("search evaluated no plan")

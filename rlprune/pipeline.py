@@ -20,6 +20,7 @@ from rlprune.data import splits_from_meta
 from rlprune.errors import RLPruneError
 from rlprune.pruning import Plan, Structure
 from rlprune.pruning.options import PruneOptions
+from rlprune.pruning.weights import granularity_label
 from rlprune.safeio import read_yaml_file
 from rlprune.searching import run_search
 
@@ -78,7 +79,10 @@ def run_job(
     if cfg.checkpoint is None:
         raise RLPruneError("checkpoint: the main job needs the dense model's checkpoint")
     options = PruneOptions.of(cfg.prune.ignore, cfg.prune.heads)
-    dense, meta, structure = load_dense(cfg.checkpoint, trust_model_code=trust_model_code, options=options)
+    granularity = granularity_label(cfg.env.granularity, cfg.env.pattern)
+    dense, meta, structure = load_dense(
+        cfg.checkpoint, trust_model_code=trust_model_code, options=options, granularity=granularity
+    )
     run_dir = Path(cfg.output_dir) / cfg.name
     saved = run_dir / "config.yaml"
     started_plain = (

@@ -22,7 +22,15 @@ POLICY_FORMAT = "rlprune-policy/1"
 SHA256 = r"^[0-9a-f]{64}$"
 MODEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$")
 MAX_UNITS = 10_000
-MAX_CHANNELS = 1 << 20
+MAX_CHANNELS = 1 << 30  # channels of a unit; a weight-level unit counts weights
+GRANULARITY_PATTERN = r"^(channel|unstructured|[1-9][0-9]?:[1-9][0-9]?)$"  # a plan's or policy's unit kind
+
+
+def _check_granularity(value: str) -> None:
+    if ":" in value:
+        n, m = (int(v) for v in value.split(":"))
+        if not n < m:
+            raise ValueError(f"granularity '{value}': an N:M pattern needs N < M")
 
 
 class _Open(BaseModel):
@@ -126,9 +134,12 @@ class PlanSchema(_Closed):
         default_factory=list, max_length=MAX_UNITS
     )
     heads: dict[str, int | str] = Field(default_factory=dict, max_length=MAX_UNITS)
+    # channel groups, or weights per layer (rlprune.pruning.weights): unstructured or an N:M pattern
+    granularity: str = Field("channel", pattern=GRANULARITY_PATTERN)
 
     @model_validator(mode="after")
     def _consistent(self) -> PlanSchema:
+        _check_granularity(self.granularity)
         for name, ratio in self.ratios.items():
             if not 0.0 <= ratio < 1.0:
                 raise ValueError(f"unit '{name[:60]}': ratio {ratio} outside [0, 1)")
@@ -193,12 +204,14 @@ class PolicyMetaSchema(_Open):
     max_ratio: float = Field(0.8, gt=0, lt=1)
     round_to: int | None = Field(None, ge=1, le=MAX_CHANNELS)
     min_channels: int = Field(1, ge=1, le=MAX_CHANNELS)
-    budget: Literal["macs", "latency"] = "macs"
+    budget: Literal["macs", "latency", "params"] = "macs"
     target: float | tuple[float, float] | None = None
     importance: str = Field("l1", min_length=1, max_length=40)
+    granularity: str = Field("channel", pattern=GRANULARITY_PATTERN)  # what it decides per unit
 
     @model_validator(mode="after")
     def _ranges(self) -> PolicyMetaSchema:
+        _check_granularity(self.granularity)
         if self.min_ratio >= self.max_ratio:
             raise ValueError(f"min_ratio ({self.min_ratio}) must be below max_ratio ({self.max_ratio})")
         targets = () if self.target is None else (self.target,) if isinstance(self.target, float) else self.target

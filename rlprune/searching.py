@@ -40,6 +40,7 @@ from rlprune.logs import setup_logging
 from rlprune.provenance import is_current, provenance
 from rlprune.pruning import Plan, Structure
 from rlprune.pruning.budget import Budget
+from rlprune.pruning.weights import granularity_label
 from rlprune.safeio import json_safe, locked, read_yaml_file
 from rlprune.seeding import seed_everything
 
@@ -96,7 +97,8 @@ def load_agent_state(agent: Any, path: Path) -> int:
     return int(state["episodes"])
 
 
-def _prepare(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
+def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
+    """Refuse to start over a finished search, or to resume one with settings that would score plans differently."""
     if (run_dir / "episodes.jsonl").is_file() and not resume:
         raise RLPruneError(f"{run_dir}: a search already ran here", fix="resume_or_rename")
     saved_path = run_dir / "config.yaml"
@@ -214,12 +216,12 @@ def _search(
 ) -> dict[str, Any]:
     """:func:`run_search` once its run directory is locked and its scorer (in-process or a worker pool) chosen."""
     run_dir = Path(cfg.output_dir) / cfg.name
-    _prepare(cfg, run_dir, resume)
+    prepare_run(cfg, run_dir, resume)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     if scorer is None:
-        scorer = _proxy(cfg, trust_model_code)
+        scorer = build_scorer(cfg, cfg.checkpoint, trust_model_code)
     budget, dense_cpu = _budget(cfg, scorer, run_dir)  # refuses an unreachable target: before the run dir exists
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / "search.log", verbose=progress)
@@ -256,7 +258,7 @@ def _search(
     if searcher:
         _run_baseline(cfg, searcher, env, recorder, writer, progress)
     else:
-        writer = _train_agent(cfg, env, recorder, run_dir, resume, progress)
+        writer = train_agent(cfg, env, recorder, run_dir, resume, progress)
     if recorder.best is None:
         raise RLPruneError("search evaluated no plan")
     uniform = uniform_reference(env)
@@ -278,9 +280,10 @@ def _search(
     atomic_write_text(run_dir / "summary.json", json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n")
     best = recorder.best
     log.info(
-        "best: accuracy %.2f%% at MACs ratio %.3f (episode %d) -> %s",
+        "best: accuracy %.2f%% at %s ratio %.3f (episode %d) -> %s",
         best["accuracy"],
-        best["macs_ratio"],
+        e.budget if e.budget != "macs" else "MACs",
+        best.get("budget_cost", best["macs_ratio"]),
         best["episode"],
         run_dir / "best_plan.json",
     )
@@ -297,17 +300,36 @@ def resumed_features(run_dir: Path) -> int:
     return version if isinstance(version, int) else FEATURE_VERSION
 
 
-def _proxy(cfg: SearchConfig, trust_model_code: bool) -> Scorer:
-    """The built-in proxy scorer for ``cfg.checkpoint`` with the config's proxy settings."""
-    if cfg.checkpoint is None:
+def build_scorer(cfg: SearchConfig, checkpoint: str | None, trust_model_code: bool = False) -> Scorer:
+    """The built-in proxy scorer for one dense checkpoint with the config's proxy, prune and granularity settings
+    (one per model in a search over several)."""
+    if checkpoint is None:
         raise RLPruneError("search: give a checkpoint (the dense model) or a scorer")
     return proxy_from_checkpoint(
-        cfg.checkpoint,
+        checkpoint,
         cfg.data_root,
         device=cfg.device,
         trust_model_code=trust_model_code,
         **proxy_settings(cfg),  # the proxy section one to one, plus per-class scoring when the reward reads it
         **cfg.prune.model_dump(),  # ignore, heads: what analysis cannot find by itself
+        granularity=cfg.env.granularity,
+        pattern=cfg.env.pattern,
+    )
+
+
+def build_budget(cfg: SearchConfig, structure: Structure, latency_table: LatencyTable | None = None) -> Budget:
+    """The config's budget (``env`` section) over one model's units; refuses an unreachable target."""
+    e = cfg.env
+    return Budget(
+        structure,
+        e.target if isinstance(e.target, float) else tuple(e.target),
+        kind=e.budget,
+        min_ratio=e.min_ratio,
+        max_ratio=e.max_ratio,
+        round_to=e.round_to,
+        min_channels=e.min_channels,
+        tolerance=e.tolerance,
+        latency_table=latency_table,
     )
 
 
@@ -320,19 +342,7 @@ def _budget(cfg: SearchConfig, scorer: Scorer, run_dir: Path) -> tuple[Budget, n
             raise RLPruneError("search: a latency budget or reward needs a scorer that holds the dense model")
         dense_cpu = copy.deepcopy(model).cpu().eval()  # the scorer keeps its model on its own device
         table = _latency_table(cfg, scorer.structure, dense_cpu, run_dir)
-    e = cfg.env
-    budget = Budget(
-        scorer.structure,
-        e.target if isinstance(e.target, float) else tuple(e.target),
-        kind=e.budget,
-        min_ratio=e.min_ratio,
-        max_ratio=e.max_ratio,
-        round_to=e.round_to,
-        min_channels=e.min_channels,
-        tolerance=e.tolerance,
-        latency_table=table,
-    )
-    return budget, dense_cpu
+    return build_budget(cfg, scorer.structure, table), dense_cpu
 
 
 def _calibrated(cfg: SearchConfig, budget: Budget, dense_cpu: nn.Module | None, run_dir: Path) -> Budget:
@@ -383,7 +393,12 @@ def _summary(
         "name": cfg.name,
         "searcher": searcher or cfg.agent.algorithm,
         "episodes": recorder.episodes,
-        "best": {k: best[k] for k in ("episode", "reward", "accuracy", "macs_ratio", "latency_ratio", "target")},
+        "best": {
+            k: best[k]
+            for k in ("episode", "reward", "accuracy", "macs_ratio", "latency_ratio", "target", "budget_cost")
+            if k in best
+        },
+        "budget": cfg.env.budget,
         "wall_seconds_this_session": round(wall, 1),
         "wall_seconds": round(recorder.wall_seconds(), 1),
         "seconds_per_episode": round(recorder.wall_seconds() / recorder.episodes, 3),
@@ -392,7 +407,7 @@ def _summary(
     }
 
 
-def _train_agent(
+def train_agent(
     cfg: SearchConfig,
     env: Any,
     recorder: SearchRecorder,
@@ -431,7 +446,8 @@ def _train_agent(
         "budget": cfg.env.budget,
         "target": cfg.env.target,
         "reward": cfg.env.reward,
-        "importance": cfg.proxy.importance,
+        "importance": "magnitude" if cfg.env.granularity != "channel" else cfg.proxy.importance,
+        "granularity": granularity_label(cfg.env.granularity, cfg.env.pattern),
         "trained_on": cfg.checkpoint,
         "feature_version": features,
         "config": cfg.model_dump(mode="json"),
@@ -590,6 +606,24 @@ def uniform_reference(env: LayerPruningEnv) -> dict[str, Any]:
     latency = env.budget.latency_ratio(plan.channels)
     return {
         "accuracy": round(float(result.accuracy), 4),
+        "budget_cost": round(env.budget.cost(plan.channels), 5),
         "macs_ratio": round(env.budget.macs_ratio(plan.channels), 5),
         "latency_ratio": None if math.isnan(latency) else round(latency, 5),
     }
+
+
+__all__ = [
+    "AGENTS",
+    "SearchResult",
+    "build_budget",
+    "build_scorer",
+    "complete_search",
+    "load_result",
+    "prepare_run",
+    "resumed_features",
+    "run_search",
+    "search",
+    "search_request",
+    "train_agent",
+    "uniform_reference",
+]

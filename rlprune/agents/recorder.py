@@ -131,6 +131,8 @@ class SearchRecorder:
             "cached": info["cached"],
             "plan": info["plan"],
         }
+        if self.budget == "params":  # what a parameter budget (weight-level plans) counts
+            rec["budget_cost"] = round(float(info["budget_cost"]), 6)
         for key in ("model", "dense_accuracy", "uniform_accuracy"):  # several models, relative rewards
             if key in info:
                 rec[key] = info[key]
@@ -155,7 +157,9 @@ class SearchRecorder:
                         "latency_ratio",
                         "target",
                         "episode",
+                        "budget_cost",
                     )
+                    if k in rec
                 },
             }
             text = json.dumps(json_safe(best), indent=1, allow_nan=False)

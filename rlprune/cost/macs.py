@@ -60,6 +60,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_nonzero(model: nn.Module) -> int:
+    """Non-zero parameters: what a sparse model really stores (its tensors keep their dense shapes)."""
+    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+
+
 def predict_costs(structure: Structure, channels: Mapping[str, int]) -> tuple[int, int]:
     """MACs and parameters the pruned model will have, given the channels each unit keeps (exact for conv,
     linear and batch-norm layers; other parameters are counted as in the dense model)."""

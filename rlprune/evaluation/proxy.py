@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from rlprune.cost.macs import count_macs, count_params, predict_costs
+from rlprune.cost.macs import count_macs, count_nonzero, count_params, predict_costs
 from rlprune.data import ArrayDataset, BatchLoader, DataSplits, stratified_split
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.scorer import MetricScorer, Score
@@ -59,6 +59,8 @@ class ProxyEvaluator(MetricScorer):
         (``worst_class_drop``, read by the ``accuracy_worst_class`` reward); same forward pass, plus one dense one.
     :param ignore: module or parameter names (or patterns) to leave unpruned (config key ``prune.ignore``).
     :param heads: attention module name -> head count or its attribute's name (config key ``prune.heads``).
+    :param granularity: ``channel``, ``unstructured`` or ``nm`` (config key ``env.granularity``).
+    :param pattern: the N:M pattern for ``nm`` (config key ``env.pattern``).
     """
 
     def __init__(
@@ -80,6 +82,8 @@ class ProxyEvaluator(MetricScorer):
         per_class: bool = False,
         ignore: Sequence[str] | None = None,
         heads: Mapping[str, int | str] | None = None,
+        granularity: str = "channel",
+        pattern: str = "2:4",
     ) -> None:
         self.splits = splits
         self.per_class = per_class
@@ -110,6 +114,8 @@ class ProxyEvaluator(MetricScorer):
             cache=cache,
             ignore=ignore,
             heads=heads,
+            granularity=granularity,
+            pattern=pattern,
         )
 
     def _draw(
@@ -128,7 +134,7 @@ class ProxyEvaluator(MetricScorer):
             channels_last=self.channels_last,
         )
         recal = [x for _, (x, _) in zip(range(recal_batches), loader, strict=False)]
-        calibration = calibration_batches(self.importance, loader)
+        calibration = None if self.sparse else calibration_batches(self.importance, loader)
         tuned: list[tuple[torch.Tensor, torch.Tensor]] = []
         if finetune_steps:
             ft_loader = BatchLoader(
@@ -218,10 +224,11 @@ class ProxyEvaluator(MetricScorer):
             metrics=metrics,
             loss=metrics["loss"],
             macs=macs,
-            params=count_params(model),
+            # a sparse candidate keeps its dense shapes: its MACs are the prediction's non-zero ones, not countable
+            params=count_nonzero(model) if self.sparse else count_params(model),
             macs_ratio=ratio,
             seconds=seconds,
-            macs_measured=count_macs(model, self.structure.input_shape),
+            macs_measured=0 if self.sparse else count_macs(model, self.structure.input_shape),
         )
 
 

@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +32,7 @@ from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.precision import autocast
 from rlprune.pruning import Plan, Structure, analyze, prune
 from rlprune.pruning.importance import get_criterion
+from rlprune.pruning.weights import sparsify_plan, weight_structure
 
 
 @dataclass(kw_only=True)
@@ -127,6 +129,9 @@ class MetricScorer:
     :param cache: remember the score of every plan (a search revisits plans).
     :param ignore: module or parameter names (or patterns) to leave unpruned (:func:`rlprune.analyze`).
     :param heads: attention module name -> head count (or its attribute's name) (:func:`rlprune.analyze`).
+    :param granularity: ``channel`` (plans remove channels), or ``unstructured`` / ``nm`` (plans zero weights per
+        layer by magnitude, :mod:`rlprune.pruning.weights`; the fine-tune steps keep the zeros).
+    :param pattern: the N:M pattern for ``granularity="nm"``.
     """
 
     def __init__(
@@ -147,16 +152,27 @@ class MetricScorer:
         cache: bool = True,
         ignore: Sequence[str] | None = None,
         heads: Mapping[str, int | str] | None = None,
+        granularity: str = "channel",
+        pattern: str = "2:4",
     ) -> None:
         if recal_batches < 0 or finetune_steps < 0:
             raise RLPruneError("scorer: recal_batches and finetune_steps must be >= 0")
         if not (math.isfinite(finetune_lr) and finetune_lr > 0):
             raise RLPruneError(f"scorer: finetune_lr must be a finite number > 0, got {finetune_lr}")
-        criterion = get_criterion(importance)
+        criterion = get_criterion(importance if granularity == "channel" else "l1")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.example = example_inputs.to(self.device)
-        self.structure: Structure = analyze(self.model, self.example, ignore=ignore, heads=heads)
+        if granularity == "channel":
+            self.structure: Structure = analyze(self.model, self.example, ignore=ignore, heads=heads)
+        else:
+            if heads:
+                raise RLPruneError("scorer: head counts (heads=) are for channel pruning; weight-level plans sparsify")
+            self.structure = weight_structure(
+                self.model, self.example, granularity=granularity, pattern=pattern, ignore=ignore
+            )
+            importance = "magnitude"  # weight-level plans keep the largest weights; nothing else to choose
+        self.sparse = granularity != "channel"
         self.importance = importance
         self.evaluate_fn = evaluate
         self.key = key
@@ -196,7 +212,13 @@ class MetricScorer:
 
     def pruned(self, plan: Plan) -> nn.Module:
         """The pruned, briefly trained (if configured) and BN-recalibrated candidate, in eval mode."""
-        model, _ = prune(self.model, plan, self.example, importance=self.importance, calibration=self.calibration)
+        masks = None
+        if self.sparse:
+            model = copy.deepcopy(self.model)
+            masks = sparsify_plan(model, plan)
+            masks.attach(model)  # the fine-tune steps keep the zeros zero
+        else:
+            model, _ = prune(self.model, plan, self.example, importance=self.importance, calibration=self.calibration)
         self.prepare(model)
         if self.finetune_batches:
             opt = torch.optim.SGD(
@@ -209,6 +231,9 @@ class MetricScorer:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+        if masks is not None:
+            masks.detach()
+            masks.apply(model)
         with self._autocast():
             recalibrate_bn(model, self.recal)
         return model.eval()

@@ -27,7 +27,7 @@ from rlprune.pruning.structure import Structure
 if TYPE_CHECKING:
     from rlprune.cost.lut import LatencyTable
 
-KINDS = ("macs", "latency")
+KINDS = ("macs", "latency", "params")
 
 
 def macs_ratio(structure: Structure, plan: Plan) -> float:
@@ -53,7 +53,8 @@ class Budget:
     :param structure: the model's prunable units (:func:`rlprune.analyze`).
     :param target: wanted pruned/dense cost ratio in (0, 1], or a ``(low, high)`` range (an environment draws one
         target per episode from it; the solver methods take the range's low end unless given a target).
-    :param kind: ``macs`` (exact count) or ``latency`` (the lookup table's prediction; needs ``latency_table``).
+    :param kind: ``macs`` (exact count), ``params`` (parameters left; non-zero ones for a weight-level structure) or
+        ``latency`` (the lookup table's prediction; needs ``latency_table``).
     :param min_ratio: smallest pruning ratio any unit gets.
     :param max_ratio: largest pruning ratio any unit gets (keeps every layer alive).
     :param round_to: kept channels are rounded to a multiple of this (hardware-friendly widths).
@@ -78,7 +79,7 @@ class Budget:
         if not (math.isfinite(min_ratio) and math.isfinite(max_ratio) and 0.0 <= min_ratio < max_ratio < 1.0):
             raise RLPruneError(f"budget: expected 0 <= min_ratio < max_ratio < 1, got {min_ratio} and {max_ratio}")
         if kind not in KINDS:
-            raise RLPruneError(f"budget: kind must be 'macs' or 'latency', got '{kind}'")
+            raise RLPruneError(f"budget: kind must be one of {', '.join(KINDS)}, got '{kind}'")
         if kind == "latency" and latency_table is None:
             raise RLPruneError("budget: a latency budget needs a latency table")
         if not (math.isfinite(tolerance) and 0.0 < tolerance < 0.5):
@@ -92,6 +93,10 @@ class Budget:
         self.min_ratio, self.max_ratio = float(min_ratio), float(max_ratio)
         self.round_to, self.min_channels, self.tolerance = round_to, int(min_channels), float(tolerance)
         self.latency_table = latency_table
+        pattern = str(structure.extra.get("pattern", ""))
+        # N:M weight-level units are all-or-nothing: a layer follows the pattern (keeps n/m) or stays dense
+        self._nm: tuple[int, int] | None = tuple(int(v) for v in pattern.split(":")) if ":" in pattern else None  # type: ignore[assignment]
+        self._nm_cache: tuple[int, list[int], list[int]] | None = None  # N:M subset sums (_nm_sets)
         self._levels: dict[int, list[int]] | None = None  # coarse units' channel counts (feasible_interval)
         floor_cost = self.cost({u.name: self.channels(i, self.max_ratio) for i, u in enumerate(self.units)})
         low = self.target_range[0]
@@ -109,15 +114,26 @@ class Budget:
 
     # ------------------------------------------------------------------------------------------------ cost model
     def channels(self, index: int, ratio: float) -> int:
-        """Channels unit ``index`` keeps at ``ratio`` (rounding and minimum applied)."""
+        """Channels unit ``index`` keeps at ``ratio`` (rounding and minimum applied; for an N:M structure, the weights
+        the layer keeps at the nearer of its two levels)."""
         unit = self.units[index]
+        ratio = self.level(ratio)
         return kept_channels(unit.channels, ratio, self.round_to, self.min_channels, unit.groups)
+
+    def level(self, ratio: float) -> float:
+        """The ratio a unit really gets: ``ratio`` itself, or under N:M the nearer of dense (0) and ``1 - n/m``."""
+        if self._nm is None:
+            return ratio
+        sparse = 1.0 - self._nm[0] / self._nm[1]
+        return sparse if ratio >= sparse / 2 else 0.0
 
     def cost(self, channels: Mapping[str, int]) -> float:
         """Pruned/dense cost of this budget's kind for the kept channels (unit name -> channels; missing = dense)."""
         if self.kind == "latency":
             assert self.latency_table is not None
             return self.latency_table.predict(self.structure, channels) / self.latency_table.dense_ms
+        if self.kind == "params":
+            return predict_costs(self.structure, channels)[1] / self.structure.total_params
         return predict_costs(self.structure, channels)[0] / self.structure.total_macs
 
     def macs_ratio(self, channels: Mapping[str, int]) -> float:
@@ -147,7 +163,7 @@ class Budget:
         if self._levels is None:
             levels: dict[int, list[int]] = {}
             for j, u in enumerate(self.units):
-                if u.kind == "heads" or u.groups > 1:
+                if u.kind == "heads" or u.groups > 1 or self._nm is not None:
                     grid = (self.min_ratio + (self.max_ratio - self.min_ratio) * i / 64 for i in range(65))
                     counts = sorted({self.channels(j, r) for r in grid})
                     if 1 < len(counts) <= 32:
@@ -184,6 +200,8 @@ class Budget:
         coarse units (CNNs without grouped convolutions) get the plain interval, unchanged.
         """
         need, allow, _ = self._interval(decided, t, target)
+        if self._nm is not None:
+            return self._nm_interval(decided, t, target) or (need, max(need, allow))
         coarse = self._coarse_levels(t)
         if coarse is None:
             return need, max(need, allow)
@@ -203,6 +221,42 @@ class Budget:
             else:
                 merged.append((lo, hi))
         return max(merged, key=lambda p: p[1] - p[0])
+
+    def _nm_interval(self, decided: Mapping[str, int], t: int, target: float) -> tuple[float, float] | None:
+        """Under N:M every unit is dense or sparse, so "later units can land anywhere" does not hold: the ratios for
+        unit ``t`` whose level leaves an exact choice of later levels that lands the parameters in
+        ``[target - tolerance, target]`` (a subset sum over the later units' savings); ``None`` when neither does."""
+        q, _, suffix = self._nm_sets()
+        total = self.structure.total_params
+        removed = sum(u.channels - decided[u.name] for u in self.units[:t])
+        sparse = 1.0 - self._nm[0] / self._nm[1]  # type: ignore[index]
+        fits = []
+        for save in (0, self.units[t].channels - self.channels(t, sparse)):
+            left = total - removed - save  # parameters if no later unit were sparse
+            lo = max(0, math.ceil((left - target * total) / q))
+            hi = math.floor((left - (target - self.tolerance) * total) / q)
+            fits.append(hi >= lo and (suffix[t + 1] >> lo) & ((1 << (hi - lo + 1)) - 1) != 0)
+        dense_ok = fits[0] and self.min_ratio < sparse / 2
+        sparse_ok = fits[1] and self.max_ratio >= sparse / 2
+        if dense_ok and sparse_ok:
+            return self.min_ratio, self.max_ratio
+        if dense_ok:
+            return self.min_ratio, min(self.max_ratio, sparse / 2 - 1e-9)
+        if sparse_ok:
+            return max(self.min_ratio, sparse / 2), self.max_ratio
+        return None
+
+    def _nm_sets(self) -> tuple[int, list[int], list[int]]:
+        """Savings quantum, and for each unit the set of savings (in quanta) its later units can make, as bitsets."""
+        if self._nm_cache is None:
+            sparse = 1.0 - self._nm[0] / self._nm[1]  # type: ignore[index]
+            saves = [u.channels - self.channels(i, sparse) for i, u in enumerate(self.units)]
+            q = max(1, sum(saves) >> 20)  # at most ~a million bits per set
+            suffix = [1] * (len(saves) + 1)
+            for j in range(len(saves) - 1, -1, -1):
+                suffix[j] = suffix[j + 1] | (suffix[j + 1] << round(saves[j] / q))
+            self._nm_cache = (q, saves, suffix)
+        return self._nm_cache
 
     def _interval(
         self, decided: Mapping[str, int], t: int, target: float, fixed: Mapping[int, int] | None = None
@@ -273,9 +327,13 @@ class Budget:
         self, ratios: Sequence[float] | Mapping[str, float], *, importance: str = "l1", model: str = ""
     ) -> Plan:
         """A plan from ratios that are already clamped (e.g. an environment's episode)."""
+        if isinstance(ratios, Mapping):
+            ratios = {name: self.level(r) for name, r in ratios.items()}
+        else:
+            ratios = [self.level(r) for r in ratios]
         return Plan.from_ratios(
             self.structure,
-            list(ratios) if not isinstance(ratios, Mapping) else dict(ratios),
+            ratios,
             model=model,
             importance=importance,
             round_to=self.round_to,

@@ -57,6 +57,9 @@ class Plan:
     :param kept: unit name -> indices of the kept channels, filled in by pruning (needed to rebuild a pruned model).
     :param options: the parts the user ignored and the head counts given when the model was analyzed; pruning (and
         rebuilding a pruned checkpoint) uses the same.
+    :param granularity: ``channel`` (units are channel groups, ``channels`` counts kept channels), or for a
+        weight-level plan (:mod:`rlprune.pruning.weights`) ``unstructured`` or an N:M pattern such as ``2:4``
+        (units are layers, ``channels`` counts the weights each keeps).
     """
 
     fingerprint: str
@@ -69,6 +72,7 @@ class Plan:
     kept: dict[str, list[int]] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     options: PruneOptions = field(default_factory=PruneOptions)
+    granularity: str = "channel"
 
     @classmethod
     def from_ratios(
@@ -123,6 +127,7 @@ class Plan:
             round_to=round_to,
             min_channels=min_channels,
             options=structure.options,
+            granularity=str(structure.extra.get("pattern", "channel")),
         )
 
     def check(self, structure: Structure, what: str = "plan") -> None:
@@ -156,6 +161,8 @@ class Plan:
         what = [self.fingerprint, sorted(self.channels.items()), self.importance, self.kept]
         if self.options:  # only when set: plans without options keep the keys they always had
             what.append(self.options.to_dict())
+        if self.granularity != "channel":
+            what.append(self.granularity)
         payload = json.dumps(what, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
@@ -172,6 +179,7 @@ class Plan:
             "kept": self.kept,
             "metrics": self.metrics,
             **self.options.to_dict(),
+            **({"granularity": self.granularity} if self.granularity != "channel" else {}),
         }
 
     @classmethod
@@ -192,6 +200,7 @@ class Plan:
                 kept={str(k): [int(i) for i in v] for k, v in data["kept"].items()} if data.get("kept") else None,
                 metrics=dict(data.get("metrics", {})),
                 options=PruneOptions.of(data.get("ignore"), data.get("heads")),
+                granularity=str(data.get("granularity", "channel")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RLPruneError(f"{source}: malformed plan ({type(exc).__name__}: {exc})") from exc

@@ -57,6 +57,11 @@ def prune(
         prefers channel counts like multiples of 8); default: the plan's own channel counts.
     :param calibration: ``(inputs, labels)`` batches, required by gradient-based criteria (``taylor``).
     """
+    if plan.granularity != "channel":
+        raise RLPruneError(
+            f"plan: a weight-level ({plan.granularity}) plan zeroes weights rather than removing channels; apply it "
+            "with rlprune.sparsify_plan (rlprune apply/finetune do so by themselves)"
+        )
     # Some models cache tensors computed in eval mode (LeViT's attention biases); going through train mode drops
     # them, and a copy that still fails is refused in one line.
     was_training = model.training

@@ -95,7 +95,7 @@ class SparsityMasks:
         for name, mask in self.masks.items():
             w = layers[name].weight
             m = mask.to(w.device, w.dtype)
-            self._handles.append(w.register_hook(lambda g, m=m: g * m))
+            self._handles.append(w.register_hook(lambda g, m=m: g * m.to(g.device, g.dtype)))  # model moved later
 
     def detach(self) -> None:
         for h in self._handles:
@@ -141,7 +141,7 @@ def sparsify(
             if s > 0:
                 masks[name] = unstructured_mask(chosen[name].weight, float(s))
     else:
-        n, m = _parse_nm(pattern)
+        n, m = parse_nm(pattern)
         for name, layer in chosen.items():
             if nm_allowed(layer.weight, m):
                 masks[name] = nm_mask(layer.weight, n, m)
@@ -150,7 +150,8 @@ def sparsify(
     return result
 
 
-def _parse_nm(pattern: str) -> tuple[int, int]:
+def parse_nm(pattern: str) -> tuple[int, int]:
+    """``(n, m)`` of an ``N:M`` pattern such as ``2:4`` (refused unless ``0 < N < M``)."""
     try:
         n, m = (int(v) for v in pattern.split(":"))
     except ValueError:

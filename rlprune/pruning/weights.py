@@ -1,0 +1,189 @@
+"""Weight-level granularity: one unit per Conv2d/Linear layer, and a per-layer sparsity as the agent's action.
+
+Channel pruning (the default, ``env.granularity: channel``) makes tensors smaller. With ``unstructured`` the agent
+chooses, layer by layer, the fraction of that layer's weights to zero by magnitude; with ``nm`` it chooses which
+layers follow an N:M pattern (``env.pattern``, 2:4 by default: the 2 largest of every 4 consecutive input weights
+kept). Everything else is the channel machinery, unchanged: a layer is a *unit* whose "channels" are its weights, so
+a plan's ``channels`` count the weights each layer keeps, the budget is the model's non-zero parameters
+(``env.budget: params``), and the environment, rewards, agents, policies and references work as they do for
+channels.
+
+Applied, a plan zeroes weights for good (:func:`sparsify_plan`), fine-tuning keeps them zero
+(:meth:`~rlprune.pruning.sparsity.SparsityMasks.attach`), and the model is stored as values plus a 1-bit mask
+(:func:`~rlprune.pruning.sparsity.save_sparse`). What that buys depends on the hardware: on CPU, PyTorch and ONNX
+Runtime run dense kernels, so a sparse model is as fast as the dense one and the gain is the file size; 2:4 runs
+faster only on GPUs with sparse tensor cores.
+
+Example::
+
+    structure = rp.weight_structure(model, torch.zeros(1, 3, 32, 32), granularity="unstructured")
+    plan = rp.Budget(structure, 0.3, kind="params").uniform_plan()   # 30% of the parameters left non-zero
+    masks = rp.sparsify_plan(model, plan)                             # in place
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from rlprune.errors import RLPruneError
+from rlprune.pruning.options import PruneOptions
+from rlprune.pruning.sparsity import SparsityMasks, nm_allowed, parse_nm, sparsify
+from rlprune.pruning.structure import (
+    Layer,
+    Structure,
+    Unit,
+    analyze,
+    architecture_fingerprint,
+    layer_macs,
+    norm_spread,
+    trace_shapes,
+)
+
+GRANULARITIES = ("channel", "unstructured", "nm")
+
+
+def granularity_label(granularity: str, pattern: str = "2:4") -> str:
+    """What a plan records: ``channel``, ``unstructured`` or the N:M pattern itself (``2:4``)."""
+    if granularity not in GRANULARITIES:
+        raise RLPruneError(f"granularity: expected one of {', '.join(GRANULARITIES)}, got '{granularity}'")
+    if granularity == "nm":
+        parse_nm(pattern)
+        return pattern
+    return granularity
+
+
+def nm_of(label: str) -> tuple[int, int] | None:
+    """``(n, m)`` for an N:M label, ``None`` for ``channel`` / ``unstructured``."""
+    return parse_nm(label) if ":" in label else None
+
+
+def weight_structure(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    granularity: str = "unstructured",
+    pattern: str = "2:4",
+    ignore: Sequence[str] | None = None,
+) -> Structure:
+    """The model's sparsifiable layers as units, in forward order, for weight-level plans.
+
+    Every Conv2d and Linear layer the forward pass calls is a unit (``channels`` = its weight count), except those
+    ``ignore`` names and, under N:M, those whose input size is not a multiple of M (a 3-channel stem conv): they stay
+    dense and count as a fixed cost. Biases and norm parameters are never sparsified.
+
+    :param granularity: ``unstructured`` or ``nm``.
+    :param pattern: the N:M pattern for ``nm`` (``2:4``).
+    :param ignore: module names or glob patterns to leave dense.
+    """
+    label = granularity_label(granularity, pattern)
+    if label == "channel":
+        raise RLPruneError("weight_structure: granularity 'channel' is rlprune.analyze's; expected unstructured or nm")
+    nm = nm_of(label)
+    options = PruneOptions.of(ignore)
+    options.check_names(model)
+    was_training = model.training
+    model.eval()
+    try:
+        order, shapes = trace_shapes(model, example_input)
+    finally:
+        model.train(was_training)
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear) and m in order]
+    named.sort(key=lambda item: order[item[1]])
+    units: list[Unit] = []
+    layers: list[Layer] = []
+    for name, module in named:
+        w = module.weight
+        macs = layer_macs(module, shapes.get(module, ()))
+        depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+        eligible = w.numel() > 1 and not options.ignores(name) and (nm is None or nm_allowed(w, nm[1]))
+        if eligible:
+            conv = isinstance(module, nn.Conv2d)
+            out_shape = shapes.get(module, ())
+            kind = "depthwise" if depthwise else "conv" if conv else ("mlp" if len(out_shape) >= 3 else "linear")
+            units.append(
+                Unit(
+                    index=len(units),
+                    name=name,
+                    kind=kind,
+                    channels=int(w.numel()),
+                    in_channels=int(module.in_channels if conv else module.in_features),
+                    kernel=int(module.kernel_size[0]) if conv else 1,
+                    stride=int(module.stride[0]) if conv else 1,
+                    fmap=int(out_shape[-1]) if conv and len(out_shape) >= 3 else 1,
+                    params=int(w.numel()),
+                    macs=int(macs),
+                    coupled=1,
+                    members=(name,),
+                    norm_spread=norm_spread([module], int(w.shape[0])),
+                )
+            )
+        # bias 0: biases are never sparsified, so they stay in the fixed part of the parameter count
+        layers.append(Layer(name, int(macs), int(w.numel()), 0, len(units) - 1 if eligible else None, None, depthwise))
+    if not units:
+        what = f"layer whose input size is a multiple of {nm[1]}" if nm else "layer"
+        raise RLPruneError(f"weight_structure: the model has no Conv2d/Linear {what} to sparsify")
+    return Structure(
+        units=units,
+        layers=layers,
+        total_macs=max(1, sum(la.macs for la in layers)),
+        total_params=sum(p.numel() for p in model.parameters()),
+        fingerprint=f"{architecture_fingerprint(model)}:{label}",
+        input_shape=tuple(example_input.shape[1:]),
+        extra={"granularity": granularity, "pattern": label},
+        options=options,
+    )
+
+
+def structure_for(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    granularity: str = "channel",
+    *,
+    ignore: Sequence[str] | None = None,
+    heads: Mapping[str, int | str] | None = None,
+) -> Structure:
+    """The structure plans of this granularity are made on: :func:`rlprune.analyze`'s channel units for
+    ``channel``, :func:`weight_structure`'s layers for ``unstructured`` or an N:M label (``2:4``, as a plan or a
+    policy records it)."""
+    if granularity == "channel":
+        return analyze(model.eval(), example_input, ignore=ignore, heads=heads)
+    if heads:
+        raise RLPruneError("heads: head counts are for channel pruning; a weight-level plan sparsifies layers")
+    kind = "unstructured" if granularity == "unstructured" else "nm"
+    return weight_structure(model, example_input, granularity=kind, pattern=granularity, ignore=ignore)
+
+
+def sparsify_plan(model: nn.Module, plan: object) -> SparsityMasks:
+    """Zero ``model``'s weights in place as a weight-level plan says and return the masks (keep them attached
+    while fine-tuning, :meth:`~rlprune.pruning.sparsity.SparsityMasks.attach`, so that the zeros stay zero).
+
+    Unstructured: each layer keeps its ``plan.channels`` largest-magnitude weights. N:M: each layer with a non-zero
+    ratio follows the pattern.
+    """
+    from rlprune.pruning.plan import Plan
+
+    assert isinstance(plan, Plan)
+    label = plan.granularity
+    if label == "channel":
+        raise RLPruneError("sparsify_plan: a channel plan prunes channels (rlprune.prune), it does not sparsify")
+    base = plan.fingerprint.split(":", 1)[0]
+    if base != architecture_fingerprint(model):
+        raise RLPruneError(
+            f"plan: made for another model (fingerprint {base}, this model is {architecture_fingerprint(model)})"
+        )
+    sparse = [name for name, r in plan.ratios.items() if r > 0]
+    nm = nm_of(label)
+    if nm is None:
+        masks = sparsify(model, {name: plan.ratios[name] for name in sparse}, pattern="unstructured")
+        for name in sparse:  # the plan's kept counts are what the mask keeps (same rounding)
+            kept = int(masks.masks[name].sum())
+            if kept != plan.channels[name]:
+                raise RLPruneError(f"plan: layer '{name}' keeps {plan.channels[name]} weights, the mask {kept}")
+        return masks
+    return sparsify(model, pattern=label, layers=sparse) if sparse else SparsityMasks({}, label)
+
+
+__all__ = ["GRANULARITIES", "granularity_label", "nm_of", "sparsify_plan", "structure_for", "weight_structure"]
