@@ -46,7 +46,7 @@ from rlprune.pruning.budget import macs_ratio as plan_macs_ratio
 from rlprune.pruning.importance import calibration_batches
 from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.rounds import compose_plans
-from rlprune.pruning.weights import sparsify_plan, structure_for
+from rlprune.pruning.weights import kind_and_pattern, sparsify_plan, structure_for
 from rlprune.quantize import int8_report
 from rlprune.reporting import md_table
 from rlprune.safeio import json_safe, locked
@@ -248,13 +248,23 @@ def default_proxy(
     importance: str = "l1",
     device: str = "cpu",
     options: PruneOptions | None = None,
+    granularity: str = "channel",
 ) -> ProxyEvaluator:
     """The search's default proxy (:class:`~rlprune.config.ProxyConfig`) for ``model`` on ``splits`` (val only),
-    analyzing the model with ``options`` (parts left unpruned, head counts)."""
-    cfg = ProxyConfig(importance=importance)
+    analyzing the model with ``options`` (parts left unpruned, head counts) for plans of ``granularity`` (a plan's
+    or policy's label: ``channel``, ``unstructured``, ``2:4``)."""
+    kind, pattern = kind_and_pattern(granularity)
+    cfg = ProxyConfig(importance=importance if kind == "channel" else "l1")  # weight-level: magnitude, by itself
     options = options or PruneOptions()
     return ProxyEvaluator(
-        model, splits, **cfg.model_dump(), device=resolve_device(device), ignore=options.ignore, heads=options.heads
+        model,
+        splits,
+        **cfg.model_dump(),
+        device=resolve_device(device),
+        ignore=options.ignore,
+        heads=options.heads,
+        granularity=kind,
+        pattern=pattern,
     )
 
 

@@ -223,7 +223,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         scorer = None
         if args.samples:
             importance = policy.meta.get("importance", "l1")
-            scorer = default_proxy(dense, get_splits(), importance, args.device, structure.options)
+            granularity = str(structure.extra.get("pattern", "channel"))
+            scorer = default_proxy(dense, get_splits(), importance, args.device, structure.options, granularity)
         plan, picked = apply_policy(
             policy,
             dense,
@@ -246,18 +247,18 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 def _saved_granularity(path: str, name: str) -> str:
     """What a saved policy or plan decides per unit (``channel`` when it does not say or cannot be read here: the
     loader that reads it properly reports what is wrong with it)."""
-    from pathlib import Path
+    import re
 
+    from rlprune.agents.policy_io import policy_paths
     from rlprune.fileio import read_json
+    from rlprune.schemas import GRANULARITY_PATTERN
 
-    p = Path(path)
-    p = p / name if p.is_dir() else p.with_suffix(".json") if name == "policy.json" else p
     try:
-        saved = read_json(p, "saved file")
+        saved = read_json(policy_paths(path)[1] if name == "policy.json" else path, "saved file")
     except RLPruneError:
         return "channel"
     value = saved.get("granularity", "channel") if isinstance(saved, dict) else "channel"
-    return value if isinstance(value, str) else "channel"
+    return value if isinstance(value, str) and re.match(GRANULARITY_PATTERN, value) else "channel"
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:

@@ -436,7 +436,10 @@ class SearchConfig(Strict):
             # raw accuracies of different models and budgets are not on one scale (docs/generalize.md)
             self.env.reward = MULTI_MODEL_REWARD
         if self.env.budget == "latency":
-            raise ValueError("checkpoints: a search over several models supports MACs budgets only (env.budget: macs)")
+            raise ValueError(
+                "checkpoints: a search over several models supports MACs or parameter budgets, not latency "
+                "(env.budget: macs or params)"
+            )
         return self
 
 

@@ -225,9 +225,12 @@ def plan_profile_figure(
 
 # ----------------------------------------------------------------------------------------------- search scatter
 def cost_key(records: Sequence[Mapping[str, Any]], budget: str = "macs") -> str:
-    """``latency_ratio`` for a latency budget whose records carry it, else ``macs_ratio``."""
+    """What the budget counted, when the records carry it: ``latency_ratio`` for a latency budget, ``budget_cost``
+    (non-zero parameters) for a parameter budget; else ``macs_ratio``."""
     if budget == "latency" and records and all(r.get("latency_ratio") is not None for r in records):
         return "latency_ratio"
+    if budget == "params" and records and all(r.get("budget_cost") is not None for r in records):
+        return "budget_cost"
     return "macs_ratio"
 
 
@@ -268,7 +271,9 @@ def search_scatter_figure(
     :param uniform: the uniform plan's ``accuracy`` and cost ratios, when it was scored.
     """
     key = cost_key(records, budget)
-    label = "latency ratio (predicted)" if key == "latency_ratio" else "MACs ratio"
+    label = {"latency_ratio": "latency ratio (predicted)", "budget_cost": "non-zero parameters ratio"}.get(
+        key, "MACs ratio"
+    )
     episodes = np.array([r["episode"] for r in records], dtype=float)
     accs = np.array([r["accuracy"] for r in records], dtype=float)
     costs = np.array([r[key] for r in records], dtype=float)

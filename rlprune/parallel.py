@@ -305,6 +305,8 @@ def pool_for_config(cfg: Any, workers: int, scorer: Any | None = None, trust_mod
             "trust_model_code": trust_model_code,
             **proxy_settings(cfg),
             **cfg.prune.model_dump(),
+            "granularity": cfg.env.granularity,
+            "pattern": cfg.env.pattern,
         }
 
         def dense() -> Any:

@@ -140,10 +140,15 @@ def _zero_shot(
 ) -> dict[str, Any]:
     """Roll ``cfg.policy`` out on the checkpoint at ``cfg.env.target`` (no search, no scoring) and save the plan as
     the run's ``best_plan.json``; the same plan for the same policy, model and target, every time."""
-    from rlprune.apply import apply_policy, example_input
+    from rlprune.agents.policy_io import load_policy
+    from rlprune.apply import apply_policy, example_input, policy_granularity
     from rlprune.pruning.budget import macs_ratio
 
     target = float(cfg.env.target)  # type: ignore[arg-type]  # a range is refused by the config
+    wanted = granularity_label(cfg.env.granularity, cfg.env.pattern)
+    trained = policy_granularity(load_policy(cfg.policy).meta)
+    if trained != wanted:
+        raise RLPruneError(f"policy: decides {trained} units; the config's env.granularity asks for {wanted}")
     plan, _ = apply_policy(
         cfg.policy,
         dense,

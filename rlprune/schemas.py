@@ -140,6 +140,8 @@ class PlanSchema(_Closed):
     @model_validator(mode="after")
     def _consistent(self) -> PlanSchema:
         _check_granularity(self.granularity)
+        if self.granularity != "channel" and self.kept:
+            raise ValueError(f"a {self.granularity} plan zeroes weights; it has no kept channel indices")
         for name, ratio in self.ratios.items():
             if not 0.0 <= ratio < 1.0:
                 raise ValueError(f"unit '{name[:60]}': ratio {ratio} outside [0, 1)")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -40,7 +41,7 @@ from rlprune.logs import setup_logging
 from rlprune.provenance import is_current, provenance
 from rlprune.pruning import Plan, Structure
 from rlprune.pruning.budget import Budget
-from rlprune.pruning.weights import granularity_label
+from rlprune.pruning.weights import SPARSE_IMPORTANCE, granularity_label, kind_and_pattern
 from rlprune.safeio import json_safe, locked, read_yaml_file
 from rlprune.seeding import seed_everything
 
@@ -105,6 +106,10 @@ def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
     if resume and saved_path.is_file():
         # Recorded accuracies are only comparable with new ones if plans are scored and budgeted the same way.
         saved = read_yaml_file(saved_path) or {}
+        # defaults filled in: a config saved before a new key existed compares by what it meant (one that does not
+        # validate is compared as written, and a section that differs is refused below)
+        with contextlib.suppress(ValueError):
+            saved = SearchConfig.model_validate(saved).model_dump(mode="json")
         now = cfg.model_dump(mode="json")
         for section in ("checkpoint", "checkpoints", "data_root", "env", "proxy", "latency", "prune"):
             if saved.get(section) != now.get(section):
@@ -446,7 +451,7 @@ def train_agent(
         "budget": cfg.env.budget,
         "target": cfg.env.target,
         "reward": cfg.env.reward,
-        "importance": "magnitude" if cfg.env.granularity != "channel" else cfg.proxy.importance,
+        "importance": SPARSE_IMPORTANCE if cfg.env.granularity != "channel" else cfg.proxy.importance,
         "granularity": granularity_label(cfg.env.granularity, cfg.env.pattern),
         "trained_on": cfg.checkpoint,
         "feature_version": features,
@@ -542,6 +547,8 @@ def search(
     :param agent: ``ppo`` (default), ``ddpg``, ``sac``, ``td3``, or a baseline: ``random``, ``evolution``,
         ``uniform``.
     :param episodes: plans to evaluate.
+    :param budget: ``macs``, ``latency`` or ``params``; a weight-level scorer (``MetricScorer(...,
+        granularity="unstructured")``) searches per-layer sparsity on a ``params`` budget.
     :param out_dir: the run directory (created; an existing search there is refused unless ``resume``).
     :param options: further :class:`~rlprune.config.SearchConfig` sections, e.g. ``latency={"batch_size": 8}`` or
         ``env={"tolerance": 0.02}`` (merged over the arguments above).
@@ -557,7 +564,12 @@ def search(
     if agent not in AGENTS and agent not in SEARCHERS:
         raise RLPruneError(f"agent '{agent}': expected one of {', '.join(AGENTS + tuple(sorted(SEARCHERS)))}")
     out = Path(out_dir)
+    kind, pattern = kind_and_pattern(str(scorer.structure.extra.get("pattern", "channel")))
+    if kind != "channel" and budget == "macs":
+        budget = "params"  # a weight-level scorer's plans save parameters (the only budget they can meet)
     env = {
+        "granularity": kind,
+        "pattern": pattern,
         "target": list(target) if isinstance(target, tuple | list) else target,
         "budget": budget,
         "reward": reward,
@@ -571,7 +583,8 @@ def search(
         "output_dir": str(out.parent),
         "seed": seed,
         "env": env,
-        "proxy": {"importance": scorer.importance, **options.pop("proxy", {})},
+        # a weight-level scorer's importance is its own (magnitude); the config keeps the channel default
+        "proxy": {**({"importance": scorer.importance} if kind == "channel" else {}), **options.pop("proxy", {})},
         "agent": {
             "algorithm": agent if agent in AGENTS else "ppo",
             "episodes": episodes,

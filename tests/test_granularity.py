@@ -63,7 +63,7 @@ def test_unstructured_plans_meet_the_parameter_budget_and_zero_exactly_that(targ
         masks = sparsify_plan(copy, plan)
         removed = sum(u.channels - plan.channels[u.name] for u in s.units)
         assert count_nonzero(copy) == count_nonzero(model) - removed  # fresh weights: none was zero before
-        assert set(masks.masks) == {n for n, r in plan.ratios.items() if r > 0}
+        assert set(masks.masks) == {u.name for u in s.units if plan.channels[u.name] < u.channels}
 
 
 def test_nm_plans_choose_layers_and_land_inside_the_tolerance() -> None:
@@ -176,3 +176,39 @@ def test_apply_a_sparse_policy_from_the_cli(image_folder: Path, tmp_path: Path) 
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert 0.79 <= report["sparse"]["nonzero_ratio"] <= 0.8 + 1e-6 and report["sparse"]["granularity"] == "2:4"
     assert main([*base, "--target-macs", "0.8", "--out", str(tmp_path / "out2")]) != 0
+
+
+def test_nm_ratios_snap_to_their_two_levels_and_a_file_cannot_say_otherwise(tmp_path: Path) -> None:
+    model = build_model("resnet20")
+    s = weight_structure(model, X, granularity="nm", pattern="2:4")
+    names = [u.name for u in s.units]
+    plan = Plan.from_ratios(s, {names[0]: 0.3, names[1]: 0.2}, importance="magnitude")
+    assert plan.ratios[names[0]] == 0.5 and plan.ratios[names[1]] == 0.0
+    data = plan.to_dict()
+    data["ratios"][names[0]] = 0.3  # hand-edited: 2:4 keeps half, whatever the ratio says
+    data["channels"][names[0]] = round(0.7 * s.units[0].channels)
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    with pytest.raises(RLPruneError, match="dense"):
+        Plan.load(tmp_path / "p.json").check(s)
+    with pytest.raises(RLPruneError, match="not 2:4 or dense"):
+        sparsify_plan(model, Plan.load(tmp_path / "p.json"))
+
+
+def test_python_search_with_a_weight_level_scorer(image_folder: Path, tmp_path: Path) -> None:
+    """``rp.search`` reads the granularity from the scorer: a parameter budget, a weight-level best plan."""
+    from conftest import pretrain_tiny
+
+    from rlprune.evaluation.proxy import proxy_from_checkpoint
+    from rlprune.searching import prepare_run, search
+
+    checkpoint = pretrain_tiny(image_folder, tmp_path, width=4, val_size=12, name="tiny")
+    scorer = proxy_from_checkpoint(str(checkpoint), recal_batches=1, recal_batch_size=8, granularity="unstructured")
+    result = search(scorer, target=0.5, agent="random", episodes=2, out_dir=tmp_path / "runs" / "py")
+    assert result.best_plan.granularity == "unstructured" and result.summary["budget"] == "params"
+    assert 0.49 <= result.best["budget_cost"] <= 0.5 + 1e-9
+    # a run directory written before env.granularity existed still resumes (the new keys take their defaults)
+    saved = tmp_path / "runs" / "py" / "config.yaml"
+    old = saved.read_text().replace("  granularity: unstructured\n", "").replace("  pattern: '2:4'\n", "")
+    cfg = SearchConfig.model_validate(__import__("yaml").safe_load(old))
+    saved.write_text(old)
+    prepare_run(cfg, tmp_path / "runs" / "py", resume=True)

@@ -32,7 +32,7 @@ from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.precision import autocast
 from rlprune.pruning import Plan, Structure, analyze, prune
 from rlprune.pruning.importance import get_criterion
-from rlprune.pruning.weights import sparsify_plan, weight_structure
+from rlprune.pruning.weights import SPARSE_IMPORTANCE, sparsify_plan, weight_structure
 
 
 @dataclass(kw_only=True)
@@ -171,7 +171,7 @@ class MetricScorer:
             self.structure = weight_structure(
                 self.model, self.example, granularity=granularity, pattern=pattern, ignore=ignore
             )
-            importance = "magnitude"  # weight-level plans keep the largest weights; nothing else to choose
+            importance = SPARSE_IMPORTANCE  # weight-level plans keep the largest weights; nothing else to choose
         self.sparse = granularity != "channel"
         self.importance = importance
         self.evaluate_fn = evaluate

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from rlprune.cost.macs import predict_costs
 from rlprune.errors import RLPruneError
-from rlprune.pruning.plan import Plan, kept_channels
+from rlprune.pruning.plan import Plan, kept_channels, nm_level
 from rlprune.pruning.structure import Structure
 
 if TYPE_CHECKING:
@@ -93,9 +93,8 @@ class Budget:
         self.min_ratio, self.max_ratio = float(min_ratio), float(max_ratio)
         self.round_to, self.min_channels, self.tolerance = round_to, int(min_channels), float(tolerance)
         self.latency_table = latency_table
-        pattern = str(structure.extra.get("pattern", ""))
-        # N:M weight-level units are all-or-nothing: a layer follows the pattern (keeps n/m) or stays dense
-        self._nm: tuple[int, int] | None = tuple(int(v) for v in pattern.split(":")) if ":" in pattern else None  # type: ignore[assignment]
+        # N:M weight-level units are all-or-nothing: a layer follows the pattern (this ratio) or stays dense
+        self._nm_level = nm_level(str(structure.extra.get("pattern", "")))
         self._nm_cache: tuple[int, list[int], list[int]] | None = None  # N:M subset sums (_nm_sets)
         self._levels: dict[int, list[int]] | None = None  # coarse units' channel counts (feasible_interval)
         floor_cost = self.cost({u.name: self.channels(i, self.max_ratio) for i, u in enumerate(self.units)})
@@ -122,9 +121,9 @@ class Budget:
 
     def level(self, ratio: float) -> float:
         """The ratio a unit really gets: ``ratio`` itself, or under N:M the nearer of dense (0) and ``1 - n/m``."""
-        if self._nm is None:
+        sparse = self._nm_level
+        if sparse is None:
             return ratio
-        sparse = 1.0 - self._nm[0] / self._nm[1]
         return sparse if ratio >= sparse / 2 else 0.0
 
     def cost(self, channels: Mapping[str, int]) -> float:
@@ -163,7 +162,7 @@ class Budget:
         if self._levels is None:
             levels: dict[int, list[int]] = {}
             for j, u in enumerate(self.units):
-                if u.kind == "heads" or u.groups > 1 or self._nm is not None:
+                if u.kind == "heads" or u.groups > 1:
                     grid = (self.min_ratio + (self.max_ratio - self.min_ratio) * i / 64 for i in range(65))
                     counts = sorted({self.channels(j, r) for r in grid})
                     if 1 < len(counts) <= 32:
@@ -199,9 +198,13 @@ class Budget:
         still leaves the target reachable: the finer units before it compensate its rounding. Models without
         coarse units (CNNs without grouped convolutions) get the plain interval, unchanged.
         """
+        if self._nm_level is not None:
+            exact = self._nm_interval(decided, t, target)
+            if exact is not None:
+                return exact
         need, allow, _ = self._interval(decided, t, target)
-        if self._nm is not None:
-            return self._nm_interval(decided, t, target) or (need, max(need, allow))
+        if self._nm_level is not None:
+            return need, max(need, allow)
         coarse = self._coarse_levels(t)
         if coarse is None:
             return need, max(need, allow)
@@ -229,7 +232,8 @@ class Budget:
         q, _, suffix = self._nm_sets()
         total = self.structure.total_params
         removed = sum(u.channels - decided[u.name] for u in self.units[:t])
-        sparse = 1.0 - self._nm[0] / self._nm[1]  # type: ignore[index]
+        sparse = self._nm_level
+        assert sparse is not None
         fits = []
         for save in (0, self.units[t].channels - self.channels(t, sparse)):
             left = total - removed - save  # parameters if no later unit were sparse
@@ -249,7 +253,8 @@ class Budget:
     def _nm_sets(self) -> tuple[int, list[int], list[int]]:
         """Savings quantum, and for each unit the set of savings (in quanta) its later units can make, as bitsets."""
         if self._nm_cache is None:
-            sparse = 1.0 - self._nm[0] / self._nm[1]  # type: ignore[index]
+            sparse = self._nm_level
+            assert sparse is not None
             saves = [u.channels - self.channels(i, sparse) for i, u in enumerate(self.units)]
             q = max(1, sum(saves) >> 20)  # at most ~a million bits per set
             suffix = [1] * (len(saves) + 1)
@@ -327,13 +332,9 @@ class Budget:
         self, ratios: Sequence[float] | Mapping[str, float], *, importance: str = "l1", model: str = ""
     ) -> Plan:
         """A plan from ratios that are already clamped (e.g. an environment's episode)."""
-        if isinstance(ratios, Mapping):
-            ratios = {name: self.level(r) for name, r in ratios.items()}
-        else:
-            ratios = [self.level(r) for r in ratios]
-        return Plan.from_ratios(
+        return Plan.from_ratios(  # N:M ratios snap to their level there
             self.structure,
-            ratios,
+            list(ratios) if not isinstance(ratios, Mapping) else dict(ratios),
             model=model,
             importance=importance,
             round_to=self.round_to,

@@ -22,6 +22,17 @@ from rlprune.pruning.structure import Structure
 from rlprune.schemas import HandPlanSchema, PlanSchema, validated
 
 PLAN_FORMAT = "rlprune-plan/1"
+
+
+def nm_level(label: str) -> float | None:
+    """The ratio of an N:M layer that follows the pattern (``1 - n/m``: 0.5 for ``2:4``); ``None`` for other
+    granularities. Such a layer has exactly two levels, this one and dense."""
+    if ":" not in label:
+        return None
+    n, m = (int(v) for v in label.split(":"))
+    return 1.0 - n / m
+
+
 log = logging.getLogger("rlprune.pruning")
 
 
@@ -102,10 +113,13 @@ class Plan:
             raise RLPruneError(f"min_channels: expected >= 1, got {min_channels}")
         full: dict[str, float] = {}
         channels: dict[str, int] = {}
+        sparse_level = nm_level(str(structure.extra.get("pattern", "")))
         for unit in structure.units:
             r = float(ratios.get(unit.name, 0.0))
             if not (0.0 <= r < 1.0) or math.isnan(r):
                 raise RLPruneError(f"plan: unit '{unit.name}': ratio {r} outside [0, 1)")
+            if sparse_level is not None:  # an N:M layer follows the pattern or stays dense: the nearer level
+                r = sparse_level if r >= sparse_level / 2 else 0.0
             full[unit.name] = r
             keep = kept_channels(unit.channels, r, round_to, min_channels, unit.groups)
             if round((1.0 - r) * unit.channels) < min(min_channels, unit.channels):
@@ -149,11 +163,18 @@ class Plan:
                 raise RLPruneError(f"{what}: unit '{name[:60]}' is not a prunable unit of this model")
             if not 1 <= n <= sizes[name]:
                 raise RLPruneError(f"{what}: unit '{name[:60]}' keeps {n} channels; it has 1 to {sizes[name]}")
-            slack = max(self.round_to or 1, self.min_channels, 1)
+            step = self.round_to if self.round_to and self.round_to < sizes[name] else 1  # no rounding above C
+            slack = max(step, min(self.min_channels, sizes[name]), 1)
             if abs(n - round((1.0 - self.ratios.get(name, 0.0)) * sizes[name])) > slack:
                 raise RLPruneError(
                     f"{what}: unit '{name[:60]}' keeps {n} of {sizes[name]} channels, which does not match its ratio "
                     f"{self.ratios.get(name, 0.0):.4g}"
+                )
+            level = nm_level(self.granularity)
+            if level is not None and self.ratios.get(name, 0.0) not in (0.0, level):
+                raise RLPruneError(
+                    f"{what}: layer '{name[:60]}' has ratio {self.ratios.get(name, 0.0):.4g}; a {self.granularity} "
+                    f"layer is dense (0) or follows the pattern ({level:g})"
                 )
 
     def key(self) -> str:

@@ -30,7 +30,7 @@ from torch import nn
 
 from rlprune.errors import RLPruneError
 from rlprune.pruning.options import PruneOptions
-from rlprune.pruning.sparsity import SparsityMasks, nm_allowed, parse_nm, sparsify
+from rlprune.pruning.sparsity import SparsityMasks, nm_allowed, nm_mask, parse_nm, unstructured_mask
 from rlprune.pruning.structure import (
     Layer,
     Structure,
@@ -58,6 +58,18 @@ def granularity_label(granularity: str, pattern: str = "2:4") -> str:
 def nm_of(label: str) -> tuple[int, int] | None:
     """``(n, m)`` for an N:M label, ``None`` for ``channel`` / ``unstructured``."""
     return parse_nm(label) if ":" in label else None
+
+
+def kind_and_pattern(label: str) -> tuple[str, str]:
+    """The ``(granularity, pattern)`` config pair of a label as plans and policies record it (``channel``,
+    ``unstructured`` or ``2:4``): the inverse of :func:`granularity_label`."""
+    if label in ("channel", "unstructured"):
+        return label, "2:4"
+    parse_nm(label)  # refuses anything else in one line
+    return "nm", label
+
+
+SPARSE_IMPORTANCE = "magnitude"  # what weight-level plans keep: the largest weights (recorded as their importance)
 
 
 def weight_structure(
@@ -152,8 +164,8 @@ def structure_for(
         return analyze(model.eval(), example_input, ignore=ignore, heads=heads)
     if heads:
         raise RLPruneError("heads: head counts are for channel pruning; a weight-level plan sparsifies layers")
-    kind = "unstructured" if granularity == "unstructured" else "nm"
-    return weight_structure(model, example_input, granularity=kind, pattern=granularity, ignore=ignore)
+    kind, pattern = kind_and_pattern(granularity)
+    return weight_structure(model, example_input, granularity=kind, pattern=pattern, ignore=ignore)
 
 
 def sparsify_plan(model: nn.Module, plan: object) -> SparsityMasks:
@@ -169,21 +181,39 @@ def sparsify_plan(model: nn.Module, plan: object) -> SparsityMasks:
     label = plan.granularity
     if label == "channel":
         raise RLPruneError("sparsify_plan: a channel plan prunes channels (rlprune.prune), it does not sparsify")
-    base = plan.fingerprint.split(":", 1)[0]
-    if base != architecture_fingerprint(model):
-        raise RLPruneError(
-            f"plan: made for another model (fingerprint {base}, this model is {architecture_fingerprint(model)})"
-        )
-    sparse = [name for name, r in plan.ratios.items() if r > 0]
+    expected = f"{architecture_fingerprint(model)}:{label}"
+    if plan.fingerprint != expected:
+        raise RLPruneError(f"plan: made for another model or granularity ({plan.fingerprint}, expected {expected})")
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    unknown = sorted(set(plan.channels) - set(layers))
+    if unknown:
+        raise RLPruneError(f"plan: no Conv2d/Linear layer named '{unknown[0][:60]}' in the model")
     nm = nm_of(label)
-    if nm is None:
-        masks = sparsify(model, {name: plan.ratios[name] for name in sparse}, pattern="unstructured")
-        for name in sparse:  # the plan's kept counts are what the mask keeps (same rounding)
-            kept = int(masks.masks[name].sum())
-            if kept != plan.channels[name]:
-                raise RLPruneError(f"plan: layer '{name}' keeps {plan.channels[name]} weights, the mask {kept}")
-        return masks
-    return sparsify(model, pattern=label, layers=sparse) if sparse else SparsityMasks({}, label)
+    masks: dict[str, torch.Tensor] = {}
+    for name, keep in plan.channels.items():
+        w = layers[name].weight
+        if keep >= w.numel():
+            continue
+        if nm is None:
+            masks[name] = unstructured_mask(w, 1.0 - keep / w.numel())
+        elif keep * nm[1] == w.numel() * nm[0] and nm_allowed(w, nm[1]):
+            masks[name] = nm_mask(w, *nm)
+        else:
+            raise RLPruneError(f"plan: layer '{name[:60]}' keeps {keep} of {w.numel()} weights, not {label} or dense")
+        if int(masks[name].sum()) != keep:  # the plan's count is what the mask keeps (same rounding)
+            raise RLPruneError(f"plan: layer '{name[:60]}' keeps {keep} weights, its mask {int(masks[name].sum())}")
+    result = SparsityMasks(masks, label)
+    result.apply(model)
+    return result
 
 
-__all__ = ["GRANULARITIES", "granularity_label", "nm_of", "sparsify_plan", "structure_for", "weight_structure"]
+__all__ = [
+    "GRANULARITIES",
+    "SPARSE_IMPORTANCE",
+    "granularity_label",
+    "kind_and_pattern",
+    "nm_of",
+    "sparsify_plan",
+    "structure_for",
+    "weight_structure",
+]
