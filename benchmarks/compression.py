@@ -4,7 +4,8 @@ size and CPU latency in the deployment runtime (ONNX Runtime), every row fine-tu
     python benchmarks/compression.py [--epochs 15] [--threads 2]      # the full table (hours on a 2-core CPU)
     python benchmarks/compression.py --smoke                           # a check that every row runs (minutes)
 
-Rows: dense fp32 / int8; the PPO plan at 0.5 MACs (benchmarks/results/search_resnet20_macs50_plans/ppo-s1.json) fp32 /
+Rows: dense fp32 / int8; the PPO plan at 0.5 MACs (benchmarks/results/search_resnet20_macs50_plans/ppo-s0.json, the best
+PPO seed by validation proxy on the current zoo model) fp32 /
 int8; a uniform plan at 0.5 MACs with channels rounded to 8 (the latency-friendlier plan) fp32 / int8; unstructured
 magnitude sparsity at 50% and 80% of every conv/linear weight; 2:4. Columns: test top-1, macro-F1, worst-class
 accuracy and its drop against dense fp32, stored file size (int8: the .onnx; sparse: values + 1-bit mask), ONNX
@@ -41,7 +42,7 @@ from rlprune.training.loop import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "compression"
-PPO_PLAN = ROOT / "benchmarks" / "results" / "search_resnet20_macs50_plans" / "ppo-s1.json"
+PPO_PLAN = ROOT / "benchmarks" / "results" / "search_resnet20_macs50_plans" / "ppo-s0.json"
 
 
 def main() -> None:

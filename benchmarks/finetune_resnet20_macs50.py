@@ -2,12 +2,13 @@
 recipe (30 epochs, distillation from the dense model), test accuracy against the dense checkpoint, CPU latency.
 
     python benchmarks/finetune_resnet20_macs50.py [--epochs 30] \
-        --plan ppo=benchmarks/results/search_resnet20_macs50_plans/ppo-s1.json \
-        --plan random=benchmarks/results/search_resnet20_macs50_plans/random-s2.json
+        --plan ppo=benchmarks/results/search_resnet20_macs50_plans/ppo-s0.json \
+        --plan random=benchmarks/results/search_resnet20_macs50_plans/random-s0.json
 
 Uniform is computed here; the other plans come from searches (search_resnet20_macs50.py keeps each search's best
 plan in benchmarks/results/search_resnet20_macs50_plans/; the command above takes the best of each searcher's three
-seeds). Each fine-tune is an
+seeds by validation proxy, on the current zoo model; the plans of the earlier 87.75% checkpoint, which the committed
+results were measured with, are in that folder's earlier_checkpoint/). Each fine-tune is an
 ``rlprune finetune`` output folder under runs/bench_finetune/<label>/ (skipped if already complete).
 Writes benchmarks/results/finetune_resnet20_macs50.{json,md}.
 """
