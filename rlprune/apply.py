@@ -207,11 +207,11 @@ def apply_policy(
         raise RLPruneError(f"samples: expected >= 0, got {samples}")
     if samples and scorer is None:
         raise RLPruneError("samples: choosing among sampled plans needs a scorer for the model")
+    policy = policy if isinstance(policy, Policy) else load_policy(policy)  # read once; policy_plans reuses it
     if scorer is not None:
         structure = scorer.structure
     else:
-        meta = (policy if isinstance(policy, Policy) else load_policy(policy)).meta
-        structure = structure_for(model, example_inputs, policy_granularity(meta), ignore=ignore, heads=heads)
+        structure = structure_for(model, example_inputs, policy_granularity(policy.meta), ignore=ignore, heads=heads)
     plans = policy_plans(
         policy,
         model,

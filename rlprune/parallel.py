@@ -32,7 +32,7 @@ import numpy as np
 
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
-from rlprune.evaluation.proxy import proxy_from_checkpoint, proxy_settings
+from rlprune.evaluation.proxy import proxy_from_checkpoint, scorer_settings
 from rlprune.evaluation.scorer import Score
 from rlprune.pruning import Plan, Structure
 
@@ -303,10 +303,7 @@ def pool_for_config(cfg: Any, workers: int, scorer: Any | None = None, trust_mod
             "data_root": cfg.data_root,
             "device": device,
             "trust_model_code": trust_model_code,
-            **proxy_settings(cfg),
-            **cfg.prune.model_dump(),
-            "granularity": cfg.env.granularity,
-            "pattern": cfg.env.pattern,
+            **scorer_settings(cfg),
         }
 
         def dense() -> Any:

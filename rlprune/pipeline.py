@@ -146,11 +146,12 @@ def _zero_shot(
 
     target = float(cfg.env.target)  # type: ignore[arg-type]  # a range is refused by the config
     wanted = granularity_label(cfg.env.granularity, cfg.env.pattern)
-    trained = policy_granularity(load_policy(cfg.policy).meta)
+    policy = load_policy(cfg.policy)  # read once: its granularity checked here, then rolled out
+    trained = policy_granularity(policy.meta)
     if trained != wanted:
         raise RLPruneError(f"policy: decides {trained} units; the config's env.granularity asks for {wanted}")
     plan, _ = apply_policy(
-        cfg.policy,
+        policy,
         dense,
         example_input(meta),
         target=target,

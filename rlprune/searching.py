@@ -34,7 +34,7 @@ from rlprune.envs.calibration import calibrate_latency_budget
 from rlprune.envs.features import FEATURE_VERSION
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
-from rlprune.evaluation.proxy import proxy_from_checkpoint, proxy_settings
+from rlprune.evaluation.proxy import proxy_from_checkpoint, scorer_settings
 from rlprune.evaluation.scorer import Scorer
 from rlprune.fileio import atomic_write_text, read_json
 from rlprune.logs import setup_logging
@@ -315,10 +315,7 @@ def build_scorer(cfg: SearchConfig, checkpoint: str | None, trust_model_code: bo
         cfg.data_root,
         device=cfg.device,
         trust_model_code=trust_model_code,
-        **proxy_settings(cfg),  # the proxy section one to one, plus per-class scoring when the reward reads it
-        **cfg.prune.model_dump(),  # ignore, heads: what analysis cannot find by itself
-        granularity=cfg.env.granularity,
-        pattern=cfg.env.pattern,
+        **scorer_settings(cfg),
     )
 
 

@@ -239,6 +239,17 @@ def proxy_settings(cfg: SearchConfig) -> dict[str, Any]:
     return {**cfg.proxy.model_dump(), "per_class": cfg.env.reward in PER_CLASS_REWARDS}
 
 
+def scorer_settings(cfg: SearchConfig) -> dict[str, Any]:
+    """Every evaluator setting a search config decides: :func:`proxy_settings`, the parts analysis is told about
+    (``prune``) and the plans' granularity; the in-process scorer and the Ray workers' scorers are built from it."""
+    return {
+        **proxy_settings(cfg),
+        **cfg.prune.model_dump(),  # ignore, heads: what analysis cannot find by itself
+        "granularity": cfg.env.granularity,
+        "pattern": cfg.env.pattern,
+    }
+
+
 def proxy_from_checkpoint(
     checkpoint: str,
     data_root: str | None = None,

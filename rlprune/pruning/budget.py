@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from rlprune.cost.macs import predict_costs
 from rlprune.errors import RLPruneError
-from rlprune.pruning.plan import Plan, kept_channels, nm_level
+from rlprune.pruning.plan import Plan, kept_channels, nm_level, snap_to_level
 from rlprune.pruning.structure import Structure
 
 if TYPE_CHECKING:
@@ -121,10 +121,7 @@ class Budget:
 
     def level(self, ratio: float) -> float:
         """The ratio a unit really gets: ``ratio`` itself, or under N:M the nearer of dense (0) and ``1 - n/m``."""
-        sparse = self._nm_level
-        if sparse is None:
-            return ratio
-        return sparse if ratio >= sparse / 2 else 0.0
+        return snap_to_level(ratio, self._nm_level)
 
     def cost(self, channels: Mapping[str, int]) -> float:
         """Pruned/dense cost of this budget's kind for the kept channels (unit name -> channels; missing = dense)."""

@@ -33,6 +33,14 @@ def nm_level(label: str) -> float | None:
     return 1.0 - n / m
 
 
+def snap_to_level(ratio: float, level: float | None) -> float:
+    """The ratio an N:M layer really gets for ``ratio``: the nearer of dense (0) and its ``level``; ``ratio`` itself
+    when there is no level (channel and unstructured plans)."""
+    if level is None:
+        return ratio
+    return level if ratio >= level / 2 else 0.0
+
+
 log = logging.getLogger("rlprune.pruning")
 
 
@@ -118,8 +126,7 @@ class Plan:
             r = float(ratios.get(unit.name, 0.0))
             if not (0.0 <= r < 1.0) or math.isnan(r):
                 raise RLPruneError(f"plan: unit '{unit.name}': ratio {r} outside [0, 1)")
-            if sparse_level is not None:  # an N:M layer follows the pattern or stays dense: the nearer level
-                r = sparse_level if r >= sparse_level / 2 else 0.0
+            r = snap_to_level(r, sparse_level)  # an N:M layer follows the pattern or stays dense
             full[unit.name] = r
             keep = kept_channels(unit.channels, r, round_to, min_channels, unit.groups)
             if round((1.0 - r) * unit.channels) < min(min_channels, unit.channels):
