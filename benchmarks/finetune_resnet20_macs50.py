@@ -1,27 +1,35 @@
-"""Final accuracy at 50% MACs: the plans of uniform pruning, random search and PPO fine-tuned with one identical
-recipe (30 epochs, distillation from the dense model), test accuracy against the dense checkpoint, CPU latency.
+"""Final accuracy at 50% MACs: the plans of uniform pruning, random search, PPO search and the generalist policy's
+zero-shot rollout, fine-tuned with one identical recipe (30 epochs, distillation from the dense model) and several
+fine-tune seeds (mean ± std), test accuracy against the dense checkpoint, CPU latency.
 
-    python benchmarks/finetune_resnet20_macs50.py [--epochs 30] \
+    python benchmarks/finetune_resnet20_macs50.py [--epochs 30] [--seeds 0 --seeds 1 --seeds 2] \
         --plan ppo=benchmarks/results/search_resnet20_macs50_plans/ppo-s0.json \
-        --plan random=benchmarks/results/search_resnet20_macs50_plans/random-s0.json
+        --plan random=benchmarks/results/search_resnet20_macs50_plans/random-s0.json \
+        --policy generalist=benchmarks/results/policies/generalist_macs/policy.json
 
-Uniform is computed here; the other plans come from searches (search_resnet20_macs50.py keeps each search's best
+Uniform is computed here; ``--plan`` plans come from searches (search_resnet20_macs50.py keeps each search's best
 plan in benchmarks/results/search_resnet20_macs50_plans/; the command above takes the best of each searcher's three
-seeds by validation proxy, on the current zoo model; the plans of the earlier 87.75% checkpoint, which the committed
-results were measured with, are in that folder's earlier_checkpoint/). Each fine-tune is an
-``rlprune finetune`` output folder under runs/bench_finetune/<label>/ (skipped if already complete).
+seeds by validation proxy, on the current zoo model); ``--policy`` plans are a policy's deterministic rollout at the
+target, with no search. Each fine-tune is an ``rlprune finetune`` output folder under runs/bench_finetune/<label>/
+seed<k>/ (resumed per epoch if killed). The results file is rewritten after every fine-tune, and a fine-tune whose
+report is already in the committed results file (same plan, dense weights, epochs, learning rate and seed) is not
+run again, so the table fills up over several sessions; the Markdown names every commit its rows were measured at.
 Writes benchmarks/results/finetune_resnet20_macs50.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 from pathlib import Path
+from typing import Any
 
 from _results import environment, md_table, reproduce_command, write_results
 
-from rlprune.apply import finetune_plan, load_dense
+from rlprune.apply import finetune_plan, load_dense, policy_plans
 from rlprune.data import splits_from_meta
+from rlprune.provenance import tensors_sha256
 from rlprune.pruning import Plan
 from rlprune.pruning.budget import uniform_plan
 
@@ -29,91 +37,137 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "finetune_resnet20_macs50"
 
 
+def _committed_report(out: Path, label: str, seed: int, request: dict[str, Any]) -> dict[str, Any] | None:
+    """The committed report of ``label`` and ``seed`` if it was made by the same ``request`` (a subset of what
+    ``finetune_plan`` keys its own reuse on, without the code version: the file records each row's commit)."""
+    path = out.with_suffix(".json")
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text()).get("reports", {}).get(label, {}).get(str(seed))
+    recorded = (report or {}).get("provenance", {}).get("request", {})
+    return report if report and all(recorded.get(k) == v for k, v in request.items()) else None
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1 seed)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)} seeds)"
+
+
+def _markdown(args: argparse.Namespace, reports: dict[str, dict[str, dict[str, Any]]], pending: list[str]) -> str:
+    rows = []
+    dense_test = None
+    for label, by_seed in reports.items():
+        if not by_seed:
+            continue
+        first = next(iter(by_seed.values()))
+        dense_test = first["dense"]["test"]
+        after = [r["pruned"]["after_finetune"]["test"] for r in by_seed.values()]
+        lat = [r["latency_ms_cpu"] for r in by_seed.values()]
+        rows.append(
+            [
+                label,
+                first["pruned"]["macs_ratio"],
+                first["pruned"]["before_finetune"]["test"],
+                _mean_std(after),
+                round(statistics.mean(after) - dense_test, 2),
+                round(statistics.median(x["pruned"]["1"] / x["dense"]["1"] for x in lat), 3),
+                round(statistics.median(x["pruned"]["64"] / x["dense"]["64"] for x in lat), 3),
+            ]
+        )
+    env = environment()
+    lines = [
+        f"# Fine-tuned accuracy — ResNet-20, CIFAR-10 (JPEG copy), {args.target:.0%} MACs, {args.epochs} epochs "
+        "with distillation",
+        "",
+        f"Dense test accuracy: {dense_test:.2f}%." if dense_test is not None else "(no fine-tune finished yet)",
+        "",
+        md_table(
+            [
+                "plan",
+                "MACs ratio",
+                "test acc before FT",
+                "test acc after FT",
+                "mean delta vs dense",
+                "CPU latency b1",
+                "CPU latency b64",
+            ],
+            rows,
+        ),
+        "",
+        "Test accuracy after fine-tuning: mean ± std over fine-tune seeds (the plan is the same for every seed); "
+        "latency: median ratio to the dense model over the seeds' reports. Plans are chosen on the validation "
+        "proxy only.",
+    ]
+    if pending:
+        lines += ["", f"**Not yet measured**: {', '.join(pending)}."]
+    lines += [
+        "",
+        f"{env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}. "
+        f"Reproduce: `{reproduce_command('benchmarks/finetune_resnet20_macs50.py', args, ROOT)}`.",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=str(ROOT / "zoo" / "resnet20_cifar10.json"))
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--target", type=float, default=0.5)
-    ap.add_argument("--plan", action="append", default=[], metavar="LABEL=PATH")
+    ap.add_argument("--seeds", action="append", type=int, help="a fine-tune seed (repeat; default 0 1 2)")
+    ap.add_argument("--plan", action="append", default=[], metavar="LABEL=PATH", help="a saved plan (repeat)")
+    ap.add_argument("--policy", action="append", default=[], metavar="LABEL=PATH", help="a policy to roll out")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench_finetune"))
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
+    args.seeds = args.seeds or [0, 1, 2]
     dense, meta, structure = load_dense(args.checkpoint)
     splits = splits_from_meta(meta, None)
     plans, plan_files = {}, {}
-    for item in args.plan:  # searched plans first: an interrupted run has them before the baseline
+    for item in args.plan:
         label, _, path = item.partition("=")
-        plans[label] = Plan.load(path)
-        plan_files[label] = path
+        plans[label], plan_files[label] = Plan.load(path), path
+    for item in args.policy:
+        label, _, path = item.partition("=")
+        plans[label] = policy_plans(path, dense, structure, target=args.target)[0]
+        plan_files[label] = f"rollout of {path} at {args.target}"
     plans["uniform"] = uniform_plan(structure, args.target)
     plan_files["uniform"] = "uniform_plan (solved here for the target)"
-    rows, reports = [], {}
-    for label, plan in plans.items():
-        out = Path(args.runs) / label
-        r = finetune_plan(
-            dense,
-            meta,
-            plan,
-            splits,
-            out,
-            epochs=args.epochs,
-            distill=True,
-            source={"plan": label, "checkpoint": args.checkpoint},
-            reuse=True,
-        )
-        reports[label] = r
-        lat = r["latency_ms_cpu"]
-        rows.append(
-            [
-                label,
-                r["pruned"]["macs_ratio"],
-                r["pruned"]["before_finetune"]["test"],
-                r["pruned"]["after_finetune"]["test"],
-                r["pruned"]["after_finetune"]["test"] - r["dense"]["test"],
-                lat["pruned"]["1"] / lat["dense"]["1"],
-                lat["pruned"]["64"] / lat["dense"]["64"],
-            ]
-        )
-    dense_test = next(iter(reports.values()))["dense"]["test"]
-    env = environment()
-    reproduce = reproduce_command("benchmarks/finetune_resnet20_macs50.py", args, ROOT)
-    md = "\n".join(
-        [
-            f"# Fine-tuned accuracy — ResNet-20, CIFAR-10 (JPEG copy), {args.target:.0%} MACs, {args.epochs} epochs "
-            "with distillation",
-            "",
-            f"Dense test accuracy: {dense_test:.2f}%.",
-            "",
-            md_table(
-                [
-                    "plan",
-                    "MACs ratio",
-                    "test acc before FT",
-                    "test acc after FT",
-                    "delta vs dense",
-                    "CPU latency b1",
-                    "CPU latency b64",
-                ],
-                rows,
-            ),
-            "",
-            f"{env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}. "
-            f"Reproduce: `{reproduce}`.",
-        ]
-    )
-    write_results(
-        args.out,
-        {
+    dense_sha = meta.get("weights_sha256") or tensors_sha256(dense)
+    # seed-major order: every plan gets its first seed before any plan gets a second one
+    todo = [(label, seed) for seed in args.seeds for label in plans]
+    reports: dict[str, dict[str, dict[str, Any]]] = {label: {} for label in plans}
+    for label, seed in todo:
+        request = {"plan": plans[label].key(), "dense": dense_sha, "epochs": args.epochs, "lr": args.lr, "seed": seed}
+        report = _committed_report(Path(args.out), label, seed, request)
+        if report is None:
+            report = finetune_plan(
+                dense,
+                meta,
+                plans[label],
+                splits,
+                Path(args.runs) / label / f"seed{seed}",
+                epochs=args.epochs,
+                lr=args.lr,
+                distill=True,
+                seed=seed,
+                source={"plan": label, "checkpoint": args.checkpoint},
+                reuse=True,
+            )
+        reports[label][str(seed)] = report
+        pending = [f"{lb} seed {s}" for lb, s in todo if str(s) not in reports[lb]]
+        data = {
             "epochs": args.epochs,
+            "lr": args.lr,
             "target": args.target,
-            "dense_test_accuracy": dense_test,
+            "seeds": args.seeds,
             "plans": plan_files,
             "reports": reports,
-            "environment": env,
-        },
-        md,
-    )
-    print(md)
+            "pending": pending,
+        }
+        write_results(args.out, data, _markdown(args, reports, pending))
+    print(Path(args.out).with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":
