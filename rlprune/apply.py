@@ -113,7 +113,7 @@ def policy_plans(
     """
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
     m = policy.meta
-    if policy_granularity(m) != str(structure.extra.get("pattern", "channel")):
+    if policy_granularity(m) != structure.granularity:
         raise RLPruneError(
             f"policy: trained to decide {policy_granularity(m)} sparsity per unit, but the model was analyzed for "
             f"{structure.extra.get('pattern', 'channel')} units"

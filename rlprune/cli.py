@@ -223,7 +223,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         scorer = None
         if args.samples:
             importance = policy.meta.get("importance", "l1")
-            granularity = str(structure.extra.get("pattern", "channel"))
+            granularity = structure.granularity
             scorer = default_proxy(dense, get_splits(), importance, args.device, structure.options, granularity)
         plan, picked = apply_policy(
             policy,

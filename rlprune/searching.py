@@ -561,7 +561,7 @@ def search(
     if agent not in AGENTS and agent not in SEARCHERS:
         raise RLPruneError(f"agent '{agent}': expected one of {', '.join(AGENTS + tuple(sorted(SEARCHERS)))}")
     out = Path(out_dir)
-    kind, pattern = kind_and_pattern(str(scorer.structure.extra.get("pattern", "channel")))
+    kind, pattern = kind_and_pattern(scorer.structure.granularity)
     if kind != "channel" and budget == "macs":
         budget = "params"  # a weight-level scorer's plans save parameters (the only budget they can meet)
     env = {

@@ -16,7 +16,7 @@ from rlprune.errors import RLPruneError
 from rlprune.models import build_model
 from rlprune.pruning import Plan, prune
 from rlprune.pruning.budget import Budget
-from rlprune.pruning.sparsity import load_sparse
+from rlprune.pruning.sparsity import load_sparse, save_sparse
 from rlprune.pruning.weights import sparsify_plan, structure_for, weight_structure
 
 X = torch.zeros(1, 3, 32, 32)
@@ -212,3 +212,45 @@ def test_python_search_with_a_weight_level_scorer(image_folder: Path, tmp_path: 
     cfg = SearchConfig.model_validate(__import__("yaml").safe_load(old))
     saved.write_text(old)
     prepare_run(cfg, tmp_path / "runs" / "py", resume=True)
+
+
+class FusedAttention(nn.Module):
+    """Patch tokens through ``nn.MultiheadAttention``, whose q/k/v projection is a bare parameter (no Linear) and
+    whose output projection's Linear is never called as a module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 8, stride=8)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        return self.head(self.attn(t, t, t)[0].mean(1))
+
+
+def test_attention_projections_are_sparsified_kept_zero_and_saved(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = FusedAttention()
+    s = weight_structure(model, X, granularity="unstructured")
+    assert [u.name for u in s.units] == ["embed", "attn.in_proj", "attn.out_proj", "head"]
+    in_proj = s.unit("attn.in_proj")
+    assert (in_proj.channels, in_proj.macs) == (48 * 16, 16 * 48 * 16)  # 16 tokens x (3E x E)
+    plan = Budget(s, 0.4, kind="params").uniform_plan()
+    masks = sparsify_plan(model, plan)
+    assert int((model.attn.in_proj_weight != 0).sum()) == plan.channels["attn.in_proj"] < 48 * 16
+    masks.attach(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(4, 3, 32, 32)).square().mean().backward()
+        opt.step()
+    masks.detach()
+    assert int((model.attn.in_proj_weight != 0).sum()) == plan.channels["attn.in_proj"]
+    assert int((model.attn.out_proj.weight != 0).sum()) == plan.channels["attn.out_proj"]
+    path = save_sparse(model, masks, tmp_path / "m.sparse.safetensors")
+    fresh = FusedAttention()
+    loaded = load_sparse(fresh, path)
+    assert sorted(loaded.masks) == sorted(masks.masks)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(fresh.eval()(x), model.eval()(x))

@@ -94,7 +94,7 @@ class Budget:
         self.round_to, self.min_channels, self.tolerance = round_to, int(min_channels), float(tolerance)
         self.latency_table = latency_table
         # N:M weight-level units are all-or-nothing: a layer follows the pattern (this ratio) or stays dense
-        self._nm_level = nm_level(str(structure.extra.get("pattern", "")))
+        self._nm_level = nm_level(structure.granularity)
         self._nm_cache: tuple[int, list[int], list[int]] | None = None  # N:M subset sums (_nm_sets)
         self._levels: dict[int, list[int]] | None = None  # coarse units' channel counts (feasible_interval)
         floor_cost = self.cost({u.name: self.channels(i, self.max_ratio) for i, u in enumerate(self.units)})

@@ -121,7 +121,7 @@ class Plan:
             raise RLPruneError(f"min_channels: expected >= 1, got {min_channels}")
         full: dict[str, float] = {}
         channels: dict[str, int] = {}
-        sparse_level = nm_level(str(structure.extra.get("pattern", "")))
+        sparse_level = nm_level(structure.granularity)
         for unit in structure.units:
             r = float(ratios.get(unit.name, 0.0))
             if not (0.0 <= r < 1.0) or math.isnan(r):
@@ -148,7 +148,7 @@ class Plan:
             round_to=round_to,
             min_channels=min_channels,
             options=structure.options,
-            granularity=str(structure.extra.get("pattern", "channel")),
+            granularity=structure.granularity,
         )
 
     def check(self, structure: Structure, what: str = "plan") -> None:

@@ -29,16 +29,41 @@ from rlprune.errors import RLPruneError
 FORMAT = "rlprune-sparse/1"
 
 
-def sparse_layers(model: nn.Module, include: Iterable[str] | None = None) -> dict[str, nn.Module]:
-    """The layers whose weights are sparsified: every ``Conv2d`` and ``Linear`` (or only the named ones)."""
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+def weight_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Every weight that can be sparsified, by layer name: ``(module, attribute)``.
+
+    Each ``Conv2d`` and ``Linear`` is a layer with its ``weight``; an ``nn.MultiheadAttention`` with one fused
+    query/key/value projection keeps it in a parameter (``in_proj_weight``) rather than a ``Linear``, so it is the
+    layer ``<attention>.in_proj`` (its output projection is a ``Linear`` already).
+    """
+    slots: dict[str, tuple[nn.Module, str]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            slots[name] = (module, "weight")
+        elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+            slots[f"{name}.in_proj" if name else "in_proj"] = (module, "in_proj_weight")
+    return slots
+
+
+def sparse_weights(model: nn.Module, include: Iterable[str] | None = None) -> dict[str, nn.Parameter]:
+    """The weights that are sparsified, by layer name (:func:`weight_slots`): all of them, or only the named ones."""
+    weights = {name: getattr(module, attr) for name, (module, attr) in weight_slots(model).items()}
     if include is None:
-        return layers
+        return weights
     wanted = list(include)
-    missing = [n for n in wanted if n not in layers]
+    missing = [n for n in wanted if n not in weights]
     if missing:
-        raise RLPruneError(f"sparsity: no Conv2d/Linear layer named {missing[0]} (layers: {', '.join(layers)})")
-    return {n: layers[n] for n in wanted}
+        raise RLPruneError(f"sparsity: no sparsifiable layer named {missing[0]} (layers: {', '.join(weights)})")
+    return {n: weights[n] for n in wanted}
+
+
+def state_keys(model: nn.Module) -> dict[str, str]:
+    """Layer name -> the state-dict key of its sparsified weight (``conv1.weight``, ``attn.in_proj_weight``)."""
+    names = {id(module): name for name, module in model.named_modules()}
+    return {
+        layer: f"{names[id(module)]}.{attr}" if names[id(module)] else attr
+        for layer, (module, attr) in weight_slots(model).items()
+    }
 
 
 def nm_allowed(weight: torch.Tensor, m: int = 4) -> bool:
@@ -79,10 +104,10 @@ class SparsityMasks:
 
     def apply(self, model: nn.Module) -> None:
         """Zero the masked-out weights (again): call after any update not done through masked gradients."""
-        layers = sparse_layers(model, self.masks)
+        weights = sparse_weights(model, self.masks)
         with torch.no_grad():
             for name, mask in self.masks.items():
-                w = layers[name].weight
+                w = weights[name]
                 if tuple(w.shape) != tuple(mask.shape):
                     raise RLPruneError(f"sparsity: layer {name} has shape {tuple(w.shape)}, mask {tuple(mask.shape)}")
                 w.mul_(mask.to(w.device, w.dtype))
@@ -91,9 +116,9 @@ class SparsityMasks:
         """Mask the weights' gradients so SGD (with momentum and weight decay) keeps the zeros zero while
         fine-tuning; :meth:`detach` removes the hooks."""
         self.apply(model)
-        layers = sparse_layers(model, self.masks)
+        weights = sparse_weights(model, self.masks)
         for name, mask in self.masks.items():
-            w = layers[name].weight
+            w = weights[name]
             m = mask.to(w.device, w.dtype)
             self._handles.append(w.register_hook(lambda g, m=m: g * m.to(g.device, g.dtype)))  # model moved later
 
@@ -128,23 +153,25 @@ def sparsify(
     :param sparsity: fraction of each layer's weights to zero (one number, or per layer name); ignored for ``2:4``.
     :param pattern: ``unstructured`` or ``N:M`` (e.g. ``2:4``). Under N:M, layers whose input size is not a multiple
         of M are left dense (they are listed by :func:`nm_skipped`).
-    :param layers: restrict to these Conv2d/Linear names (default: all).
+    :param layers: restrict to these layer names (:func:`weight_slots`; default: all).
     """
-    chosen = sparse_layers(model, layers)
+    chosen = sparse_weights(model, layers)
     masks: dict[str, torch.Tensor] = {}
     if pattern == "unstructured":
         per_layer = sparsity if isinstance(sparsity, dict) else dict.fromkeys(chosen, float(sparsity))
         unknown = sorted(set(per_layer) - set(chosen))
         if unknown:
-            raise RLPruneError(f"sparsity: no Conv2d/Linear layer named {unknown[0]}")
+            raise RLPruneError(
+                f"sparsity: no sparsifiable layer (Conv2d, Linear, attention projection) named {unknown[0]}"
+            )
         for name, s in per_layer.items():
             if s > 0:
-                masks[name] = unstructured_mask(chosen[name].weight, float(s))
+                masks[name] = unstructured_mask(chosen[name], float(s))
     else:
         n, m = parse_nm(pattern)
-        for name, layer in chosen.items():
-            if nm_allowed(layer.weight, m):
-                masks[name] = nm_mask(layer.weight, n, m)
+        for name, weight in chosen.items():
+            if nm_allowed(weight, m):
+                masks[name] = nm_mask(weight, n, m)
     result = SparsityMasks(masks, pattern)
     result.apply(model)
     return result
@@ -165,7 +192,7 @@ def parse_nm(pattern: str) -> tuple[int, int]:
 
 def nm_skipped(model: nn.Module, m: int = 4) -> list[str]:
     """Layers an N:M pattern leaves dense (input size not a multiple of ``m``, e.g. a 3-channel stem conv)."""
-    return [n for n, layer in sparse_layers(model).items() if not nm_allowed(layer.weight, m)]
+    return [n for n, weight in sparse_weights(model).items() if not nm_allowed(weight, m)]
 
 
 def budget_sparsity(model: nn.Module, nonzero_params: int, layers: Iterable[str] | None = None) -> dict[str, float]:
@@ -174,9 +201,9 @@ def budget_sparsity(model: nn.Module, nonzero_params: int, layers: Iterable[str]
 
     Parameters outside the chosen layers (biases, BN, excluded layers) count toward the budget but are not touched.
     """
-    chosen = sparse_layers(model, layers)
+    chosen = sparse_weights(model, layers)
     total = sum(p.numel() for p in model.parameters())
-    in_layers = sum(layer.weight.numel() for layer in chosen.values())
+    in_layers = sum(weight.numel() for weight in chosen.values())
     fixed = total - in_layers
     keep = nonzero_params - fixed
     if keep < len(chosen) or nonzero_params > total:
@@ -184,12 +211,12 @@ def budget_sparsity(model: nn.Module, nonzero_params: int, layers: Iterable[str]
             f"sparsity budget: {nonzero_params} non-zero parameters is outside [{fixed + len(chosen)}, {total}] "
             "for this model"
         )
-    magnitudes = torch.cat([layer.weight.detach().abs().flatten().cpu() for layer in chosen.values()])
+    magnitudes = torch.cat([weight.detach().abs().flatten().cpu() for weight in chosen.values()])
     threshold = torch.topk(magnitudes, keep, sorted=True).values[-1]
     out = {}
-    for name, layer in chosen.items():
-        kept = int((layer.weight.detach().abs().cpu() >= threshold).sum())
-        out[name] = min(1.0 - 1.0 / layer.weight.numel(), max(0.0, 1.0 - kept / layer.weight.numel()))
+    for name, weight in chosen.items():
+        kept = int((weight.detach().abs().cpu() >= threshold).sum())
+        out[name] = min(1.0 - 1.0 / weight.numel(), max(0.0, 1.0 - kept / weight.numel()))
     return out
 
 
@@ -201,9 +228,10 @@ def save_sparse(model: nn.Module, masks: SparsityMasks, path: str | Path, meta: 
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    keys = state_keys(model)
     shapes = {}
     for name, mask in masks.masks.items():
-        key = f"{name}.weight"
+        key = keys[name]
         w = state.pop(key)
         flat = mask.flatten()
         state[f"{key}::values"] = w.flatten()[flat].contiguous()
@@ -236,6 +264,7 @@ def load_sparse(model: nn.Module, path: str | Path) -> SparsityMasks:
     if header.get("format") != FORMAT:
         raise RLPruneError(f"{path}: expected a '{FORMAT}' file, got format '{header.get('format')}'")
     shapes = json.loads(header.get("shapes", "{}"))
+    layer_of = {key: layer for layer, key in state_keys(model).items()}
     state, masks = {}, {}
     for key, shape in shapes.items():
         numel = math.prod(shape)
@@ -247,7 +276,9 @@ def load_sparse(model: nn.Module, path: str | Path) -> SparsityMasks:
         w = torch.zeros(numel, dtype=values.dtype)
         w[mask] = values
         state[key] = w.view(shape)
-        masks[key.removesuffix(".weight")] = mask.view(shape)
+        if key not in layer_of:
+            raise RLPruneError(f"{path}: {key} is not a sparsifiable weight of the model")
+        masks[layer_of[key]] = mask.view(shape)
     state.update(tensors)
     expected = set(model.state_dict())
     if set(state) != expected:

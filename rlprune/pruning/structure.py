@@ -106,6 +106,12 @@ class Structure:
     # what the user told analysis (``prune.ignore`` / ``prune.heads``); plans made from this structure carry it
     options: PruneOptions = field(default_factory=PruneOptions)
 
+    @property
+    def granularity(self) -> str:
+        """What a unit is: ``channel`` (output channels of a group), or for weight-level structures
+        (:mod:`rlprune.pruning.weights`) ``unstructured`` or an N:M pattern label such as ``2:4``."""
+        return str(self.extra.get("pattern", "channel"))
+
     def unit(self, name: str) -> Unit:
         for u in self.units:
             if u.name == name:

@@ -30,7 +30,15 @@ from torch import nn
 
 from rlprune.errors import RLPruneError
 from rlprune.pruning.options import PruneOptions
-from rlprune.pruning.sparsity import SparsityMasks, nm_allowed, nm_mask, parse_nm, unstructured_mask
+from rlprune.pruning.sparsity import (
+    SparsityMasks,
+    nm_allowed,
+    nm_mask,
+    parse_nm,
+    sparse_weights,
+    unstructured_mask,
+    weight_slots,
+)
 from rlprune.pruning.structure import (
     Layer,
     Structure,
@@ -69,6 +77,37 @@ def kind_and_pattern(label: str) -> tuple[str, str]:
     return "nm", label
 
 
+class _Weight:
+    """A bare weight where :func:`norm_spread` expects a layer (an attention's fused projection is no module)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+
+
+def _forward_place(
+    model: nn.Module, module: nn.Module, attr: str, order: dict[nn.Module, int], shapes: dict[nn.Module, tuple]
+) -> tuple[float, int, tuple] | None:
+    """Where a weight is used in the forward pass, its MACs (batch 1) and output shape; None if it is not used.
+
+    ``nn.MultiheadAttention`` uses its output projection's weight without calling that ``Linear``, so both of its
+    projections are placed at the attention's own call: the fused q/k/v projection first, then the output one.
+    """
+    if isinstance(module, nn.MultiheadAttention):  # in_proj_weight: (3E, E) on every token
+        if module not in order:
+            return None
+        out = shapes.get(module, ())
+        tokens = int(out[1] if module.batch_first else out[0]) if len(out) == 3 else 1
+        return order[module], tokens * getattr(module, attr).numel(), out
+    if module in order:
+        return order[module], layer_macs(module, shapes.get(module, ())), shapes.get(module, ())
+    owner = next((m for m in model.modules() if isinstance(m, nn.MultiheadAttention) and m.out_proj is module), None)
+    if owner is None or owner not in order:
+        return None
+    out = shapes.get(owner, ())
+    tokens = int(out[1] if owner.batch_first else out[0]) if len(out) == 3 else 1
+    return order[owner] + 0.5, tokens * module.weight.numel(), out
+
+
 SPARSE_IMPORTANCE = "magnitude"  # what weight-level plans keep: the largest weights (recorded as their importance)
 
 
@@ -82,7 +121,8 @@ def weight_structure(
 ) -> Structure:
     """The model's sparsifiable layers as units, in forward order, for weight-level plans.
 
-    Every Conv2d and Linear layer the forward pass calls is a unit (``channels`` = its weight count), except those
+    Every Conv2d and Linear layer the forward pass uses is a unit (``channels`` = its weight count; an
+    ``nn.MultiheadAttention``'s fused q/k/v projection and its output projection are two), except those
     ``ignore`` names and, under N:M, those whose input size is not a multiple of M (a 3-channel stem conv): they stay
     dense and count as a fixed cost. Biases and norm parameters are never sparsified.
 
@@ -102,18 +142,19 @@ def weight_structure(
         order, shapes = trace_shapes(model, example_input)
     finally:
         model.train(was_training)
-    named = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear) and m in order]
-    named.sort(key=lambda item: order[item[1]])
+    named = [
+        (name, module, w, _forward_place(model, module, attr, order, shapes))
+        for name, (module, attr) in weight_slots(model).items()
+        if (w := getattr(module, attr)) is not None
+    ]
+    named = sorted((item for item in named if item[3] is not None), key=lambda item: item[3][0])
     units: list[Unit] = []
     layers: list[Layer] = []
-    for name, module in named:
-        w = module.weight
-        macs = layer_macs(module, shapes.get(module, ()))
+    for name, module, w, (_, macs, out_shape) in named:
         depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
         eligible = w.numel() > 1 and not options.ignores(name) and (nm is None or nm_allowed(w, nm[1]))
         if eligible:
             conv = isinstance(module, nn.Conv2d)
-            out_shape = shapes.get(module, ())
             kind = "depthwise" if depthwise else "conv" if conv else ("mlp" if len(out_shape) >= 3 else "linear")
             units.append(
                 Unit(
@@ -121,7 +162,7 @@ def weight_structure(
                     name=name,
                     kind=kind,
                     channels=int(w.numel()),
-                    in_channels=int(module.in_channels if conv else module.in_features),
+                    in_channels=int(module.in_channels if conv else w.shape[1]),
                     kernel=int(module.kernel_size[0]) if conv else 1,
                     stride=int(module.stride[0]) if conv else 1,
                     fmap=int(out_shape[-1]) if conv and len(out_shape) >= 3 else 1,
@@ -129,7 +170,7 @@ def weight_structure(
                     macs=int(macs),
                     coupled=1,
                     members=(name,),
-                    norm_spread=norm_spread([module], int(w.shape[0])),
+                    norm_spread=norm_spread([_Weight(w)], int(w.shape[0])),
                 )
             )
         # bias 0: biases are never sparsified, so they stay in the fixed part of the parameter count
@@ -184,14 +225,14 @@ def sparsify_plan(model: nn.Module, plan: object) -> SparsityMasks:
     expected = f"{architecture_fingerprint(model)}:{label}"
     if plan.fingerprint != expected:
         raise RLPruneError(f"plan: made for another model or granularity ({plan.fingerprint}, expected {expected})")
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
-    unknown = sorted(set(plan.channels) - set(layers))
+    weights = sparse_weights(model)
+    unknown = sorted(set(plan.channels) - set(weights))
     if unknown:
-        raise RLPruneError(f"plan: no Conv2d/Linear layer named '{unknown[0][:60]}' in the model")
+        raise RLPruneError(f"plan: no Conv2d/Linear/attention projection named '{unknown[0][:60]}' in the model")
     nm = nm_of(label)
     masks: dict[str, torch.Tensor] = {}
     for name, keep in plan.channels.items():
-        w = layers[name].weight
+        w = weights[name]
         if keep >= w.numel():
             continue
         if nm is None:
