@@ -100,6 +100,7 @@ def policy_plans(
     threads: int | None = None,
     importance: str | None = None,
     force: bool = False,
+    latency_runtime: str | None = None,
 ) -> list[Plan]:
     """The policy's deterministic rollout on ``model``'s units, followed by ``samples`` rollouts drawn from its
     action distribution; every plan is clamped to the budget exactly as in training.
@@ -110,6 +111,8 @@ def policy_plans(
 
     :param importance: channel criterion recorded in the plans (default: the one the policy was trained with).
     :param force: roll the policy out at a target or budget kind it was not trained for (refused otherwise).
+    :param latency_runtime: where a latency budget is timed (:data:`rlprune.cost.latency.RUNTIMES`; default: the
+        runtime the policy was trained with).
     """
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
     m = policy.meta
@@ -120,7 +123,10 @@ def policy_plans(
         )
     importance = importance or m.get("importance", "l1")
     check_policy_target(m, target, budget, force=force)
-    table = build_latency_table(model, structure, latency_batch, threads=threads) if budget == "latency" else None
+    table = None
+    if budget == "latency":  # timed where the policy's training timed it (its config's latency.runtime)
+        runtime = latency_runtime or m.get("config", {}).get("latency", {}).get("runtime", "torch")
+        table = build_latency_table(model, structure, latency_batch, threads=threads, runtime=runtime)
     solver = Budget(
         structure,
         target,

@@ -307,6 +307,8 @@ class LatencyConfig(Strict):
     batch_size: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)
     calibration_plans: int = Field(8, ge=0)  # plans at the budget timed for real to refit the table (0: none)
+    # where latency is timed: PyTorch eager, or the deployment runtime (ONNX Runtime, fp32 or static int8)
+    runtime: Literal["torch", "onnxruntime", "onnxruntime-int8"] = "torch"
 
 
 class AgentConfig(Strict):

@@ -53,11 +53,14 @@ def _latency_table(cfg: SearchConfig, structure: Structure, dense_cpu: nn.Module
     path = run_dir / "latency_table.json"
     if path.is_file():
         table = LatencyTable.load(path)
-        if table.fingerprint == structure.fingerprint and table.batch_size == cfg.latency.batch_size:
+        same = (table.fingerprint, table.batch_size, table.runtime)
+        if same == (structure.fingerprint, cfg.latency.batch_size, cfg.latency.runtime):
             return table
-    log.info("building the per-layer latency table (batch %d)", cfg.latency.batch_size)
+    log.info("building the per-layer latency table (batch %d, %s)", cfg.latency.batch_size, cfg.latency.runtime)
     # saved by the caller once the run directory exists (a refused run leaves none behind)
-    return build_latency_table(dense_cpu, structure, cfg.latency.batch_size, threads=cfg.latency.threads)
+    return build_latency_table(
+        dense_cpu, structure, cfg.latency.batch_size, threads=cfg.latency.threads, runtime=cfg.latency.runtime
+    )
 
 
 def _agent_optimizers(agent: Any) -> dict[str, torch.optim.Optimizer]:
@@ -280,6 +283,7 @@ def _search(
             Plan.from_dict(recorder.best["plan"]),
             cfg.latency.batch_size,
             threads=cfg.latency.threads,
+            runtime=cfg.latency.runtime,
         )
         summary["best"]["measured_latency_ratio"] = round(ratio, 4)
     atomic_write_text(run_dir / "summary.json", json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n")

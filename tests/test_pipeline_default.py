@@ -28,6 +28,11 @@ def test_run_defaults_to_the_latency_reward_only_when_none_is_named() -> None:
         _cfg(env={"budget": "latency"}),
     ):
         assert with_default_reward(named) == named
+    # a job that ships an int8 model steers by int8 latency in ONNX Runtime, unless a runtime is named
+    assert with_default_reward(_cfg(finetune={"quantize": "int8"})).latency.runtime == "onnxruntime-int8"
+    named_runtime = _cfg(finetune={"quantize": "int8"}, latency={"runtime": "torch"})
+    assert with_default_reward(named_runtime).latency.runtime == "torch"
+    assert with_default_reward(_cfg()).latency.runtime == "torch"
     # what the run directory records is the reward the search used
     assert with_default_reward(_cfg()).model_dump(mode="json")["env"]["reward"] == "accuracy_latency"
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from rlprune.cost.latency import compare_latency, measure_latency
+from rlprune.cost.latency import compare_latency, compare_runtime_latency, measure_latency
 from rlprune.cost.lut import LatencyTable, build_latency_table, calibrate, line_through_dense, monotone
 from rlprune.data import load_splits
+from rlprune.errors import RLPruneError
 from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.models import build_model
@@ -88,7 +89,10 @@ def test_latency_table_calibration_on_measured_plans(tmp_path: Path, monkeypatch
     s_dense = table.layer_sum(s, {})
     timed: list[Plan] = []
 
-    def measured(model: nn.Module, structure: object, plan: Plan, batch_size: int, threads: int | None = None) -> float:
+    def measured(
+        model: nn.Module, structure: object, plan: Plan, batch_size: int, threads: int | None = None, runtime: str = ""
+    ) -> float:
+        assert runtime == table.runtime == "torch"
         timed.append(plan)  # the true line: 30% fixed cost, 70% proportional to the table's layer sum
         return 0.3 + 0.7 * table.layer_sum(s, plan.channels) / s_dense
 
@@ -116,3 +120,19 @@ def test_latency_table_fits_its_two_anchor_models(tmp_path: Path) -> None:
     assert table.scale > 0 and table.predict(s, half) < table.predict(s, {})  # the line rises with channels
     table.save(tmp_path / "lut.json")
     assert LatencyTable.load(tmp_path / "lut.json") == table
+
+
+def test_latency_table_timed_in_onnxruntime_int8(tmp_path: Path) -> None:
+    """The deployment runtime: every block and both anchor models exported, quantized and timed in ONNX Runtime."""
+    model = build_model("resnet20", width=4).eval()
+    s = analyze(model, X)
+    table = build_latency_table(model, s, 1, grid=(0.5, 1.0), repeats=2, threads=1, runtime="onnxruntime-int8")
+    assert table.runtime == "onnxruntime-int8" and table.predict(s, {}) == pytest.approx(table.dense_ms)
+    half = {u.name: max(1, round(u.channels / 2)) for u in s.units}
+    assert table.scale > 0 and table.predict(s, half) < table.predict(s, {})
+    table.save(tmp_path / "lut.json")
+    assert LatencyTable.load(tmp_path / "lut.json") == table
+    lat = compare_runtime_latency({"dense": model}, (3, 32, 32), (1, 2), runtime="onnxruntime", repeats=2, threads=1)
+    assert set(lat["dense"]) == {1, 2} and all(v > 0 for v in lat["dense"].values())
+    with pytest.raises(RLPruneError, match="latency runtime"):
+        build_latency_table(model, s, 1, runtime="tensorrt")

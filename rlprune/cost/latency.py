@@ -3,21 +3,30 @@
 Latency on small CPUs is not proportional to MACs (ResNet-20 at 48% of the MACs ran at 0.73x of the dense latency at
 batch 1), so it is measured. Single runs swing up to 2x on shared machines: compare models with
 :func:`compare_latency`, which interleaves them round by round so that they see the same machine state.
+
+A model is timed where it will run (:data:`RUNTIMES`): PyTorch eager, or exported to ONNX and run by ONNX Runtime in
+fp32 or statically quantized to int8 (:func:`runtime_session`), since a plan that is fast in one runtime need not be
+in another (int8 kernels favour other channel counts than fp32 ones).
 """
 
 from __future__ import annotations
 
 import contextlib
 import statistics
+import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from rlprune.errors import RLPruneError
 from rlprune.pruning.structure import architecture_fingerprint
 
 _CACHE: dict[tuple, float] = {}
+RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")
 
 
 @contextlib.contextmanager
@@ -40,7 +49,7 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def time_once(model: nn.Module, x: torch.Tensor, iters: int) -> float:
+def time_once(model: Callable[[torch.Tensor], Any], x: torch.Tensor, iters: int) -> float:
     _sync(x.device)
     start = time.perf_counter()
     for _ in range(iters):
@@ -49,7 +58,7 @@ def time_once(model: nn.Module, x: torch.Tensor, iters: int) -> float:
     return (time.perf_counter() - start) / iters * 1000.0
 
 
-def _iters_for(model: nn.Module, x: torch.Tensor, target_ms: float = 20.0) -> int:
+def _iters_for(model: Callable[[torch.Tensor], Any], x: torch.Tensor, target_ms: float = 20.0) -> int:
     """Calls per timed sample so that one sample lasts about ``target_ms`` (tiny models are timed in blocks)."""
     one = time_once(model, x, 1)
     return max(1, min(200, int(target_ms / max(one, 1e-3))))
@@ -123,4 +132,75 @@ def compare_latency(
                 out[name][bs] = statistics.median(samples[name])
                 if cache:
                     _CACHE[key] = out[name][bs]
+    return out
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in RUNTIMES:
+        raise RLPruneError(f"latency runtime: expected one of {', '.join(RUNTIMES)}, got '{runtime}'")
+    return runtime
+
+
+def runtime_session(
+    model: nn.Module, input_shape: Sequence[int], runtime: str, directory: str | Path, *, threads: int | None = None
+) -> Callable[[torch.Tensor], Any]:
+    """A callable that runs ``model`` as ``runtime`` does: the model itself (``torch``), or its ONNX export in an ONNX
+    Runtime session, statically quantized to int8 first for ``onnxruntime-int8``. Only timing uses this, so the
+    int8 calibration batch is random (activation ranges change the scales, not the kernels' speed)."""
+    if check_runtime(runtime) == "torch":
+        return model.eval()
+    from rlprune.export import export_onnx
+    from rlprune.quantize import OnnxModel, quantize_onnx
+
+    directory = Path(directory)
+    fp32 = directory / "model.onnx"
+    try:  # the TorchScript exporter takes a fraction of a second on a block; the dynamo one several
+        export_onnx(model.eval(), tuple(input_shape), fp32, exporter="legacy")
+    except RLPruneError:
+        export_onnx(model.eval(), tuple(input_shape), fp32)
+    path = fp32
+    if runtime == "onnxruntime-int8":
+        generator = torch.Generator().manual_seed(0)
+        path = quantize_onnx(
+            fp32, directory / "model.int8.onnx", [torch.randn(4, *input_shape, generator=generator)], input_shape
+        )
+    session = OnnxModel(path, threads=threads)
+
+    def run(x: torch.Tensor) -> Any:
+        return session.session.run(None, {session.input_name: x.numpy()})
+
+    return run
+
+
+def compare_runtime_latency(
+    models: Mapping[str, nn.Module],
+    input_shape: Sequence[int],
+    batch_sizes: Sequence[int] = (1,),
+    *,
+    runtime: str = "torch",
+    threads: int | None = None,
+    warmup: int = 3,
+    repeats: int = 15,
+) -> dict[str, dict[int, float]]:
+    """:func:`compare_latency` in ``runtime`` (CPU): median ms per call of each model, timed in interleaved rounds."""
+    if check_runtime(runtime) == "torch":
+        return compare_latency(models, input_shape, batch_sizes, threads=threads, warmup=warmup, repeats=repeats)
+    out: dict[str, dict[int, float]] = {name: {} for name in models}
+    with tempfile.TemporaryDirectory() as tmp, num_threads(threads), torch.inference_mode():
+        runs = {}
+        for i, (name, model) in enumerate(models.items()):
+            (Path(tmp) / str(i)).mkdir()
+            runs[name] = runtime_session(model, input_shape, runtime, Path(tmp) / str(i), threads=threads)
+        for bs in batch_sizes:
+            x = torch.randn(bs, *input_shape)
+            iters = {name: _iters_for(run, x) for name, run in runs.items()}
+            for _ in range(warmup):
+                for name, run in runs.items():
+                    time_once(run, x, iters[name])
+            samples: dict[str, list[float]] = {name: [] for name in runs}
+            for _ in range(repeats):
+                for name, run in runs.items():
+                    samples[name].append(time_once(run, x, iters[name]))
+            for name in runs:
+                out[name][bs] = statistics.median(samples[name])
     return out

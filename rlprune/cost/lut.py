@@ -7,6 +7,10 @@ fitted on two measured models, the dense one and one pruned uniformly to half it
 isolated layers do not show (pooling, additions, framework overhead, cache effects). Identical layer shapes are
 timed once.
 
+Blocks and models are timed in the table's ``runtime`` (PyTorch eager, or ONNX Runtime fp32 / int8, the runtimes
+a pruned model is deployed with; :data:`rlprune.cost.latency.RUNTIMES`), so that a search steers by the latency of
+the model the user will run.
+
 Non-uniform plans near a budget run slower than that two-point line predicts (on ResNet-20 at 50% of the batch-1
 latency, by about 0.1 of the dense latency: odd channel counts between grid points, uneven layers). ``calibrate``
 refits the line through the dense model and a handful of measured plans at the budget itself, so that the budget
@@ -18,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlprune.cost.latency import compare_latency, num_threads, time_once
+from rlprune.cost.latency import check_runtime, compare_runtime_latency, num_threads, runtime_session, time_once
 from rlprune.errors import RLPruneError
 from rlprune.fileio import atomic_write_text
 from rlprune.pruning.plan import Plan
@@ -48,6 +53,7 @@ class LatencyTable:
     dense_ms: float
     fingerprint: str
     calibration: dict[str, float] | None = None  # set by calibrate(): how the line was refitted on measured plans
+    runtime: str = "torch"  # where blocks and models were timed (rlprune.cost.latency.RUNTIMES)
 
     def predict(self, structure: Structure, channels: Mapping[str, int]) -> float:
         """Predicted milliseconds for the model pruned to ``channels`` (unit name -> kept channels)."""
@@ -77,6 +83,7 @@ class LatencyTable:
             "dense_ms": self.dense_ms,
             "fingerprint": self.fingerprint,
             "calibration": self.calibration,
+            "runtime": self.runtime,
         }
 
     def save(self, path: Path) -> None:
@@ -94,6 +101,7 @@ class LatencyTable:
             dense_ms=float(d["dense_ms"]),
             fingerprint=d["fingerprint"],
             calibration=d.get("calibration"),
+            runtime=check_runtime(str(d.get("runtime", "torch"))),  # tables from before runtimes timed PyTorch
         )
 
 
@@ -144,8 +152,10 @@ def build_latency_table(
     grid: Sequence[float] = GRID,
     threads: int | None = None,
     repeats: int = 7,
+    runtime: str = "torch",
 ) -> LatencyTable:
-    """Time every conv/linear layer of ``model`` at each grid point (see module docstring)."""
+    """Time every conv/linear layer of ``model`` at each grid point in ``runtime`` (see module docstring)."""
+    check_runtime(runtime)
     example = torch.zeros(1, *structure.input_shape)
     inputs: dict[nn.Module, tuple] = {}
 
@@ -195,18 +205,22 @@ def build_latency_table(
                             ci = co
                         block = _layer_block(layer, ci, co, with_bn=isinstance(layer, nn.Conv2d)).eval()
                         x = torch.randn(batch_size, ci, *in_shape[2:])
-                        iters = max(1, min(200, int(5.0 / max(time_once(block, x, 1), 1e-3))))
-                        time_once(block, x, iters)
-                        row.append(statistics.median(time_once(block, x, iters) for _ in range(repeats)))
+                        with tempfile.TemporaryDirectory() as tmp:
+                            run = runtime_session(block, x.shape[1:], runtime, tmp, threads=threads)
+                            iters = max(1, min(200, int(5.0 / max(time_once(run, x, 1), 1e-3))))
+                            time_once(run, x, iters)
+                            row.append(statistics.median(time_once(run, x, iters) for _ in range(repeats)))
                     table.append(row)
                 timed[key] = table
             layers[la.name] = timed[key]
     layers = {name: monotone(t) for name, t in layers.items()}
     half = Plan.from_ratios(structure, [0.5] * len(structure.units))
     pruned, _ = prune(model, half, example)
-    measured = compare_latency({"dense": model, "half": pruned}, structure.input_shape, (batch_size,), threads=threads)
+    measured = compare_runtime_latency(
+        {"dense": model, "half": pruned}, structure.input_shape, (batch_size,), runtime=runtime, threads=threads
+    )
     dense_ms, half_ms = measured["dense"][batch_size], measured["half"][batch_size]
-    table = LatencyTable(batch_size, tuple(grid), layers, 0.0, 1.0, dense_ms, structure.fingerprint)
+    table = LatencyTable(batch_size, tuple(grid), layers, 0.0, 1.0, dense_ms, structure.fingerprint, runtime=runtime)
     s_dense, s_half = table.layer_sum(structure, {}), table.layer_sum(structure, half.channels)
     table.scale, table.offset_ms = line_through_dense(s_dense, dense_ms, [s_half], [half_ms / dense_ms])
     return table
@@ -231,15 +245,24 @@ def line_through_dense(
 
 
 def measured_latency_ratio(
-    model: nn.Module, structure: Structure, plan: Plan, batch_size: int, *, threads: int | None = None
+    model: nn.Module,
+    structure: Structure,
+    plan: Plan,
+    batch_size: int,
+    *,
+    threads: int | None = None,
+    runtime: str = "torch",
 ) -> float:
-    """Pruned/dense latency of ``plan`` on the CPU model ``model``, timed in interleaved rounds (medians).
+    """Pruned/dense latency of ``plan`` on the CPU model ``model`` in ``runtime``, timed in interleaved rounds
+    (medians).
 
     Latency depends only on how many channels each unit keeps, so channels are picked by L1 norm whatever the
     plan's criterion (no calibration data is needed for gradient-based ones).
     """
     pruned, _ = prune(model, plan, torch.zeros(1, *structure.input_shape), importance="l1")
-    lat = compare_latency({"dense": model, "pruned": pruned}, structure.input_shape, (batch_size,), threads=threads)
+    lat = compare_runtime_latency(
+        {"dense": model, "pruned": pruned}, structure.input_shape, (batch_size,), runtime=runtime, threads=threads
+    )
     return lat["pruned"][batch_size] / lat["dense"][batch_size]
 
 
@@ -261,7 +284,9 @@ def calibrate(
         return table
     sums, measured, before = [], [], []
     for plan in plans:
-        measured.append(measured_latency_ratio(model, structure, plan, table.batch_size, threads=threads))
+        measured.append(
+            measured_latency_ratio(model, structure, plan, table.batch_size, threads=threads, runtime=table.runtime)
+        )
         sums.append(table.layer_sum(structure, plan.channels))
         before.append(table.predict(structure, plan.channels) / table.dense_ms)
     s_dense = table.layer_sum(structure, {})
