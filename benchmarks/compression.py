@@ -1,17 +1,24 @@
-"""Compression table for the zoo ResNet-20: channel plans, int8, unstructured and 2:4 sparsity, per-class metrics,
-size and CPU latency in the deployment runtime (ONNX Runtime), every row fine-tuned with the same recipe.
+"""Compression table for the zoo ResNet-20: channel plans, int8, unstructured and 2:4 sparsity, iterative rounds,
+per-class metrics, size and CPU latency in the deployment runtime (ONNX Runtime), every row fine-tuned with the same
+recipe.
 
     python benchmarks/compression.py [--epochs 15] [--threads 2]      # the full table (hours on a 2-core CPU)
     python benchmarks/compression.py --smoke                           # a check that every row runs (minutes)
 
-Rows: dense fp32 / int8; the PPO plan at 0.5 MACs (benchmarks/results/search_resnet20_macs50_plans/ppo-s0.json, the best
-PPO seed by validation proxy on the current zoo model) fp32 /
-int8; a uniform plan at 0.5 MACs with channels rounded to 8 (the latency-friendlier plan) fp32 / int8; unstructured
-magnitude sparsity at 50% and 80% of every conv/linear weight; 2:4. Columns: test top-1, macro-F1, worst-class
-accuracy and its drop against dense fp32, stored file size (int8: the .onnx; sparse: values + 1-bit mask), ONNX
-Runtime latency ratio at batch 1 and 64 against dense fp32 in the same runtime. Fine-tune: SGD + cosine with
-distillation from the dense model (rlprune.finetune), masks kept for sparse rows; int8 rows quantize the fine-tuned
-fp32 row with 16 calibration batches from the train split.
+Rows: dense fp32 / int8; the PPO plan at 0.5 MACs (benchmarks/results/search_resnet20_macs50_plans/ppo-s0.json, the
+best PPO seed by validation proxy on the current zoo model) fp32 / int8; a uniform plan at 0.5 MACs with channels
+rounded to 8 (the latency-friendlier plan) fp32 / int8; unstructured magnitude sparsity at 50% and 80% of every
+conv/linear weight; 2:4; the generalist policy's plan at 0.5 MACs one-shot and in ``--rounds`` (0.8 -> 0.64 -> 0.5 of
+the dense MACs, each round's plan rolled out on the model the round starts from), the fine-tune epochs split over the
+rounds so both rows train equally long. Columns: test top-1, macro-F1, worst-class accuracy and its drop against dense
+fp32, stored file size (int8: the .onnx; sparse: values + 1-bit mask), ONNX Runtime latency ratio at batch 1 and 64
+against dense fp32 timed in the same process. Fine-tune: SGD + cosine with distillation from the dense model
+(rlprune.finetune), masks kept for sparse rows; int8 rows quantize the fine-tuned fp32 row with 16 calibration
+batches from the train split.
+
+Each unit (a row and its int8 twin) is written to the results file as soon as it is measured, and a unit the
+committed results file already holds for the same request (dense weights, recipe, plan or policy) is not measured
+again: the table fills up over several sessions, and the Markdown names the commits its rows come from.
 
 ``--smoke`` fine-tunes on 1,024 training images for one epoch and tests on 1,000 images: its accuracies say nothing
 about the methods and the Markdown says so. Writes benchmarks/results/compression[_smoke].{json,md}.
@@ -21,28 +28,58 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from _results import md_table, reproduce_command, write_results
 from safetensors.torch import save_file
 
+from rlprune.agents.policy_io import load_policy
+from rlprune.apply import policy_plans
 from rlprune.checkpoint import load_checkpoint
+from rlprune.cost.latency import time_once
+from rlprune.cost.macs import count_macs
 from rlprune.data import BatchLoader, splits_from_meta, stratified_split
 from rlprune.evaluation.classes import class_chart, evaluate_classes, worst_class_drop
 from rlprune.export import export_onnx
+from rlprune.provenance import provenance, tensors_sha256
 from rlprune.pruning import Plan, analyze, prune
 from rlprune.pruning.budget import uniform_plan
-from rlprune.pruning.sparsity import save_sparse, sparsify
+from rlprune.pruning.sparsity import SparsityMasks, save_sparse, sparsify
 from rlprune.quantize import OnnxModel, quantize_onnx
 from rlprune.training.loop import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "compression"
 PPO_PLAN = ROOT / "benchmarks" / "results" / "search_resnet20_macs50_plans" / "ppo-s0.json"
+POLICY = ROOT / "benchmarks" / "results" / "policies" / "generalist_macs" / "policy.json"
+Built = tuple[torch.nn.Module, SparsityMasks | None, float]
+
+
+def _interleaved(a: OnnxModel, b: OnnxModel, shape: tuple[int, ...], batch: int, repeats: int) -> tuple[float, float]:
+    """Median ms per call of two sessions timed in alternating rounds, so both see the same machine state."""
+    x = torch.randn(batch, *shape)
+    runs = [lambda x, s=s: s.session.run(None, {s.input_name: x.numpy()}) for s in (a, b)]
+    iters = [max(1, min(200, int(20.0 / max(time_once(run, x, 1), 1e-3)))) for run in runs]
+    for run, n in zip(runs, iters, strict=True):  # warm-up
+        time_once(run, x, n)
+    samples: list[list[float]] = [[], []]
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            samples[i].append(time_once(run, x, iters[i]))
+    return statistics.median(samples[0]), statistics.median(samples[1])
+
+
+def _key(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def main() -> None:
@@ -55,12 +92,16 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=None, help="stratified train subset (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--policy", default=str(POLICY.relative_to(ROOT)), help="policy of the one-shot/rounds rows")
+    ap.add_argument("--rounds", type=float, action="append", help="MACs target per round (default 0.8 0.64 0.5)")
+    ap.add_argument("--only", action="append", help="measure only this unit (repeat; default: all)")
     ap.add_argument("--smoke", action="store_true", help="1 epoch on 1,024 train images, 1,000 test images")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    args.rounds = args.rounds or [0.8, 0.64, 0.5]
     if args.smoke:
-        args.epochs, args.train_images, args.test_images, args.repeats = 1, 1024, 1000, 5
+        args.epochs, args.train_images, args.test_images, args.repeats = max(1, len(args.rounds)), 1024, 1000, 5
     out = Path(args.out) if args.out else OUT.with_name(OUT.name + ("_smoke" if args.smoke else ""))
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -77,78 +118,149 @@ def main() -> None:
     example = torch.zeros(1, *shape)
     calib_loader = BatchLoader(splits.train, 32, splits.mean, splits.std, shuffle=True, seed=args.seed + 1)
     calib = [x for _, (x, _) in zip(range(16), calib_loader, strict=False)]
+    structure = analyze(dense, example)
+    dense_macs = count_macs(dense, shape)
 
-    def tune(model: torch.nn.Module, masks=None) -> float:
+    def tune(model: torch.nn.Module, masks: SparsityMasks | None = None, epochs: int | None = None) -> float:
         loader = BatchLoader(
             train, args.batch_size, splits.mean, splits.std, shuffle=True, augment=True, drop_last=True, seed=args.seed
         )
         if masks is not None:
             masks.attach(model)
         start = time.perf_counter()
-        finetune(model, loader, epochs=args.epochs, lr=args.lr, teacher=dense, seed=args.seed)
+        finetune(model, loader, epochs=epochs or args.epochs, lr=args.lr, teacher=dense, seed=args.seed)
         if masks is not None:
             masks.detach()
             masks.apply(model)
         return time.perf_counter() - start
 
-    structure = analyze(dense, example)
-    variants: dict[str, dict] = {"dense": {"model": copy.deepcopy(dense), "tune": False}}
-    ppo = Plan.load(PPO_PLAN, structure)
-    variants["ppo_macs50"] = {"model": prune(dense, ppo, example)[0], "tune": True}
-    uni = uniform_plan(structure, 0.5, round_to=8)
-    variants["uniform_macs50_r8"] = {"model": prune(dense, uni, example)[0], "tune": True}
-    for name, kw in (("unstructured50", {"sparsity": 0.5}), ("unstructured80", {"sparsity": 0.8}), ("nm2to4", {})):
-        model = copy.deepcopy(dense)
-        masks = sparsify(model, **kw) if kw else sparsify(model, pattern="2:4")
-        variants[name] = {"model": model, "tune": True, "masks": masks}
+    def channel(plan: Plan) -> Callable[[], Built]:
+        def build() -> Built:
+            model = prune(dense, plan, example)[0]
+            return model, None, tune(model)
 
-    rows: dict[str, dict] = {}
-    reports: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, v in variants.items():
-            model = v["model"]
-            seconds = tune(model, v.get("masks")) if v["tune"] else 0.0
-            model.eval()
+        return build
+
+    def sparse(**kw: Any) -> Callable[[], Built]:
+        def build() -> Built:
+            model = copy.deepcopy(dense)
+            masks = sparsify(model, **kw)
+            return model, masks, tune(model, masks)
+
+        return build
+
+    def rounds() -> Built:
+        """The policy's plan in rounds, each round's target relative to the model it starts from, the epochs split
+        evenly over the rounds (the same total training as the one-shot row)."""
+        n = len(args.rounds)
+        per_round = [args.epochs // n + (k < args.epochs % n) for k in range(n)]
+        model, seconds = dense, 0.0
+        for target, epochs in zip(args.rounds, per_round, strict=True):
+            current = analyze(model.eval(), example)
+            plan = policy_plans(policy, model, current, target=target * structure.total_macs / current.total_macs)[0]
+            model = prune(model, plan, example)[0]
+            seconds += tune(model, epochs=epochs) if epochs else 0.0
+        return model, None, seconds
+
+    policy = load_policy(args.policy)
+    policy_key = _key(policy.meta)
+    ppo = Plan.load(PPO_PLAN, structure)
+    uni = uniform_plan(structure, 0.5, round_to=8)
+    oneshot = policy_plans(policy, dense, structure, target=args.rounds[-1])[0]
+    units: dict[str, tuple[Callable[[], Built], dict[str, Any]]] = {
+        "dense": (lambda: (copy.deepcopy(dense), None, 0.0), {}),
+        "ppo_macs50": (channel(ppo), {"plan": ppo.key()}),
+        "uniform_macs50_r8": (channel(uni), {"plan": uni.key()}),
+        "unstructured50": (sparse(sparsity=0.5), {}),
+        "unstructured80": (sparse(sparsity=0.8), {}),
+        "nm2to4": (sparse(pattern="2:4"), {}),
+        "generalist_oneshot": (channel(oneshot), {"plan": oneshot.key()}),
+        f"generalist_{len(args.rounds)}rounds": (rounds, {"policy": policy_key, "rounds": args.rounds}),
+    }
+    recipe = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "train_images", "test_images", "seed")}
+    dense_sha = meta.get("weights_sha256") or tensors_sha256(dense)
+    results = out.with_suffix(".json")
+    committed = json.loads(results.read_text()).get("units", {}) if results.is_file() else {}
+    measured: dict[str, dict[str, Any]] = {}
+    dense_report: dict[str, Any] | None = None
+
+    def measure(name: str, model: torch.nn.Module, masks: SparsityMasks | None, seconds: float) -> dict[str, Any]:
+        """The unit's rows (fp32, and int8 for a model stored dense): accuracy, per-class report, stored size and
+        latency ratios against dense fp32 timed here, in the same process and runtime."""
+        rows = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            dense_onnx = Path(tmp) / "dense_reference.onnx"
+            export_onnx(dense, shape, dense_onnx)
+            reference = OnnxModel(dense_onnx, threads=args.threads)
             fp32 = Path(tmp) / f"{name}.onnx"
             export_onnx(model, shape, fp32)
-            if "masks" in v:
-                stored = save_sparse(model, v["masks"], Path(tmp) / f"{name}.sparse.safetensors").stat().st_size
+            if masks is not None:
+                stored = save_sparse(model, masks, Path(tmp) / f"{name}.sparse.safetensors").stat().st_size
             else:
                 st = Path(tmp) / f"{name}.safetensors"
                 save_file({k: t.contiguous() for k, t in model.state_dict().items()}, str(st))
                 stored = st.stat().st_size
             entries = [(name, fp32, stored, "fp32")]
-            if "masks" not in v:
+            if masks is None:
                 int8 = Path(tmp) / f"{name}.int8.onnx"
                 quantize_onnx(fp32, int8, calib, shape)
                 entries.append((f"{name}_int8", int8, int8.stat().st_size, "int8"))
+            macs = count_macs(model, shape) / dense_macs
             for row, path, size, precision in entries:
                 session = OnnxModel(path, threads=args.threads)
                 rep = evaluate_classes(session, test, splits.mean, splits.std)
-                reports[row] = rep
+                latency, ratio = {}, {}
+                for bs in (1, 64):
+                    if row == "dense":  # the reference itself: 1 by definition (timing it twice measures noise)
+                        latency[str(bs)] = _interleaved(reference, reference, shape, bs, args.repeats)[0]
+                        ratio[f"latency_ratio_b{bs}"] = 1.0
+                        continue
+                    base, latency[str(bs)] = _interleaved(reference, session, shape, bs, args.repeats)
+                    ratio[f"latency_ratio_b{bs}"] = latency[str(bs)] / base
                 rows[row] = {
+                    "macs_ratio": macs,
                     "precision": precision,
                     "accuracy": rep["accuracy"],
                     "macro_f1": rep["macro_f1"],
                     "worst_class": rep["worst_class"],
                     "worst_class_accuracy": rep["worst_class_accuracy"],
                     "stored_mb": size / 1e6,
-                    "latency_ms": {str(bs): session.latency(shape, bs, repeats=args.repeats) for bs in (1, 64)},
+                    "latency_ms": latency,
+                    **ratio,
                     "finetune_seconds": seconds,
-                    "per_class": rep["per_class"],
+                    "classes": rep,
                 }
                 print(row, {k: rows[row][k] for k in ("accuracy", "macro_f1", "stored_mb", "latency_ms")}, flush=True)
+        return rows
 
-    base = rows["dense"]
-    for row, r in rows.items():
-        r.update(worst_class_drop(reports[row], reports["dense"]))
-        for bs in ("1", "64"):
-            r[f"latency_ratio_b{bs}"] = r["latency_ms"][bs] / base["latency_ms"][bs]
-    chart = out.with_name(out.name + "_classes.png")
-    class_chart({k: reports[k] for k in ("dense", "ppo_macs50", "ppo_macs50_int8")}, chart, title=out.name)
+    for name, (build, extra) in units.items():
+        request = {"unit": name, "dense": dense_sha, **recipe, **extra}
+        old = committed.get(name)
+        if old is not None and old.get("request_key") == _key(request):  # measured in an earlier session
+            measured[name] = old
+        elif not args.only or name in args.only:
+            model, masks, seconds = build()
+            model.eval()
+            rows = measure(name, model, masks, seconds)
+            measured[name] = {"request_key": _key(request), "request": request, "provenance": provenance(request)}
+            measured[name]["rows"] = rows
+        if "dense" in measured:
+            dense_report = measured["dense"]["rows"]["dense"]["classes"]
+            _write(args, out, units, measured, dense_report)
+    print(out.with_suffix(".md").read_text())
+
+
+def _write(
+    args: argparse.Namespace, out: Path, units: dict[str, Any], measured: dict[str, Any], dense: dict[str, Any]
+) -> None:
+    rows: dict[str, dict[str, Any]] = {}
+    for unit in measured.values():
+        for row, r in unit["rows"].items():
+            rows[row] = {**r, **worst_class_drop(r["classes"], dense)}
     table = [
         [
             row,
+            r["macs_ratio"],
             r["accuracy"],
             r["macro_f1"],
             r["worst_class_accuracy"],
@@ -160,27 +272,33 @@ def main() -> None:
         for row, r in rows.items()
     ]
     assert all(np.isfinite(v) for line in table for v in line[1:])
+    chart = out.with_name(out.name + "_classes.png")
+    drawn = [k for k in ("dense", "ppo_macs50", "ppo_macs50_int8") if k in rows]
+    class_chart({k: rows[k]["classes"] for k in drawn}, chart, title=out.name)
+    pending = [name for name in units if name not in measured]
     label = (
-        "**SMOKE RUN: 1 fine-tune epoch on 1,024 images, 1,000 test images. The accuracies say nothing about the "
-        "methods; only the sizes and latency ratios are meaningful.**\n\n"
+        "**SMOKE RUN: 1 fine-tune epoch per round on 1,024 images, 1,000 test images. The accuracies say nothing "
+        "about the methods; only the sizes and latency ratios are meaningful.**\n\n"
         if args.smoke
         else ""
     )
     md = (
         f"# Compression — ResNet-20 ({args.checkpoint})\n\n{label}"
-        f"Fine-tune: {args.epochs} epoch(s), lr {args.lr}, distillation from dense, on {len(train)} train images; "
-        f"test on {len(test)} images. Latency: ONNX Runtime, {args.threads} threads, median of {args.repeats}, ratio "
-        "to dense fp32. Stored size: safetensors (fp32), .onnx (int8), values + 1-bit mask (sparse rows; ONNX "
-        "Runtime runs them as dense models, so their latency equals dense).\n\n"
+        f"Fine-tune: {args.epochs} epoch(s), lr {args.lr}, distillation from dense"
+        + (f", on {args.train_images} train images; test on {args.test_images} images" if args.smoke else "")
+        + f". Rounds: MACs {' -> '.join(f'{t:g}' for t in args.rounds)}, the epochs split over the rounds. MACs: "
+        "measured on the model, against dense (sparse rows still compute their zeros on CPU). "
+        f"Latency: ONNX Runtime, {args.threads} threads, median of {args.repeats}, ratio to dense fp32 timed in the "
+        "same process. Stored size: safetensors (fp32), .onnx (int8), values + 1-bit mask (sparse rows; ONNX Runtime "
+        "runs them as dense models, so their latency equals dense).\n\n"
         + md_table(
-            ["model", "top-1", "macro-F1", "worst class", "worst drop", "MB", "lat b1", "lat b64"],
-            table,
+            ["model", "MACs", "top-1", "macro-F1", "worst class", "worst drop", "MB", "lat b1", "lat b64"], table
         )
+        + (f"\n\n**Not yet measured**: {', '.join(pending)}." if pending else "")
         + f"\n\nPer-class accuracy chart: `{chart.name}`.\n\nReproduce: "
-        f"`{reproduce_command('benchmarks/compression.py', args, ROOT)}`\n"
+        f"`{reproduce_command('benchmarks/compression.py', args, ROOT, skip=('out', 'only'))}`\n"
     )
-    write_results(out, {"rows": rows, "args": vars(args), "smoke": args.smoke}, md)
-    print(md)
+    write_results(out, {"units": measured, "pending": pending, "args": vars(args), "smoke": args.smoke}, md)
 
 
 if __name__ == "__main__":
