@@ -17,8 +17,9 @@ against dense fp32 timed in the same process. Fine-tune: SGD + cosine with disti
 batches from the train split.
 
 Each unit (a row and its int8 twin) is written to the results file as soon as it is measured, and a unit the
-committed results file already holds for the same request (dense weights, recipe, plan or policy) is not measured
-again: the table fills up over several sessions, and the Markdown names the commits its rows come from.
+results file (as committed) already holds for the same request (dense weights, recipe, timing settings, plan or
+policy) is not measured again: the table fills up over several sessions, and the Markdown names the commits its rows
+come from. ``--only NAME`` measures just those units (the others stay as stored).
 
 ``--smoke`` fine-tunes on 1,024 training images for one epoch and tests on 1,000 images: its accuracies say nothing
 about the methods and the Markdown says so. Writes benchmarks/results/compression[_smoke].{json,md}.
@@ -177,12 +178,16 @@ def main() -> None:
         "generalist_oneshot": (channel(oneshot), {"plan": oneshot.key()}),
         f"generalist_{len(args.rounds)}rounds": (rounds, {"policy": policy_key, "rounds": args.rounds}),
     }
-    recipe = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "train_images", "test_images", "seed")}
+    unknown = sorted(set(args.only or ()) - set(units))
+    if unknown:
+        raise SystemExit(f"--only: no unit named {unknown[0]} (units: {', '.join(units)})")
+    # everything that decides a unit's numbers (latency too: threads and repeats)
+    settings = ("epochs", "lr", "batch_size", "train_images", "test_images", "seed", "threads", "repeats")
+    recipe = {k: getattr(args, k) for k in settings}
     dense_sha = meta.get("weights_sha256") or tensors_sha256(dense)
     results = out.with_suffix(".json")
     committed = json.loads(results.read_text()).get("units", {}) if results.is_file() else {}
     measured: dict[str, dict[str, Any]] = {}
-    dense_report: dict[str, Any] | None = None
 
     def measure(name: str, model: torch.nn.Module, masks: SparsityMasks | None, seconds: float) -> dict[str, Any]:
         """The unit's rows (fp32, and int8 for a model stored dense): accuracy, per-class report, stored size and
@@ -244,19 +249,20 @@ def main() -> None:
             rows = measure(name, model, masks, seconds)
             measured[name] = {"request_key": _key(request), "request": request, "provenance": provenance(request)}
             measured[name]["rows"] = rows
-        if "dense" in measured:
-            dense_report = measured["dense"]["rows"]["dense"]["classes"]
-            _write(args, out, units, measured, dense_report)
+        if name in measured:
+            _write(args, out, units, measured)
+    if not measured:
+        raise SystemExit("nothing measured: --only names no unit that is still to be measured")
     print(out.with_suffix(".md").read_text())
 
 
-def _write(
-    args: argparse.Namespace, out: Path, units: dict[str, Any], measured: dict[str, Any], dense: dict[str, Any]
-) -> None:
+def _write(args: argparse.Namespace, out: Path, units: dict[str, Any], measured: dict[str, Any]) -> None:
+    """The results so far (worst-class drops once the dense row is measured)."""
+    dense = measured["dense"]["rows"]["dense"]["classes"] if "dense" in measured else None
     rows: dict[str, dict[str, Any]] = {}
     for unit in measured.values():
         for row, r in unit["rows"].items():
-            rows[row] = {**r, **worst_class_drop(r["classes"], dense)}
+            rows[row] = {**r, **(worst_class_drop(r["classes"], dense) if dense else {"worst_class_drop": ""})}
     table = [
         [
             row,
@@ -271,7 +277,7 @@ def _write(
         ]
         for row, r in rows.items()
     ]
-    assert all(np.isfinite(v) for line in table for v in line[1:])
+    assert all(np.isfinite(v) for line in table for v in line[1:] if v != "")  # "": no dense row to compare yet
     chart = out.with_name(out.name + "_classes.png")
     drawn = [k for k in ("dense", "ppo_macs50", "ppo_macs50_int8") if k in rows]
     class_chart({k: rows[k]["classes"] for k in drawn}, chart, title=out.name)

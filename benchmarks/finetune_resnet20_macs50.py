@@ -12,7 +12,7 @@ plan in benchmarks/results/search_resnet20_macs50_plans/; the command above take
 seeds by validation proxy, on the current zoo model); ``--policy`` plans are a policy's deterministic rollout at the
 target, with no search. Each fine-tune is an ``rlprune finetune`` output folder under runs/bench_finetune/<label>/
 seed<k>/ (resumed per epoch if killed). The results file is rewritten after every fine-tune, and a fine-tune whose
-report is already in the committed results file (same plan, dense weights, epochs, learning rate and seed) is not
+report is already in the results file, as committed (same plan, dense weights, epochs, learning rate and seed), is not
 run again, so the table fills up over several sessions; the Markdown names every commit its rows were measured at.
 Writes benchmarks/results/finetune_resnet20_macs50.{json,md}.
 """
@@ -37,15 +37,15 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "finetune_resnet20_macs50"
 
 
-def _committed_report(out: Path, label: str, seed: int, request: dict[str, Any]) -> dict[str, Any] | None:
-    """The committed report of ``label`` and ``seed`` if it was made by the same ``request`` (a subset of what
+def _stored_report(stored: dict[str, Any], label: str, seed: int, request: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored report of ``label`` and ``seed`` if it was made by the same ``request`` (a subset of what
     ``finetune_plan`` keys its own reuse on, without the code version: the file records each row's commit)."""
-    path = out.with_suffix(".json")
-    if not path.is_file():
+    by_seed = stored.get("reports", {}).get(label)
+    report = by_seed.get(str(seed)) if isinstance(by_seed, dict) else None
+    if not isinstance(report, dict):
         return None
-    report = json.loads(path.read_text()).get("reports", {}).get(label, {}).get(str(seed))
-    recorded = (report or {}).get("provenance", {}).get("request", {})
-    return report if report and all(recorded.get(k) == v for k, v in request.items()) else None
+    recorded = report.get("provenance", {}).get("request", {})
+    return report if all(recorded.get(k) == v for k, v in request.items()) else None
 
 
 def _mean_std(values: list[float]) -> str:
@@ -137,10 +137,20 @@ def main() -> None:
     dense_sha = meta.get("weights_sha256") or tensors_sha256(dense)
     # seed-major order: every plan gets its first seed before any plan gets a second one
     todo = [(label, seed) for seed in args.seeds for label in plans]
+
+    def request(label: str, seed: int) -> dict[str, Any]:
+        return {"plan": plans[label].key(), "dense": dense_sha, "epochs": args.epochs, "lr": args.lr, "seed": seed}
+
+    results = Path(args.out).with_suffix(".json")
+    stored = json.loads(results.read_text()) if results.is_file() else {}
     reports: dict[str, dict[str, dict[str, Any]]] = {label: {} for label in plans}
+    for label in plans:  # seeds measured earlier for the same plan and recipe stay, even if not asked for now
+        earlier = [int(s) for s in stored.get("reports", {}).get(label) or {} if s.isdigit()]
+        for seed in sorted(set(earlier)):
+            if found := _stored_report(stored, label, seed, request(label, seed)):
+                reports[label][str(seed)] = found
     for label, seed in todo:
-        request = {"plan": plans[label].key(), "dense": dense_sha, "epochs": args.epochs, "lr": args.lr, "seed": seed}
-        report = _committed_report(Path(args.out), label, seed, request)
+        report = reports[label].get(str(seed))
         if report is None:
             report = finetune_plan(
                 dense,

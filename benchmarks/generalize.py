@@ -325,7 +325,8 @@ def finetune(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str,
             if method not in args.finetune_methods:
                 continue
             key = f"{cell['model']}|{cell['budget']:.2f}|{method}"
-            if results.get(key, {}).get("request_key") != request:  # another plan or recipe: measured again
+            entry = results.get(key)
+            if not isinstance(entry, dict) or entry.get("request_key") != request:  # another plan or recipe
                 results[key] = {"request_key": request, "seeds": {}}
             seeds = args.finetune_seeds if cell["budget"] == args.seeds_budget else args.finetune_seeds[:1]
             for seed in seeds:
@@ -401,9 +402,10 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
         r = cell["rows"]
         request = _finetune_request(args, cell)
         scores = {  # fine-tune scores of this cell's plans and this recipe only
-            m: list(ft[k]["seeds"].values())
+            m: list(entry.get("seeds", {}).values())
             for m in METHODS
-            if (k := f"{cell['model']}|{cell['budget']:.2f}|{m}") in ft and ft[k]["request_key"] == request
+            if isinstance(entry := ft.get(f"{cell['model']}|{cell['budget']:.2f}|{m}"), dict)
+            and entry.get("request_key") == request  # an entry of another plan, recipe or format is not shown
         }
         for method in METHODS:
             if method not in r:

@@ -96,7 +96,7 @@ def policy_plans(
     samples: int = 0,
     seed: int = 0,
     budget: str = "macs",
-    latency_batch: int = 1,
+    latency_batch: int | None = None,
     threads: int | None = None,
     importance: str | None = None,
     force: bool = False,
@@ -111,6 +111,7 @@ def policy_plans(
 
     :param importance: channel criterion recorded in the plans (default: the one the policy was trained with).
     :param force: roll the policy out at a target or budget kind it was not trained for (refused otherwise).
+    :param latency_batch: the batch size a latency budget is timed at (default: the policy's training's).
     :param latency_runtime: where a latency budget is timed (:data:`rlprune.cost.latency.RUNTIMES`; default: the
         runtime the policy was trained with).
     """
@@ -119,14 +120,16 @@ def policy_plans(
     if policy_granularity(m) != structure.granularity:
         raise RLPruneError(
             f"policy: trained to decide {policy_granularity(m)} sparsity per unit, but the model was analyzed for "
-            f"{structure.extra.get('pattern', 'channel')} units"
+            f"{structure.granularity} units"
         )
     importance = importance or m.get("importance", "l1")
     check_policy_target(m, target, budget, force=force)
     table = None
-    if budget == "latency":  # timed where the policy's training timed it (its config's latency.runtime)
-        runtime = latency_runtime or m.get("config", {}).get("latency", {}).get("runtime", "torch")
-        table = build_latency_table(model, structure, latency_batch, threads=threads, runtime=runtime)
+    if budget == "latency":  # timed as the policy's training timed it (its config's latency section)
+        trained = m.get("config", {}).get("latency", {})
+        runtime = latency_runtime or trained.get("runtime", "torch")
+        batch = latency_batch or int(trained.get("batch_size", 1))
+        table = build_latency_table(model, structure, batch, threads=threads, runtime=runtime)
     solver = Budget(
         structure,
         target,
@@ -189,6 +192,7 @@ def apply_policy(
     force: bool = False,
     ignore: Sequence[str] | None = None,
     heads: Mapping[str, int | str] | None = None,
+    latency_runtime: str | None = None,
 ) -> tuple[Plan, dict[str, Any]]:
     """A plan for ``model`` from a learned policy, without a search: the deterministic rollout, or with
     ``samples`` > 0 the best (by ``scorer``, on validation data) of it and ``samples`` plans drawn from the policy.
@@ -196,7 +200,8 @@ def apply_policy(
     :param policy: a :class:`~rlprune.Policy`, or the path of a saved one (run directory or ``policy.json``).
     :param example_inputs: an input batch for tracing ``model``.
     :param target: pruned/dense cost ratio.
-    :param budget: ``macs`` or ``latency`` (batch-1 CPU latency, from a lookup table built and calibrated here).
+    :param budget: ``macs`` or ``latency`` (CPU latency from a lookup table built here, at the batch size and in the
+        runtime the policy was trained with unless ``latency_runtime`` names another runtime).
     :param scorer: scores the candidates when ``samples`` > 0 (e.g. a :class:`~rlprune.MetricScorer` for ``model``).
     :param force: apply the policy at a target or budget kind outside what it was trained for (else refused).
     :param ignore: module or parameter names (or patterns) to leave unpruned (:func:`rlprune.analyze`; a scorer's
@@ -228,6 +233,7 @@ def apply_policy(
         budget=budget,
         threads=threads,
         force=force,
+        latency_runtime=latency_runtime,
     )
     if not samples:
         return plans[0], {"samples": 0}

@@ -40,13 +40,16 @@ def with_default_reward(
 ) -> SearchConfig:
     """``cfg`` with the main job's latency-aware reward when ``env.reward`` was not set: ``accuracy_latency``, weight
     :data:`LATENCY_WEIGHT` (unless ``env.reward_weight`` is given), lookup table at batch :data:`LATENCY_BATCH`
-    (unless ``latency.batch_size`` is given), timed in ONNX Runtime int8 when the job ships an int8 model
-    (``finetune.quantize: int8``, unless ``latency.runtime`` is given): the latency that counts is the deployed
-    model's. A reward the config names, or a latency budget, is kept as it is, and so is the plain accuracy reward
-    for a model the lookup table cannot time (given ``model`` and its ``structure``).
+    (unless ``latency.batch_size`` is given). A reward the config names, or a latency budget, is kept as it is, and so
+    is the plain accuracy reward for a model the lookup table cannot time (given ``model`` and its ``structure``).
+    Whatever the reward, latency is timed in ONNX Runtime int8 when the job ships an int8 model
+    (``finetune.quantize: int8``, unless ``latency.runtime`` is given): the latency that counts is the deployed one.
 
     ``rlprune search`` / ``train`` keep plain ``accuracy`` as their default: they find plans, ``run`` ships one.
     """
+    if "runtime" not in cfg.latency.model_fields_set and cfg.finetune.quantize == "int8":
+        # also for a latency budget: what the job ships is the int8 model, so that is the latency that counts
+        cfg = cfg.model_copy(update={"latency": cfg.latency.model_copy(update={"runtime": "onnxruntime-int8"})})
     env = cfg.env
     if "reward" in env.model_fields_set or env.budget != "macs":
         return cfg
@@ -54,15 +57,11 @@ def with_default_reward(
         log.info("the latency table cannot time this model's layers; searching by accuracy alone")
         return cfg
     weight = env.reward_weight if "reward_weight" in env.model_fields_set else LATENCY_WEIGHT
-    latency: dict[str, Any] = {}
-    if "batch_size" not in cfg.latency.model_fields_set:
-        latency["batch_size"] = LATENCY_BATCH
-    if "runtime" not in cfg.latency.model_fields_set and cfg.finetune.quantize == "int8":
-        latency["runtime"] = "onnxruntime-int8"
+    batch = cfg.latency.batch_size if "batch_size" in cfg.latency.model_fields_set else LATENCY_BATCH
     return cfg.model_copy(
         update={
             "env": env.model_copy(update={"reward": "accuracy_latency", "reward_weight": weight}),
-            "latency": cfg.latency.model_copy(update=latency),
+            "latency": cfg.latency.model_copy(update={"batch_size": batch}),
         }
     )
 

@@ -236,6 +236,9 @@ def test_attention_projections_are_sparsified_kept_zero_and_saved(tmp_path: Path
     assert [u.name for u in s.units] == ["embed", "attn.in_proj", "attn.out_proj", "head"]
     in_proj = s.unit("attn.in_proj")
     assert (in_proj.channels, in_proj.macs) == (48 * 16, 16 * 48 * 16)  # 16 tokens x (3E x E)
+    for name in ("attn.in_proj", "attn.in_proj_weight"):  # by the unit's name or by its parameter's
+        kept = weight_structure(model, X, granularity="unstructured", ignore=[name])
+        assert [u.name for u in kept.units] == ["embed", "attn.out_proj", "head"]
     plan = Budget(s, 0.4, kind="params").uniform_plan()
     masks = sparsify_plan(model, plan)
     assert int((model.attn.in_proj_weight != 0).sum()) == plan.channels["attn.in_proj"] < 48 * 16

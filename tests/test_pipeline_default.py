@@ -33,6 +33,8 @@ def test_run_defaults_to_the_latency_reward_only_when_none_is_named() -> None:
     named_runtime = _cfg(finetune={"quantize": "int8"}, latency={"runtime": "torch"})
     assert with_default_reward(named_runtime).latency.runtime == "torch"
     assert with_default_reward(_cfg()).latency.runtime == "torch"
+    int8_budget = with_default_reward(_cfg(env={"budget": "latency"}, finetune={"quantize": "int8"}))
+    assert (int8_budget.env.budget, int8_budget.latency.runtime) == ("latency", "onnxruntime-int8")
     # what the run directory records is the reward the search used
     assert with_default_reward(_cfg()).model_dump(mode="json")["env"]["reward"] == "accuracy_latency"
 

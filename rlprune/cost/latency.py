@@ -146,7 +146,11 @@ def runtime_session(
 ) -> Callable[[torch.Tensor], Any]:
     """A callable that runs ``model`` as ``runtime`` does: the model itself (``torch``), or its ONNX export in an ONNX
     Runtime session, statically quantized to int8 first for ``onnxruntime-int8``. Only timing uses this, so the
-    int8 calibration batch is random (activation ranges change the scales, not the kernels' speed)."""
+    int8 calibration batch is random (activation ranges change the scales, not the kernels' speed), and the session's
+    idle threads do not spin (it is timed in alternation with others).
+
+    A single layer timed alone in int8 also pays for quantizing its input and dequantizing its output, which a whole
+    int8 graph mostly avoids; the lookup table's line, fitted on whole models, absorbs that on average only."""
     if check_runtime(runtime) == "torch":
         return model.eval()
     from rlprune.export import export_onnx
@@ -164,7 +168,7 @@ def runtime_session(
         path = quantize_onnx(
             fp32, directory / "model.int8.onnx", [torch.randn(4, *input_shape, generator=generator)], input_shape
         )
-    session = OnnxModel(path, threads=threads)
+    session = OnnxModel(path, threads=threads, spin=False)
 
     def run(x: torch.Tensor) -> Any:
         return session.session.run(None, {session.input_name: x.numpy()})
@@ -186,7 +190,7 @@ def compare_runtime_latency(
     if check_runtime(runtime) == "torch":
         return compare_latency(models, input_shape, batch_sizes, threads=threads, warmup=warmup, repeats=repeats)
     out: dict[str, dict[int, float]] = {name: {} for name in models}
-    with tempfile.TemporaryDirectory() as tmp, num_threads(threads), torch.inference_mode():
+    with tempfile.TemporaryDirectory() as tmp, num_threads(threads), torch.no_grad():  # no inference tensors: export
         runs = {}
         for i, (name, model) in enumerate(models.items()):
             (Path(tmp) / str(i)).mkdir()

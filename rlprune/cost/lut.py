@@ -170,7 +170,9 @@ def build_latency_table(
     modules = dict(model.named_modules())
     timed: dict[tuple, list[list[float]]] = {}
     layers: dict[str, list[list[float]]] = {}
-    with num_threads(threads), torch.inference_mode():
+    # ONNX export needs ordinary tensors: blocks for another runtime are built under no_grad, not inference_mode
+    grad_off = torch.inference_mode() if runtime == "torch" else torch.no_grad()
+    with num_threads(threads), grad_off:
         for la in structure.layers:
             if la.macs == 0:
                 continue

@@ -88,10 +88,13 @@ class PruneOptions:
                 return value
         return None
 
-    def check_names(self, model: nn.Module) -> None:
-        """Refuse a pattern that names nothing in ``model`` (a typo would otherwise silently do nothing)."""
+    def check_names(self, model: nn.Module, also: Iterable[str] = ()) -> None:
+        """Refuse a pattern that names nothing in ``model`` (a typo would otherwise silently do nothing).
+
+        :param also: further names a pattern may name (the weight-level layer names of attention projections).
+        """
         modules = [n for n, _ in model.named_modules() if n]
-        names = modules + [n for n, _ in model.named_parameters()]
+        names = modules + [n for n, _ in model.named_parameters()] + list(also)
         for pattern in self.ignore:
             if not any(matches(n, pattern) for n in names):
                 raise RLPruneError(f"{IGNORE_KEY}: '{pattern[:80]}' names no module or parameter of the model")

@@ -36,6 +36,7 @@ from rlprune.pruning.sparsity import (
     nm_mask,
     parse_nm,
     sparse_weights,
+    state_keys,
     unstructured_mask,
     weight_slots,
 )
@@ -90,22 +91,29 @@ def _forward_place(
     """Where a weight is used in the forward pass, its MACs (batch 1) and output shape; None if it is not used.
 
     ``nn.MultiheadAttention`` uses its output projection's weight without calling that ``Linear``, so both of its
-    projections are placed at the attention's own call: the fused q/k/v projection first, then the output one.
+    projections are placed at the attention's own call: the fused q/k/v projection first, then the output one. Their
+    MACs count every query token (self-attention; a cross-attention's keys and values may be more or fewer tokens).
     """
     if isinstance(module, nn.MultiheadAttention):  # in_proj_weight: (3E, E) on every token
         if module not in order:
             return None
         out = shapes.get(module, ())
-        tokens = int(out[1] if module.batch_first else out[0]) if len(out) == 3 else 1
-        return order[module], tokens * getattr(module, attr).numel(), out
+        return order[module], _tokens(module, out) * getattr(module, attr).numel(), out
     if module in order:
         return order[module], layer_macs(module, shapes.get(module, ())), shapes.get(module, ())
     owner = next((m for m in model.modules() if isinstance(m, nn.MultiheadAttention) and m.out_proj is module), None)
     if owner is None or owner not in order:
         return None
     out = shapes.get(owner, ())
-    tokens = int(out[1] if owner.batch_first else out[0]) if len(out) == 3 else 1
-    return order[owner] + 0.5, tokens * module.weight.numel(), out
+    return order[owner] + 0.5, _tokens(owner, out) * module.weight.numel(), out
+
+
+def _tokens(attention: nn.MultiheadAttention, out: tuple) -> int:
+    """Query tokens of one attention call from its output shape: batched ``(L, N, E)`` / ``(N, L, E)`` or unbatched
+    ``(L, E)``."""
+    if len(out) == 3:
+        return int(out[1] if attention.batch_first else out[0])
+    return int(out[0]) if len(out) == 2 else 1
 
 
 SPARSE_IMPORTANCE = "magnitude"  # what weight-level plans keep: the largest weights (recorded as their importance)
@@ -135,7 +143,8 @@ def weight_structure(
         raise RLPruneError("weight_structure: granularity 'channel' is rlprune.analyze's; expected unstructured or nm")
     nm = nm_of(label)
     options = PruneOptions.of(ignore)
-    options.check_names(model)
+    keys = state_keys(model)  # a layer may be ignored by its name or its weight's (``attn.in_proj_weight``)
+    options.check_names(model, also=keys)
     was_training = model.training
     model.eval()
     try:
@@ -152,7 +161,8 @@ def weight_structure(
     layers: list[Layer] = []
     for name, module, w, (_, macs, out_shape) in named:
         depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
-        eligible = w.numel() > 1 and not options.ignores(name) and (nm is None or nm_allowed(w, nm[1]))
+        ignored = options.ignores(name) or options.ignores(keys[name])
+        eligible = w.numel() > 1 and not ignored and (nm is None or nm_allowed(w, nm[1]))
         if eligible:
             conv = isinstance(module, nn.Conv2d)
             kind = "depthwise" if depthwise else "conv" if conv else ("mlp" if len(out_shape) >= 3 else "linear")
