@@ -30,6 +30,7 @@ from rlprune.cost.macs import count_macs, count_params
 from rlprune.data import BatchLoader, DataSplits
 from rlprune.envs.calibration import calibrate_latency_budget
 from rlprune.envs.episode import rollout
+from rlprune.envs.priors import policy_prior
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
@@ -142,10 +143,11 @@ def policy_plans(
     )
     solver = calibrate_latency_budget(solver, model, seed=0, threads=threads)  # met as measured, on average
     version = int(m.get("feature_version", 2))  # observed with the features it was trained on
-    plans = [rollout(solver, policy.act, target, importance, version)]
+    prior = policy_prior(m, solver, target, model)  # what action 0 stood for in training
+    plans = [rollout(solver, policy.act, target, importance, version, prior)]
     if samples:
         sample = policy.sampler(seed)
-        plans += [rollout(solver, sample, target, importance, version) for _ in range(samples)]
+        plans += [rollout(solver, sample, target, importance, version, prior) for _ in range(samples)]
     return plans
 
 

@@ -218,6 +218,9 @@ class EnvConfig(Strict):
     # (unstructured, or N:M: which layers follow ``pattern``); weight-level plans need ``budget: params``
     granularity: Literal["channel", "unstructured", "nm"] = "channel"
     pattern: str = "2:4"
+    # what action 0 stands for (rlprune.envs.priors): the middle of [min_ratio, max_ratio], the uniform plan's
+    # ratio, or (unstructured) each layer's global-magnitude sparsity; actions move the ratio away from it
+    prior: Literal["none", "uniform", "magnitude"] = "none"
     reward: str = "accuracy"
     reward_weight: float = Field(1.0, ge=0)
     min_ratio: float = Field(0.0, ge=0, lt=1)
@@ -252,6 +255,11 @@ class EnvConfig(Strict):
                 )
             if self.reward == "accuracy_latency" or self.round_to is not None:
                 raise ValueError(f"granularity {self.granularity}: latency rewards and round_to are for channels")
+        if self.prior == "magnitude" and self.granularity != "unstructured":
+            raise ValueError(
+                f"prior magnitude is global magnitude sparsity, for granularity unstructured, not "
+                f"{self.granularity} (use prior uniform or none)"
+            )
         return self
 
 

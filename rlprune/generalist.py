@@ -56,6 +56,7 @@ def model_envs(cfg: SearchConfig, trust_model_code: bool, features: int = FEATUR
                 reward_weight=e.reward_weight,
                 name=model_label(checkpoint),
                 features=features,
+                prior=e.prior,
             )
         )
     return envs

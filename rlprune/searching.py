@@ -250,6 +250,7 @@ def _search(
         budget=budget,
         reward=e.reward,
         reward_weight=e.reward_weight,
+        prior=e.prior,
         on_episode=recorder,
         features=resumed_features(run_dir) if resume else FEATURE_VERSION,
     )
@@ -454,6 +455,7 @@ def train_agent(
         "reward": cfg.env.reward,
         "importance": SPARSE_IMPORTANCE if cfg.env.granularity != "channel" else cfg.proxy.importance,
         "granularity": granularity_label(cfg.env.granularity, cfg.env.pattern),
+        "prior": cfg.env.prior,
         "trained_on": cfg.checkpoint,
         "feature_version": features,
         "config": cfg.model_dump(mode="json"),

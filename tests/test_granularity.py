@@ -12,11 +12,13 @@ from torch import nn
 
 from rlprune.config import EnvConfig, SearchConfig
 from rlprune.cost.macs import count_nonzero, count_params
+from rlprune.envs.episode import rollout
+from rlprune.envs.priors import centered_action, centered_ratio, prior_ratios
 from rlprune.errors import RLPruneError
 from rlprune.models import build_model
-from rlprune.pruning import Plan, prune
+from rlprune.pruning import Plan, analyze, prune
 from rlprune.pruning.budget import Budget
-from rlprune.pruning.sparsity import load_sparse, save_sparse
+from rlprune.pruning.sparsity import budget_sparsity, load_sparse, save_sparse
 from rlprune.pruning.weights import sparsify_plan, structure_for, weight_structure
 
 X = torch.zeros(1, 3, 32, 32)
@@ -101,6 +103,32 @@ def test_weight_level_plans_round_trip_and_are_refused_where_they_do_not_belong(
         Plan.load(tmp_path / "bad.json")
 
 
+def test_a_prior_is_what_action_zero_gives() -> None:
+    """``env.prior``: action 0 reproduces global magnitude sparsity (unstructured) or the uniform plan (channels),
+    each for the episode's own target; actions and ratios map back and forth around it."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=3, width=8).eval()
+    s = weight_structure(model, X, granularity="unstructured")
+    budget = Budget(s, (0.2, 0.6), kind="params", max_ratio=0.95)
+    for target in (0.25, 0.5):
+        prior = prior_ratios("magnitude", budget, target, model)
+        plan = rollout(budget, lambda obs: np.zeros(1), target, "magnitude", prior=prior)
+        nonzero = round(target * s.total_params)
+        global_ratios = budget_sparsity(model, nonzero, [u.name for u in s.units])
+        assert max(abs(plan.ratios[n] - r) for n, r in global_ratios.items()) < 0.02
+        assert target - budget.tolerance <= budget.cost(plan.channels) <= target + 1e-9
+    channels = analyze(model, X)
+    macs = Budget(channels, 0.5)
+    uniform = rollout(macs, lambda obs: np.zeros(1), 0.5, prior=prior_ratios("uniform", macs, 0.5))
+    assert uniform.channels == macs.uniform_plan().channels
+    for a in (-1.0, -0.3, 0.0, 0.7, 1.0):
+        assert centered_action(centered_ratio(a, 0.4, 0.0, 0.99), 0.4) == pytest.approx(a, abs=1e-6)
+    with pytest.raises(RLPruneError, match="unstructured"):
+        prior_ratios("magnitude", macs, 0.5, model)
+    with pytest.raises(ValueError, match="prior magnitude"):
+        EnvConfig(granularity="nm", budget="params", prior="magnitude")
+
+
 def test_config_refuses_weight_level_granularity_on_a_channel_budget() -> None:
     with pytest.raises(ValueError, match="budget: params"):
         EnvConfig(granularity="unstructured", budget="macs")
@@ -123,7 +151,7 @@ def test_sparse_run_searches_finetunes_keeps_zeros_and_saves_compactly(image_fol
         name="sparse",
         checkpoint=str(checkpoint),
         output_dir=str(tmp_path / "runs"),
-        env={"granularity": "unstructured", "budget": "params", "target": 0.4, "max_ratio": 0.95},
+        env={"granularity": "unstructured", "budget": "params", "target": 0.4, "max_ratio": 0.95, "prior": "magnitude"},
         proxy={"recal_batches": 1, "recal_batch_size": 8, "finetune_steps": 2},
         agent={"episodes": 3, "hyperparams": {"n_steps": 22, "batch_size": 11}},
         finetune={"epochs": 1, "batch_size": 16},
@@ -134,6 +162,14 @@ def test_sparse_run_searches_finetunes_keeps_zeros_and_saves_compactly(image_fol
     assert summary["budget"] == "params" and 0.39 <= summary["best"]["budget_cost"] <= 0.4 + 1e-9
     policy = json.loads((run / "policy.json").read_text())
     assert policy["granularity"] == "unstructured" and policy["budget"] == "params"
+    assert policy["prior"] == "magnitude"  # rolled out around global magnitude sparsity when applied, too
+    from rlprune.apply import policy_plans
+
+    dense, _ = load_checkpoint(checkpoint)
+    applied = policy_plans(
+        run / "policy.json", dense, structure_for(dense.eval(), X, "unstructured"), target=0.4, budget="params"
+    )[0]
+    assert applied.granularity == "unstructured"
     plan = Plan.load(run / "best_plan.json")
     report = json.loads((run / "pruned" / "report.json").read_text())
     sparse = report["sparse"]

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from rlprune.envs.episode import ratio_to_action
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 
@@ -55,12 +56,13 @@ class UniformSearcher(Searcher):
     name = "uniform"
 
     def run(self, episodes: int) -> None:
-        n = len(self.env.units)
         budget = self.env.budget
         ratio = budget.uniform_ratio()
-        action = 2.0 * (ratio - budget.min_ratio) / (budget.max_ratio - budget.min_ratio) - 1.0
+        self.env.reset(seed=self.seed)  # the episode's prior (if any) says which action gives that ratio per unit
+        prior = self.env.episode.prior or [None] * len(self.env.units)
+        actions = np.array([ratio_to_action(budget, ratio, p) for p in prior])
         for i in range(episodes):
-            run_episode(self.env, np.full(n, action), seed=self.seed + i)
+            run_episode(self.env, actions, seed=self.seed + i)
 
 
 class RandomSearcher(Searcher):

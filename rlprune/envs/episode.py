@@ -7,20 +7,32 @@ scorer (:func:`rollout`). Both see exactly the same observations and the same bu
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from rlprune.envs.features import FEATURE_VERSION, feature_spec
+from rlprune.envs.priors import centered_action, centered_ratio
 from rlprune.errors import RLPruneError
 from rlprune.pruning.budget import Budget
 from rlprune.pruning.plan import Plan
 
 
-def action_to_ratio(budget: Budget, action: np.ndarray | float) -> float:
-    """Rescale an action in [-1, 1] (clipped) to a ratio in ``[budget.min_ratio, budget.max_ratio]``."""
+def action_to_ratio(budget: Budget, action: np.ndarray | float, prior: float | None = None) -> float:
+    """Rescale an action in [-1, 1] (clipped) to a ratio in ``[budget.min_ratio, budget.max_ratio]``: linearly, or
+    around the unit's ``prior`` ratio (:func:`rlprune.envs.priors.centered_ratio`)."""
     a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+    if prior is not None:
+        return centered_ratio(a, prior, budget.min_ratio, budget.max_ratio)
     return budget.min_ratio + (a + 1.0) / 2.0 * (budget.max_ratio - budget.min_ratio)
+
+
+def ratio_to_action(budget: Budget, ratio: float, prior: float | None = None) -> float:
+    """The action :func:`action_to_ratio` maps to ``ratio`` (for the same ``prior``)."""
+    if prior is not None:
+        return centered_action(ratio, prior)
+    span = budget.max_ratio - budget.min_ratio
+    return float(np.clip(2.0 * (ratio - budget.min_ratio) / span - 1.0, -1.0, 1.0)) if span > 0 else 0.0
 
 
 class Episode:
@@ -30,15 +42,24 @@ class Episode:
     :param target: this episode's cost target (within the budget's range).
     :param static: per-unit static features of ``features``' version; computed if omitted.
     :param features: the feature-set version observed (:mod:`rlprune.envs.features`; a policy's own, when applied).
+    :param prior: per-unit ratios that action 0 stands for (:mod:`rlprune.envs.priors`); None: the linear mapping.
     """
 
     def __init__(
-        self, budget: Budget, target: float, static: np.ndarray | None = None, features: int = FEATURE_VERSION
+        self,
+        budget: Budget,
+        target: float,
+        static: np.ndarray | None = None,
+        features: int = FEATURE_VERSION,
+        prior: Sequence[float] | None = None,
     ) -> None:
         if not 0.0 < target <= 1.0:
             raise RLPruneError(f"episode: target must lie in (0, 1], got {target}")
         self.budget = budget
         self.units = budget.units
+        if prior is not None and len(prior) != len(self.units):
+            raise RLPruneError(f"episode: {len(prior)} prior ratios for {len(self.units)} units")
+        self.prior = None if prior is None else [float(p) for p in prior]
         self.target = float(target)
         self.spec = feature_spec(features)
         self.static = static if static is not None else self.spec.static(budget.structure)
@@ -80,7 +101,7 @@ class Episode:
         """Clamp the action's ratio into the feasible interval and commit it; returns ``(ratio, wanted)``."""
         if self.done:
             raise RuntimeError("step() called after the episode ended; call reset()")
-        wanted = action_to_ratio(self.budget, action)
+        wanted = action_to_ratio(self.budget, action, None if self.prior is None else self.prior[self.t])
         lo, hi = self.interval
         ratio = float(min(max(wanted, lo), hi))
         self.decided[self.units[self.t].name] = self.budget.channels(self.t, ratio)
@@ -107,15 +128,17 @@ def rollout(
     target: float | None = None,
     importance: str = "l1",
     features: int = FEATURE_VERSION,
+    prior: Sequence[float] | None = None,
 ) -> Plan:
     """Play one episode with ``act(obs) -> action`` and return its plan, scoring nothing: how a policy is applied.
 
     :param features: the feature-set version ``act`` expects (a saved policy's ``meta["feature_version"]``).
+    :param prior: the per-unit prior ratios of the policy's training, for this target (:mod:`rlprune.envs.priors`).
     """
-    episode = Episode(budget, budget.target_range[0] if target is None else target, features=features)
+    episode = Episode(budget, budget.target_range[0] if target is None else target, features=features, prior=prior)
     while not episode.done:
         episode.decide(act(episode.observe()))
     return episode.plan(importance)
 
 
-__all__ = ["Episode", "action_to_ratio", "rollout"]
+__all__ = ["Episode", "action_to_ratio", "ratio_to_action", "rollout"]

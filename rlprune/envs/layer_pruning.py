@@ -15,6 +15,7 @@ from rlprune.cost.lut import LatencyTable
 from rlprune.cost.macs import predict_costs
 from rlprune.envs.episode import Episode, action_to_ratio, rollout
 from rlprune.envs.features import FEATURE_VERSION, feature_spec
+from rlprune.envs.priors import prior_ratios
 from rlprune.envs.references import References
 from rlprune.envs.rewards import Outcome, get_reward
 from rlprune.errors import RLPruneError
@@ -70,6 +71,8 @@ class LayerPruningEnv(gym.Env):
     - ``checkpoint`` / ``proxy``: build the scorer from a checkpoint path and proxy settings instead (for
       ``gymnasium.make``, whose keyword arguments must be plain data).
     - ``features``: the feature-set version observed (default: the current one).
+    - ``prior``: what action 0 stands for (:mod:`rlprune.envs.priors`): ``none`` (the middle of the ratio range),
+      ``uniform`` or ``magnitude`` (global magnitude sparsity, for unstructured units), recomputed per target.
     - ``name``: a label for the model, recorded with every episode (several models in one search).
     """
 
@@ -94,6 +97,7 @@ class LayerPruningEnv(gym.Env):
         on_episode: Callable[[dict[str, Any]], None] | None = None,
         features: int = FEATURE_VERSION,
         name: str = "",
+        prior: str = "none",
     ) -> None:
         super().__init__()
         if scorer is None:
@@ -129,6 +133,9 @@ class LayerPruningEnv(gym.Env):
         self.static = spec.static(self.structure)
         self.feature_version = spec.version
         self.references = References(scorer, self.budget)
+        self.prior = prior
+        self._priors: dict[float, list[float] | None] = {}  # per target: computed once
+        prior_ratios(prior, self.budget, self.target_range[0], getattr(scorer, "model", None))  # refuse early
         self.action_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, (spec.size,), dtype=np.float32)
         self._reset_state(self.target_range[0])
@@ -156,7 +163,12 @@ class LayerPruningEnv(gym.Env):
 
     # ---------------------------------------------------------------------------------------------- gym API
     def _reset_state(self, target: float) -> None:
-        self.episode = Episode(self.budget, target, self.static, self.feature_version)
+        if target not in self._priors:
+            if len(self._priors) > 256:  # a range of targets: every episode its own
+                self._priors.clear()
+            model = getattr(self.scorer, "model", None)
+            self._priors[target] = prior_ratios(self.prior, self.budget, target, model)
+        self.episode = Episode(self.budget, target, self.static, self.feature_version, prior=self._priors[target])
 
     @property
     def target(self) -> float:
