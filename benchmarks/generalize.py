@@ -13,6 +13,7 @@ Stages (each resumable: finished pieces are cached under ``--runs`` and reused):
     python benchmarks/generalize.py --stage proxy       # every (target, budget) row on the proxy
     python benchmarks/generalize.py --stage ablation    # which feature groups carry the transfer
     python benchmarks/generalize.py --stage rewards     # the generalist trained with each reward, compared
+    python benchmarks/generalize.py --stage priors      # ... and with each env.prior (none from rewards), compared
     python benchmarks/generalize.py --stage finetune    # short distillation fine-tunes, test accuracy, seeds
     python benchmarks/generalize.py --stage report      # (every stage ends with it) tables from what exists
 
@@ -45,6 +46,7 @@ from rlprune.cost.macs import count_macs
 from rlprune.data import splits_from_meta
 from rlprune.envs.episode import Episode
 from rlprune.envs.features import FEATURE_GROUPS, feature_spec
+from rlprune.envs.priors import policy_prior
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import proxy_from_checkpoint
 from rlprune.fileio import atomic_write_text
@@ -217,7 +219,7 @@ def _observations(policy: Policy, checkpoints: list[str], budgets: list[float]) 
     version = int(policy.meta["feature_version"])
     seen = []
     for ckpt in checkpoints:
-        _, _, structure = load_dense(ckpt)
+        dense, _, structure = load_dense(ckpt)
         m = policy.meta
         b = Budget(
             structure,
@@ -228,7 +230,7 @@ def _observations(policy: Policy, checkpoints: list[str], budgets: list[float]) 
             min_channels=m.get("min_channels", 1),
         )
         for target in budgets:
-            episode = Episode(b, target, features=version)
+            episode = Episode(b, target, features=version, prior=policy_prior(m, b, target, dense))
             while not episode.done:
                 obs = episode.observe()
                 seen.append(obs)
@@ -301,6 +303,42 @@ def rewards(args: argparse.Namespace) -> dict[str, Any]:
             print(f"[rewards] {row}", flush=True)
             out["cells"].append(row)
     atomic_write_text(Path(args.runs) / "rewards.json", json.dumps(out, indent=1) + "\n")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- priors
+def priors(args: argparse.Namespace) -> dict[str, Any]:
+    """The generalist trained with each ``env.prior`` other than ``none`` (``--reward-episodes`` each, the default
+    reward), rolled out zero-shot on the targets: does starting every action from the uniform plan transfer better
+    to families the policy never saw? The ``none`` column is the rewards stage's run of the same reward and length."""
+    out: dict[str, Any] = {"episodes": args.reward_episodes, "reward": args.reward, "cells": []}
+    baseline = _stage_data(args, "rewards", "rewards")
+    if not baseline or baseline.get("episodes") != args.reward_episodes:
+        raise SystemExit("priors: run the rewards stage (same --reward-episodes) first; its run is the 'none' column")
+    by_cell = {(c["model"], c["budget"]): c for c in baseline["cells"]}
+    policies = {}
+    for prior in (p for p in args.priors if p != "none"):
+        cfg = _search_config(
+            args,
+            f"generalist-{args.reward}-{args.reward_episodes}-prior-{prior}",
+            checkpoints=args.train,
+            env={"target": [args.low, args.high], "reward": args.reward, "prior": prior},
+            agent={"episodes": args.reward_episodes},
+        )
+        complete_search(cfg, progress=not args.quiet)
+        policies[prior] = Policy.load(Path(cfg.output_dir) / cfg.name)
+    for ckpt in args.targets:
+        dense, _, structure = load_dense(ckpt)
+        scorer = proxy_from_checkpoint(ckpt, None, **PROXY)
+        for budget in args.budgets:
+            base = by_cell[(model_label(ckpt), budget)]
+            row: dict[str, Any] = {"model": model_label(ckpt), "budget": budget, "uniform": base["uniform"]}
+            row["none"] = base[args.reward]
+            for prior, policy in policies.items():
+                row[prior] = float(scorer(policy_plans(policy, dense, structure, target=budget)[0]).accuracy)
+            print(f"[priors] {row}", flush=True)
+            out["cells"].append(row)
+    atomic_write_text(Path(args.runs) / "priors.json", json.dumps(out, indent=1) + "\n")
     return out
 
 
@@ -394,6 +432,17 @@ def _mean_std(values: list[float] | None) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)} seeds)"
 
 
+def _versus_uniform(data: dict[str, Any], title: str) -> list[str]:
+    """A table of training variants (columns) rolled out zero-shot per target cell, minus the uniform plan."""
+    names = [k for k in data["cells"][0] if k not in ("model", "budget", "uniform")]
+    rows = [
+        [c["model"], c["budget"], round(c["uniform"], 2), *[round(c[n] - c["uniform"], 2) for n in names]]
+        for c in data["cells"]
+    ]
+    means = [round(float(np.mean([c[n] - c["uniform"] for c in data["cells"]])), 2) for n in names]
+    return [f"## {title}", "", md_table(["target", "MACs", "uniform", *names], [*rows, ["mean", "", "", *means]]), ""]
+
+
 def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
     cells = _load_cells(args)
     ft = _stage_data(args, "finetune", "finetune") or {}
@@ -445,6 +494,7 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
             }
         )
     rewards_data = _stage_data(args, "rewards", "rewards")
+    priors_data = _stage_data(args, "priors", "priors")
     ablation_data = _stage_data(args, "ablation", "ablation")
     env = environment()
     reproduce = reproduce_command("benchmarks/generalize.py", args, ROOT, skip=("out", "runs", "stage", "quiet"))
@@ -533,18 +583,14 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
             "",
         ]
     if rewards_data:
-        names = [k for k in rewards_data["cells"][0] if k not in ("model", "budget", "uniform")]
-        rrows = [
-            [c["model"], c["budget"], round(c["uniform"], 2), *[round(c[n] - c["uniform"], 2) for n in names]]
-            for c in rewards_data["cells"]
-        ]
-        means = [round(float(np.mean([c[n] - c["uniform"] for c in rewards_data["cells"]])), 2) for n in names]
-        md += [
-            f"## Rewards compared ({rewards_data['episodes']} episodes each; zero-shot proxy accuracy minus uniform)",
-            "",
-            md_table(["target", "MACs", "uniform", *names], [*rrows, ["mean", "", "", *means]]),
-            "",
-        ]
+        title = f"Rewards compared ({rewards_data['episodes']} episodes each; zero-shot proxy accuracy minus uniform)"
+        md += _versus_uniform(rewards_data, title)
+    if priors_data:
+        title = (
+            f"Priors compared (`env.prior`; reward {priors_data['reward']}, {priors_data['episodes']} episodes each; "
+            "zero-shot proxy accuracy minus uniform)"
+        )
+        md += _versus_uniform(priors_data, title)
     md += [
         f"Proxy: {PROXY}. "
         + (
@@ -564,6 +610,7 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
         "verdicts": verdicts,
         "ablation": ablation_data,
         "rewards": rewards_data,
+        "priors": priors_data,
         "proxy": PROXY,
         "environment": env,
     }
@@ -574,7 +621,9 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--stage", choices=["train", "proxy", "ablation", "rewards", "finetune", "report", "all"], default="all"
+        "--stage",
+        choices=["train", "proxy", "ablation", "rewards", "priors", "finetune", "report", "all"],
+        default="all",
     )
     ap.add_argument("--train", action="append", help=f"a training checkpoint (repeat; default {TRAIN})")
     ap.add_argument("--targets", action="append", help=f"a held-out checkpoint (repeat; default {TARGETS})")
@@ -586,6 +635,7 @@ def main() -> None:
     ap.add_argument("--search-episodes", type=int, default=100)
     ap.add_argument("--rewards", action="append", help="a reward to compare (repeat; default: all three)")
     ap.add_argument("--reward-episodes", type=int, default=300)
+    ap.add_argument("--priors", action="append", help="an env.prior to compare (repeat; default: none, uniform)")
     ap.add_argument("--finetune-budgets", action="append", type=float, help="repeat; default 0.5")
     ap.add_argument("--seeds-budget", type=float, default=0.5)
     ap.add_argument("--finetune-seeds", action="append", type=int, help="repeat; default 0 1 2")
@@ -604,6 +654,7 @@ def main() -> None:
         "targets": TARGETS,
         "budgets": [0.3, 0.5, 0.7],
         "rewards": ["accuracy", "retention", "gain_over_uniform"],
+        "priors": ["none", "uniform"],
         "finetune_budgets": [0.5],
         "finetune_seeds": [0, 1, 2],
         "finetune_methods": list(METHODS),
@@ -624,6 +675,8 @@ def main() -> None:
         ablation(args)
     if args.stage in ("rewards", "all"):
         rewards(args)
+    if args.stage in ("priors", "all"):
+        priors(args)
     if args.stage in ("finetune", "all"):
         ft = finetune(args, cells)
         atomic_write_text(Path(args.runs) / "finetune.json", json.dumps(ft, indent=1) + "\n")
