@@ -489,6 +489,27 @@ def search_metrics(rec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _classes_to_tensorboard(writer: Any, classes: Mapping[str, Any]) -> None:
+    """The report's per-class block as scalars (``classes/<model>/...``: macro-F1, worst class, its drop, each
+    class's recall) and its bar chart as an image, so the test split's per-class picture sits beside the curves."""
+    for model, entry in classes.items():
+        if not isinstance(entry, Mapping):
+            continue
+        for key in ("accuracy", "macro_f1", "worst_class_accuracy", "worst_class_drop"):
+            if isinstance(entry.get(key), int | float):
+                writer.add_scalar(f"classes/{model}/{key}", entry[key], 0)
+        for c in entry.get("per_class") or []:
+            writer.add_scalar(f"classes/{model}/recall/{c['class']}", c["recall"], 0)
+    chart = classes.get("chart")
+    if isinstance(chart, str) and Path(chart).is_file():
+        from matplotlib.image import imread
+
+        image = imread(chart)[..., :3]
+        writer.add_image(
+            "report/classes", (image * 255).astype("uint8") if image.dtype != "uint8" else image, 0, dataformats="HWC"
+        )
+
+
 def write_report_figures(
     out_dir: Path, report: Mapping[str, Any], plan: Plan, structure: Structure, tensorboard: Path | None = None
 ) -> dict[str, str]:
@@ -521,4 +542,5 @@ def write_report_figures(
         with SummaryWriter(str(tensorboard)) as writer:
             for name, fig in drawn.items():
                 writer.add_image(f"report/{name}", to_hwc(fig), 0, dataformats="HWC")
+            _classes_to_tensorboard(writer, report.get("classes") or {})
     return {name: save(fig, out_dir / f"{name}.png").name for name, fig in drawn.items()}

@@ -17,6 +17,7 @@ from synthetic import PreferenceScorer
 from rlprune import figures
 from rlprune.apply import _markdown
 from rlprune.config import SearchConfig
+from rlprune.evaluation.classes import class_chart
 from rlprune.models import build_model
 from rlprune.pruning import Plan, Structure, analyze
 from rlprune.pruning.structure import Layer, Unit
@@ -208,6 +209,13 @@ def test_report_embeds_its_figures(tmp_path: Path) -> None:
         "onnx": {"max_abs_diff": 1e-6},
         "finetune": {"epochs": 1, "lr": 0.02, "distill": True, "swa": None, "history": history},
     }
+    per_class = [{"class": c, "precision": 90.0, "recall": r, "f1": 88.0, "support": 10} for c, r in (("cat", 70.0),)]
+    chart = class_chart({"dense": {"per_class": per_class}, "pruned": {"per_class": per_class}}, tmp_path / "c.png")
+    report["classes"] = {
+        "dense": {"accuracy": 87.0, "macro_f1": 86.5, "worst_class_accuracy": 70.0, "per_class": per_class},
+        "pruned": {"accuracy": 79.0, "macro_f1": 78.0, "worst_class_drop": 6.0, "per_class": per_class},
+        "chart": str(chart),
+    }
     report["figures"] = figures.write_report_figures(tmp_path, report, plan, RESNET20, tmp_path / "tb")
     assert report["figures"] == {"plan_profile": "plan_profile.png", "finetune": "finetune.png"}
     md = _markdown(report)
@@ -216,6 +224,9 @@ def test_report_embeds_its_figures(tmp_path: Path) -> None:
         _check_png((tmp_path / file).read_bytes())
     events = b"".join(p.read_bytes() for p in (tmp_path / "tb").rglob("events.out.tfevents*"))
     assert b"report/plan_profile" in events and b"report/finetune" in events
+    # the per-class picture of the test split: scalars and the bar chart
+    assert b"classes/pruned/worst_class_drop" in events and b"classes/dense/recall/cat" in events
+    assert b"report/classes" in events
 
 
 def _cfg(tmp_path: Path, name: str, episodes: int, **agent: object) -> SearchConfig:
