@@ -151,6 +151,8 @@ def test_worst_class_reward_from_config_scores_per_class_and_resumes(image_folde
     for rec in first:
         drop = rec["metrics"]["worst_class_drop"]
         assert rec["reward"] == pytest.approx(rec["accuracy"] / 100 - 50.0 * max(0.0, drop - 3.0) / 100)
+    events = b"".join(p.read_bytes() for p in (tmp_path / "runs" / "worst").rglob("events.out.tfevents*"))
+    assert b"search/metrics/worst_class_drop" in events  # watched in TensorBoard, too
     # resumed: the uniform plan again, answered from the recorded episode (its metrics included)
     summary = run_search(SearchConfig(**{**raw, "agent": {"episodes": 3}}), searcher="uniform", resume=True)
     records = [json.loads(line) for line in records_path.read_text().splitlines()]

@@ -170,6 +170,9 @@ class SearchRecorder:
                 self.writer.add_scalar(f"search/{key}", rec[key], step)
             if rec["latency_ratio"] is not None:
                 self.writer.add_scalar("search/latency_ratio", rec["latency_ratio"], step)
+            for key, value in (rec.get("metrics") or {}).items():  # e.g. the worst class's drop, macro-F1
+                if isinstance(value, int | float) and math.isfinite(value):
+                    self.writer.add_scalar(f"search/metrics/{key}", value, step)
             self.writer.add_scalar("search/best_reward", self.best["reward"], step)
             self.writer.add_scalar("search/best_accuracy", self.best["accuracy"], step)
             for tag, image in (("search/best_plan", self.best_plan_image()), ("search/scatter", self.scatter_image())):
