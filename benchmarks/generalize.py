@@ -32,6 +32,7 @@ import json
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ from rlprune.envs.priors import policy_prior
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import proxy_from_checkpoint
 from rlprune.fileio import atomic_write_text
-from rlprune.pruning import Plan, prune
+from rlprune.pruning import Plan, Structure, prune
 from rlprune.pruning.budget import Budget
 from rlprune.searching import complete_search
 
@@ -277,31 +278,53 @@ def ablation(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------------- rewards
-def rewards(args: argparse.Namespace) -> dict[str, Any]:
-    """The same generalist trained with each reward (``--reward-episodes`` each, same seed and models), rolled out
-    zero-shot on the targets: which reward transfers best (proxy accuracy minus the uniform plan's)."""
-    out: dict[str, Any] = {"episodes": args.reward_episodes, "cells": []}
-    policies = {}
-    for reward in args.rewards:
-        cfg = _search_config(
-            args,
-            f"generalist-{reward}-{args.reward_episodes}",
-            checkpoints=args.train,
-            env={"target": [args.low, args.high], "reward": reward},
-            agent={"episodes": args.reward_episodes},
-        )
-        complete_search(cfg, progress=not args.quiet)
-        policies[reward] = Policy.load(Path(cfg.output_dir) / cfg.name)
+def _train_variant(args: argparse.Namespace, name: str, **env: Any) -> Policy:
+    """A generalist of ``--reward-episodes`` on the training models, with ``env`` overrides; its policy."""
+    cfg = _search_config(
+        args,
+        name,
+        checkpoints=args.train,
+        env={"target": [args.low, args.high], "reward": args.reward, **env},
+        agent={"episodes": args.reward_episodes},
+    )
+    complete_search(cfg, progress=not args.quiet)
+    return Policy.load(Path(cfg.output_dir) / cfg.name)
+
+
+def _zero_shot(
+    args: argparse.Namespace,
+    policies: dict[str, Policy],
+    base: Callable[[str, float, Structure, Any], dict[str, Any]],
+    tag: str,
+) -> list[dict[str, Any]]:
+    """Per (target, budget): ``base``'s columns, then each policy's zero-shot plan scored by the proxy."""
+    cells = []
     for ckpt in args.targets:
         dense, _, structure = load_dense(ckpt)
         scorer = proxy_from_checkpoint(ckpt, None, **PROXY)
         for budget in args.budgets:
             row: dict[str, Any] = {"model": model_label(ckpt), "budget": budget}
-            row["uniform"] = float(scorer(Budget(structure, budget).uniform_plan()).accuracy)
-            for reward, policy in policies.items():
-                row[reward] = float(scorer(policy_plans(policy, dense, structure, target=budget)[0]).accuracy)
-            print(f"[rewards] {row}", flush=True)
-            out["cells"].append(row)
+            row.update(base(model_label(ckpt), budget, structure, scorer))
+            for name, policy in policies.items():
+                row[name] = float(scorer(policy_plans(policy, dense, structure, target=budget)[0]).accuracy)
+            print(f"[{tag}] {row}", flush=True)
+            cells.append(row)
+    return cells
+
+
+def rewards(args: argparse.Namespace) -> dict[str, Any]:
+    """The same generalist trained with each reward (``--reward-episodes`` each, same seed and models), rolled out
+    zero-shot on the targets: which reward transfers best (proxy accuracy minus the uniform plan's)."""
+    out: dict[str, Any] = {"episodes": args.reward_episodes, "cells": []}
+    policies = {
+        reward: _train_variant(args, f"generalist-{reward}-{args.reward_episodes}", reward=reward)
+        for reward in args.rewards
+    }
+
+    def base(label: str, budget: float, structure: Structure, scorer: Any) -> dict[str, Any]:
+        return {"uniform": float(scorer(Budget(structure, budget).uniform_plan()).accuracy)}
+
+    out["cells"] = _zero_shot(args, policies, base, "rewards")
     atomic_write_text(Path(args.runs) / "rewards.json", json.dumps(out, indent=1) + "\n")
     return out
 
@@ -316,28 +339,17 @@ def priors(args: argparse.Namespace) -> dict[str, Any]:
     if not baseline or baseline.get("episodes") != args.reward_episodes:
         raise SystemExit("priors: run the rewards stage (same --reward-episodes) first; its run is the 'none' column")
     by_cell = {(c["model"], c["budget"]): c for c in baseline["cells"]}
-    policies = {}
-    for prior in (p for p in args.priors if p != "none"):
-        cfg = _search_config(
-            args,
-            f"generalist-{args.reward}-{args.reward_episodes}-prior-{prior}",
-            checkpoints=args.train,
-            env={"target": [args.low, args.high], "reward": args.reward, "prior": prior},
-            agent={"episodes": args.reward_episodes},
-        )
-        complete_search(cfg, progress=not args.quiet)
-        policies[prior] = Policy.load(Path(cfg.output_dir) / cfg.name)
-    for ckpt in args.targets:
-        dense, _, structure = load_dense(ckpt)
-        scorer = proxy_from_checkpoint(ckpt, None, **PROXY)
-        for budget in args.budgets:
-            base = by_cell[(model_label(ckpt), budget)]
-            row: dict[str, Any] = {"model": model_label(ckpt), "budget": budget, "uniform": base["uniform"]}
-            row["none"] = base[args.reward]
-            for prior, policy in policies.items():
-                row[prior] = float(scorer(policy_plans(policy, dense, structure, target=budget)[0]).accuracy)
-            print(f"[priors] {row}", flush=True)
-            out["cells"].append(row)
+    policies = {
+        prior: _train_variant(args, f"generalist-{args.reward}-{args.reward_episodes}-prior-{prior}", prior=prior)
+        for prior in args.priors
+        if prior != "none"
+    }
+
+    def base(label: str, budget: float, structure: Structure, scorer: Any) -> dict[str, Any]:
+        cell = by_cell[(label, budget)]
+        return {"uniform": cell["uniform"], "none": cell[args.reward]}
+
+    out["cells"] = _zero_shot(args, policies, base, "priors")
     atomic_write_text(Path(args.runs) / "priors.json", json.dumps(out, indent=1) + "\n")
     return out
 
