@@ -339,15 +339,17 @@ def priors(args: argparse.Namespace) -> dict[str, Any]:
     if not baseline or baseline.get("episodes") != args.reward_episodes:
         raise SystemExit("priors: run the rewards stage (same --reward-episodes) first; its run is the 'none' column")
     by_cell = {(c["model"], c["budget"]): c for c in baseline["cells"]}
-    policies = {
-        prior: _train_variant(args, f"generalist-{args.reward}-{args.reward_episodes}-prior-{prior}", prior=prior)
+    policies = {  # columns "prior <name>": a bare "uniform" would be the uniform plan's column
+        f"prior {prior}": _train_variant(
+            args, f"generalist-{args.reward}-{args.reward_episodes}-prior-{prior}", prior=prior
+        )
         for prior in args.priors
         if prior != "none"
     }
 
     def base(label: str, budget: float, structure: Structure, scorer: Any) -> dict[str, Any]:
         cell = by_cell[(label, budget)]
-        return {"uniform": cell["uniform"], "none": cell[args.reward]}
+        return {"uniform": cell["uniform"], "no prior": cell[args.reward]}
 
     out["cells"] = _zero_shot(args, policies, base, "priors")
     atomic_write_text(Path(args.runs) / "priors.json", json.dumps(out, indent=1) + "\n")
