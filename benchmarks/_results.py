@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,15 @@ def measured_at(data: Any, current: Mapping[str, str]) -> dict[str, list[str]]:
     walk({k: v for k, v in data.items() if k != "environment"}, "")
     found.setdefault(str(current.get("commit") or UNKNOWN_COMMIT), []).insert(0, "(this run)")
     return found
+
+
+def mean_std(values: list[float] | None) -> str:
+    """Seeds' results as a table cell: ``mean ± std (n seeds)``, the value for one seed, ``not run`` for none."""
+    if not values:
+        return "not run"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1 seed)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)} seeds)"
 
 
 def write_results(stem: str | Path, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:

@@ -31,7 +31,6 @@ import argparse
 import copy
 import hashlib
 import json
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from safetensors.torch import save_file
 from rlprune.agents.policy_io import load_policy
 from rlprune.apply import policy_plans
 from rlprune.checkpoint import load_checkpoint
-from rlprune.cost.latency import time_once
+from rlprune.cost.latency import time_interleaved
 from rlprune.cost.macs import count_macs
 from rlprune.data import BatchLoader, splits_from_meta, stratified_split
 from rlprune.evaluation.classes import class_chart, evaluate_classes, worst_class_drop
@@ -67,16 +66,9 @@ Built = tuple[torch.nn.Module, SparsityMasks | None, float]
 
 def _interleaved(a: OnnxModel, b: OnnxModel, shape: tuple[int, ...], batch: int, repeats: int) -> tuple[float, float]:
     """Median ms per call of two sessions timed in alternating rounds, so both see the same machine state."""
-    x = torch.randn(batch, *shape)
-    runs = [lambda x, s=s: s.session.run(None, {s.input_name: x.numpy()}) for s in (a, b)]
-    iters = [max(1, min(200, int(20.0 / max(time_once(run, x, 1), 1e-3)))) for run in runs]
-    for run, n in zip(runs, iters, strict=True):  # warm-up
-        time_once(run, x, n)
-    samples: list[list[float]] = [[], []]
-    for _ in range(repeats):
-        for i, run in enumerate(runs):
-            samples[i].append(time_once(run, x, iters[i]))
-    return statistics.median(samples[0]), statistics.median(samples[1])
+    runs = {str(i): (lambda x, s=s: s.session.run(None, {s.input_name: x.numpy()})) for i, s in enumerate((a, b))}
+    timed = time_interleaved(runs, torch.randn(batch, *shape), repeats=repeats)
+    return timed["0"], timed["1"]
 
 
 def _key(data: Any) -> str:

@@ -25,7 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _results import environment, md_table, reproduce_command, write_results
+from _results import environment, md_table, mean_std, reproduce_command, write_results
 
 from rlprune.apply import finetune_plan, load_dense, policy_plans
 from rlprune.data import splits_from_meta
@@ -48,12 +48,6 @@ def _stored_report(stored: dict[str, Any], label: str, seed: int, request: dict[
     return report if all(recorded.get(k) == v for k, v in request.items()) else None
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f} (1 seed)"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)} seeds)"
-
-
 def _markdown(args: argparse.Namespace, reports: dict[str, dict[str, dict[str, Any]]], pending: list[str]) -> str:
     rows = []
     dense_test = None
@@ -69,7 +63,7 @@ def _markdown(args: argparse.Namespace, reports: dict[str, dict[str, dict[str, A
                 label,
                 first["pruned"]["macs_ratio"],
                 first["pruned"]["before_finetune"]["test"],
-                _mean_std(after),
+                mean_std(after),
                 round(statistics.mean(after) - dense_test, 2),
                 round(statistics.median(x["pruned"]["1"] / x["dense"]["1"] for x in lat), 3),
                 round(statistics.median(x["pruned"]["64"] / x["dense"]["64"] for x in lat), 3),

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _results import environment, md_table, reproduce_command, write_results
+from _results import environment, md_table, mean_std, reproduce_command, write_results
 
 from rlprune.agents.policy_io import Policy
 from rlprune.apply import check_policy_target, finetune_plan, load_dense, policy_plans
@@ -438,14 +438,6 @@ def _committed(args: argparse.Namespace, field: str) -> Any:
     return json.loads(results.read_text()).get(field) if results.is_file() else None
 
 
-def _mean_std(values: list[float] | None) -> str:
-    if not values:
-        return "not run"
-    if len(values) == 1:
-        return f"{values[0]:.2f} (1 seed)"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)} seeds)"
-
-
 def _versus_uniform(data: dict[str, Any], title: str) -> list[str]:
     """A table of training variants (columns) rolled out zero-shot per target cell, minus the uniform plan."""
     names = [k for k in data["cells"][0] if k not in ("model", "budget", "uniform")]
@@ -481,7 +473,7 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
                     if method == "single-model policy" and cell["single_policy_forced"]
                     else method,
                     r[method]["proxy_val_accuracy"],
-                    _mean_std(scores.get(method)),
+                    mean_std(scores.get(method)),
                     r[method]["macs_ratio_measured"],
                     r[method]["search_seconds"],
                 ]

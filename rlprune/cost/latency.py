@@ -120,19 +120,28 @@ def compare_latency(
                     todo[name] = (model, key)
             if not todo:
                 continue
-            iters = {name: _iters_for(m, x) for name, (m, _) in todo.items()}
-            for _ in range(warmup):
-                for name, (m, _) in todo.items():
-                    time_once(m, x, iters[name])
-            samples: dict[str, list[float]] = {name: [] for name in todo}
-            for _ in range(repeats):
-                for name, (m, _) in todo.items():
-                    samples[name].append(time_once(m, x, iters[name]))
+            timed = time_interleaved({name: m for name, (m, _) in todo.items()}, x, warmup=warmup, repeats=repeats)
             for name, (_, key) in todo.items():
-                out[name][bs] = statistics.median(samples[name])
+                out[name][bs] = timed[name]
                 if cache:
                     _CACHE[key] = out[name][bs]
     return out
+
+
+def time_interleaved(
+    runs: Mapping[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, *, warmup: int = 3, repeats: int = 15
+) -> dict[str, float]:
+    """Median ms per call of each callable on ``x``, timed in alternating rounds (each sample a block of calls
+    lasting about 20 ms) so that all of them see the same machine state."""
+    iters = {name: _iters_for(run, x) for name, run in runs.items()}
+    for _ in range(warmup):
+        for name, run in runs.items():
+            time_once(run, x, iters[name])
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            samples[name].append(time_once(run, x, iters[name]))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def check_runtime(runtime: str) -> str:
@@ -196,15 +205,7 @@ def compare_runtime_latency(
             (Path(tmp) / str(i)).mkdir()
             runs[name] = runtime_session(model, input_shape, runtime, Path(tmp) / str(i), threads=threads)
         for bs in batch_sizes:
-            x = torch.randn(bs, *input_shape)
-            iters = {name: _iters_for(run, x) for name, run in runs.items()}
-            for _ in range(warmup):
-                for name, run in runs.items():
-                    time_once(run, x, iters[name])
-            samples: dict[str, list[float]] = {name: [] for name in runs}
-            for _ in range(repeats):
-                for name, run in runs.items():
-                    samples[name].append(time_once(run, x, iters[name]))
-            for name in runs:
-                out[name][bs] = statistics.median(samples[name])
+            timed = time_interleaved(runs, torch.randn(bs, *input_shape), warmup=warmup, repeats=repeats)
+            for name, ms in timed.items():
+                out[name][bs] = ms
     return out

@@ -134,8 +134,7 @@ class LayerPruningEnv(gym.Env):
         self.feature_version = spec.version
         self.references = References(scorer, self.budget)
         self.prior = prior
-        self._priors: dict[float, list[float] | None] = {}  # per target: computed once
-        prior_ratios(prior, self.budget, self.target_range[0], getattr(scorer, "model", None))  # refuse early
+        self._priors: dict[float, list[float] | None] = {}  # per target: computed once (a bad prior: refused below)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, (spec.size,), dtype=np.float32)
         self._reset_state(self.target_range[0])

@@ -62,16 +62,18 @@ def centered_ratio(action: float, prior: float, low: float, high: float) -> floa
     """The ratio of ``action`` (clipped to [-1, 1]) around ``prior``: ``prior`` at 0, moved by up to
     :data:`LOGIT_RANGE` in log-odds, then kept inside ``[low, high]``."""
     a = float(np.clip(action, -1.0, 1.0))
-    p = min(max(float(prior), _EDGE), 1.0 - _EDGE)
-    ratio = 1.0 / (1.0 + math.exp(-(math.log(p / (1.0 - p)) + LOGIT_RANGE * a)))
+    ratio = 1.0 / (1.0 + math.exp(-(_logit(prior) + LOGIT_RANGE * a)))
     return min(max(ratio, low), high)
 
 
 def centered_action(ratio: float, prior: float) -> float:
     """The action :func:`centered_ratio` maps to ``ratio`` around ``prior`` (clipped to [-1, 1])."""
+    return float(np.clip((_logit(ratio) - _logit(prior)) / LOGIT_RANGE, -1.0, 1.0))
+
+
+def _logit(ratio: float) -> float:
     r = min(max(float(ratio), _EDGE), 1.0 - _EDGE)
-    p = min(max(float(prior), _EDGE), 1.0 - _EDGE)
-    return float(np.clip((math.log(r / (1.0 - r)) - math.log(p / (1.0 - p))) / LOGIT_RANGE, -1.0, 1.0))
+    return math.log(r / (1.0 - r))
 
 
 def policy_prior(meta: dict, budget: Budget, target: float, model: nn.Module | None) -> Sequence[float] | None:

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -78,13 +79,6 @@ def kind_and_pattern(label: str) -> tuple[str, str]:
     return "nm", label
 
 
-class _Weight:
-    """A bare weight where :func:`norm_spread` expects a layer (an attention's fused projection is no module)."""
-
-    def __init__(self, weight: torch.Tensor) -> None:
-        self.weight = weight
-
-
 def _forward_place(
     model: nn.Module, module: nn.Module, attr: str, order: dict[nn.Module, int], shapes: dict[nn.Module, tuple]
 ) -> tuple[float, int, tuple] | None:
@@ -94,18 +88,18 @@ def _forward_place(
     projections are placed at the attention's own call: the fused q/k/v projection first, then the output one. Their
     MACs count every query token (self-attention; a cross-attention's keys and values may be more or fewer tokens).
     """
-    if isinstance(module, nn.MultiheadAttention):  # in_proj_weight: (3E, E) on every token
-        if module not in order:
-            return None
-        out = shapes.get(module, ())
-        return order[module], _tokens(module, out) * getattr(module, attr).numel(), out
-    if module in order:
+    if module in order and not isinstance(module, nn.MultiheadAttention):
         return order[module], layer_macs(module, shapes.get(module, ())), shapes.get(module, ())
-    owner = next((m for m in model.modules() if isinstance(m, nn.MultiheadAttention) and m.out_proj is module), None)
+    if isinstance(module, nn.MultiheadAttention):  # its in_proj_weight: (3E, E) on every token
+        owner, after = module, 0.0
+    else:  # an output projection, used by its attention
+        attentions = (m for m in model.modules() if isinstance(m, nn.MultiheadAttention))
+        owner = next((m for m in attentions if m.out_proj is module), None)
+        after = 0.5
     if owner is None or owner not in order:
         return None
     out = shapes.get(owner, ())
-    return order[owner] + 0.5, _tokens(owner, out) * module.weight.numel(), out
+    return order[owner] + after, _tokens(owner, out) * getattr(module, attr).numel(), out
 
 
 def _tokens(attention: nn.MultiheadAttention, out: tuple) -> int:
@@ -180,7 +174,7 @@ def weight_structure(
                     macs=int(macs),
                     coupled=1,
                     members=(name,),
-                    norm_spread=norm_spread([_Weight(w)], int(w.shape[0])),
+                    norm_spread=norm_spread([SimpleNamespace(weight=w)], int(w.shape[0])),  # a bare weight
                 )
             )
         # bias 0: biases are never sparsified, so they stay in the fixed part of the parameter count
