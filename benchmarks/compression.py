@@ -6,15 +6,16 @@ recipe.
     python benchmarks/compression.py --smoke                           # a check that every row runs (minutes)
 
 Rows: dense fp32 / int8; the PPO plan at 0.5 MACs (benchmarks/results/search_resnet20_macs50_plans/ppo-s0.json, the
-best PPO seed by validation proxy on the current zoo model) fp32 / int8; a uniform plan at 0.5 MACs with channels
-rounded to 8 (the latency-friendlier plan) fp32 / int8; unstructured magnitude sparsity at 50% and 80% of every
-conv/linear weight; 2:4; the generalist policy's plan at 0.5 MACs one-shot and in ``--rounds`` (0.8 -> 0.64 -> 0.5 of
-the dense MACs, each round's plan rolled out on the model the round starts from), the fine-tune epochs split over the
-rounds so both rows train equally long. Columns: test top-1, macro-F1, worst-class accuracy and its drop against dense
-fp32, stored file size (int8: the .onnx; sparse: values + 1-bit mask), ONNX Runtime latency ratio at batch 1 and 64
-against dense fp32 timed in the same process. Fine-tune: SGD + cosine with distillation from the dense model
-(rlprune.finetune), masks kept for sparse rows; int8 rows quantize the fine-tuned fp32 row with 16 calibration
-batches from the train split.
+best PPO seed by validation proxy on the current zoo model) fp32 / int8; the latency-aware plan at 0.5 MACs
+(ort64-s0.json beside it: experiments/resnet20_cifar10_macs50_ort64.yaml, a search whose reward charges the batch-64
+latency timed in ONNX Runtime) fp32 / int8; unstructured magnitude sparsity at 50% and 80% of every conv/linear
+weight; 2:4; the generalist policy's plan at 0.5 MACs one-shot and in ``--rounds`` (0.8 -> 0.64 -> 0.5 of the dense
+MACs, each round's plan rolled out on the model the round starts from), the fine-tune epochs split over the rounds so
+both rows train equally long; last, a uniform plan at 0.5 MACs with channels rounded to 8, fp32 / int8. Columns: test
+top-1, macro-F1, worst-class accuracy and its drop against dense fp32, stored file size (int8: the .onnx; sparse:
+values + 1-bit mask), ONNX Runtime latency ratio at batch 1 and 64 against dense fp32 timed in the same process.
+Fine-tune: SGD + cosine with distillation from the dense model (rlprune.finetune), masks kept for sparse rows; int8
+rows quantize the fine-tuned fp32 row with 16 calibration batches from the train split.
 
 Each unit (a row and its int8 twin) is written to the results file as soon as it is measured, and a unit the
 results file (as committed) already holds for the same request (dense weights, recipe, timing settings, plan or
@@ -59,7 +60,7 @@ from rlprune.training.loop import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "compression"
-PPO_PLAN = ROOT / "benchmarks" / "results" / "search_resnet20_macs50_plans" / "ppo-s0.json"
+PLANS = ROOT / "benchmarks" / "results" / "search_resnet20_macs50_plans"
 POLICY = ROOT / "benchmarks" / "results" / "policies" / "generalist_macs" / "policy.json"
 Built = tuple[torch.nn.Module, SparsityMasks | None, float]
 
@@ -157,18 +158,20 @@ def main() -> None:
 
     policy = load_policy(args.policy)
     policy_key = _key(policy.meta)
-    ppo = Plan.load(PPO_PLAN, structure)
+    ppo = Plan.load(PLANS / "ppo-s0.json", structure)
+    fast = Plan.load(PLANS / "ort64-s0.json", structure)
     uni = uniform_plan(structure, 0.5, round_to=8)
     oneshot = policy_plans(policy, dense, structure, target=args.rounds[-1])[0]
     units: dict[str, tuple[Callable[[], Built], dict[str, Any]]] = {
         "dense": (lambda: (copy.deepcopy(dense), None, 0.0), {}),
         "ppo_macs50": (channel(ppo), {"plan": ppo.key()}),
-        "uniform_macs50_r8": (channel(uni), {"plan": uni.key()}),
+        "latency_aware_macs50": (channel(fast), {"plan": fast.key()}),
         "unstructured50": (sparse(sparsity=0.5), {}),
         "unstructured80": (sparse(sparsity=0.8), {}),
         "nm2to4": (sparse(pattern="2:4"), {}),
         "generalist_oneshot": (channel(oneshot), {"plan": oneshot.key()}),
         f"generalist_{len(args.rounds)}rounds": (rounds, {"policy": policy_key, "rounds": args.rounds}),
+        "uniform_macs50_r8": (channel(uni), {"plan": uni.key()}),
     }
     unknown = sorted(set(args.only or ()) - set(units))
     if unknown:
@@ -271,7 +274,7 @@ def _write(args: argparse.Namespace, out: Path, units: dict[str, Any], measured:
     ]
     assert all(np.isfinite(v) for line in table for v in line[1:] if v != "")  # "": no dense row to compare yet
     chart = out.with_name(out.name + "_classes.png")
-    drawn = [k for k in ("dense", "ppo_macs50", "ppo_macs50_int8") if k in rows]
+    drawn = [k for k in ("dense", "ppo_macs50", "latency_aware_macs50", "ppo_macs50_int8") if k in rows]
     class_chart({k: rows[k]["classes"] for k in drawn}, chart, title=out.name)
     pending = [name for name in units if name not in measured]
     label = (

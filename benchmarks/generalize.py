@@ -15,6 +15,7 @@ Stages (each resumable: finished pieces are cached under ``--runs`` and reused):
     python benchmarks/generalize.py --stage rewards     # the generalist trained with each reward, compared
     python benchmarks/generalize.py --stage priors      # ... and with each env.prior (none from rewards), compared
     python benchmarks/generalize.py --stage finetune    # short distillation fine-tunes, test accuracy, seeds
+    python benchmarks/generalize.py --stage families    # the generalist retrained with --extra-train families added
     python benchmarks/generalize.py --stage report      # (every stage ends with it) tables from what exists
 
 Ablation: the generalist is rolled out with one feature group replaced by its mean over the policy's own
@@ -61,6 +62,7 @@ POLICY_DIR = ROOT / "benchmarks" / "results" / "policies" / "generalist_macs"
 SINGLE_POLICY = ROOT / "benchmarks" / "results" / "policies" / "resnet20_macs50_ppo_s1"
 TRAIN = ["zoo/resnet20_cifar10.json", "zoo/resnet32_cifar10.json", "zoo/vgg11_cifar10.json"]
 TARGETS = ["zoo/resnet56_cifar10.json", "zoo/mobilenetv2_cifar10.json", "zoo/vit_cifar10.json"]
+EXTRA = ["zoo/mobilenetv1_cifar10.json"]  # families stage: a depthwise family that is not MobileNetV2
 # One proxy for training and for every row: BN recalibration on 10 batches, 1000 validation images, no SGD steps
 # (a third of the default proxy's cost per plan; the same for every method, so the comparison is fair).
 PROXY = {"val_images": 1000, "finetune_steps": 0, "recal_batches": 10, "recal_batch_size": 64, "seed": 0}
@@ -278,14 +280,17 @@ def ablation(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------------- rewards
-def _train_variant(args: argparse.Namespace, name: str, **env: Any) -> Policy:
-    """A generalist of ``--reward-episodes`` on the training models, with ``env`` overrides; its policy."""
+def _train_variant(
+    args: argparse.Namespace, name: str, checkpoints: list[str] | None = None, episodes: int | None = None, **env: Any
+) -> Policy:
+    """A generalist of ``episodes`` (default ``--reward-episodes``) on ``checkpoints`` (default the training models),
+    with ``env`` overrides; its policy."""
     cfg = _search_config(
         args,
         name,
-        checkpoints=args.train,
+        checkpoints=checkpoints or args.train,
         env={"target": [args.low, args.high], "reward": args.reward, **env},
-        agent={"episodes": args.reward_episodes},
+        agent={"episodes": episodes or args.reward_episodes},
     )
     complete_search(cfg, progress=not args.quiet)
     return Policy.load(Path(cfg.output_dir) / cfg.name)
@@ -387,27 +392,97 @@ def finetune(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str,
                 if dense is None:
                     dense, meta, _ = load_dense(ckpt)
                     splits = splits_from_meta(meta, None)
-                out = Path(args.runs) / "finetune" / f"{cell['model']}_{cell['budget']:.2f}" / method.replace(" ", "_")
-                report = finetune_plan(
-                    dense,
-                    meta,
-                    Plan.from_dict(row["plan"]),
-                    splits,
-                    out / f"seed{seed}",
-                    epochs=1,
-                    steps_per_epoch=args.finetune_steps,
-                    lr=args.finetune_lr,
-                    distill=True,
-                    seed=seed,
-                    latency_batches=(),
-                    progress=False,
-                    reuse=True,
-                    source={"benchmark": "generalize", "method": method},
-                )
-                results[key]["seeds"][str(seed)] = report["pruned"]["after_finetune"]["test"]
-                print(f"[finetune] {key} seed {seed}: {results[key]['seeds'][str(seed)]:.2f}", flush=True)
+                plan = Plan.from_dict(row["plan"])
+                results[key]["seeds"][str(seed)] = _tuned(args, (dense, meta, splits), plan, key, method, seed)
                 atomic_write_text(Path(args.runs) / "finetune.json", json.dumps(results, indent=1) + "\n")
     return results
+
+
+def _tuned(
+    args: argparse.Namespace, loaded: tuple[Any, Any, Any], plan: Plan, key: str, method: str, seed: int
+) -> float:
+    """Test accuracy of ``plan`` after the short distillation fine-tune (the recipe of every fine-tune column)."""
+    dense, meta, splits = loaded
+    model, budget = key.split("|")[:2]
+    out = Path(args.runs) / "finetune" / f"{model}_{budget}" / method.replace(" ", "_").replace("+", "plus")
+    report = finetune_plan(
+        dense,
+        meta,
+        plan,
+        splits,
+        out / f"seed{seed}",
+        epochs=1,
+        steps_per_epoch=args.finetune_steps,
+        lr=args.finetune_lr,
+        distill=True,
+        seed=seed,
+        latency_batches=(),
+        progress=False,
+        reuse=True,
+        source={"benchmark": "generalize", "method": method},
+    )
+    accuracy = float(report["pruned"]["after_finetune"]["test"])
+    print(f"[finetune] {key} seed {seed}: {accuracy:.2f}", flush=True)
+    return accuracy
+
+
+# -------------------------------------------------------------------------------------------------------- families
+def families(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The generalist trained again with ``--extra-train`` families added to its training models (default: the
+    depthwise MobileNet v1), same reward, length and seed: does seeing a layer kind in training (depthwise) fix the
+    transfer to an unseen family built from it (MobileNetV2)? Zero-shot proxy per (target, budget) beside the
+    generalist's and the uniform plan's (from the proxy cells), and the short fine-tune at ``--seeds-budget`` with
+    the finetune stage's recipe and seeds. Its policy is copied to ``--families-policy-dir``."""
+    checkpoints = [*args.train, *args.extra_train]
+    request = {
+        "checkpoints": checkpoints,
+        "episodes": args.episodes,
+        "reward": args.reward,
+        "range": [args.low, args.high],
+        "seed": args.seed,
+        "targets": args.targets,
+        "budgets": args.budgets,
+        "proxy": PROXY,
+        "finetune": {"steps": args.finetune_steps, "lr": args.finetune_lr, "budget": args.seeds_budget},
+    }
+    path = Path(args.runs) / "families.json"
+    done = _cached(path, request) or {}
+    if not done and (old := _committed(args, "families")) and old.get("request_key") == _key(request):
+        done = old
+    column = f"+ {', '.join(model_label(c) for c in args.extra_train)}"
+    if not done.get("cells"):
+        name = f"generalist-families-{_key(checkpoints)[:8]}-{args.episodes}"
+        policy = _train_variant(args, name, checkpoints=checkpoints, episodes=args.episodes)
+        args.families_policy_dir.mkdir(parents=True, exist_ok=True)
+        for file in ("policy.json", "policy.safetensors"):
+            shutil.copy2(Path(args.runs) / "search" / name / file, args.families_policy_dir / file)
+        by_cell = {(c["model"], c["budget"]): c["rows"] for c in cells}
+
+        def base(label: str, budget: float, structure: Structure, scorer: Any) -> dict[str, Any]:
+            rows = by_cell[(label, budget)]
+            return {m: rows[m]["proxy_val_accuracy"] for m in ("uniform", "generalist")}
+
+        done = {
+            "column": column,
+            "extra_train": args.extra_train,
+            "cells": _zero_shot(args, {column: policy}, base, "families"),
+        }
+        done = _store(path, request, {**done, "finetune": {}})
+    policy = Policy.load(args.families_policy_dir)
+    for ckpt in args.targets:
+        label = model_label(ckpt)
+        key = f"{label}|{args.seeds_budget:.2f}|{column}"
+        seeds = done["finetune"].setdefault(key, {})
+        missing = [s for s in args.finetune_seeds if str(s) not in seeds]
+        if not missing:
+            continue
+        dense, meta, structure = load_dense(ckpt)
+        plan = policy_plans(policy, dense, structure, target=args.seeds_budget)[0]
+        splits = splits_from_meta(meta, None)
+        for seed in missing:
+            seeds[str(seed)] = _tuned(args, (dense, meta, splits), plan, key, column, seed)
+            done = _store(path, request, {k: v for k, v in done.items() if k not in ("request_key", "request")})
+    return done
 
 
 # ---------------------------------------------------------------------------------------------------------- report
@@ -447,6 +522,58 @@ def _versus_uniform(data: dict[str, Any], title: str) -> list[str]:
     ]
     means = [round(float(np.mean([c[n] - c["uniform"] for c in data["cells"]])), 2) for n in names]
     return [f"## {title}", "", md_table(["target", "MACs", "uniform", *names], [*rows, ["mean", "", "", *means]]), ""]
+
+
+def _families_md(
+    args: argparse.Namespace, data: dict[str, Any], ft: dict[str, Any], cells: list[dict[str, Any]]
+) -> list[str]:
+    """The families stage: zero-shot proxy of the generalist retrained with extra families, beside the generalist
+    and uniform; then the fine-tuned means at the seeds budget (the finetune stage's entries for the same cells)."""
+    column = data["column"]
+    proxy = [
+        [
+            c["model"],
+            c["budget"],
+            c["uniform"],
+            c["generalist"],
+            round(c[column], 2),
+            round(c[column] - c["generalist"], 2),
+        ]
+        for c in data["cells"]
+    ]
+    requests = {f"{c['model']}|{c['budget']:.2f}": _finetune_request(args, c) for c in cells}
+    tuned = []
+    for key, seeds in data["finetune"].items():
+        cell = key.rsplit("|", 1)[0]
+        base = {
+            m: list(e["seeds"].values())
+            for m in ("uniform", "generalist")
+            if isinstance(e := ft.get(f"{cell}|{m}"), dict) and e.get("request_key") == requests.get(cell)
+        }
+        tuned.append(
+            [
+                *cell.split("|"),
+                mean_std(base.get("uniform")),
+                mean_std(base.get("generalist")),
+                mean_std(list(seeds.values())),
+            ]
+        )
+    return [
+        f"## Training families: the generalist retrained with {', '.join(data['extra_train'])} added",
+        "",
+        "Same reward, episodes and seed as the generalist; zero-shot proxy accuracy on the same targets.",
+        "",
+        md_table(["target", "MACs", "uniform", "generalist", column, "change"], proxy),
+        "",
+        *(
+            [
+                md_table(["target", "MACs", "uniform after FT", "generalist after FT", f"{column} after FT"], tuned),
+                "",
+            ]
+            if tuned
+            else []
+        ),
+    ]
 
 
 def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
@@ -591,6 +718,9 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
     if rewards_data:
         title = f"Rewards compared ({rewards_data['episodes']} episodes each; zero-shot proxy accuracy minus uniform)"
         md += _versus_uniform(rewards_data, title)
+    families_data = _stage_data(args, "families", "families")
+    if families_data and families_data.get("cells"):
+        md += _families_md(args, families_data, ft, cells)
     if priors_data:
         title = (
             f"Priors compared (`env.prior`; reward {priors_data['reward']}, {priors_data['episodes']} episodes each; "
@@ -617,6 +747,7 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
         "ablation": ablation_data,
         "rewards": rewards_data,
         "priors": priors_data,
+        "families": families_data,
         "proxy": PROXY,
         "environment": env,
     }
@@ -628,7 +759,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--stage",
-        choices=["train", "proxy", "ablation", "rewards", "priors", "finetune", "report", "all"],
+        choices=["train", "proxy", "ablation", "rewards", "priors", "finetune", "families", "report", "all"],
         default="all",
     )
     ap.add_argument("--train", action="append", help=f"a training checkpoint (repeat; default {TRAIN})")
@@ -653,6 +784,8 @@ def main() -> None:
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench_generalize"))
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--policy-dir", type=Path, default=POLICY_DIR, help="where the trained policy is copied")
+    ap.add_argument("--extra-train", action="append", help=f"families stage: a checkpoint added (default {EXTRA})")
+    ap.add_argument("--families-policy-dir", type=Path, default=POLICY_DIR.with_name(POLICY_DIR.name + "_families"))
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     defaults = {
@@ -664,6 +797,7 @@ def main() -> None:
         "finetune_budgets": [0.5],
         "finetune_seeds": [0, 1, 2],
         "finetune_methods": list(METHODS),
+        "extra_train": EXTRA,
     }
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -686,6 +820,8 @@ def main() -> None:
     if args.stage in ("finetune", "all"):
         ft = finetune(args, cells)
         atomic_write_text(Path(args.runs) / "finetune.json", json.dumps(ft, indent=1) + "\n")
+    if args.stage in ("families", "all"):
+        families(args, cells)
     report(args, training)
 
 

@@ -14,6 +14,7 @@ PARAMS = {
     "resnet110": 1_730_714,
     "vgg11_bn": 9_228_362,
     "vgg16_bn": 14_724_042,
+    "mobilenetv1": 3_217_226,
     "mobilenetv2": 2_236_682,
     "vit_cifar": 1_806_538,
 }

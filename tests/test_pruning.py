@@ -22,6 +22,7 @@ SMALL = {
     "resnet56": {"width": 8},
     "vgg16_bn": {},
     "mobilenetv2": {"width_mult": 0.25},
+    "mobilenetv1": {"width_mult": 0.25},
 }
 
 
@@ -60,6 +61,11 @@ def test_depthwise_units() -> None:
     assert all(u.kernel == 3 for u in dw)
     assert sum(u.stride == 2 for u in dw) == 3
     assert any(u.kind == "conv" and u.kernel == 1 for u in s.units)  # residual-coupled 1x1 projections
+    # MobileNet v1: every pointwise conv owns the depthwise conv after it; only the last one (into the classifier)
+    # is a plain conv
+    v1 = analyze(_model("mobilenetv1"), X).units
+    assert [u.kind for u in v1] == ["depthwise"] * 13 + ["conv"]
+    assert sum(u.stride == 2 for u in v1) == 4
     # residual groups of ResNet see the strided 1x1 shortcut they own
     r = analyze(_model("resnet20"), X)
     assert [u.stride for u in r.units].count(2) == 4

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from rlprune.errors import RLPruneError
+from rlprune.models.mobilenetv1_cifar import mobilenetv1
 from rlprune.models.mobilenetv2_cifar import mobilenetv2
 from rlprune.models.resnet_cifar import resnet20, resnet32, resnet56, resnet110
 from rlprune.models.vgg_cifar import vgg11_bn, vgg16_bn
@@ -21,6 +22,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet110": resnet110,
     "vgg11_bn": vgg11_bn,
     "vgg16_bn": vgg16_bn,
+    "mobilenetv1": mobilenetv1,
     "mobilenetv2": mobilenetv2,
     "vit_cifar": vit_cifar,
 }
