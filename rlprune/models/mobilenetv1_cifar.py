@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rlprune.models.mobilenetv2_cifar import init_mobilenet
+
 # (output channels, stride) of each depthwise-separable block; the stem keeps 32x32 (stride 1) as is usual on CIFAR.
 CIFAR_BLOCKS: tuple[tuple[int, int], ...] = (
     (64, 1),
@@ -66,12 +68,7 @@ class CifarMobileNetV1(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cin, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_mobilenet(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))

@@ -26,6 +26,16 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, groups: int = 1
     )
 
 
+def init_mobilenet(model: nn.Module) -> None:
+    """The MobileNet papers' initialization: Kaiming (fan-out) convs, a near-zero classifier."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
 class InvertedResidual(nn.Module):
     """Expand (1x1) -> depthwise (3x3) -> project (1x1, linear); residual when shapes allow."""
 
@@ -71,12 +81,7 @@ class CifarMobileNetV2(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(last, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_mobilenet(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
