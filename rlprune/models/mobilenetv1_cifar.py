@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rlprune.models.mobilenetv2_cifar import init_mobilenet
+from rlprune.models.mobilenetv2_cifar import conv_bn_act, init_mobilenet
 
 # (output channels, stride) of each depthwise-separable block; the stem keeps 32x32 (stride 1) as is usual on CIFAR.
 CIFAR_BLOCKS: tuple[tuple[int, int], ...] = (
@@ -28,11 +28,7 @@ CIFAR_BLOCKS: tuple[tuple[int, int], ...] = (
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+    return conv_bn_act(cin, cout, kernel, stride, groups, act=nn.ReLU)
 
 
 class DepthwiseSeparable(nn.Module):

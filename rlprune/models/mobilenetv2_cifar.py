@@ -18,11 +18,14 @@ CIFAR_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
 )
 
 
-def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> nn.Sequential:
+def conv_bn_act(
+    cin: int, cout: int, kernel: int, stride: int, groups: int = 1, act: type[nn.Module] = nn.ReLU6
+) -> nn.Sequential:
+    """Conv (same padding, no bias) -> BN -> activation: the MobileNets' building block (v2: ReLU6, v1: ReLU)."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(cout),
-        nn.ReLU6(inplace=True),
+        act(inplace=True),
     )
 
 
@@ -45,9 +48,9 @@ class InvertedResidual(nn.Module):
         self.use_residual = stride == 1 and cin == cout
         layers: list[nn.Module] = []
         if expansion != 1:
-            layers.append(_conv_bn_relu(cin, hidden, 1, 1))
+            layers.append(conv_bn_act(cin, hidden, 1, 1))
         layers += [
-            _conv_bn_relu(hidden, hidden, 3, stride, groups=hidden),
+            conv_bn_act(hidden, hidden, 3, stride, groups=hidden),
             nn.Conv2d(hidden, cout, 1, bias=False),
             nn.BatchNorm2d(cout),
         ]
@@ -69,7 +72,7 @@ class CifarMobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 10, width_mult: float = 1.0, in_channels: int = 3) -> None:
         super().__init__()
         stem = max(8, int(32 * width_mult))
-        layers: list[nn.Module] = [_conv_bn_relu(in_channels, stem, 3, 1)]
+        layers: list[nn.Module] = [conv_bn_act(in_channels, stem, 3, 1)]
         cin = stem
         for t, c, n, s in CIFAR_SETTINGS:
             cout = max(8, int(c * width_mult))
@@ -77,7 +80,7 @@ class CifarMobileNetV2(nn.Module):
                 layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
                 cin = cout
         last = max(1280, int(1280 * width_mult))
-        layers.append(_conv_bn_relu(cin, last, 1, 1))
+        layers.append(conv_bn_act(cin, last, 1, 1))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(last, num_classes)
