@@ -14,6 +14,8 @@ target, with no search. Each fine-tune is an ``rlprune finetune`` output folder 
 seed<k>/ (resumed per epoch if killed). The results file is rewritten after every fine-tune, and a fine-tune whose
 report is already in the results file, as committed (same plan, dense weights, epochs, learning rate and seed), is not
 run again, so the table fills up over several sessions; the Markdown names every commit its rows were measured at.
+``--only LABEL`` fine-tunes just that plan (two machines or cores can fill different rows, each into its own
+``--out``; merge the ``reports`` of the JSON files and rerun with ``--report-only`` to render the table).
 Writes benchmarks/results/finetune_resnet20_macs50.{json,md}.
 """
 
@@ -35,6 +37,7 @@ from rlprune.pruning.budget import uniform_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "finetune_resnet20_macs50"
+SKIP = ("out", "runs", "only", "report_only")  # where results go and which part of them one run fills in
 
 
 def _stored_report(stored: dict[str, Any], label: str, seed: int, request: dict[str, Any]) -> dict[str, Any] | None:
@@ -98,7 +101,7 @@ def _markdown(args: argparse.Namespace, reports: dict[str, dict[str, dict[str, A
     lines += [
         "",
         f"{env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}. "
-        f"Reproduce: `{reproduce_command('benchmarks/finetune_resnet20_macs50.py', args, ROOT)}`.",
+        f"Reproduce: `{reproduce_command('benchmarks/finetune_resnet20_macs50.py', args, ROOT, skip=SKIP)}`.",
     ]
     return "\n".join(lines)
 
@@ -112,6 +115,8 @@ def main() -> None:
     ap.add_argument("--seeds", action="append", type=int, help="a fine-tune seed (repeat; default 0 1 2)")
     ap.add_argument("--plan", action="append", default=[], metavar="LABEL=PATH", help="a saved plan (repeat)")
     ap.add_argument("--policy", action="append", default=[], metavar="LABEL=PATH", help="a policy to roll out")
+    ap.add_argument("--only", action="append", metavar="LABEL", help="fine-tune only these plans (repeat)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the results from stored reports only")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench_finetune"))
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
@@ -128,6 +133,9 @@ def main() -> None:
         plan_files[label] = f"rollout of {path} at {args.target}"
     plans["uniform"] = uniform_plan(structure, args.target)
     plan_files["uniform"] = "uniform_plan (solved here for the target)"
+    unknown = sorted(set(args.only or ()) - set(plans))
+    if unknown:
+        raise SystemExit(f"--only: no plan labelled {unknown[0]} (labels: {', '.join(plans)})")
     dense_sha = meta.get("weights_sha256") or tensors_sha256(dense)
     # seed-major order: every plan gets its first seed before any plan gets a second one
     todo = [(label, seed) for seed in args.seeds for label in plans]
@@ -143,23 +151,8 @@ def main() -> None:
         for seed in sorted(set(earlier)):
             if found := _stored_report(stored, label, seed, request(label, seed)):
                 reports[label][str(seed)] = found
-    for label, seed in todo:
-        report = reports[label].get(str(seed))
-        if report is None:
-            report = finetune_plan(
-                dense,
-                meta,
-                plans[label],
-                splits,
-                Path(args.runs) / label / f"seed{seed}",
-                epochs=args.epochs,
-                lr=args.lr,
-                distill=True,
-                seed=seed,
-                source={"plan": label, "checkpoint": args.checkpoint},
-                reuse=True,
-            )
-        reports[label][str(seed)] = report
+
+    def save() -> None:
         pending = [f"{lb} seed {s}" for lb, s in todo if str(s) not in reports[lb]]
         data = {
             "epochs": args.epochs,
@@ -171,6 +164,25 @@ def main() -> None:
             "pending": pending,
         }
         write_results(args.out, data, _markdown(args, reports, pending))
+
+    for label, seed in todo:
+        if str(seed) in reports[label] or args.report_only or (args.only and label not in args.only):
+            continue
+        reports[label][str(seed)] = finetune_plan(
+            dense,
+            meta,
+            plans[label],
+            splits,
+            Path(args.runs) / label / f"seed{seed}",
+            epochs=args.epochs,
+            lr=args.lr,
+            distill=True,
+            seed=seed,
+            source={"plan": label, "checkpoint": args.checkpoint},
+            reuse=True,
+        )
+        save()
+    save()
     print(Path(args.out).with_suffix(".md").read_text())
 
 

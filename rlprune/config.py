@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -225,7 +225,9 @@ class EnvConfig(Strict):
     reward_weight: float = Field(1.0, ge=0)
     min_ratio: float = Field(0.0, ge=0, lt=1)
     max_ratio: float = Field(0.8, gt=0, lt=1)
-    round_to: int | None = Field(None, ge=1)
+    # kept channels rounded to a multiple of this; "auto": this CPU's fp32 vector width (16 with AVX-512, 8 with
+    # AVX2), which CPU kernels block channels by (resolved when the config is read; the run records the number)
+    round_to: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
     min_channels: int = Field(1, ge=1)
     tolerance: float = Field(0.01, gt=0, lt=0.5)
 
@@ -233,6 +235,10 @@ class EnvConfig(Strict):
     def _check(self) -> EnvConfig:
         from rlprune.envs.rewards import REWARDS
 
+        if self.round_to == "auto":
+            from rlprune.cost.latency import simd_channels
+
+            self.round_to = simd_channels()
         targets = (self.target,) if isinstance(self.target, float | int) else self.target
         if not all(0 < t <= 1 for t in targets) or (len(targets) == 2 and targets[0] > targets[1]):
             raise ValueError(f"target must be a ratio in (0, 1] or a range [low, high] inside it, got {self.target}")

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -537,7 +537,7 @@ def search(
     reward: str = "accuracy",
     min_ratio: float = 0.0,
     max_ratio: float = 0.8,
-    round_to: int | None = None,
+    round_to: int | Literal["auto"] | None = None,
     hyperparams: dict[str, Any] | None = None,
     resume: bool = False,
     progress: bool = False,
@@ -552,6 +552,8 @@ def search(
     :param episodes: plans to evaluate.
     :param budget: ``macs``, ``latency`` or ``params``; a weight-level scorer (``MetricScorer(...,
         granularity="unstructured")``) searches per-layer sparsity on a ``params`` budget.
+    :param round_to: keep channel counts a multiple of this; ``"auto"``: this CPU's vector width, which makes the
+        pruned model faster at the same MACs (benchmarks/results/latency_vs_macs.md).
     :param out_dir: the run directory (created; an existing search there is refused unless ``resume``).
     :param options: further :class:`~rlprune.config.SearchConfig` sections, e.g. ``latency={"batch_size": 8}`` or
         ``env={"tolerance": 0.02}`` (merged over the arguments above).

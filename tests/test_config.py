@@ -80,3 +80,21 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, {"name": "x"}), PretrainConfig, ["seed=7"])
     path = write_resolved(cfg, tmp_path / "run")
     assert load_config(path, PretrainConfig) == cfg
+
+
+def test_round_to_auto_resolves_to_the_cpu_vector_width(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from rlprune.cost.latency import simd_channels
+
+    base = {"name": "x", "checkpoint": "c.json"}
+    for capability, lanes in (("AVX512", 16), ("AVX2", 8), ("DEFAULT", 4), ("NO AVX", 4)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert simd_channels() == lanes
+        cfg = load_config(_write(tmp_path, {**base, "env": {"round_to": "auto"}}), SearchConfig)
+        assert cfg.env.round_to == lanes  # the run records the number it pruned with, not "auto"
+        assert load_config(write_resolved(cfg, tmp_path / capability.replace(" ", "_")), SearchConfig) == cfg
+    for bad in (0, "fast", 2.5):
+        with pytest.raises(RLPruneError, match="env.round_to") as info:
+            load_config(_write(tmp_path, {**base, "env": {"round_to": bad}}), SearchConfig)
+        assert "\n" not in str(info.value)

@@ -27,6 +27,16 @@ from rlprune.pruning.structure import architecture_fingerprint
 
 _CACHE: dict[tuple, float] = {}
 RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")
+# fp32 lanes of the widest vector unit torch dispatches to on this CPU (torch.backends.cpu.get_cpu_capability())
+_SIMD_LANES = {"AVX512": 16, "AVX2": 8, "SVE256": 8}
+
+
+def simd_channels() -> int:
+    """How many fp32 channels fill one vector register of this CPU: 16 with AVX-512, 8 with AVX2, 4 otherwise (SSE,
+    NEON, VSX). CPU convolution kernels (oneDNN, ONNX Runtime's MLAS) block channels by this width, so a channel
+    count that is not a multiple of it pads the last block: ``round_to: auto`` rounds kept channels to it
+    (benchmarks/results/latency_vs_macs.md measures what that buys per runtime)."""
+    return _SIMD_LANES.get(torch.backends.cpu.get_cpu_capability(), 4)
 
 
 @contextlib.contextmanager
