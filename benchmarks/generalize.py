@@ -16,6 +16,7 @@ Stages (each resumable: finished pieces are cached under ``--runs`` and reused):
     python benchmarks/generalize.py --stage priors      # ... and with each env.prior (none from rewards), compared
     python benchmarks/generalize.py --stage finetune    # short distillation fine-tunes, test accuracy, seeds
     python benchmarks/generalize.py --stage families    # the generalist retrained with --extra-train families added
+    python benchmarks/generalize.py --stage guard       # the generalist behind `apply --uniform-guard` (2 plans scored)
     python benchmarks/generalize.py --stage report      # (every stage ends with it) tables from what exists
 
 Ablation: the generalist is rolled out with one feature group replaced by its mean over the policy's own
@@ -42,7 +43,7 @@ import torch
 from _results import environment, md_table, mean_std, reproduce_command, write_results
 
 from rlprune.agents.policy_io import Policy
-from rlprune.apply import check_policy_target, finetune_plan, load_dense, policy_plans
+from rlprune.apply import apply_policy, check_policy_target, example_input, finetune_plan, load_dense, policy_plans
 from rlprune.config import SearchConfig, model_label, validate
 from rlprune.cost.macs import count_macs
 from rlprune.data import splits_from_meta
@@ -485,6 +486,112 @@ def families(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str,
     return done
 
 
+# ----------------------------------------------------------------------------------------------------------- guard
+def guard(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The generalist as ``rlprune apply --uniform-guard`` serves it: its plan and the uniform plan at the same
+    budget are both scored by the proxy on the validation split and the better one is kept, for two scored plans
+    (timed here, against the cell's 100-plan PPO search). Which plan was kept is matched to the cell's rows by plan
+    key, so the fine-tune column reuses that row's fine-tunes (the same plan fine-tuned with the same recipe)."""
+    request = {"cells": [c["request_key"] for c in cells], "proxy": PROXY}
+    path = Path(args.runs) / "guard.json"
+    done = _cached(path, request)
+    if done is None and (old := _committed(args, "guard")) and old.get("request_key") == _key(request):
+        done = old
+    if done is not None:
+        return done
+    policy = Policy.load(args.policy_dir)
+    rows = []
+    for cell in cells:
+        ckpt = next(c for c in args.targets if model_label(c) == cell["model"])
+        dense, meta, _ = load_dense(ckpt)
+        scorer = proxy_from_checkpoint(ckpt, None, **PROXY)
+        started = time.perf_counter()
+        plan, record = apply_policy(
+            policy, dense, example_input(meta), target=cell["budget"], scorer=scorer, uniform_guard=True
+        )
+        seconds = time.perf_counter() - started
+        same = [m for m, row in cell["rows"].items() if Plan.from_dict(row["plan"]).key() == plan.key()]
+        rows.append(
+            {
+                "model": cell["model"],
+                "budget": cell["budget"],
+                "chosen": record["chosen"],
+                "same_plan_as": same,
+                "proxy_val_accuracy": max(c["proxy_val_accuracy"] for c in record["candidates"]),
+                "candidates": record["candidates"],
+                "seconds": round(seconds, 3),
+            }
+        )
+        print(f"[guard] {cell['model']} at {cell['budget']}: kept {record['chosen']} ({seconds:.1f} s)", flush=True)
+    return _store(path, request, {"cells": rows})
+
+
+def _guard_md(
+    args: argparse.Namespace, data: dict[str, Any], ft: dict[str, Any], cells: list[dict[str, Any]]
+) -> list[str]:
+    by_cell = {(c["model"], c["budget"]): c for c in cells}
+    table, ahead, kept_uniform, near, costs = [], 0, 0, 0, []
+    for g in data["cells"]:
+        cell = by_cell[(g["model"], g["budget"])]
+        r = cell["rows"]
+        # against the uniform plan's score in this same scoring (0 where it was kept); the cells' scores of the same
+        # plans, made at another commit, differ by up to 0.3 points
+        gain = g["proxy_val_accuracy"] - g["candidates"][-1]["proxy_val_accuracy"]
+        gap = g["proxy_val_accuracy"] - r["PPO search"]["proxy_val_accuracy"]
+        cost = g["seconds"] / r["PPO search"]["search_seconds"]
+        ahead, kept_uniform, near = ahead + (gain > 0), kept_uniform + (g["chosen"] == "uniform"), near + (gap >= -1)
+        costs.append(cost)
+        request = _finetune_request(args, cell)
+        method = g["same_plan_as"][0] if g["same_plan_as"] else None
+        entry = ft.get(f"{g['model']}|{g['budget']:.2f}|{method}") if method else None
+        tuned = (
+            list(entry["seeds"].values()) if isinstance(entry, dict) and entry.get("request_key") == request else None
+        )
+        table.append(
+            [
+                g["model"],
+                g["budget"],
+                "generalist" if g["chosen"] == "deterministic" else g["chosen"],
+                g["proxy_val_accuracy"],
+                round(gain, 2),
+                round(gap, 2),
+                g["seconds"],
+                f"{cost:.3f}",
+                mean_std(tuned),
+            ]
+        )
+    n = len(data["cells"])
+    return [
+        "## The generalist behind the uniform guard (`rlprune apply --uniform-guard`)",
+        "",
+        "Its plan and the uniform plan, both scored on the validation proxy, the better kept: two scored plans. "
+        "`− uniform`: against the uniform plan in the same scoring (0 where it was kept); `− PPO search`: against the "
+        "search's best plan as its cell scored it (the same plan scored in another run differs by up to 0.3 points).",
+        "",
+        md_table(
+            [
+                "target",
+                "MACs",
+                "kept",
+                "val proxy",
+                "− uniform",
+                "− PPO search",
+                "seconds",
+                "cost / PPO search",
+                "test after FT",
+            ],
+            table,
+        ),
+        "",
+        f"- Never below uniform on the proxy (by construction); ahead of it in {ahead} of {n} cells, uniform kept in "
+        f"{kept_uniform}: where the policy loses, the guard hands back uniform, it does not make the policy better.",
+        f"- Within 1 point of the fresh 100-plan PPO search: {near} of {n} cells; cost "
+        f"{min(costs):.1%}-{max(costs):.1%} of that search (target: within 1 point at <= 2%)."
+        + (" **Target missed.**" if near < n or max(costs) > 0.02 else ""),
+        "",
+    ]
+
+
 # ---------------------------------------------------------------------------------------------------------- report
 def _load_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every cell measured for these arguments: from ``--runs``, else from the committed results file."""
@@ -721,6 +828,9 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
     families_data = _stage_data(args, "families", "families")
     if families_data and families_data.get("cells"):
         md += _families_md(args, families_data, ft, cells)
+    guard_data = _stage_data(args, "guard", "guard")
+    if guard_data and guard_data.get("cells"):
+        md += _guard_md(args, guard_data, ft, cells)
     if priors_data:
         title = (
             f"Priors compared (`env.prior`; reward {priors_data['reward']}, {priors_data['episodes']} episodes each; "
@@ -748,6 +858,7 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
         "rewards": rewards_data,
         "priors": priors_data,
         "families": families_data,
+        "guard": guard_data,
         "proxy": PROXY,
         "environment": env,
     }
@@ -759,7 +870,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--stage",
-        choices=["train", "proxy", "ablation", "rewards", "priors", "finetune", "families", "report", "all"],
+        choices=["train", "proxy", "ablation", "rewards", "priors", "finetune", "families", "guard", "report", "all"],
         default="all",
     )
     ap.add_argument("--train", action="append", help=f"a training checkpoint (repeat; default {TRAIN})")
@@ -822,6 +933,8 @@ def main() -> None:
         atomic_write_text(Path(args.runs) / "finetune.json", json.dumps(ft, indent=1) + "\n")
     if args.stage in ("families", "all"):
         families(args, cells)
+    if args.stage in ("guard", "all"):
+        guard(args, cells)
     report(args, training)
 
 

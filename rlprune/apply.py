@@ -102,9 +102,11 @@ def policy_plans(
     importance: str | None = None,
     force: bool = False,
     latency_runtime: str | None = None,
+    uniform: bool = False,
 ) -> list[Plan]:
     """The policy's deterministic rollout on ``model``'s units, followed by ``samples`` rollouts drawn from its
-    action distribution; every plan is clamped to the budget exactly as in training.
+    action distribution (and, with ``uniform``, the uniform plan at the same budget, last); every plan is clamped to
+    the budget exactly as in training.
 
     A policy learned on one network is a prior on another, not an answer: on a deeper model its mean can spend the
     whole budget early (docs/benchmarks.md, transfer). Sampled plans stay close to what it learned and give a
@@ -148,6 +150,8 @@ def policy_plans(
     if samples:
         sample = policy.sampler(seed)
         plans += [rollout(solver, sample, target, importance, version, prior) for _ in range(samples)]
+    if uniform:
+        plans.append(solver.uniform_plan(importance=importance))
     return plans
 
 
@@ -195,16 +199,24 @@ def apply_policy(
     ignore: Sequence[str] | None = None,
     heads: Mapping[str, int | str] | None = None,
     latency_runtime: str | None = None,
+    uniform_guard: bool = False,
 ) -> tuple[Plan, dict[str, Any]]:
     """A plan for ``model`` from a learned policy, without a search: the deterministic rollout, or with
     ``samples`` > 0 the best (by ``scorer``, on validation data) of it and ``samples`` plans drawn from the policy.
+
+    A policy is a prior learned on other models; on a family unlike its training ones (depthwise MobileNets for a
+    policy trained on ResNets and VGG) it can lose to the uniform plan (docs/generalize.md). ``uniform_guard`` adds
+    the uniform plan at the same budget to the candidates, so that with a scorer the plan handed back is never worse
+    than uniform on the validation data, for one more scored plan.
 
     :param policy: a :class:`~rlprune.Policy`, or the path of a saved one (run directory or ``policy.json``).
     :param example_inputs: an input batch for tracing ``model``.
     :param target: pruned/dense cost ratio.
     :param budget: ``macs`` or ``latency`` (CPU latency from a lookup table built here, at the batch size and in the
         runtime the policy was trained with unless ``latency_runtime`` names another runtime).
-    :param scorer: scores the candidates when ``samples`` > 0 (e.g. a :class:`~rlprune.MetricScorer` for ``model``).
+    :param scorer: scores the candidates when ``samples`` > 0 or ``uniform_guard`` (e.g. a
+        :class:`~rlprune.MetricScorer` for ``model``).
+    :param uniform_guard: also score the uniform plan and keep it if it scores best (``chosen: "uniform"``).
     :param force: apply the policy at a target or budget kind outside what it was trained for (else refused).
     :param ignore: module or parameter names (or patterns) to leave unpruned (:func:`rlprune.analyze`; a scorer's
         own structure is used when given).
@@ -218,8 +230,9 @@ def apply_policy(
     """
     if samples < 0:
         raise RLPruneError(f"samples: expected >= 0, got {samples}")
-    if samples and scorer is None:
-        raise RLPruneError("samples: choosing among sampled plans needs a scorer for the model")
+    if (samples or uniform_guard) and scorer is None:
+        what = "samples" if samples else "uniform_guard"
+        raise RLPruneError(f"{what}: choosing among candidate plans needs a scorer for the model")
     policy = policy if isinstance(policy, Policy) else load_policy(policy)  # read once; policy_plans reuses it
     if scorer is not None:
         structure = scorer.structure
@@ -236,8 +249,9 @@ def apply_policy(
         threads=threads,
         force=force,
         latency_runtime=latency_runtime,
+        uniform=uniform_guard,
     )
-    if not samples:
+    if len(plans) == 1:
         return plans[0], {"samples": 0}
     assert scorer is not None
     scores = []
@@ -246,8 +260,11 @@ def apply_policy(
         scores.append(
             {"proxy_val_accuracy": round(r.accuracy, 2), "macs_ratio": round(plan_macs_ratio(structure, plan), 4)}
         )
-    best = max(range(len(plans)), key=lambda i: scores[i]["proxy_val_accuracy"])
-    return plans[best], {"samples": samples, "candidates": scores, "chosen": "deterministic" if best == 0 else best}
+    best = max(range(len(plans)), key=lambda i: scores[i]["proxy_val_accuracy"])  # the first of equals: the policy's
+    chosen: int | str = "deterministic" if best == 0 else best
+    if uniform_guard and best == len(plans) - 1:
+        chosen = "uniform"
+    return plans[best], {"samples": samples, "uniform_guard": uniform_guard, "candidates": scores, "chosen": chosen}
 
 
 def original_structure(meta: dict[str, Any]) -> Structure:

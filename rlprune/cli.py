@@ -221,7 +221,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         policy = load_policy(args.policy)  # after the checkpoint: a model that cannot be pruned is the first error
         source = {"policy": args.policy, "checkpoint": args.checkpoint, "target": target, "budget": budget}
         scorer = None
-        if args.samples:
+        if args.samples or args.uniform_guard:
             importance = policy.meta.get("importance", "l1")
             granularity = structure.granularity
             scorer = default_proxy(dense, get_splits(), importance, args.device, structure.options, granularity)
@@ -238,8 +238,9 @@ def _cmd_apply(args: argparse.Namespace) -> int:
             force=args.force,
             ignore=structure.options.ignore,
             heads=structure.options.heads,
+            uniform_guard=args.uniform_guard,
         )
-        return plan, source | (picked if args.samples else {})
+        return plan, source | (picked if args.samples or args.uniform_guard else {})
 
     return _finetune_common(args, plan_fn, granularity=_saved_granularity(args.policy, "policy.json"))
 
@@ -438,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="also draw N plans from the policy's distribution (seeded by --seed) and keep the one the search's "
         "proxy scores best on the validation split (a few seconds per plan); 0 = the deterministic rollout",
+    )
+    p.add_argument(
+        "--uniform-guard",
+        action="store_true",
+        help="also score the uniform plan at the same target on the validation split and keep it if the policy's "
+        "plans score lower (one more scored plan; a policy can lose to uniform on a family it never saw)",
     )
     p.add_argument(
         "--force",

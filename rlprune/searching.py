@@ -349,6 +349,15 @@ def _budget(cfg: SearchConfig, scorer: Scorer, run_dir: Path) -> tuple[Budget, n
             raise RLPruneError("search: a latency budget or reward needs a scorer that holds the dense model")
         dense_cpu = copy.deepcopy(model).cpu().eval()  # the scorer keeps its model on its own device
         table = _latency_table(cfg, scorer.structure, dense_cpu, run_dir)
+        if cfg.latency.runtime != "torch" and cfg.env.round_to is None:
+            # benchmarks/results/latency_vs_macs.md: unrounded plans ran at 0.95-0.99x of dense in ONNX Runtime
+            # fp32 and slower than dense in int8, and the table, timed on grid points that are multiples of 8,
+            # mispredicted them by ~30%
+            log.warning(
+                "latency in %s with env.round_to unset: its kernels block channels by the CPU's vector width, and "
+                "other channel counts run far slower than their MACs say; set env.round_to: 8 or auto",
+                cfg.latency.runtime,
+            )
     return build_budget(cfg, scorer.structure, table), dense_cpu
 
 

@@ -136,6 +136,53 @@ def test_apply_samples_plans_and_keeps_the_best_by_proxy(
     assert "--samples" in capsys.readouterr().err
 
 
+class SpreadScorer:
+    """Scores a plan by how evenly (``sign`` -1) or unevenly (+1) it spreads its ratios: which candidate wins is
+    then known in advance, so the choice itself is what is tested."""
+
+    def __init__(self, structure: object, sign: float) -> None:
+        self.structure, self.importance, self.sign = structure, "l1", sign
+
+    def __call__(self, plan: Plan) -> object:
+        from rlprune.evaluation.scorer import Score
+
+        return Score(accuracy=self.sign * float(np.std(list(plan.ratios.values()))))
+
+
+def test_uniform_guard_keeps_the_uniform_plan_only_when_it_scores_best(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rlprune.apply import apply_policy, example_input, policy_plans
+    from rlprune.pruning.budget import macs_ratio, uniform_plan
+
+    dense, meta, structure = load_dense(str(trained["ck32"]))
+    rollout = policy_plans(str(trained["policy"]), dense, structure, target=0.5)[0]
+    assert np.std(list(rollout.ratios.values())) > 0  # the policy's plan is not uniform (else nothing is tested)
+    for sign, chosen in ((-1.0, "uniform"), (1.0, "deterministic")):
+        plan, record = apply_policy(
+            str(trained["policy"]),
+            dense,
+            example_input(meta),
+            target=0.5,
+            scorer=SpreadScorer(structure, sign),
+            uniform_guard=True,
+        )
+        assert record["chosen"] == chosen and len(record["candidates"]) == 2 and record["uniform_guard"]
+        assert 0.49 <= macs_ratio(structure, plan) <= 0.5
+        if chosen == "uniform":  # the uniform plan at the same budget, as the budget's solver makes it
+            assert plan.channels == uniform_plan(structure, 0.5).channels
+        else:
+            assert plan.channels == rollout.channels
+    with pytest.raises(RLPruneError, match="uniform_guard: choosing among candidate plans needs a scorer"):
+        apply_policy(str(trained["policy"]), dense, example_input(meta), target=0.5, uniform_guard=True)
+    out = trained["tmp"] / "applied32_guard"  # from the command line: the proxy on the validation split decides
+    args = ["--checkpoint", str(trained["ck32"]), "--target-macs", "0.5", "--uniform-guard", "--out", str(out)]
+    assert main(["apply", "--policy", str(trained["policy"]), *args, "--quiet", "--batch-size", "16"]) == 0
+    source = json.loads((out / "report.json").read_text())["source"]
+    scores = [c["proxy_val_accuracy"] for c in source["candidates"]]
+    assert len(scores) == 2 and source["chosen"] == ("uniform" if scores[1] > scores[0] else "deterministic")
+
+
 def test_finetune_a_saved_plan(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     out = trained["tmp"] / "ft20"
     plan = trained["policy"] / "best_plan.json"
