@@ -33,6 +33,12 @@ log = logging.getLogger("rlprune.pipeline")
 # (benchmarks/results/latency_default.md).
 LATENCY_WEIGHT = 0.3
 LATENCY_BATCH = 64
+# Channel multiple of the main job when latency is timed in ONNX Runtime: its kernels run channel counts off the
+# vector width far slower (unrounded plans at 0.95-0.99x of dense in fp32, slower than dense in int8), and rounding to
+# 8 cost no proxy accuracy in a 40-episode search at 0.5 MACs (71.0 vs 70.6) while taking batch-64 latency from 0.84x
+# to 0.77-0.83x; 16 was faster still (0.66x) but 9 proxy points worse (benchmarks/results/latency_vs_macs.md,
+# latency_default_onnxruntime.md).
+ORT_ROUND_TO = 8
 
 
 def with_default_reward(
@@ -44,6 +50,8 @@ def with_default_reward(
     is the plain accuracy reward for a model the lookup table cannot time (given ``model`` and its ``structure``).
     Whatever the reward, latency is timed in ONNX Runtime int8 when the job ships an int8 model
     (``finetune.quantize: int8``, unless ``latency.runtime`` is given): the latency that counts is the deployed one.
+    Latency timed in ONNX Runtime also rounds kept channels to multiples of :data:`ORT_ROUND_TO` unless
+    ``env.round_to`` is given.
 
     ``rlprune search`` / ``train`` keep plain ``accuracy`` as their default: they find plans, ``run`` ships one.
     """
@@ -51,6 +59,9 @@ def with_default_reward(
         # also for a latency budget: what the job ships is the int8 model, so that is the latency that counts
         cfg = cfg.model_copy(update={"latency": cfg.latency.model_copy(update={"runtime": "onnxruntime-int8"})})
     env = cfg.env
+    if cfg.latency.runtime != "torch" and "round_to" not in env.model_fields_set and env.granularity == "channel":
+        env = env.model_copy(update={"round_to": ORT_ROUND_TO})
+        cfg = cfg.model_copy(update={"env": env})
     if "reward" in env.model_fields_set or env.budget != "macs":
         return cfg
     if model is not None and structure is not None and not timeable(model, structure):

@@ -8,7 +8,7 @@ from torch import nn
 from rlprune.config import SearchConfig, validate
 from rlprune.cost.lut import timeable
 from rlprune.models import build_model
-from rlprune.pipeline import LATENCY_BATCH, LATENCY_WEIGHT, with_default_reward
+from rlprune.pipeline import LATENCY_BATCH, LATENCY_WEIGHT, ORT_ROUND_TO, with_default_reward
 from rlprune.pruning import analyze
 
 
@@ -35,6 +35,14 @@ def test_run_defaults_to_the_latency_reward_only_when_none_is_named() -> None:
     assert with_default_reward(_cfg()).latency.runtime == "torch"
     int8_budget = with_default_reward(_cfg(env={"budget": "latency"}, finetune={"quantize": "int8"}))
     assert (int8_budget.env.budget, int8_budget.latency.runtime) == ("latency", "onnxruntime-int8")
+    # latency timed in ONNX Runtime rounds kept channels (its kernels run other counts far slower), unless named
+    assert with_default_reward(_cfg(finetune={"quantize": "int8"})).env.round_to == ORT_ROUND_TO
+    assert with_default_reward(_cfg(latency={"runtime": "onnxruntime"})).env.round_to == ORT_ROUND_TO
+    assert with_default_reward(_cfg(latency={"runtime": "onnxruntime"}, env={"round_to": 4})).env.round_to == 4
+    assert with_default_reward(_cfg(latency={"runtime": "onnxruntime"}, env={"round_to": None})).env.round_to is None
+    assert with_default_reward(_cfg()).env.round_to is None  # PyTorch eager: left as it is
+    rounded = with_default_reward(_cfg(env={"reward": "accuracy"}, latency={"runtime": "onnxruntime-int8"}))
+    assert (rounded.env.reward, rounded.env.round_to) == ("accuracy", ORT_ROUND_TO)
     # what the run directory records is the reward the search used
     assert with_default_reward(_cfg()).model_dump(mode="json")["env"]["reward"] == "accuracy_latency"
 
