@@ -226,10 +226,18 @@ class EnvConfig(Strict):
     min_ratio: float = Field(0.0, ge=0, lt=1)
     max_ratio: float = Field(0.8, gt=0, lt=1)
     # kept channels rounded to a multiple of this; "auto": this CPU's fp32 vector width (16 with AVX-512, 8 with
-    # AVX2), which CPU kernels block channels by (resolved when the config is read; the run records the number)
+    # AVX2), which CPU kernels block channels by (resolved when the config is read; the run records the number).
+    # rlprune run sets 8 when it times latency in ONNX Runtime and this is not given (rlprune.pipeline)
     round_to: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
     min_channels: int = Field(1, ge=1)
     tolerance: float = Field(0.01, gt=0, lt=0.5)
+
+    @field_validator("round_to", mode="before")
+    @classmethod
+    def _round_to(cls, value: Any) -> Any:
+        if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("expected a whole number of channels >= 1 or 'auto'")
 
     @model_validator(mode="after")
     def _check(self) -> EnvConfig:

@@ -8,13 +8,14 @@ instead (:mod:`rlprune.pipeline_rounds`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from rlprune.apply import finetune_plan, load_dense
-from rlprune.config import SearchConfig
+from rlprune.config import EnvConfig, SearchConfig, validate
 from rlprune.cost.lut import timeable
 from rlprune.data import splits_from_meta
 from rlprune.errors import RLPruneError
@@ -33,16 +34,21 @@ log = logging.getLogger("rlprune.pipeline")
 # (benchmarks/results/latency_default.md).
 LATENCY_WEIGHT = 0.3
 LATENCY_BATCH = 64
-# Channel multiple of the main job when latency is timed in ONNX Runtime: its kernels run channel counts off the
-# vector width far slower (unrounded plans at 0.95-0.99x of dense in fp32, slower than dense in int8), and rounding to
-# 8 cost no proxy accuracy in a 40-episode search at 0.5 MACs (71.0 vs 70.6) while taking batch-64 latency from 0.84x
-# to 0.77-0.83x; 16 was faster still (0.66x) but 9 proxy points worse (benchmarks/results/latency_vs_macs.md,
-# latency_default_onnxruntime.md).
+# Channel multiple of the main job when it deploys through ONNX Runtime (latency.runtime onnxruntime[-int8]): its
+# kernels run channel counts off the vector width far slower (unrounded plans at 0.95-0.99x of dense in fp32, slower
+# than dense in int8; rounded to 8: 0.73-0.75x and 1.0x). In 40-episode searches at 0.5 MACs rounding to 8 cost no
+# proxy accuracy with the latency reward (71.0 vs 70.6) and 1.3 points with plain accuracy (69.9 vs 71.2), for 0.77-
+# 0.83x instead of 0.84-0.93x at batch 64; 16 was faster in fp32 (0.66x) but ~10 proxy points worse and slower in int8
+# (benchmarks/results/latency_vs_macs.md, latency_default_onnxruntime.md).
 ORT_ROUND_TO = 8
 
 
 def with_default_reward(
-    cfg: SearchConfig, model: nn.Module | None = None, structure: Structure | None = None
+    cfg: SearchConfig,
+    model: nn.Module | None = None,
+    structure: Structure | None = None,
+    *,
+    began: Mapping[str, Any] | None = None,
 ) -> SearchConfig:
     """``cfg`` with the main job's latency-aware reward when ``env.reward`` was not set: ``accuracy_latency``, weight
     :data:`LATENCY_WEIGHT` (unless ``env.reward_weight`` is given), lookup table at batch :data:`LATENCY_BATCH`
@@ -50,11 +56,25 @@ def with_default_reward(
     is the plain accuracy reward for a model the lookup table cannot time (given ``model`` and its ``structure``).
     Whatever the reward, latency is timed in ONNX Runtime int8 when the job ships an int8 model
     (``finetune.quantize: int8``, unless ``latency.runtime`` is given): the latency that counts is the deployed one.
-    Latency timed in ONNX Runtime also rounds kept channels to multiples of :data:`ORT_ROUND_TO` unless
-    ``env.round_to`` is given.
+    A job whose latency runtime is ONNX Runtime (the runtime it deploys with) also rounds kept channels to multiples
+    of :data:`ORT_ROUND_TO` unless ``env.round_to`` is given, whatever the reward (a ``policy:`` rollout keeps the
+    rounding its policy was trained with).
 
     ``rlprune search`` / ``train`` keep plain ``accuracy`` as their default: they find plans, ``run`` ships one.
+
+    :param began: the ``env`` section of the run being resumed (its saved config): a run goes on with the reward and
+        the channel rounding it began with where the config does not name them, whatever default was made since
+        (a run begun with the plain ``accuracy`` reward keeps it; one begun without rounding keeps that).
     """
+    began = began or {}
+    resolved = cfg if began.get("reward") == "accuracy" else _defaults(cfg, model, structure)
+    if "round_to" in began and "round_to" not in cfg.env.model_fields_set:
+        env = validate(EnvConfig, {**resolved.env.model_dump(), "round_to": began["round_to"]}, "the run's config.yaml")
+        resolved = resolved.model_copy(update={"env": env})
+    return resolved
+
+
+def _defaults(cfg: SearchConfig, model: nn.Module | None, structure: Structure | None) -> SearchConfig:
     if "runtime" not in cfg.latency.model_fields_set and cfg.finetune.quantize == "int8":
         # also for a latency budget: what the job ships is the int8 model, so that is the latency that counts
         cfg = cfg.model_copy(update={"latency": cfg.latency.model_copy(update={"runtime": "onnxruntime-int8"})})
@@ -101,11 +121,8 @@ def run_job(
     )
     run_dir = Path(cfg.output_dir) / cfg.name
     saved = run_dir / "config.yaml"
-    started_plain = (
-        resume and saved.is_file() and (read_yaml_file(saved) or {}).get("env", {}).get("reward") == "accuracy"
-    )
-    if not started_plain:  # a run started with the plain reward (before this default) is continued as it began
-        cfg = with_default_reward(cfg, dense, structure)
+    began = ((read_yaml_file(saved) or {}).get("env") or {}) if resume and saved.is_file() else {}
+    cfg = with_default_reward(cfg, dense, structure, began=began)
     if cfg.rounds is not None:  # search, prune and fine-tune per round (rlprune.pipeline_rounds)
         from rlprune.pipeline_rounds import run_rounds
 

@@ -351,11 +351,10 @@ def _budget(cfg: SearchConfig, scorer: Scorer, run_dir: Path) -> tuple[Budget, n
         table = _latency_table(cfg, scorer.structure, dense_cpu, run_dir)
         if cfg.latency.runtime != "torch" and cfg.env.round_to is None:
             # benchmarks/results/latency_vs_macs.md: unrounded plans ran at 0.95-0.99x of dense in ONNX Runtime
-            # fp32 and slower than dense in int8, and the table, timed on grid points that are multiples of 8,
-            # mispredicted them by ~30%
+            # fp32 and slower than dense in int8, and the lookup table mispredicted them by ~30%
             log.warning(
                 "latency in %s with env.round_to unset: its kernels block channels by the CPU's vector width, and "
-                "other channel counts run far slower than their MACs say; set env.round_to: 8 or auto",
+                "other channel counts run far slower than their MACs say; set env.round_to: 8",
                 cfg.latency.runtime,
             )
     return build_budget(cfg, scorer.structure, table), dense_cpu
@@ -561,8 +560,9 @@ def search(
     :param episodes: plans to evaluate.
     :param budget: ``macs``, ``latency`` or ``params``; a weight-level scorer (``MetricScorer(...,
         granularity="unstructured")``) searches per-layer sparsity on a ``params`` budget.
-    :param round_to: keep channel counts a multiple of this; ``"auto"``: this CPU's vector width, which makes the
-        pruned model faster at the same MACs (benchmarks/results/latency_vs_macs.md).
+    :param round_to: keep channel counts a multiple of this (8 suits ONNX Runtime on x86, fp32 and int8);
+        ``"auto"``: this CPU's fp32 vector width (16 with AVX-512: faster still in fp32, but coarser steps that cost
+        accuracy; docs/compression.md).
     :param out_dir: the run directory (created; an existing search there is refused unless ``resume``).
     :param options: further :class:`~rlprune.config.SearchConfig` sections, e.g. ``latency={"batch_size": 8}`` or
         ``env={"tolerance": 0.02}`` (merged over the arguments above).

@@ -94,7 +94,14 @@ def test_round_to_auto_resolves_to_the_cpu_vector_width(tmp_path: Path, monkeypa
         cfg = load_config(_write(tmp_path, {**base, "env": {"round_to": "auto"}}), SearchConfig)
         assert cfg.env.round_to == lanes  # the run records the number it pruned with, not "auto"
         assert load_config(write_resolved(cfg, tmp_path / capability.replace(" ", "_")), SearchConfig) == cfg
-    for bad in (0, "fast", 2.5):
-        with pytest.raises(RLPruneError, match="env.round_to") as info:
+    for bad in (0, "fast", 2.5, True):
+        with pytest.raises(
+            RLPruneError, match="env.round_to: expected a whole number of channels >= 1 or 'auto'"
+        ) as info:
             load_config(_write(tmp_path, {**base, "env": {"round_to": bad}}), SearchConfig)
         assert "\n" not in str(info.value)
+    with pytest.raises(RLPruneError, match="round_to"):  # rounding is for channels: refused for weight sparsity
+        load_config(
+            _write(tmp_path, {**base, "env": {"round_to": "auto", "granularity": "unstructured", "budget": "params"}}),
+            SearchConfig,
+        )

@@ -43,6 +43,15 @@ def test_run_defaults_to_the_latency_reward_only_when_none_is_named() -> None:
     assert with_default_reward(_cfg()).env.round_to is None  # PyTorch eager: left as it is
     rounded = with_default_reward(_cfg(env={"reward": "accuracy"}, latency={"runtime": "onnxruntime-int8"}))
     assert (rounded.env.reward, rounded.env.round_to) == ("accuracy", ORT_ROUND_TO)
+    weight_level = _cfg(env={"granularity": "unstructured", "budget": "params"}, latency={"runtime": "onnxruntime"})
+    assert with_default_reward(weight_level).env.round_to is None  # rounding is for channel plans only
+    # a resumed run keeps the reward and rounding it began with unless the config names them
+    began = {"reward": "accuracy_latency", "round_to": None}
+    assert with_default_reward(_cfg(finetune={"quantize": "int8"}), began=began).env.round_to is None
+    assert with_default_reward(_cfg(finetune={"quantize": "int8"}), began={"reward": "accuracy"}).env.round_to is None
+    assert with_default_reward(_cfg(env={"round_to": 4}), began=began).env.round_to == 4
+    plain = with_default_reward(_cfg(), began={"reward": "accuracy", "round_to": 8})
+    assert (plain.env.reward, plain.env.round_to) == ("accuracy", 8)
     # what the run directory records is the reward the search used
     assert with_default_reward(_cfg()).model_dump(mode="json")["env"]["reward"] == "accuracy_latency"
 

@@ -34,8 +34,8 @@ _SIMD_LANES = {"AVX512": 16, "AVX2": 8, "SVE256": 8}
 def simd_channels() -> int:
     """How many fp32 channels fill one vector register of this CPU: 16 with AVX-512, 8 with AVX2, 4 otherwise (SSE,
     NEON, VSX). CPU convolution kernels (oneDNN, ONNX Runtime's MLAS) block channels by this width, so a channel
-    count that is not a multiple of it pads the last block: ``round_to: auto`` rounds kept channels to it
-    (benchmarks/results/latency_vs_macs.md measures what that buys per runtime)."""
+    count off that grid runs slower than its MACs say: ``round_to: auto`` rounds kept channels to it
+    (benchmarks/results/latency_vs_macs.md measures what that buys per runtime; int8 kernels did best with 8)."""
     return _SIMD_LANES.get(torch.backends.cpu.get_cpu_capability(), 4)
 
 
