@@ -35,11 +35,12 @@ log = logging.getLogger("rlprune.pipeline")
 LATENCY_WEIGHT = 0.3
 LATENCY_BATCH = 64
 # Channel multiple of the main job when it deploys through ONNX Runtime (latency.runtime onnxruntime[-int8]): its
-# kernels run channel counts off the vector width far slower (unrounded plans at 0.95-0.99x of dense in fp32, slower
-# than dense in int8; rounded to 8: 0.73-0.75x and 1.0x). In 40-episode searches at 0.5 MACs rounding to 8 cost no
+# kernels run channel counts off the vector width far slower (unrounded plans at 0.93-0.94x of dense in fp32, 1.2x of
+# dense in int8; rounded to 8: 0.73x and 0.9x). In 40-episode searches at 0.5 MACs rounding to 8 cost no
 # proxy accuracy with the latency reward (71.0 vs 70.6) and 1.3 points with plain accuracy (69.9 vs 71.2), for 0.77-
-# 0.83x instead of 0.84-0.93x at batch 64; 16 was faster in fp32 (0.66x) but ~10 proxy points worse and slower in int8
-# (benchmarks/results/latency_vs_macs.md, latency_default_onnxruntime.md).
+# 0.83x instead of 0.84-0.93x at batch 64. 16 is faster in fp32 and slower in int8; it cost ~10 proxy points in a
+# search, though the PPO plan rescaled to it kept its accuracy after fine-tuning (benchmarks/results/
+# latency_vs_macs.md, latency_default_onnxruntime.md, compression.md): round_to auto/16 is the user's call.
 ORT_ROUND_TO = 8
 
 

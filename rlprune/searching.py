@@ -350,8 +350,8 @@ def _budget(cfg: SearchConfig, scorer: Scorer, run_dir: Path) -> tuple[Budget, n
         dense_cpu = copy.deepcopy(model).cpu().eval()  # the scorer keeps its model on its own device
         table = _latency_table(cfg, scorer.structure, dense_cpu, run_dir)
         if cfg.latency.runtime != "torch" and cfg.env.round_to is None:
-            # benchmarks/results/latency_vs_macs.md: unrounded plans ran at 0.95-0.99x of dense in ONNX Runtime
-            # fp32 and slower than dense in int8, and the lookup table mispredicted them by ~30%
+            # benchmarks/results/latency_vs_macs.md: unrounded plans ran at 0.93-0.94x of dense in ONNX Runtime
+            # fp32 and slower than dense in int8, and the lookup table mispredicted them by ~25%
             log.warning(
                 "latency in %s with env.round_to unset: its kernels block channels by the CPU's vector width, and "
                 "other channel counts run far slower than their MACs say; set env.round_to: 8",
