@@ -77,6 +77,18 @@ def write_results(stem: str | Path, data: dict[str, Any], markdown: str) -> tupl
     return stem.with_suffix(".json"), stem.with_suffix(".md")
 
 
+def measured_on(env: Mapping[str, Any], command: str) -> str:
+    """The closing sentence of a results page: where the numbers were measured (threads, CPU, torch, commit) and
+    the command that measures them again, so a reader can tell whether their own run should match.
+
+    :param env: :func:`environment` of this run.
+    :param command: :func:`reproduce_command` of this run.
+    """
+    return (
+        f"{env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}. Reproduce: `{command}`."
+    )
+
+
 def reproduce_command(script: str, args: argparse.Namespace, root: Path, skip: Iterable[str] = ("out", "runs")) -> str:
     """The command line that reruns a benchmark with every option spelled out (defaults included, so the line still
     means the same after a default changes); paths under ``root`` are written relative to it.
@@ -102,4 +114,4 @@ def reproduce_command(script: str, args: argparse.Namespace, root: Path, skip: I
     return " ".join(parts)
 
 
-__all__ = ["environment", "md_table", "measured_at", "reproduce_command", "write_results"]
+__all__ = ["environment", "md_table", "measured_at", "measured_on", "reproduce_command", "write_results"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _results import environment, md_table, reproduce_command, write_results
+from _results import environment, md_table, measured_on, reproduce_command, write_results
 
 from rlprune.checkpoint import read_meta
 from rlprune.data import splits_from_meta
@@ -45,9 +45,8 @@ def main() -> None:
             "",
             md_table(["model", "val acc", "test acc"], rows),
             "",
-            f"Validation: the 5k hold-out from train; test: the 10k test split. {env['threads']} threads, "
-            f"{env['cpu']}, torch {env['torch']}, commit {env['commit']}. "
-            f"Reproduce: `{reproduce_command('benchmarks/ensemble_accuracy.py', args, ROOT)}`.",
+            "Validation: the 5k hold-out from train; test: the 10k test split. "
+            + measured_on(env, reproduce_command("benchmarks/ensemble_accuracy.py", args, ROOT)),
         ]
     )
     write_results(args.out, {"checkpoints": args.checkpoint, "accuracy": data, "environment": env}, md)

@@ -27,7 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _results import environment, md_table, mean_std, reproduce_command, write_results
+from _results import environment, md_table, mean_std, measured_on, reproduce_command, write_results
 
 from rlprune.apply import finetune_plan, load_dense, policy_plans
 from rlprune.data import splits_from_meta
@@ -100,8 +100,7 @@ def _markdown(args: argparse.Namespace, reports: dict[str, dict[str, dict[str, A
         lines += ["", f"**Not yet measured**: {', '.join(pending)}."]
     lines += [
         "",
-        f"{env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}. "
-        f"Reproduce: `{reproduce_command('benchmarks/finetune_resnet20_macs50.py', args, ROOT, skip=SKIP)}`.",
+        measured_on(env, reproduce_command("benchmarks/finetune_resnet20_macs50.py", args, ROOT, skip=SKIP)),
     ]
     return "\n".join(lines)
 

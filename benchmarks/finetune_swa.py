@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _results import environment, md_table, reproduce_command, write_results
+from _results import environment, md_table, measured_on, reproduce_command, write_results
 
 from rlprune.apply import finetune_plan, load_dense
 from rlprune.data import splits_from_meta
@@ -72,8 +72,7 @@ def main() -> None:
             "",
             md_table(["fine-tune", "MACs ratio", "val, last iterate", "val", "test"], rows),
             "",
-            f"{env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}. "
-            f"Reproduce: `{reproduce_command('benchmarks/finetune_swa.py', args, ROOT)}`.",
+            measured_on(env, reproduce_command("benchmarks/finetune_swa.py", args, ROOT)),
         ]
     )
     write_results(args.out, {"reports": reports, "environment": env}, md)

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _results import environment, md_table, mean_std, reproduce_command, write_results
+from _results import environment, md_table, mean_std, measured_on, reproduce_command, write_results
 
 from rlprune.agents.policy_io import Policy
 from rlprune.apply import apply_policy, check_policy_target, example_input, finetune_plan, load_dense, policy_plans
@@ -846,8 +846,7 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
             else "Fine-tunes: not run yet (`--stage finetune`; each evaluates the dense and pruned model on the full "
             "validation and test splits). "
         )
-        + f"{env['threads']} threads, {env['cpu']}, torch {env['torch']}, commit {env['commit']}. "
-        f"Reproduce: `{reproduce}`.",
+        + measured_on(env, reproduce),
     ]
     data = {
         "training": training,

@@ -45,6 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     args.runtime = args.runtime or ["torch", "onnxruntime", "onnxruntime-int8"]
     args.round_to = args.round_to or [8, 16]
+    rounds: list[int | None] = [None, *args.round_to]
     args.plan = args.plan or [f"{n}={(PLANS / f'{n}-s0.json').relative_to(ROOT)}" for n in ("ppo", "ort64")]
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -62,7 +63,7 @@ def main() -> None:
         profiles.append((f"random {i}", [rng.uniform(0.1, 1.0) for _ in s.units], rng.choice((0.3, 0.5, 0.7))))
     specs = []
     for label, profile, target in profiles:
-        for r in [None, *args.round_to]:
+        for r in rounds:
             plan = (
                 uniform_plan(s, target, round_to=r)
                 if profile is None
@@ -93,7 +94,7 @@ def main() -> None:
                 predicted = tables[bs].predict(s, plan.channels) / tables[bs].dense_ms
                 rec[f"{runtime}_b{bs}"] = measured
                 rec[f"{runtime}_lut_b{bs}"] = predicted
-        for r in [None, *args.round_to]:
+        for r in rounds:
             mine = [rec for rec in records if rec["round_to"] == r]
             for bs in (1, 64):
                 summary.setdefault(f"{runtime} b{bs}", {})[str(r)] = {
@@ -103,7 +104,6 @@ def main() -> None:
                     ),
                 }
         print(runtime, "done", flush=True)
-    rounds = [None, *args.round_to]
     head = ["plan", "round_to", "MACs ratio"] + [f"{rt} b{bs}" for rt in args.runtime for bs in (1, 64)]
     rows = [
         [rec["plan"], rec["round_to"] or "-", rec["macs_ratio"]]

@@ -27,17 +27,13 @@ CIFAR_BLOCKS: tuple[tuple[int, int], ...] = (
 )
 
 
-def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> nn.Sequential:
-    return conv_bn_act(cin, cout, kernel, stride, groups, act=nn.ReLU)
-
-
 class DepthwiseSeparable(nn.Module):
     """3x3 depthwise conv (one filter per channel) followed by a 1x1 pointwise conv, each with BN and ReLU."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
-        self.depthwise = _conv_bn_relu(cin, cin, 3, stride, groups=cin)
-        self.pointwise = _conv_bn_relu(cin, cout, 1, 1)
+        self.depthwise = conv_bn_act(cin, cin, 3, stride, groups=cin, act=nn.ReLU)
+        self.pointwise = conv_bn_act(cin, cout, 1, 1, act=nn.ReLU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise(self.depthwise(x))
@@ -56,7 +52,7 @@ class CifarMobileNetV1(nn.Module):
         if not width_mult > 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult}")
         cin = max(8, int(32 * width_mult))
-        layers: list[nn.Module] = [_conv_bn_relu(in_channels, cin, 3, 1)]
+        layers: list[nn.Module] = [conv_bn_act(in_channels, cin, 3, 1, act=nn.ReLU)]
         for channels, stride in CIFAR_BLOCKS:
             cout = max(8, int(channels * width_mult))
             layers.append(DepthwiseSeparable(cin, cout, stride))
