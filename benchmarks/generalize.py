@@ -631,6 +631,53 @@ def _versus_uniform(data: dict[str, Any], title: str) -> list[str]:
     return [f"## {title}", "", md_table(["target", "MACs", "uniform", *names], [*rows, ["mean", "", "", *means]]), ""]
 
 
+def _losses_md(cells: list[dict[str, Any]], top: int = 4) -> list[str]:
+    """Where the generalist loses to uniform: in each such cell, the units on which its plan and the fresh PPO
+    search's best plan disagree most (channels kept by the generalist, uniform and the search), read from the
+    stored plans — what the policy does on a family it never saw that a search on that family does not."""
+    losing = [
+        c for c in cells if c["rows"]["generalist"]["proxy_val_accuracy"] < c["rows"]["uniform"]["proxy_val_accuracy"]
+    ]
+    if not losing or any("plan" not in c["rows"][m] for c in losing for m in ("generalist", "uniform", "PPO search")):
+        return []
+    rows = []
+    for c in losing:
+        plans = {m: c["rows"][m]["plan"] for m in ("generalist", "uniform", "PPO search")}
+        gap = {
+            n: plans["generalist"]["ratios"][n] - plans["PPO search"]["ratios"][n] for n in plans["uniform"]["ratios"]
+        }
+        for name in sorted(gap, key=lambda n: -abs(gap[n]))[:top]:
+            rows.append(
+                [
+                    c["model"],
+                    c["budget"],
+                    f"`{name}`",
+                    *[plans[m]["channels"][name] for m in plans],
+                    *[round(plans[m]["ratios"][name], 2) for m in plans],
+                ]
+            )
+    head = [
+        "target",
+        "MACs",
+        "unit",
+        "kept: generalist",
+        "uniform",
+        "PPO search",
+        "ratio: generalist",
+        "uniform",
+        "PPO search",
+    ]
+    return [
+        "## Where the generalist loses to uniform",
+        "",
+        f"In each cell where it is behind uniform on the proxy, the {top} units on which its plan and the fresh PPO "
+        "search's best plan differ most (pruned ratio; channels kept):",
+        "",
+        md_table(head, rows),
+        "",
+    ]
+
+
 def _families_md(
     args: argparse.Namespace, data: dict[str, Any], ft: dict[str, Any], cells: list[dict[str, Any]]
 ) -> list[str]:
@@ -825,6 +872,7 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
     if rewards_data:
         title = f"Rewards compared ({rewards_data['episodes']} episodes each; zero-shot proxy accuracy minus uniform)"
         md += _versus_uniform(rewards_data, title)
+    md += _losses_md(cells)
     families_data = _stage_data(args, "families", "families")
     if families_data and families_data.get("cells"):
         md += _families_md(args, families_data, ft, cells)
