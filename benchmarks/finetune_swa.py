@@ -1,7 +1,7 @@
 """Does weight averaging (SWA) help fine-tuning a pruned model? One plan, one seed, the same epochs, with and without.
 
-    python benchmarks/finetune_swa.py --plan benchmarks/results/search_resnet20_macs50_plans/ppo-s1.json \\
-        --epochs 6 --swa-epochs 3
+    python benchmarks/finetune_swa.py --epochs 6 --swa-epochs 3 \\
+        --plan benchmarks/results/search_resnet20_macs50_plans/earlier_checkpoint/ppo-s1.json
 
 Both fine-tunes distil from the dense model (``rlprune finetune`` defaults: lr 0.02 cosine, weight 0.5, T 4); the SWA
 run decays to ``--swa-lr`` (default lr/2) by the start of its last ``--swa-epochs`` epochs and averages them. Each is an
