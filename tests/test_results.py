@@ -31,3 +31,48 @@ def test_results_are_written_as_json_and_markdown(tmp_path: Path) -> None:
     js, mdp = write_results(tmp_path / "bench", {"rows": 2}, md)
     data = json.loads(js.read_text())
     assert data["rows"] == 2 and "torch" in data["environment"] and mdp.read_text() == md + "\n"
+
+
+def test_measured_on_names_the_machine_and_the_command() -> None:
+    from _results import measured_on
+
+    env = {"threads": 1, "cpu": "AMD EPYC", "torch": "2.13.0+cpu", "commit": "abc1234"}
+    line = measured_on(env, "python benchmarks/b.py --seed 0")
+    assert (
+        line == "1 threads, AMD EPYC, torch 2.13.0+cpu, commit abc1234. Reproduce: `python benchmarks/b.py --seed 0`."
+    )
+
+
+def _cell(model: str, gen: float, uni: float, ratios: dict[str, tuple[float, float, float]]) -> dict:
+    """A generalize.py cell whose three plans give each unit the (generalist, uniform, PPO search) ratios, on units
+    of 16 channels."""
+
+    def plan(i: int) -> dict:
+        return {
+            "ratios": {n: r[i] for n, r in ratios.items()},
+            "channels": {n: round(16 * (1 - r[i])) for n, r in ratios.items()},
+        }
+
+    accuracy = {"generalist": gen, "uniform": uni, "PPO search": 70.0}
+    return {
+        "model": model,
+        "budget": 0.5,
+        "rows": {m: {"proxy_val_accuracy": a, "plan": plan(i)} for i, (m, a) in enumerate(accuracy.items())},
+    }
+
+
+def test_losses_table_lists_where_the_generalist_and_the_search_disagree_most() -> None:
+    from generalize import _losses_md
+
+    units = {"a": (0.7, 0.3, 0.0), "b": (0.3, 0.3, 0.35), "c": (0.0, 0.3, 0.5), "d": (0.2, 0.3, 0.2)}
+    winning = _cell("resnet", 60.0, 50.0, units)
+    assert _losses_md([winning]) == []  # nothing to explain where it is ahead of uniform
+    md = _losses_md([winning, _cell("mobilenet", 30.0, 40.0, units)], top=2)
+    lines = "\n".join(md).splitlines()
+    rows = [line for line in lines if line.startswith("| mobilenet")]
+    assert not any(line.startswith("| resnet") for line in lines)
+    # the largest |generalist - search| gaps first: a (0.7 vs 0.0), then c (0.0 vs 0.5); kept channels, then ratios
+    assert rows == [
+        "| mobilenet | 0.5 | `a` | 5 | 11 | 16 | 0.7 | 0.3 | 0 |",
+        "| mobilenet | 0.5 | `c` | 16 | 11 | 8 | 0 | 0.3 | 0.5 |",
+    ]
