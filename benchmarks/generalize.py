@@ -48,7 +48,7 @@ from rlprune.config import SearchConfig, model_label, validate
 from rlprune.cost.macs import count_macs
 from rlprune.data import splits_from_meta
 from rlprune.envs.episode import Episode
-from rlprune.envs.features import FEATURE_GROUPS, feature_spec
+from rlprune.envs.features import ENVELOPE_MARGIN, FEATURE_GROUPS, feature_envelope, feature_spec, outside_envelope
 from rlprune.envs.priors import policy_prior
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import proxy_from_checkpoint
@@ -631,6 +631,38 @@ def _versus_uniform(data: dict[str, Any], title: str) -> list[str]:
     return [f"## {title}", "", md_table(["target", "MACs", "uniform", *names], [*rows, ["mean", "", "", *means]]), ""]
 
 
+def _envelope_md(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """How many of each target's units lie outside the range of static features the training models span (what
+    ``rlprune apply`` warns about for policies that record it), and on which features; computed from the models'
+    structures, not from any search."""
+    version = int(json.loads((args.policy_dir / "policy.json").read_text()).get("feature_version", 2))
+    spec = feature_spec(version)
+    envelope = feature_envelope([spec.static(load_dense(c)[2]) for c in args.train], version)
+    found = {}
+    for ckpt in args.targets:
+        static = spec.static(load_dense(ckpt)[2])
+        found[model_label(ckpt)] = {**outside_envelope(static, envelope), "of": len(static)}
+    rows = [
+        [
+            label,
+            f"{len(f['units'])} of {f['of']}",
+            ", ".join(f"{k} ({n})" for k, n in sorted(f["features"].items(), key=lambda kv: -kv[1])) or "-",
+        ]
+        for label, f in found.items()
+    ]
+    md = [
+        "## Units unlike any in training",
+        "",
+        f"Units of each target outside the range (± {ENVELOPE_MARGIN}) that the training models' units span on some "
+        f"static v{version} feature, and on which features (units outside on each): where the policy extrapolates. "
+        "`rlprune apply` warns with this count for policies that record their training range.",
+        "",
+        md_table(["target", "units outside", "features"], rows),
+        "",
+    ]
+    return md, found
+
+
 def _losses_md(cells: list[dict[str, Any]], top: int = 4) -> list[str]:
     """Where the generalist loses to uniform: in each such cell, the units on which its plan and the fresh PPO
     search's best plan disagree most (channels kept by the generalist, uniform and the search), read from the
@@ -872,7 +904,8 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
     if rewards_data:
         title = f"Rewards compared ({rewards_data['episodes']} episodes each; zero-shot proxy accuracy minus uniform)"
         md += _versus_uniform(rewards_data, title)
-    md += _losses_md(cells)
+    envelope_md, envelope_data = _envelope_md(args)
+    md += _losses_md(cells) + envelope_md
     families_data = _stage_data(args, "families", "families")
     if families_data and families_data.get("cells"):
         md += _families_md(args, families_data, ft, cells)
@@ -906,6 +939,7 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
         "priors": priors_data,
         "families": families_data,
         "guard": guard_data,
+        "outside_training": envelope_data,
         "proxy": PROXY,
         "environment": env,
     }

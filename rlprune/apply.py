@@ -30,6 +30,7 @@ from rlprune.cost.macs import count_macs, count_params
 from rlprune.data import BatchLoader, DataSplits
 from rlprune.envs.calibration import calibrate_latency_budget
 from rlprune.envs.episode import rollout
+from rlprune.envs.features import feature_spec, outside_envelope
 from rlprune.envs.priors import policy_prior
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
@@ -145,6 +146,15 @@ def policy_plans(
     )
     solver = calibrate_latency_budget(solver, model, seed=0, threads=threads)  # met as measured, on average
     version = int(m.get("feature_version", 2))  # observed with the features it was trained on
+    if (outside := outside_training(m, structure)) and outside["units"]:
+        features = ", ".join(f"{k} ({n})" for k, n in sorted(outside["features"].items(), key=lambda kv: -kv[1]))
+        log.warning(
+            "policy: %d of %d units lie outside what it saw in training (%s); its plan there is an extrapolation "
+            "(a uniform guard or a search checks it)",
+            outside["units"],
+            outside["of"],
+            features,
+        )
     prior = policy_prior(m, solver, target, model)  # what action 0 stood for in training
     plans = [rollout(solver, policy.act, target, importance, version, prior)]
     if samples:
@@ -162,6 +172,23 @@ def policy_granularity(meta: dict[str, Any]) -> str:
 
 
 TARGET_SLACK = 0.02  # how far outside its trained target range a policy is still applied without force
+
+
+def outside_training(meta: dict[str, Any], structure: Structure) -> dict[str, Any] | None:
+    """Which of ``structure``'s units lie outside the range of features the policy saw in training (its
+    ``feature_envelope``; None for a policy saved without one): there its actions extrapolate rather than apply what
+    it learned — e.g. depthwise layers or 4x thinner bottlenecks for a policy trained on ResNets and VGG.
+
+    :returns: ``{"units": n outside, "of": units, "features": {feature: units outside on it}}``.
+    """
+    envelope = meta.get("feature_envelope")
+    if not envelope:
+        return None
+    spec = feature_spec(int(meta.get("feature_version", 2)))
+    if list(envelope.get("names", ())) != list(spec.static_names):
+        raise RLPruneError(f"policy: its feature_envelope does not list the v{spec.version} static features")
+    found = outside_envelope(spec.static(structure), envelope)
+    return {"units": len(found["units"]), "of": len(structure.units), "features": found["features"]}
 
 
 def check_policy_target(meta: dict[str, Any], target: float, budget: str, *, force: bool = False) -> None:
@@ -221,7 +248,9 @@ def apply_policy(
     :param ignore: module or parameter names (or patterns) to leave unpruned (:func:`rlprune.analyze`; a scorer's
         own structure is used when given).
     :param heads: attention module name -> head count or its attribute's name (:func:`rlprune.analyze`).
-    :returns: the plan and a record of how it was chosen (every candidate's score when sampling).
+    :returns: the plan and a record of how it was chosen (every candidate's score when sampling), with
+        ``outside_training``: how many of the model's units lie outside the feature range the policy was trained on
+        (:func:`outside_training`; a warning is logged when any do).
 
     Example::
 
@@ -251,8 +280,9 @@ def apply_policy(
         latency_runtime=latency_runtime,
         uniform=uniform_guard,
     )
+    outside = outside_training(policy.meta, structure)
     if len(plans) == 1:
-        return plans[0], {"samples": 0}
+        return plans[0], {"samples": 0, "outside_training": outside}
     assert scorer is not None
     scores = []
     for plan in plans:
@@ -264,7 +294,8 @@ def apply_policy(
     chosen: int | str = "deterministic" if best == 0 else best
     if uniform_guard and best == len(plans) - 1:
         chosen = "uniform"
-    return plans[best], {"samples": samples, "uniform_guard": uniform_guard, "candidates": scores, "chosen": chosen}
+    record = {"samples": samples, "uniform_guard": uniform_guard, "candidates": scores, "chosen": chosen}
+    return plans[best], {**record, "outside_training": outside}
 
 
 def original_structure(meta: dict[str, Any]) -> Structure:

@@ -240,7 +240,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
             heads=structure.options.heads,
             uniform_guard=args.uniform_guard,
         )
-        return plan, source | (picked if args.samples or args.uniform_guard else {})
+        chosen = picked if args.samples or args.uniform_guard else {}
+        return plan, source | chosen | {"outside_training": picked["outside_training"]}
 
     return _finetune_common(args, plan_fn, granularity=_saved_granularity(args.policy, "policy.json"))
 

@@ -8,6 +8,7 @@ Fields rlprune does not use may be present (provenance, recipes) and are kept as
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -195,6 +196,23 @@ class PolicyKwargs(_Closed):
         return value
 
 
+class FeatureEnvelope(_Closed):
+    """The range of each static feature over a policy's training units (``rlprune.envs.features.feature_envelope``)."""
+
+    names: list[str] = Field(max_length=64)
+    low: list[float] = Field(max_length=64)
+    high: list[float] = Field(max_length=64)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> FeatureEnvelope:
+        if not len(self.names) == len(self.low) == len(self.high):
+            raise ValueError("names, low and high must have one entry per feature")
+        pairs = zip(self.low, self.high, strict=True)
+        if not all(math.isfinite(lo) and math.isfinite(hi) and lo <= hi for lo, hi in pairs):
+            raise ValueError("every feature needs finite low <= high")
+        return self
+
+
 class PolicyMetaSchema(_Open):
     """A saved policy's ``policy.json``: how to rebuild the network and how its actions map to ratios."""
 
@@ -210,6 +228,7 @@ class PolicyMetaSchema(_Open):
     target: float | tuple[float, float] | None = None
     importance: str = Field("l1", min_length=1, max_length=40)
     granularity: str = Field("channel", pattern=GRANULARITY_PATTERN)  # what it decides per unit
+    feature_envelope: FeatureEnvelope | None = None  # policies saved before it have none
 
     @model_validator(mode="after")
     def _ranges(self) -> PolicyMetaSchema:

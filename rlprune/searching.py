@@ -31,7 +31,7 @@ from rlprune.checkpoint import load_state, save_state
 from rlprune.config import SearchConfig, validate, write_resolved
 from rlprune.cost.lut import LatencyTable, build_latency_table, measured_latency_ratio
 from rlprune.envs.calibration import calibrate_latency_budget
-from rlprune.envs.features import FEATURE_VERSION
+from rlprune.envs.features import FEATURE_VERSION, feature_envelope
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import proxy_from_checkpoint, scorer_settings
@@ -438,6 +438,7 @@ def train_agent(
     :param extra_meta: more of the policy's metadata (e.g. the models it was trained on)."""
     algorithm = cfg.agent.algorithm
     features = env.feature_version  # read before a worker pool wraps the env in a VecEnv
+    envelope = feature_envelope([e.static for e in getattr(env, "envs", [env])], features)
     # one environment per actor: their terminal evaluations run at once
     n_envs = getattr(getattr(env, "scorer", None), "workers", 1)
     if n_envs > 1:
@@ -466,6 +467,7 @@ def train_agent(
         "prior": cfg.env.prior,
         "trained_on": cfg.checkpoint,
         "feature_version": features,
+        "feature_envelope": envelope,  # what it saw: a rollout on units outside this range is flagged
         "config": cfg.model_dump(mode="json"),
         **(extra_meta or {}),
     }

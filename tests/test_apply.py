@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,7 @@ def test_apply_to_a_deeper_model_end_to_end(trained: dict[str, Path], capsys: py
     ):
         assert (out / name).is_file(), name
     assert report["pruned"]["params"] < report["dense"]["params"]
+    assert report["source"]["outside_training"]["of"] == len(structure.units)  # checked against what it was trained on
     assert set(report["latency_ms_cpu"]["pruned"]) == {"1", "64"}
     model, meta = load_checkpoint(out / "model.json")
     assert meta["plan"]["kept"] and meta["model"] == "resnet32"
@@ -417,3 +419,47 @@ def test_finetune_plan_checks_its_recipe_before_any_work(tmp_path: Path) -> None
         with pytest.raises(RLPruneError, match=match):
             finetune_plan(None, {}, None, None, tmp_path / "out", **kwargs)  # type: ignore[arg-type]
     assert not list(tmp_path.iterdir())
+
+
+def test_a_policy_flags_units_unlike_any_it_was_trained_on(
+    trained: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rlprune as rp
+    from rlprune.agents.policy_io import load_policy, policy_paths
+    from rlprune.envs.features import feature_spec
+
+    policy = load_policy(trained["policy"])
+    envelope = policy.meta["feature_envelope"]  # recorded at training: the range of each static feature it saw
+    assert envelope["names"] == list(feature_spec(policy.meta["feature_version"]).static_names)
+    assert all(lo <= hi for lo, hi in zip(envelope["low"], envelope["high"], strict=True))
+    x = torch.zeros(1, 3, 32, 32)
+    resnet, _, _ = load_dense(str(trained["ck20"]))
+    _, record = rp.apply_policy(policy, resnet, x, target=0.5)
+    assert record["outside_training"] == {"units": 0, "of": 12, "features": {}}  # the model it was trained on
+    # caplog listens on the root logger, which an earlier CLI call's setup_logging() cut the "rlprune" logger off from
+    monkeypatch.setattr(logging.getLogger("rlprune"), "propagate", True)
+    with caplog.at_level("WARNING", logger="rlprune.apply"):
+        _, record = rp.apply_policy(policy, rp.build_model("mobilenetv2", width_mult=0.5).eval(), x, target=0.5)
+    outside = record["outside_training"]
+    # depthwise layers: a kind it never saw, flagged by name, and said in one warning line
+    assert outside["units"] > 0 and outside["features"]["is_depthwise"] > 0
+    assert any(
+        "outside what it saw in training" in r.getMessage() and "is_depthwise" in r.getMessage() for r in caplog.records
+    )
+    # a policy file whose envelope is malformed is refused when read, one whose envelope names other features when used
+    weights, meta_path = policy_paths(trained["policy"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    meta = json.loads(meta_path.read_text())
+    (bad / "policy.safetensors").write_bytes(weights.read_bytes())
+    (bad / "policy.json").write_text(
+        json.dumps({**meta, "feature_envelope": {**envelope, "low": envelope["high"], "high": envelope["low"]}})
+    )
+    if envelope["low"] != envelope["high"]:
+        with pytest.raises(RLPruneError, match="feature_envelope"):
+            load_policy(bad)
+    (bad / "policy.json").write_text(
+        json.dumps({**meta, "feature_envelope": {**envelope, "names": envelope["names"][::-1]}})
+    )
+    with pytest.raises(RLPruneError, match="feature_envelope does not list"):
+        rp.apply_policy(load_policy(bad), resnet, x, target=0.5)

@@ -214,6 +214,11 @@ def test_generalist_search_applies_zero_shot(tmp_path):
     meta = json.loads((tmp_path / "g" / "policy.json").read_text())
     assert meta["feature_version"] == 3 and meta["target"] == [0.4, 0.7]
     assert [m["name"] for m in meta["models"]] == ["resnet20_cifar10", "resnet32_cifar10"]
+    from rlprune.apply import load_dense
+    from rlprune.envs.features import feature_envelope, feature_spec
+
+    trained_on = [feature_spec(3).static(load_dense(m["checkpoint"])[2]) for m in meta["models"]]
+    assert meta["feature_envelope"] == feature_envelope(trained_on, 3)  # the range over both models' units
 
     more = load_config(config, SearchConfig, ["agent.episodes=12"])
     assert run_search(more, resume=True, progress=False)["episodes"] == 12

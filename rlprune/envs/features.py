@@ -14,8 +14,9 @@ with that version's features, so an older policy keeps working when a new set be
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -223,14 +224,46 @@ def static_features(structure: Structure, version: int = FEATURE_VERSION) -> np.
     return feature_spec(version).static(structure)
 
 
+ENVELOPE_MARGIN = 0.02  # features are scaled to about [0, 1]: a unit this close to the range is inside it
+
+
+def feature_envelope(static: Sequence[np.ndarray], version: int) -> dict[str, Any]:
+    """The range of every static feature over the units a policy was trained on (one array of
+    :func:`static_features` per training model), recorded in the policy so that a rollout can tell when a new model's
+    units lie outside anything the policy has seen — where its actions are an extrapolation, not something learned."""
+    rows = np.concatenate([np.asarray(s, dtype=np.float64) for s in static])
+    names = feature_spec(version).static_names
+    if rows.ndim != 2 or rows.shape[1] != len(names) or not len(rows):
+        raise RLPruneError(f"feature envelope: expected rows of {len(names)} v{version} static features")
+    return {"names": list(names), "low": rows.min(0).round(6).tolist(), "high": rows.max(0).round(6).tolist()}
+
+
+def outside_envelope(static: np.ndarray, envelope: Mapping[str, Any]) -> dict[str, Any]:
+    """Which units of ``static`` (one model's :func:`static_features`) lie outside ``envelope`` by more than
+    :data:`ENVELOPE_MARGIN`: ``{"units": [unit indices], "features": {feature: units outside on it}}``."""
+    low = np.asarray(envelope["low"], dtype=np.float64) - ENVELOPE_MARGIN
+    high = np.asarray(envelope["high"], dtype=np.float64) + ENVELOPE_MARGIN
+    if static.ndim != 2 or static.shape[1] != len(low):
+        raise RLPruneError(f"feature envelope: it has {len(low)} features, the model's units {static.shape[-1]}")
+    out = (static < low) | (static > high)
+    counts = out.sum(0)
+    return {
+        "units": [int(i) for i in np.flatnonzero(out.any(1))],
+        "features": {name: int(n) for name, n in zip(envelope["names"], counts, strict=True) if n},
+    }
+
+
 __all__ = [
     "DYNAMIC",
+    "ENVELOPE_MARGIN",
     "FEATURES",
     "FEATURE_GROUPS",
     "FEATURE_VERSION",
     "N_FEATURES",
     "SPECS",
     "FeatureSpec",
+    "feature_envelope",
     "feature_spec",
+    "outside_envelope",
     "static_features",
 ]
