@@ -124,6 +124,12 @@ def _measured_ratio(dense: torch.nn.Module, plan: Plan, shape: tuple[int, ...], 
     return count_macs(pruned, shape) / dense_macs
 
 
+def _policy_key(meta: dict[str, Any]) -> str:
+    """A policy's key for cached results: its metadata without the feature range it records (which describes its
+    training models and changes no plan), so results stay reused across that addition."""
+    return _key({k: v for k, v in meta.items() if k != "feature_envelope"})
+
+
 def _cell_request(args: argparse.Namespace, ckpt: str, budget: float) -> dict[str, Any]:
     """What decides a cell's rows (the policies by their metadata, which holds the training run's config)."""
     return {
@@ -131,7 +137,7 @@ def _cell_request(args: argparse.Namespace, ckpt: str, budget: float) -> dict[st
         "budget": budget,
         "proxy": PROXY,
         "episodes": args.search_episodes,
-        "policy": _key(json.loads((args.policy_dir / "policy.json").read_text())),
+        "policy": _policy_key(json.loads((args.policy_dir / "policy.json").read_text())),
         "seed": args.seed,
     }
 
@@ -246,7 +252,7 @@ def ablation(args: argparse.Namespace) -> dict[str, Any]:
     policy = Policy.load(args.policy_dir)
     spec = feature_spec(int(policy.meta["feature_version"]))
     request = {
-        "policy": _key(policy.meta),
+        "policy": _policy_key(policy.meta),
         "train": args.train,
         "targets": args.targets,
         "budgets": args.budgets,
@@ -635,17 +641,18 @@ def _envelope_md(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     """How many of each target's units lie outside the range of static features the training models span (what
     ``rlprune apply`` warns about for policies that record it), and on which features; computed from the models'
     structures, not from any search."""
-    version = int(json.loads((args.policy_dir / "policy.json").read_text()).get("feature_version", 2))
+    meta = Policy.load(args.policy_dir).meta
+    version = int(meta.get("feature_version", 2))
     spec = feature_spec(version)
-    envelope = feature_envelope([spec.static(load_dense(c)[2]) for c in args.train], version)
-    found = {}
-    for ckpt in args.targets:
-        static = spec.static(load_dense(ckpt)[2])
-        found[model_label(ckpt)] = {**outside_envelope(static, envelope), "of": len(static)}
+    # the range the policy recorded (what `rlprune apply` compares with), else that of its training models
+    envelope = meta.get("feature_envelope") or feature_envelope(
+        [spec.static(load_dense(c)[2]) for c in args.train], version
+    )
+    found = {model_label(ckpt): outside_envelope(spec.static(load_dense(ckpt)[2]), envelope) for ckpt in args.targets}
     rows = [
         [
             label,
-            f"{len(f['units'])} of {f['of']}",
+            f"{f['units']} of {f['of']}",
             ", ".join(f"{k} ({n})" for k, n in sorted(f["features"].items(), key=lambda kv: -kv[1])) or "-",
         ]
         for label, f in found.items()

@@ -128,6 +128,15 @@ def policy_plans(
         )
     importance = importance or m.get("importance", "l1")
     check_policy_target(m, target, budget, force=force)
+    if (outside := outside_training(m, structure)) and outside["units"]:
+        features = ", ".join(f"{k} ({n})" for k, n in sorted(outside["features"].items(), key=lambda kv: -kv[1]))
+        log.warning(
+            "policy: %d of %d units lie outside what it saw in training (%s); its plan there is an extrapolation "
+            "(a uniform guard or a search checks it)",
+            outside["units"],
+            outside["of"],
+            features,
+        )
     table = None
     if budget == "latency":  # timed as the policy's training timed it (its config's latency section)
         trained = m.get("config", {}).get("latency", {})
@@ -146,15 +155,6 @@ def policy_plans(
     )
     solver = calibrate_latency_budget(solver, model, seed=0, threads=threads)  # met as measured, on average
     version = int(m.get("feature_version", 2))  # observed with the features it was trained on
-    if (outside := outside_training(m, structure)) and outside["units"]:
-        features = ", ".join(f"{k} ({n})" for k, n in sorted(outside["features"].items(), key=lambda kv: -kv[1]))
-        log.warning(
-            "policy: %d of %d units lie outside what it saw in training (%s); its plan there is an extrapolation "
-            "(a uniform guard or a search checks it)",
-            outside["units"],
-            outside["of"],
-            features,
-        )
     prior = policy_prior(m, solver, target, model)  # what action 0 stood for in training
     plans = [rollout(solver, policy.act, target, importance, version, prior)]
     if samples:
@@ -179,16 +179,15 @@ def outside_training(meta: dict[str, Any], structure: Structure) -> dict[str, An
     ``feature_envelope``; None for a policy saved without one): there its actions extrapolate rather than apply what
     it learned — e.g. depthwise layers or 4x thinner bottlenecks for a policy trained on ResNets and VGG.
 
-    :returns: ``{"units": n outside, "of": units, "features": {feature: units outside on it}}``.
+    :returns: ``{"units": n outside, "of": units, "indices": [...], "features": {feature: units outside on it}}``.
     """
     envelope = meta.get("feature_envelope")
     if not envelope:
         return None
     spec = feature_spec(int(meta.get("feature_version", 2)))
-    if list(envelope.get("names", ())) != list(spec.static_names):
+    if not isinstance(envelope, Mapping) or list(envelope.get("names", ())) != list(spec.static_names):
         raise RLPruneError(f"policy: its feature_envelope does not list the v{spec.version} static features")
-    found = outside_envelope(spec.static(structure), envelope)
-    return {"units": len(found["units"]), "of": len(structure.units), "features": found["features"]}
+    return outside_envelope(spec.static(structure), envelope)
 
 
 def check_policy_target(meta: dict[str, Any], target: float, budget: str, *, force: bool = False) -> None:

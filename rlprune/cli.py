@@ -240,8 +240,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
             heads=structure.options.heads,
             uniform_guard=args.uniform_guard,
         )
-        chosen = picked if args.samples or args.uniform_guard else {}
-        return plan, source | chosen | {"outside_training": picked["outside_training"]}
+        chosen = picked if args.samples or args.uniform_guard else {"outside_training": picked["outside_training"]}
+        return plan, source | chosen
 
     return _finetune_common(args, plan_fn, granularity=_saved_granularity(args.policy, "policy.json"))
 

@@ -162,6 +162,7 @@ def run_job(
         if summary["best"]["accuracy"] is None
         else round(summary["best"]["accuracy"], 2),
         "macs_ratio": round(summary["best"]["macs_ratio"], 4),
+        **({"outside_training": summary["outside_training"]} if cfg.policy is not None else {}),
         "report": str(out / "report.md"),
         "pruned_model": str(out / "model.json"),
         "tensorboard": f"tensorboard --logdir {run_dir}",
@@ -184,7 +185,7 @@ def _zero_shot(
     trained = policy_granularity(policy.meta)
     if trained != wanted:
         raise RLPruneError(f"policy: decides {trained} units; the config's env.granularity asks for {wanted}")
-    plan, _ = apply_policy(
+    plan, record = apply_policy(
         policy,
         dense,
         example_input(meta),
@@ -198,7 +199,7 @@ def _zero_shot(
     ratio = macs_ratio(structure, plan)
     plan.save(run_dir / "best_plan.json")
     log.info("policy %s on %s at %.2f: MACs ratio %.4f (no search)", cfg.policy, cfg.checkpoint, target, ratio)
-    return {"best": {"accuracy": None, "macs_ratio": ratio}}
+    return {"best": {"accuracy": None, "macs_ratio": ratio}, "outside_training": record["outside_training"]}
 
 
 __all__ = ["run_job"]

@@ -196,10 +196,10 @@ class PolicyKwargs(_Closed):
         return value
 
 
-class FeatureEnvelope(_Closed):
+class FeatureEnvelope(_Open):
     """The range of each static feature over a policy's training units (``rlprune.envs.features.feature_envelope``)."""
 
-    names: list[str] = Field(max_length=64)
+    names: list[str] = Field(max_length=64)  # forward-compatible like the policy metadata: other keys are kept
     low: list[float] = Field(max_length=64)
     high: list[float] = Field(max_length=64)
 

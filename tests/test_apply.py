@@ -431,35 +431,39 @@ def test_a_policy_flags_units_unlike_any_it_was_trained_on(
     policy = load_policy(trained["policy"])
     envelope = policy.meta["feature_envelope"]  # recorded at training: the range of each static feature it saw
     assert envelope["names"] == list(feature_spec(policy.meta["feature_version"]).static_names)
-    assert all(lo <= hi for lo, hi in zip(envelope["low"], envelope["high"], strict=True))
+    assert all(0 <= lo <= hi <= 1 for lo, hi in zip(envelope["low"], envelope["high"], strict=True))
     x = torch.zeros(1, 3, 32, 32)
     resnet, _, _ = load_dense(str(trained["ck20"]))
-    _, record = rp.apply_policy(policy, resnet, x, target=0.5)
-    assert record["outside_training"] == {"units": 0, "of": 12, "features": {}}  # the model it was trained on
     # caplog listens on the root logger, which an earlier CLI call's setup_logging() cut the "rlprune" logger off from
     monkeypatch.setattr(logging.getLogger("rlprune"), "propagate", True)
     with caplog.at_level("WARNING", logger="rlprune.apply"):
+        _, record = rp.apply_policy(policy, resnet, x, target=0.5)
+        assert not caplog.records  # the model it was trained on: nothing to flag
+        assert record["outside_training"] == {"units": 0, "of": 12, "indices": [], "features": {}}
+        # a policy saved before policies recorded their range: no check, no warning
+        _, record = rp.apply_policy("benchmarks/results/policies/generalist_macs", resnet, x, target=0.5)
+        assert record["outside_training"] is None and not caplog.records
         _, record = rp.apply_policy(policy, rp.build_model("mobilenetv2", width_mult=0.5).eval(), x, target=0.5)
     outside = record["outside_training"]
     # depthwise layers: a kind it never saw, flagged by name, and said in one warning line
-    assert outside["units"] > 0 and outside["features"]["is_depthwise"] > 0
-    assert any(
-        "outside what it saw in training" in r.getMessage() and "is_depthwise" in r.getMessage() for r in caplog.records
-    )
-    # a policy file whose envelope is malformed is refused when read, one whose envelope names other features when used
+    assert outside["units"] == len(outside["indices"]) > 0 and outside["features"]["is_depthwise"] > 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("outside what it saw in training" in m and "is_depthwise" in m for m in messages), messages
+    # a policy file whose envelope is malformed or names other features is refused when read, naming the file
     weights, meta_path = policy_paths(trained["policy"])
     bad = tmp_path / "bad"
     bad.mkdir()
     meta = json.loads(meta_path.read_text())
     (bad / "policy.safetensors").write_bytes(weights.read_bytes())
-    (bad / "policy.json").write_text(
-        json.dumps({**meta, "feature_envelope": {**envelope, "low": envelope["high"], "high": envelope["low"]}})
-    )
-    if envelope["low"] != envelope["high"]:
-        with pytest.raises(RLPruneError, match="feature_envelope"):
+    n = len(envelope["names"])
+    for broken in (
+        {**envelope, "low": [1.0] * n, "high": [0.0] * n},  # low above high
+        {**envelope, "names": envelope["names"][::-1]},  # another feature order
+        {**envelope, "low": envelope["low"][:-1]},  # one value short
+        {**envelope, "names": [1] * n},  # not names
+        {"names": ["f"] * 65, "low": [0.0] * 65, "high": [1.0] * 65},  # more features than any spec
+        [envelope["low"], envelope["high"]],  # not an object
+    ):
+        (bad / "policy.json").write_text(json.dumps({**meta, "feature_envelope": broken}))
+        with pytest.raises(RLPruneError, match=r"policy\.json.*feature_envelope"):
             load_policy(bad)
-    (bad / "policy.json").write_text(
-        json.dumps({**meta, "feature_envelope": {**envelope, "names": envelope["names"][::-1]}})
-    )
-    with pytest.raises(RLPruneError, match="feature_envelope does not list"):
-        rp.apply_policy(load_policy(bad), resnet, x, target=0.5)

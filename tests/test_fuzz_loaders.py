@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from rlprune.agents.policy_io import load_policy, save_policy
 from rlprune.agents.recorder import SearchRecorder
+from rlprune.apply import outside_training
 from rlprune.checkpoint import load_checkpoint, save_checkpoint
 from rlprune.config import SearchConfig, load_config
 from rlprune.data.sources import read_image_folder
@@ -86,7 +87,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import torch
 
     from rlprune.agents.sb3_agents import policy_class
-    from rlprune.envs.features import FEATURE_VERSION, N_FEATURES
+    from rlprune.envs.features import FEATURE_VERSION, N_FEATURES, feature_envelope, static_features
 
     tmp = tmp_path_factory.mktemp("fuzz")
     torch.manual_seed(0)
@@ -112,7 +113,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     kwargs = {"net_arch": [8, 8], "log_std_init": -0.5}
     policy = policy_class("ppo")(obs, act, lambda _: 0.0, **kwargs)
     agent = SimpleNamespace(policy=policy, policy_kwargs=kwargs)
-    policy_json = save_policy(tmp / "policy", agent, "ppo", {"min_ratio": 0.0, "max_ratio": 0.8, "target": 0.5})
+    envelope = feature_envelope([static_features(structure)], FEATURE_VERSION)  # mutated by the fuzzer too
+    meta = {"min_ratio": 0.0, "max_ratio": 0.8, "target": 0.5, "feature_envelope": envelope}
+    policy_json = save_policy(tmp / "policy", agent, "ppo", meta)
     assert json.loads(policy_json.read_text())["feature_version"] == FEATURE_VERSION
     record = {
         "episode": 1,
@@ -206,7 +209,11 @@ def test_policy_loader_on_mutated_policies(
     (folder / "policy.safetensors").write_bytes(files["policy"].with_suffix(".safetensors").read_bytes())
     doc = _set_path(json.loads(files["policy"].read_text()), *mutation)
     (folder / "policy.json").write_text(json.dumps(doc))
-    _only_rlprune_errors(load_policy, folder)
+
+    def load_and_check() -> None:  # a policy that loads is also compared with a model's units (its feature range)
+        outside_training(load_policy(folder).meta, files["structure"])
+
+    _only_rlprune_errors(load_and_check)
     (folder / "policy.json").write_text(files["policy"].read_text())
     (folder / "policy.safetensors").write_bytes(
         _mutate_bytes(files["policy"].with_suffix(".safetensors").read_bytes(), *edits)

@@ -97,6 +97,28 @@ def test_feature_groups_and_versions_are_consistent():
         feature_spec(9)
 
 
+def test_feature_envelope_bounds_what_the_policy_observed():
+    from rlprune.envs.features import ENVELOPE_MARGIN, feature_envelope, feature_spec, outside_envelope
+
+    n = len(feature_spec(3).static_names)
+    a, b = np.full((2, n), 0.5), np.full((3, n), 0.5)
+    a[0, 0], b[1, 0], b[2, 1] = 0.2, 0.6, 1.7  # feature 1 is observed clipped to 1
+    envelope = feature_envelope([a, b], 3)
+    assert envelope["low"][:2] == [0.2, 0.5] and envelope["high"][:2] == [0.6, 1.0]
+    probe = np.full((4, n), 0.5)
+    probe[0, 0] = 0.2 - ENVELOPE_MARGIN + 1e-9  # inside by the margin
+    probe[1, 0] = 0.2 - 2 * ENVELOPE_MARGIN  # below the range
+    probe[2, 0], probe[2, 2] = 0.6 + 2 * ENVELOPE_MARGIN, 0.0  # above on one feature, below on another
+    probe[3, 1] = 5.0  # observed as 1: inside
+    found = outside_envelope(probe, envelope)
+    name0, name2 = envelope["names"][0], envelope["names"][2]
+    assert found == {"units": 2, "of": 4, "indices": [1, 2], "features": {name0: 2, name2: 1}}
+    with pytest.raises(RLPruneError, match="feature envelope"):
+        outside_envelope(probe[:, :-1], envelope)  # another feature set
+    with pytest.raises(RLPruneError, match="feature envelope"):
+        feature_envelope([], 3)
+
+
 def test_relative_rewards_by_hand():
     o = Outcome(
         accuracy=72.0, macs_ratio=0.5, latency_ratio=math.nan, macs=1, dense_accuracy=90.0, uniform_accuracy=70.0
@@ -254,6 +276,7 @@ def test_main_job_applies_a_policy_zero_shot(tmp_path, capsys):
     report = json.loads((tmp_path / "zs" / "pruned" / "report.json").read_text())
     assert 0.49 <= report["pruned"]["macs"] / report["dense"]["macs"] <= 0.5 and first["macs_ratio"] <= 0.5
     assert report["source"]["policy"] == body["policy"]
+    assert first["outside_training"] is None  # a policy saved before policies recorded their feature range
     body.update(name="zs2", env={"target": 0.3})
     (tmp_path / "zs2.yaml").write_text(yaml.safe_dump(body))
     assert main(["run", str(tmp_path / "zs2.yaml"), "--quiet"]) == 2

@@ -137,11 +137,15 @@ def load_policy(path: str | Path) -> Policy:
     meta = read_json(sidecar, "policy metadata")
     if not isinstance(meta, dict) or meta.get("format") != POLICY_FORMAT:
         raise RLPruneError(f"{sidecar}: not an rlprune policy (expected format '{POLICY_FORMAT}')")
-    validated(PolicyMetaSchema, meta, str(sidecar))
+    checked = validated(PolicyMetaSchema, meta, str(sidecar))
     try:
         spec = feature_spec(meta["feature_version"])
     except RLPruneError as exc:
         raise RLPruneError(f"{sidecar}: {exc}") from None  # types, ranges, finite numbers, known network settings
+    if checked.feature_envelope is not None:
+        if checked.feature_envelope.names != list(spec.static_names):
+            raise RLPruneError(f"{sidecar}: feature_envelope does not list the v{spec.version} static features")
+        meta["feature_envelope"] = checked.feature_envelope.model_dump()  # numbers as parsed
     from rlprune.agents.sb3_agents import policy_class
     from rlprune.checkpoint import fit_weights
 

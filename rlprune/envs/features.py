@@ -231,25 +231,32 @@ def feature_envelope(static: Sequence[np.ndarray], version: int) -> dict[str, An
     """The range of every static feature over the units a policy was trained on (one array of
     :func:`static_features` per training model), recorded in the policy so that a rollout can tell when a new model's
     units lie outside anything the policy has seen — where its actions are an extrapolation, not something learned."""
-    rows = np.concatenate([np.asarray(s, dtype=np.float64) for s in static])
     names = feature_spec(version).static_names
-    if rows.ndim != 2 or rows.shape[1] != len(names) or not len(rows):
+    arrays = [np.asarray(s, dtype=np.float64) for s in static]
+    if not arrays or any(a.ndim != 2 or a.shape[1] != len(names) for a in arrays) or not sum(len(a) for a in arrays):
         raise RLPruneError(f"feature envelope: expected rows of {len(names)} v{version} static features")
+    rows = np.clip(np.concatenate(arrays), 0.0, 1.0)  # as the policy observed them
     return {"names": list(names), "low": rows.min(0).round(6).tolist(), "high": rows.max(0).round(6).tolist()}
 
 
 def outside_envelope(static: np.ndarray, envelope: Mapping[str, Any]) -> dict[str, Any]:
     """Which units of ``static`` (one model's :func:`static_features`) lie outside ``envelope`` by more than
-    :data:`ENVELOPE_MARGIN`: ``{"units": [unit indices], "features": {feature: units outside on it}}``."""
-    low = np.asarray(envelope["low"], dtype=np.float64) - ENVELOPE_MARGIN
-    high = np.asarray(envelope["high"], dtype=np.float64) + ENVELOPE_MARGIN
-    if static.ndim != 2 or static.shape[1] != len(low):
-        raise RLPruneError(f"feature envelope: it has {len(low)} features, the model's units {static.shape[-1]}")
-    out = (static < low) | (static > high)
-    counts = out.sum(0)
+    :data:`ENVELOPE_MARGIN`, compared as the policy observes them (clipped to [0, 1]): ``{"units": how many,
+    "of": units, "indices": [unit indices], "features": {feature: units outside on it}}``."""
+    names, low, high = (list(envelope.get(k, ())) for k in ("names", "low", "high"))
+    static = np.asarray(static, dtype=np.float64)
+    if not len(names) == len(low) == len(high) or static.ndim != 2 or static.shape[1] != len(names):
+        raise RLPruneError(
+            f"feature envelope: expected names, low and high for the {static.shape[-1]} static features of the units"
+        )
+    static = np.clip(static, 0.0, 1.0)
+    out = (static < np.asarray(low) - ENVELOPE_MARGIN) | (static > np.asarray(high) + ENVELOPE_MARGIN)
+    indices = [int(i) for i in np.flatnonzero(out.any(1))]
     return {
-        "units": [int(i) for i in np.flatnonzero(out.any(1))],
-        "features": {name: int(n) for name, n in zip(envelope["names"], counts, strict=True) if n},
+        "units": len(indices),
+        "of": len(static),
+        "indices": indices,
+        "features": {str(name): int(n) for name, n in zip(names, out.sum(0), strict=True) if n},
     }
 
 
