@@ -30,7 +30,7 @@ from rlprune.cost.macs import count_macs, count_params
 from rlprune.data import BatchLoader, DataSplits
 from rlprune.envs.calibration import calibrate_latency_budget
 from rlprune.envs.episode import rollout
-from rlprune.envs.features import feature_spec, outside_envelope
+from rlprune.envs.features import check_envelope, feature_spec, outside_envelope
 from rlprune.envs.priors import policy_prior
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
@@ -185,8 +185,10 @@ def outside_training(meta: dict[str, Any], structure: Structure) -> dict[str, An
     if not envelope:
         return None
     spec = feature_spec(int(meta.get("feature_version", 2)))
-    if not isinstance(envelope, Mapping) or list(envelope.get("names", ())) != list(spec.static_names):
-        raise RLPruneError(f"policy: its feature_envelope does not list the v{spec.version} static features")
+    try:
+        check_envelope(envelope, spec.version)
+    except RLPruneError as exc:
+        raise RLPruneError(f"policy: {exc}") from None
     return outside_envelope(spec.static(structure), envelope)
 
 

@@ -13,7 +13,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 from torch import nn
 
-from rlprune.apply import check_policy_target, policy_plans
+from rlprune.apply import check_policy_target, outside_training, policy_plans
 from rlprune.config import SearchConfig, load_config
 from rlprune.data import default_data_dirs
 from rlprune.envs.features import FEATURE_GROUPS, SPECS, feature_spec, static_features
@@ -98,7 +98,13 @@ def test_feature_groups_and_versions_are_consistent():
 
 
 def test_feature_envelope_bounds_what_the_policy_observed():
-    from rlprune.envs.features import ENVELOPE_MARGIN, feature_envelope, feature_spec, outside_envelope
+    from rlprune.envs.features import (
+        ENVELOPE_MARGIN,
+        check_envelope,
+        feature_envelope,
+        feature_spec,
+        outside_envelope,
+    )
 
     n = len(feature_spec(3).static_names)
     a, b = np.full((2, n), 0.5), np.full((3, n), 0.5)
@@ -117,6 +123,15 @@ def test_feature_envelope_bounds_what_the_policy_observed():
         outside_envelope(probe[:, :-1], envelope)  # another feature set
     with pytest.raises(RLPruneError, match="feature envelope"):
         feature_envelope([], 3)
+    # one check for a policy read from a file and one built in memory: the envelope must name this feature set
+    check_envelope(envelope, 3)
+    for broken in ({**envelope, "names": envelope["names"][::-1]}, [envelope["low"], envelope["high"]], "v3"):
+        with pytest.raises(RLPruneError, match="feature_envelope does not list the v3 static features"):
+            check_envelope(broken, 3)
+        with pytest.raises(RLPruneError, match="^policy: feature_envelope does not list"):
+            outside_training({"feature_version": 3, "feature_envelope": broken}, structure=None)
+    with pytest.raises(RLPruneError, match="v2 static features"):
+        check_envelope(envelope, 2)  # a v3 envelope on a v2 policy
 
 
 def test_relative_rewards_by_hand():

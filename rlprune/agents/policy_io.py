@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from rlprune.envs.features import FEATURE_VERSION, feature_spec
+from rlprune.envs.features import FEATURE_VERSION, check_envelope, feature_spec
 from rlprune.errors import RLPruneError
 from rlprune.fileio import atomic_write_text, read_json
 from rlprune.safeio import clip, writing
@@ -143,9 +143,11 @@ def load_policy(path: str | Path) -> Policy:
     except RLPruneError as exc:
         raise RLPruneError(f"{sidecar}: {exc}") from None  # types, ranges, finite numbers, known network settings
     if checked.feature_envelope is not None:
-        if checked.feature_envelope.names != list(spec.static_names):
-            raise RLPruneError(f"{sidecar}: feature_envelope does not list the v{spec.version} static features")
         meta["feature_envelope"] = checked.feature_envelope.model_dump()  # numbers as parsed
+        try:
+            check_envelope(meta["feature_envelope"], spec.version)
+        except RLPruneError as exc:
+            raise RLPruneError(f"{sidecar}: {exc}") from None
     from rlprune.agents.sb3_agents import policy_class
     from rlprune.checkpoint import fit_weights
 

@@ -239,6 +239,14 @@ def feature_envelope(static: Sequence[np.ndarray], version: int) -> dict[str, An
     return {"names": list(names), "low": rows.min(0).round(6).tolist(), "high": rows.max(0).round(6).tolist()}
 
 
+def check_envelope(envelope: Any, version: int) -> None:
+    """Refuse an envelope that does not name the static features of ``version`` in order — one from another feature
+    set would compare unrelated columns. The message is completed by the caller with where the envelope came from."""
+    names = feature_spec(version).static_names
+    if not isinstance(envelope, Mapping) or list(envelope.get("names", ())) != list(names):
+        raise RLPruneError(f"feature_envelope does not list the v{version} static features")
+
+
 def outside_envelope(static: np.ndarray, envelope: Mapping[str, Any]) -> dict[str, Any]:
     """Which units of ``static`` (one model's :func:`static_features`) lie outside ``envelope`` by more than
     :data:`ENVELOPE_MARGIN`, compared as the policy observes them (clipped to [0, 1]): ``{"units": how many,
@@ -269,6 +277,7 @@ __all__ = [
     "N_FEATURES",
     "SPECS",
     "FeatureSpec",
+    "check_envelope",
     "feature_envelope",
     "feature_spec",
     "outside_envelope",
