@@ -16,6 +16,7 @@ Stages (each resumable: finished pieces are cached under ``--runs`` and reused):
     python benchmarks/generalize.py --stage priors      # ... and with each env.prior (none from rewards), compared
     python benchmarks/generalize.py --stage finetune    # short distillation fine-tunes, test accuracy, seeds
     python benchmarks/generalize.py --stage families    # the generalist retrained with --extra-train families added
+    python benchmarks/generalize.py --stage prepruned   # ... retrained with randomly cut, healed copies of its models
     python benchmarks/generalize.py --stage guard       # the generalist behind `apply --uniform-guard` (2 plans scored)
     python benchmarks/generalize.py --stage report      # (every stage ends with it) tables from what exists
 
@@ -288,16 +289,22 @@ def ablation(args: argparse.Namespace) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------------------- rewards
 def _train_variant(
-    args: argparse.Namespace, name: str, checkpoints: list[str] | None = None, episodes: int | None = None, **env: Any
+    args: argparse.Namespace,
+    name: str,
+    checkpoints: list[str] | None = None,
+    episodes: int | None = None,
+    fields: dict[str, Any] | None = None,
+    **env: Any,
 ) -> Policy:
     """A generalist of ``episodes`` (default ``--reward-episodes``) on ``checkpoints`` (default the training models),
-    with ``env`` overrides; its policy."""
+    with ``env`` overrides and more search-config ``fields`` (e.g. ``pre_pruned``); its policy."""
     cfg = _search_config(
         args,
         name,
         checkpoints=checkpoints or args.train,
         env={"target": [args.low, args.high], "reward": args.reward, **env},
         agent={"episodes": episodes or args.reward_episodes},
+        **(fields or {}),
     )
     complete_search(cfg, progress=not args.quiet)
     return Policy.load(Path(cfg.output_dir) / cfg.name)
@@ -436,11 +443,43 @@ def _tuned(
 # -------------------------------------------------------------------------------------------------------- families
 def families(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str, Any]:
     """The generalist trained again with ``--extra-train`` families added to its training models (default: the
-    depthwise MobileNet v1), same reward, length and seed: does seeing a layer kind in training (depthwise) fix the
-    transfer to an unseen family built from it (MobileNetV2)? Zero-shot proxy per (target, budget) beside the
-    generalist's and the uniform plan's (from the proxy cells), and the short fine-tune at ``--seeds-budget`` with
-    the finetune stage's recipe and seeds. Its policy is copied to ``--families-policy-dir``."""
+    depthwise MobileNet v1): does seeing a layer kind in training (depthwise) fix the transfer to an unseen family
+    built from it (MobileNetV2)? Its policy is copied to ``--families-policy-dir``."""
     checkpoints = [*args.train, *args.extra_train]
+    column = f"+ {', '.join(model_label(c) for c in args.extra_train)}"
+    name = f"generalist-families-{_key(checkpoints)[:8]}-{args.episodes}"
+    return _retrained(args, cells, "families", column, name, checkpoints, args.families_policy_dir, {})
+
+
+def prepruned(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The generalist trained again with ``--pre-pruned-copies`` randomly cut, healed copies of each training model
+    (config ``pre_pruned``): does seeing thin, unevenly wide units in training stop it from cutting the thinnest
+    units of an unseen family hardest (MobileNetV2's bottlenecks)? Its policy goes to ``--prepruned-policy-dir``."""
+    pp = {
+        "copies": args.pre_pruned_copies,
+        "max_ratio": args.pre_pruned_max_ratio,
+        "heal_steps": args.pre_pruned_heal_steps,
+    }
+    column = f"+ {pp['copies']} pre-pruned copies each"
+    name = f"generalist-prepruned-{_key(pp)[:8]}-{args.episodes}"
+    fields = {"pre_pruned": pp}
+    return _retrained(args, cells, "prepruned", column, name, args.train, args.prepruned_policy_dir, fields)
+
+
+def _retrained(
+    args: argparse.Namespace,
+    cells: list[dict[str, Any]],
+    stage: str,
+    column: str,
+    name: str,
+    checkpoints: list[str],
+    policy_dir: Path,
+    fields: dict[str, Any],
+) -> dict[str, Any]:
+    """A generalist trained again on ``checkpoints`` with more search-config ``fields``, same reward, length and
+    seed. Zero-shot proxy per (target, budget) beside the generalist's and the uniform plan's (from the proxy
+    cells), and the short fine-tune at ``--seeds-budget`` with the finetune stage's recipe and seeds; stored in
+    ``--runs``/<stage>.json and its policy copied to ``policy_dir``."""
     request = {
         "checkpoints": checkpoints,
         "episodes": args.episodes,
@@ -451,18 +490,17 @@ def families(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str,
         "budgets": args.budgets,
         "proxy": PROXY,
         "finetune": {"steps": args.finetune_steps, "lr": args.finetune_lr, "budget": args.seeds_budget},
+        **fields,  # none for the families stage: its request (and cache key) is what it always was
     }
-    path = Path(args.runs) / "families.json"
+    path = Path(args.runs) / f"{stage}.json"
     done = _cached(path, request) or {}
-    if not done and (old := _committed(args, "families")) and old.get("request_key") == _key(request):
+    if not done and (old := _committed(args, stage)) and old.get("request_key") == _key(request):
         done = old
-    column = f"+ {', '.join(model_label(c) for c in args.extra_train)}"
     if not done.get("cells"):
-        name = f"generalist-families-{_key(checkpoints)[:8]}-{args.episodes}"
-        policy = _train_variant(args, name, checkpoints=checkpoints, episodes=args.episodes)
-        args.families_policy_dir.mkdir(parents=True, exist_ok=True)
+        policy = _train_variant(args, name, checkpoints=checkpoints, episodes=args.episodes, fields=fields)
+        policy_dir.mkdir(parents=True, exist_ok=True)
         for file in ("policy.json", "policy.safetensors"):
-            shutil.copy2(Path(args.runs) / "search" / name / file, args.families_policy_dir / file)
+            shutil.copy2(Path(args.runs) / "search" / name / file, policy_dir / file)
         by_cell = {(c["model"], c["budget"]): c["rows"] for c in cells}
 
         def base(label: str, budget: float, structure: Structure, scorer: Any) -> dict[str, Any]:
@@ -471,11 +509,12 @@ def families(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str,
 
         done = {
             "column": column,
-            "extra_train": args.extra_train,
-            "cells": _zero_shot(args, {column: policy}, base, "families"),
+            "extra_train": [c for c in checkpoints if c not in args.train],
+            **fields,
+            "cells": _zero_shot(args, {column: policy}, base, stage),
         }
         done = _store(path, request, {**done, "finetune": {}})
-    policy = Policy.load(args.families_policy_dir)
+    policy = Policy.load(policy_dir)
     for ckpt in args.targets:
         label = model_label(ckpt)
         key = f"{label}|{args.seeds_budget:.2f}|{column}"
@@ -717,11 +756,16 @@ def _losses_md(cells: list[dict[str, Any]], top: int = 4) -> list[str]:
     ]
 
 
-def _families_md(
-    args: argparse.Namespace, data: dict[str, Any], ft: dict[str, Any], cells: list[dict[str, Any]]
+def _retrained_md(
+    args: argparse.Namespace,
+    data: dict[str, Any],
+    ft: dict[str, Any],
+    cells: list[dict[str, Any]],
+    title: str,
+    lead: str,
 ) -> list[str]:
-    """The families stage: zero-shot proxy of the generalist retrained with extra families, beside the generalist
-    and uniform; then the fine-tuned means at the seeds budget (the finetune stage's entries for the same cells)."""
+    """A retrained generalist (families or pre-pruned stage): its zero-shot proxy beside the generalist and uniform;
+    then the fine-tuned means at the seeds budget (the finetune stage's entries for the same cells)."""
     column = data["column"]
     proxy = [
         [
@@ -752,9 +796,9 @@ def _families_md(
             ]
         )
     return [
-        f"## Training families: the generalist retrained with {', '.join(data['extra_train'])} added",
+        f"## {title}",
         "",
-        "Same reward, episodes and seed as the generalist; zero-shot proxy accuracy on the same targets.",
+        f"{lead}Same reward, episodes and seed as the generalist; zero-shot proxy accuracy on the same targets.",
         "",
         md_table(["target", "MACs", "uniform", "generalist", column, "change"], proxy),
         "",
@@ -915,7 +959,18 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
     md += _losses_md(cells) + envelope_md
     families_data = _stage_data(args, "families", "families")
     if families_data and families_data.get("cells"):
-        md += _families_md(args, families_data, ft, cells)
+        title = f"Training families: the generalist retrained with {', '.join(families_data['extra_train'])} added"
+        md += _retrained_md(args, families_data, ft, cells, title, "")
+    prepruned_data = _stage_data(args, "prepruned", "prepruned")
+    if prepruned_data and prepruned_data.get("cells"):
+        pp = prepruned_data["pre_pruned"]
+        title = "Pre-pruned copies: the generalist retrained with randomly cut copies of its training models"
+        lead = (
+            f"Each training model also enters as {pp['copies']} copies cut by random per-unit ratios in "
+            f"[0, {pp['max_ratio']}] and healed by {pp['heal_steps']} distillation steps (config `pre_pruned`), so "
+            "the policy sees thin, unevenly wide units. "
+        )
+        md += _retrained_md(args, prepruned_data, ft, cells, title, lead)
     guard_data = _stage_data(args, "guard", "guard")
     if guard_data and guard_data.get("cells"):
         md += _guard_md(args, guard_data, ft, cells)
@@ -945,6 +1000,7 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
         "rewards": rewards_data,
         "priors": priors_data,
         "families": families_data,
+        "prepruned": prepruned_data,
         "guard": guard_data,
         "outside_training": envelope_data,
         "proxy": PROXY,
@@ -958,7 +1014,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--stage",
-        choices=["train", "proxy", "ablation", "rewards", "priors", "finetune", "families", "guard", "report", "all"],
+        choices=[
+            "train",
+            "proxy",
+            "ablation",
+            "rewards",
+            "priors",
+            "finetune",
+            "families",
+            "prepruned",
+            "guard",
+            "report",
+            "all",
+        ],
         default="all",
     )
     ap.add_argument("--train", action="append", help=f"a training checkpoint (repeat; default {TRAIN})")
@@ -985,6 +1053,10 @@ def main() -> None:
     ap.add_argument("--policy-dir", type=Path, default=POLICY_DIR, help="where the trained policy is copied")
     ap.add_argument("--extra-train", action="append", help=f"families stage: a checkpoint added (default {EXTRA})")
     ap.add_argument("--families-policy-dir", type=Path, default=POLICY_DIR.with_name(POLICY_DIR.name + "_families"))
+    ap.add_argument("--pre-pruned-copies", type=int, default=2, help="prepruned stage: copies per training model")
+    ap.add_argument("--pre-pruned-max-ratio", type=float, default=0.7, help="prepruned stage: per-unit ratios' top")
+    ap.add_argument("--pre-pruned-heal-steps", type=int, default=200, help="prepruned stage: distillation steps")
+    ap.add_argument("--prepruned-policy-dir", type=Path, default=POLICY_DIR.with_name(POLICY_DIR.name + "_prepruned"))
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     defaults = {
@@ -1021,6 +1093,8 @@ def main() -> None:
         atomic_write_text(Path(args.runs) / "finetune.json", json.dumps(ft, indent=1) + "\n")
     if args.stage in ("families", "all"):
         families(args, cells)
+    if args.stage in ("prepruned", "all"):
+        prepruned(args, cells)
     if args.stage in ("guard", "all"):
         guard(args, cells)
     report(args, training)

@@ -404,6 +404,21 @@ class RoundsConfig(Strict):
         return polynomial_schedule(1.0, final, self.count, self.power)
 
 
+class PrePrunedConfig(Strict):
+    """Extra training models for a search over several checkpoints: each checkpoint also enters as ``copies`` copies
+    pruned by random per-unit ratios in ``[0, max_ratio]`` and healed by a short distillation from it. A policy
+    trained on a few evenly-widened networks only ever sees units close to their model's median width; these copies
+    show it thin and uneven units (as in MobileNet bottlenecks) and what cutting them costs (docs/generalize.md)."""
+
+    copies: int = Field(1, ge=1, le=8)  # per checkpoint
+    max_ratio: float = Field(0.7, gt=0, lt=1)  # each unit's pruning ratio is drawn uniformly in [0, max_ratio]
+    heal_steps: int = Field(200, ge=0)  # SGD steps of distillation from the checkpoint, on augmented training batches
+    heal_lr: float = Field(0.01, gt=0)
+    heal_batch_size: int = Field(128, ge=1)
+    # how often a copy is drawn relative to a checkpoint (1: every model equally often)
+    weight: float = Field(1.0, gt=0)
+
+
 class SearchConfig(Strict):
     """``rlprune train`` / ``rlprune search``: learn a pruning policy for a trained checkpoint."""
 
@@ -417,6 +432,7 @@ class SearchConfig(Strict):
     checkpoint: str | None = None  # the dense model; not needed when the search is given a scorer (Python API)
     # several dense models: each episode draws one (and a target in env.target's range) and one policy learns them all
     checkpoints: list[str] | None = None
+    pre_pruned: PrePrunedConfig | None = None  # with checkpoints: randomly pruned, healed copies as more models
     # rlprune run only: roll this learned policy out on the checkpoint at env.target instead of searching (zero-shot)
     policy: str | None = None
     data_root: str | None = None
@@ -446,9 +462,13 @@ class SearchConfig(Strict):
         if self.policy is not None and self.rounds is not None:
             raise ValueError("policy: with rounds, name the policy in rounds.policy")
         if self.checkpoints is None:
+            if self.pre_pruned is not None:
+                raise ValueError("pre_pruned: adds copies of the models in 'checkpoints'; give 'checkpoints'")
             return self
         if self.policy is not None:
             raise ValueError("policy: applies to one checkpoint, not to 'checkpoints'")
+        if self.pre_pruned is not None and self.env.granularity != "channel":
+            raise ValueError("pre_pruned: copies are cut by channels; env.granularity must be channel")
         if self.checkpoint is not None:
             raise ValueError("give 'checkpoint' (one model) or 'checkpoints' (several), not both")
         if not self.checkpoints or not all(self.checkpoints):

@@ -17,49 +17,138 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from rlprune.agents.recorder import SearchRecorder
-from rlprune.config import SearchConfig, model_label, write_resolved
+from rlprune.config import EnvConfig, PrePrunedConfig, SearchConfig, model_label, write_resolved
+from rlprune.data import BatchLoader
 from rlprune.envs.features import FEATURE_VERSION
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.envs.multi import MultiModelEnv
 from rlprune.errors import RLPruneError
+from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.fileio import atomic_write_text
 from rlprune.logs import setup_logging
-from rlprune.pruning import Plan
+from rlprune.pruning import Plan, prune
 from rlprune.safeio import json_safe
 from rlprune.seeding import seed_everything
+from rlprune.training.loop import finetune
+
+if TYPE_CHECKING:
+    from rlprune.evaluation.proxy import ProxyEvaluator
 
 log = logging.getLogger("rlprune.generalist")
 
 
-def model_envs(cfg: SearchConfig, trust_model_code: bool, features: int = FEATURE_VERSION) -> list[LayerPruningEnv]:
-    """One environment per checkpoint of ``cfg.checkpoints``, each with its own proxy scorer (data and model built
-    once per model) and budget over ``cfg.env``'s target range; the episode recorder is attached afterwards."""
-    from rlprune.searching import build_budget, build_scorer
+def model_envs(
+    cfg: SearchConfig, trust_model_code: bool, features: int = FEATURE_VERSION
+) -> tuple[list[LayerPruningEnv], list[dict[str, Any]]]:
+    """One environment per checkpoint of ``cfg.checkpoints`` (and per pre-pruned copy of each, ``cfg.pre_pruned``),
+    each with its own proxy scorer (data and model built once per model) and budget over ``cfg.env``'s target range;
+    the episode recorder is attached afterwards. Returns the environments and, for each, where its model came from
+    (its checkpoint; for a copy also its number, MACs ratio and the ratios it was cut by)."""
+    from rlprune.evaluation.proxy import ProxyEvaluator, scorer_settings
+    from rlprune.searching import build_scorer
 
     assert cfg.checkpoints is not None
-    e = cfg.env
-    envs = []
-    for checkpoint in cfg.checkpoints:
+    envs, sources = [], []
+    for index, checkpoint in enumerate(cfg.checkpoints):
         scorer = build_scorer(cfg, checkpoint, trust_model_code)
-        envs.append(
-            LayerPruningEnv(
-                scorer,
-                budget=build_budget(cfg, scorer.structure),
-                reward=e.reward,
-                reward_weight=e.reward_weight,
-                name=model_label(checkpoint),
-                features=features,
-                prior=e.prior,
-            )
+        label = model_label(checkpoint)
+        envs.append(_model_env(cfg, scorer, label, features))
+        sources.append({"checkpoint": checkpoint})
+        pp = cfg.pre_pruned
+        for copy in range(1, pp.copies + 1) if pp is not None else ():
+            assert pp is not None and isinstance(scorer, ProxyEvaluator)
+            seed = [cfg.seed, index, copy]  # the same copies on a resumed run
+            model, plan = pre_pruned_model(scorer, pp, np.random.default_rng(seed), cfg.env, seed=cfg.seed + copy)
+            copy_scorer = ProxyEvaluator(model, scorer.splits, device=cfg.device, **scorer_settings(cfg))
+            source = {
+                "checkpoint": checkpoint,
+                "pre_pruned": copy,
+                "macs_ratio": round(copy_scorer.structure.total_macs / scorer.structure.total_macs, 4),
+                "ratios": [round(r, 4) for r in plan.ratios.values()],
+            }
+            envs.append(_model_env(cfg, copy_scorer, f"{label}-pruned{copy}", features))
+            sources.append(source)
+            log.info("%s: a copy of %s at %.2f of its MACs", envs[-1].name, label, source["macs_ratio"])
+    return envs, sources
+
+
+def _model_env(cfg: SearchConfig, scorer: Any, name: str, features: int) -> LayerPruningEnv:
+    from rlprune.searching import build_budget
+
+    e = cfg.env
+    env = LayerPruningEnv(
+        scorer,
+        budget=build_budget(cfg, scorer.structure),
+        reward=e.reward,
+        reward_weight=e.reward_weight,
+        name=name,
+        features=features,
+        prior=e.prior,
+    )
+    return env
+
+
+def pre_pruned_model(
+    scorer: ProxyEvaluator, pp: PrePrunedConfig, rng: np.random.Generator, env: EnvConfig, seed: int = 0
+) -> tuple[nn.Module, Plan]:
+    """A copy of ``scorer``'s dense model pruned for real by random per-unit ratios in ``[0, pp.max_ratio]`` (rounded
+    and floored as ``env`` says), healed by ``pp.heal_steps`` steps of distillation from the dense model on augmented
+    training batches, BN-recalibrated: a trained-looking network with uneven widths, to train a policy on."""
+    ratios = rng.uniform(0.0, pp.max_ratio, len(scorer.structure.units)).tolist()
+    plan = scorer.plan(ratios, round_to=env.round_to, min_channels=env.min_channels)
+    model, plan = prune(
+        scorer.model, plan, scorer.example, importance=scorer.importance, calibration=scorer.calibration
+    )
+    model.to(memory_format=torch.contiguous_format)
+    if pp.heal_steps:
+        s = scorer.splits
+        loader = BatchLoader(
+            s.train,
+            pp.heal_batch_size,
+            s.mean,
+            s.std,
+            shuffle=True,
+            augment=True,
+            drop_last=True,
+            seed=seed + 15485863,
+            device=scorer.device,
         )
-    return envs
+        finetune(model, _Steps(loader, pp.heal_steps), lr=pp.heal_lr, teacher=scorer.model, device=scorer.device)
+    else:
+        recalibrate_bn(model, scorer.recal)
+    return model.eval(), plan
+
+
+class _Steps:
+    """The first ``steps`` batches of a loader, over as many passes as that takes (sized: a cosine schedule)."""
+
+    def __init__(self, loader: BatchLoader, steps: int) -> None:
+        self.loader, self.steps = loader, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        done, epoch = 0, 0
+        while done < self.steps:
+            self.loader.set_epoch(epoch)
+            for batch in self.loader:
+                if done == self.steps:
+                    return
+                yield batch
+                done += 1
+            if done == 0:
+                raise RLPruneError("pre_pruned: the training split yields no full batch (lower heal_batch_size)")
+            epoch += 1
 
 
 def search_models(
@@ -75,7 +164,8 @@ def search_models(
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     features = resumed_features(run_dir) if resume else FEATURE_VERSION
-    envs = model_envs(cfg, trust_model_code, features)  # every checkpoint loads and analyzes before the run dir exists
+    # every checkpoint loads and analyzes (and every copy is cut) before the run dir exists
+    envs, sources = model_envs(cfg, trust_model_code, features)
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / "search.log", verbose=progress)
     write_resolved(cfg, run_dir)
@@ -85,7 +175,8 @@ def search_models(
         for rec in recorder.records:  # a resumed search re-evaluates no recorded plan
             if rec.get("model") == env.name and hasattr(env.scorer, "remember"):
                 env.scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"], metrics=rec.get("metrics"))
-    multi = MultiModelEnv(envs)
+    weight = cfg.pre_pruned.weight if cfg.pre_pruned is not None else 1.0
+    multi = MultiModelEnv(envs, weights=[weight if "pre_pruned" in s else 1.0 for s in sources])
     log.info(
         "%s over %d models (%s), targets %s, reward %s, %d episodes (%d already recorded)",
         cfg.agent.algorithm,
@@ -98,8 +189,8 @@ def search_models(
     )
     started = time.perf_counter()
     models = [
-        {"name": e.name, "checkpoint": c, "fingerprint": e.structure.fingerprint, "units": len(e.units)}
-        for e, c in zip(envs, cfg.checkpoints or [], strict=True)
+        {"name": e.name, **source, "fingerprint": e.structure.fingerprint, "units": len(e.units)}
+        for e, source in zip(envs, sources, strict=True)
     ]
     writer = train_agent(cfg, multi, recorder, run_dir, resume, progress, extra_meta={"models": models})
     writer.close()
@@ -139,4 +230,4 @@ def _refs(env: LayerPruningEnv) -> dict[str, Any]:
     return {"references": env.references.measured()}
 
 
-__all__ = ["model_envs", "search_models"]
+__all__ = ["model_envs", "pre_pruned_model", "search_models"]

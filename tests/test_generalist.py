@@ -198,6 +198,13 @@ def test_several_checkpoints_config():
         ({"checkpoint": "x.json", "checkpoints": ["a.json"]}, "not both"),
         ({"checkpoints": ["zoo/a.json", "other/a.json"]}, "share a file name"),
         ({"checkpoints": ["a.json"], "env": {"budget": "latency"}}, "not latency"),
+        ({"checkpoint": "x.json", "pre_pruned": {"copies": 2}}, "give 'checkpoints'"),
+        (
+            {"checkpoints": ["a.json"], "pre_pruned": {}, "env": {"granularity": "unstructured", "budget": "params"}},
+            "must be channel",
+        ),
+        ({"checkpoints": ["a.json"], "pre_pruned": {"max_ratio": 1.0}}, "max_ratio"),
+        ({"checkpoints": ["a.json"], "pre_pruned": {"copies": 1, "heal": 3}}, "heal"),
     ):
         with pytest.raises(ValueError, match=match):
             SearchConfig(name="g", **bad)
@@ -266,6 +273,55 @@ def test_generalist_search_applies_zero_shot(tmp_path):
     assert abs(macs_ratio(structure, plan) - 0.55) <= 0.011
     with pytest.raises(RLPruneError, match="outside what the policy was trained for"):
         policy_plans(str(tmp_path / "g"), model, structure, target=0.2)
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason="needs the CIFAR-10 copy ($RLPRUNE_DATA) and zoo/")
+def test_pre_pruned_copies_widen_what_the_policy_sees(tmp_path):
+    """``pre_pruned``: each checkpoint also enters as randomly cut, healed copies — real smaller models whose units
+    are unevenly wide — drawn by their weight, recorded in the policy, rebuilt identically on resume."""
+    from rlprune.apply import load_dense
+    from rlprune.envs.features import feature_spec
+    from rlprune.generalist import model_envs
+    from rlprune.searching import run_search
+
+    body = (
+        "name: pp\n"
+        f"output_dir: {tmp_path}\n"
+        f"checkpoints: [{ZOO / 'resnet20_cifar10.json'}]\n"
+        "pre_pruned: {copies: 2, max_ratio: 0.6, heal_steps: 4, heal_batch_size: 32, weight: 0.5}\n"
+        "env: {target: [0.4, 0.7], min_channels: 2}\n"
+        "proxy: {val_images: 100, finetune_steps: 0, recal_batches: 1, recal_batch_size: 16}\n"
+        "agent: {episodes: 6}\n"
+    )
+    (tmp_path / "pp.yaml").write_text(body)
+    cfg = load_config(tmp_path / "pp.yaml", SearchConfig)
+    envs, sources = model_envs(cfg, trust_model_code=False)
+    dense, *copies = envs
+    assert [e.name for e in envs] == ["resnet20_cifar10", "resnet20_cifar10-pruned1", "resnet20_cifar10-pruned2"]
+    for env, source in zip(copies, sources[1:], strict=True):
+        widths = [u.channels for u in env.units]
+        assert widths != [u.channels for u in dense.units] and min(widths) >= 2  # cut for real, floored by env
+        assert source["pre_pruned"] in (1, 2) and 0.1 < source["macs_ratio"] < 0.95
+        assert len(source["ratios"]) == len(dense.units) and max(source["ratios"]) <= 0.6
+        assert env.structure.total_macs == pytest.approx(source["macs_ratio"] * dense.structure.total_macs, rel=1e-3)
+        assert 10 < env.references.dense() < 100  # healed: a working network, scored by its own proxy
+    assert copies[0].structure.fingerprint != copies[1].structure.fingerprint  # each copy its own draw
+    width = list(feature_spec(3).static_names).index("width_rel")
+    spread = [float(np.ptp(feature_spec(3).static(e.structure)[:, width])) for e in envs]
+    assert max(spread[1:]) > spread[0]  # uneven widths: what a policy trained on even ResNets never sees
+
+    summary = run_search(cfg, progress=False)
+    meta = json.loads((tmp_path / "pp" / "policy.json").read_text())
+    assert [m["name"] for m in meta["models"]] == [e.name for e in envs]
+    assert meta["models"][1]["pre_pruned"] == 1 and meta["models"][1]["checkpoint"] == sources[0]["checkpoint"]
+    assert meta["models"][1]["fingerprint"] == copies[0].structure.fingerprint
+    low = meta["feature_envelope"]["low"][width]
+    assert low < float(np.clip(feature_spec(3).static(load_dense(sources[0]["checkpoint"])[2])[:, width], 0, 1).min())
+    assert sum(m["episodes"] for m in summary["models"]) == 6
+    # resumed: the same copies are cut again (same fingerprints), so recorded plans still name real units
+    more = load_config(tmp_path / "pp.yaml", SearchConfig, ["agent.episodes=7"])
+    resumed = run_search(more, resume=True, progress=False)
+    assert [m["fingerprint"] for m in resumed["models"]] == [m["fingerprint"] for m in meta["models"]]
 
 
 @pytest.mark.skipif(not HAVE_DATA, reason="needs the CIFAR-10 copy ($RLPRUNE_DATA) and zoo/")
