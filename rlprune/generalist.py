@@ -110,18 +110,7 @@ def pre_pruned_model(
     )
     model.to(memory_format=torch.contiguous_format)
     if pp.heal_steps:
-        s = scorer.splits
-        loader = BatchLoader(
-            s.train,
-            pp.heal_batch_size,
-            s.mean,
-            s.std,
-            shuffle=True,
-            augment=True,
-            drop_last=True,
-            seed=seed + 15485863,
-            device=scorer.device,
-        )
+        loader = scorer.training_loader(pp.heal_batch_size, seed + 15485863, channels_last=False)
         finetune(model, _Steps(loader, pp.heal_steps), lr=pp.heal_lr, teacher=scorer.model, device=scorer.device)
     else:
         recalibrate_bn(model, scorer.recal)

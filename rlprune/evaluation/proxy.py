@@ -122,36 +122,34 @@ class ProxyEvaluator(MetricScorer):
         self, train_loader: object, recal_batches: int, finetune_steps: int, gradients: bool
     ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, ...]] | None]:
         """Recalibration batches (plain) and fine-tune batches (augmented) from their own seeded loaders."""
-        s = self.splits
-        loader = BatchLoader(
-            s.train,
-            self.recal_batch_size,
-            s.mean,
-            s.std,
-            shuffle=True,
-            seed=self.seed + 7919,
-            device=self.device,
-            channels_last=self.channels_last,
-        )
+        loader = self.training_loader(self.recal_batch_size, self.seed + 7919, augment=False)
         recal = [x for _, (x, _) in zip(range(recal_batches), loader, strict=False)]
         calibration = None if self.sparse else calibration_batches(self.importance, loader)
         tuned: list[tuple[torch.Tensor, torch.Tensor]] = []
         if finetune_steps:
-            ft_loader = BatchLoader(
-                s.train,
-                self.recal_batch_size,
-                s.mean,
-                s.std,
-                shuffle=True,
-                augment=True,
-                drop_last=True,
-                seed=self.seed + 104729,
-                device=self.device,
-                channels_last=self.channels_last,
-            )
+            ft_loader = self.training_loader(self.recal_batch_size, self.seed + 104729)
             ft_loader.set_epoch(0)
             tuned = [b for _, b in zip(range(finetune_steps), ft_loader, strict=False)]
         return recal, tuned, calibration
+
+    def training_loader(
+        self, batch_size: int, seed: int, augment: bool = True, channels_last: bool | None = None
+    ) -> BatchLoader:
+        """Shuffled batches of the training split, seeded; augmented ones (random crop + flip, no short last batch)
+        to train on, plain ones to recalibrate BN statistics with; in the evaluator's memory format by default."""
+        s = self.splits
+        return BatchLoader(
+            s.train,
+            batch_size,
+            s.mean,
+            s.std,
+            shuffle=True,
+            augment=augment,
+            drop_last=augment,
+            seed=seed,
+            device=self.device,
+            channels_last=self.channels_last if channels_last is None else channels_last,
+        )
 
     def prepare(self, model: nn.Module) -> None:
         if self.channels_last:
