@@ -45,7 +45,7 @@ from _results import environment, md_table, mean_std, measured_on, reproduce_com
 
 from rlprune.agents.policy_io import Policy
 from rlprune.apply import apply_policy, check_policy_target, example_input, finetune_plan, load_dense, policy_plans
-from rlprune.config import SearchConfig, model_label, validate
+from rlprune.config import PrePrunedConfig, SearchConfig, model_label, validate
 from rlprune.cost.macs import count_macs
 from rlprune.data import splits_from_meta
 from rlprune.envs.episode import Episode
@@ -455,13 +455,11 @@ def prepruned(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str
     """The generalist trained again with ``--pre-pruned-copies`` randomly cut, healed copies of each training model
     (config ``pre_pruned``): does seeing thin, unevenly wide units in training stop it from cutting the thinnest
     units of an unseen family hardest (MobileNetV2's bottlenecks)? Its policy goes to ``--prepruned-policy-dir``."""
-    pp = {
-        "copies": args.pre_pruned_copies,
-        "max_ratio": args.pre_pruned_max_ratio,
-        "heal_steps": args.pre_pruned_heal_steps,
-    }
+    pp = PrePrunedConfig(
+        copies=args.pre_pruned_copies, max_ratio=args.pre_pruned_max_ratio, heal_steps=args.pre_pruned_heal_steps
+    ).model_dump()  # every setting, defaults included, keys the stored stage
     column = f"+ {pp['copies']} pre-pruned copies each"
-    name = f"generalist-prepruned-{_key(pp)[:8]}-{args.episodes}"
+    name = f"generalist-prepruned-{_key([args.train, pp])[:8]}-{args.episodes}"
     fields = {"pre_pruned": pp}
     return _retrained(args, cells, "prepruned", column, name, args.train, args.prepruned_policy_dir, fields)
 
@@ -965,10 +963,11 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
     if prepruned_data and prepruned_data.get("cells"):
         pp = prepruned_data["pre_pruned"]
         title = "Pre-pruned copies: the generalist retrained with randomly cut copies of its training models"
+        healed = f"healed by {pp['heal_steps']} fine-tune steps with distillation" if pp["heal_steps"] else "not healed"
         lead = (
             f"Each training model also enters as {pp['copies']} copies cut by random per-unit ratios in "
-            f"[0, {pp['max_ratio']}] and healed by {pp['heal_steps']} distillation steps (config `pre_pruned`), so "
-            "the policy sees thin, unevenly wide units. "
+            f"[0, {pp['max_ratio']}] and {healed} (config `pre_pruned`), so the policy sees thin, unevenly wide "
+            "units. "
         )
         md += _retrained_md(args, prepruned_data, ft, cells, title, lead)
     guard_data = _stage_data(args, "guard", "guard")

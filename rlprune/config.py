@@ -467,8 +467,19 @@ class SearchConfig(Strict):
             return self
         if self.policy is not None:
             raise ValueError("policy: applies to one checkpoint, not to 'checkpoints'")
-        if self.pre_pruned is not None and self.env.granularity != "channel":
-            raise ValueError("pre_pruned: copies are cut by channels; env.granularity must be channel")
+        if self.pre_pruned is not None:
+            if self.env.granularity != "channel":
+                raise ValueError("pre_pruned: copies are cut by channels; env.granularity must be channel")
+            if any(isinstance(v, int) for v in self.prune.heads.values()):
+                raise ValueError(
+                    "pre_pruned: a copy with heads cut no longer has the head counts prune.heads gives as numbers; "
+                    "name the attribute that holds each count instead"
+                )
+            copies = {
+                f"{model_label(c)}-pruned{k}" for c in self.checkpoints for k in range(1, self.pre_pruned.copies + 1)
+            }
+            if clash := sorted(copies & {model_label(c) for c in self.checkpoints}):
+                raise ValueError(f"checkpoints: {clash[0]} is also the name of a pre_pruned copy; rename the file")
         if self.checkpoint is not None:
             raise ValueError("give 'checkpoint' (one model) or 'checkpoints' (several), not both")
         if not self.checkpoints or not all(self.checkpoints):

@@ -35,6 +35,7 @@ from rlprune.errors import RLPruneError
 from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.fileio import atomic_write_text
 from rlprune.logs import setup_logging
+from rlprune.provenance import tensors_sha256
 from rlprune.pruning import Plan, prune
 from rlprune.safeio import json_safe
 from rlprune.seeding import seed_everything
@@ -69,15 +70,23 @@ def model_envs(
             seed = [cfg.seed, index, copy]  # the same copies on a resumed run
             model, plan = pre_pruned_model(scorer, pp, np.random.default_rng(seed), cfg.env, seed=cfg.seed + copy)
             copy_scorer = ProxyEvaluator(model, scorer.splits, device=cfg.device, **scorer_settings(cfg))
+            name = f"{label}-pruned{copy}"
             source = {
                 "checkpoint": checkpoint,
                 "pre_pruned": copy,
+                "weight": pp.weight,
                 "macs_ratio": round(copy_scorer.structure.total_macs / scorer.structure.total_macs, 4),
                 "ratios": [round(r, 4) for r in plan.ratios.values()],
+                "weights_sha256": tensors_sha256(model),  # a resumed run must rebuild this very copy
             }
-            envs.append(_model_env(cfg, copy_scorer, f"{label}-pruned{copy}", features))
+            try:
+                envs.append(_model_env(cfg, copy_scorer, name, features))
+            except RLPruneError as exc:
+                raise RLPruneError(
+                    f"pre_pruned: copy {name} ({source['macs_ratio']:.2f} of {label}'s MACs; its targets are relative "
+                    f"to it): {exc}; lower pre_pruned.max_ratio or env.round_to"
+                ) from None
             sources.append(source)
-            log.info("%s: a copy of %s at %.2f of its MACs", envs[-1].name, label, source["macs_ratio"])
     return envs, sources
 
 
@@ -101,8 +110,10 @@ def pre_pruned_model(
     scorer: ProxyEvaluator, pp: PrePrunedConfig, rng: np.random.Generator, env: EnvConfig, seed: int = 0
 ) -> tuple[nn.Module, Plan]:
     """A copy of ``scorer``'s dense model pruned for real by random per-unit ratios in ``[0, pp.max_ratio]`` (rounded
-    and floored as ``env`` says), healed by ``pp.heal_steps`` steps of distillation from the dense model on augmented
-    training batches, BN-recalibrated: a trained-looking network with uneven widths, to train a policy on."""
+    and floored as ``env`` says), healed by ``pp.heal_steps`` SGD steps on augmented training batches with the loss
+    of rlprune's fine-tunes (half cross-entropy, half distillation from the dense model), whose BN statistics are
+    then those training left (or, without healing, recalibrated): a trained-looking network with uneven widths, to
+    train a policy on. Deterministic for a given ``rng``, ``seed``, device and thread count."""
     ratios = rng.uniform(0.0, pp.max_ratio, len(scorer.structure.units)).tolist()
     plan = scorer.plan(ratios, round_to=env.round_to, min_channels=env.min_channels)
     model, plan = prune(
@@ -111,7 +122,8 @@ def pre_pruned_model(
     model.to(memory_format=torch.contiguous_format)
     if pp.heal_steps:
         loader = scorer.training_loader(pp.heal_batch_size, seed + 15485863, channels_last=False)
-        finetune(model, _Steps(loader, pp.heal_steps), lr=pp.heal_lr, teacher=scorer.model, device=scorer.device)
+        steps = _Steps(loader, pp.heal_steps)
+        finetune(model, steps, lr=pp.heal_lr, teacher=scorer.model, device=scorer.device, seed=seed)
     else:
         recalibrate_bn(model, scorer.recal)
     return model.eval(), plan
@@ -157,6 +169,7 @@ def search_models(
     envs, sources = model_envs(cfg, trust_model_code, features)
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / "search.log", verbose=progress)
+    _same_copies(run_dir, envs, sources, resume)
     write_resolved(cfg, run_dir)
     recorder = SearchRecorder(run_dir, None, structure=None, budget=cfg.env.budget)
     for env in envs:
@@ -201,6 +214,26 @@ def search_models(
     atomic_write_text(run_dir / "summary.json", json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n")
     log.info("policy over %d models -> %s", len(envs), run_dir / "policy.json")
     return summary
+
+
+def _same_copies(run_dir: Path, envs: list[LayerPruningEnv], sources: list[dict[str, Any]], resume: bool) -> None:
+    """Record the pre-pruned copies (``copies.json``) of a new run; refuse to resume one whose copies came out
+    different (another device or thread count heals them to other weights, and recorded scores are of the old ones)."""
+    copies = {e.name: s for e, s in zip(envs, sources, strict=True) if "pre_pruned" in s}
+    path = run_dir / "copies.json"
+    if resume and path.is_file():
+        before = json.loads(path.read_text())
+        for name, source in copies.items():
+            if before.get(name, {}).get("weights_sha256") != source["weights_sha256"]:
+                raise RLPruneError(
+                    f"{run_dir}: pre_pruned copy {name} came out different from the one this run started with "
+                    "(another device or thread count?); resume it where it started, or start a new run",
+                    fix="rename",
+                )
+    for name, source in copies.items():
+        log.info("%s: a copy of %s at %.2f of its MACs", name, source["checkpoint"], source["macs_ratio"])
+    if copies:
+        atomic_write_text(path, json.dumps(copies, indent=1) + "\n")
 
 
 def _model_stats(records: list[dict[str, Any]], name: str, last: int = 50) -> dict[str, Any]:

@@ -114,7 +114,13 @@ def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
         with contextlib.suppress(ValueError):
             saved = SearchConfig.model_validate(saved).model_dump(mode="json")
         now = cfg.model_dump(mode="json")
-        for section in ("checkpoint", "checkpoints", "data_root", "env", "proxy", "latency", "prune"):
+        sections = ["checkpoint", "checkpoints", "data_root", "env", "proxy", "latency", "prune"]
+        if now.get("pre_pruned") or saved.get("pre_pruned"):
+            sections += ["pre_pruned", "seed"]  # the copies are models of the run, cut by its seed
+            for side in (saved, now):  # how often a copy is drawn is not how it is scored
+                if isinstance(side.get("pre_pruned"), dict):
+                    side["pre_pruned"] = {k: v for k, v in side["pre_pruned"].items() if k != "weight"}
+        for section in sections:
             if saved.get(section) != now.get(section):
                 raise RLPruneError(
                     f"{run_dir}: cannot resume with a different '{section}' than the run was started with "

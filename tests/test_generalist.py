@@ -205,6 +205,8 @@ def test_several_checkpoints_config():
         ),
         ({"checkpoints": ["a.json"], "pre_pruned": {"max_ratio": 1.0}}, "max_ratio"),
         ({"checkpoints": ["a.json"], "pre_pruned": {"copies": 1, "heal": 3}}, "heal"),
+        ({"checkpoints": ["a.json", "b/a-pruned2.json"], "pre_pruned": {"copies": 2}}, "a-pruned2 is also the name"),
+        ({"checkpoints": ["a.json"], "pre_pruned": {}, "prune": {"heads": {"blocks.*.attn": 4}}}, "name the attribute"),
     ):
         with pytest.raises(ValueError, match=match):
             SearchConfig(name="g", **bad)
@@ -314,14 +316,46 @@ def test_pre_pruned_copies_widen_what_the_policy_sees(tmp_path):
     meta = json.loads((tmp_path / "pp" / "policy.json").read_text())
     assert [m["name"] for m in meta["models"]] == [e.name for e in envs]
     assert meta["models"][1]["pre_pruned"] == 1 and meta["models"][1]["checkpoint"] == sources[0]["checkpoint"]
+    assert meta["models"][1]["weight"] == 0.5 and "weight" not in meta["models"][0]
     assert meta["models"][1]["fingerprint"] == copies[0].structure.fingerprint
     low = meta["feature_envelope"]["low"][width]
     assert low < float(np.clip(feature_spec(3).static(load_dense(sources[0]["checkpoint"])[2])[:, width], 0, 1).min())
     assert sum(m["episodes"] for m in summary["models"]) == 6
-    # resumed: the same copies are cut again (same fingerprints), so recorded plans still name real units
-    more = load_config(tmp_path / "pp.yaml", SearchConfig, ["agent.episodes=7"])
+    # a resume cannot change how the copies are made, nor use copies that came out different
+    changed = load_config(tmp_path / "pp.yaml", SearchConfig, ["agent.episodes=7", "pre_pruned.heal_steps=5"])
+    with pytest.raises(RLPruneError, match="cannot resume with a different 'pre_pruned'"):
+        run_search(changed, resume=True, progress=False)
+    record = tmp_path / "pp" / "copies.json"
+    copies_json = record.read_text()
+    assert json.loads(copies_json)["resnet20_cifar10-pruned2"]["weights_sha256"] == sources[2]["weights_sha256"]
+    record.write_text(copies_json.replace(sources[2]["weights_sha256"], "0" * 64))
+    more = load_config(tmp_path / "pp.yaml", SearchConfig, ["agent.episodes=7", "pre_pruned.weight=1"])
+    with pytest.raises(RLPruneError, match="copy resnet20_cifar10-pruned2 came out different"):
+        run_search(more, resume=True, progress=False)
+    record.write_text(copies_json)
+    # resumed: the same copies are cut and healed again (same weights), so recorded scores are theirs
     resumed = run_search(more, resume=True, progress=False)
-    assert [m["fingerprint"] for m in resumed["models"]] == [m["fingerprint"] for m in meta["models"]]
+    assert resumed["episodes"] == 7
+    assert [m["weights_sha256"] for m in resumed["models"][1:]] == [s["weights_sha256"] for s in sources[1:]]
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason="needs the CIFAR-10 copy ($RLPRUNE_DATA) and zoo/")
+def test_healing_a_pre_pruned_copy_recovers_accuracy():
+    """The same random cut, healed and not: healing (distillation steps) gives a better working network."""
+    from rlprune.config import EnvConfig, PrePrunedConfig
+    from rlprune.evaluation.proxy import proxy_from_checkpoint
+    from rlprune.generalist import pre_pruned_model
+    from rlprune.pruning import Plan as FullPlan
+
+    scorer = proxy_from_checkpoint(str(ZOO / "resnet20_cifar10.json"), val_images=300, recal_batches=4)
+    scores = {}
+    for steps in (0, 25):
+        pp = PrePrunedConfig(max_ratio=0.7, heal_steps=steps, heal_batch_size=64)
+        model, plan = pre_pruned_model(scorer, pp, np.random.default_rng(3), EnvConfig(), seed=3)
+        assert plan.kept and all(len(plan.kept[u]) == plan.channels[u] for u in plan.channels)  # cut for real
+        scores[steps] = scorer.measure(model)[0]
+    dense = scorer(FullPlan.from_ratios(scorer.structure, [0.0] * len(scorer.structure.units))).accuracy
+    assert scores[0] + 5 < scores[25] < dense  # 64.0 -> 74.0 (dense 90)
 
 
 @pytest.mark.skipif(not HAVE_DATA, reason="needs the CIFAR-10 copy ($RLPRUNE_DATA) and zoo/")
