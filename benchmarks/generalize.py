@@ -800,6 +800,10 @@ def _retrained_md(
         "",
         md_table(["target", "MACs", "uniform", "generalist", column, "change"], proxy),
         "",
+        f"Ahead of uniform in {sum(c[column] > c['uniform'] for c in data['cells'])} of {len(data['cells'])} cells "
+        f"(the generalist: {sum(c['generalist'] > c['uniform'] for c in data['cells'])}); mean change against the "
+        f"generalist {np.mean([c[column] - c['generalist'] for c in data['cells']]):+.2f} points.",
+        "",
         *(
             [
                 md_table(["target", "MACs", "uniform after FT", "generalist after FT", f"{column} after FT"], tuned),
