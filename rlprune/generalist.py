@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,11 +152,30 @@ class _Steps:
             epoch += 1
 
 
+def scorer_envs(
+    cfg: SearchConfig, scorers: Mapping[str, Any], features: int = FEATURE_VERSION
+) -> tuple[list[LayerPruningEnv], list[dict[str, Any]]]:
+    """One environment per named scorer (your own models and metrics, :func:`rlprune.search` with a dict), each with
+    its budget over ``cfg.env``'s target range; sources name no checkpoint."""
+    if not scorers:
+        raise RLPruneError("search: give at least one named scorer")
+    for name in scorers:
+        if not isinstance(name, str) or not name.strip():
+            raise RLPruneError(f"search: each scorer needs a non-empty name, got {name!r}")
+    return [_model_env(cfg, scorer, name, features) for name, scorer in scorers.items()], [{} for _ in scorers]
+
+
 def search_models(
-    cfg: SearchConfig, *, resume: bool = False, progress: bool = True, trust_model_code: bool = False
+    cfg: SearchConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    trust_model_code: bool = False,
+    scorers: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one RL policy over every checkpoint in ``cfg.checkpoints``; returns the summary (also written to
-    ``summary.json``). Called by :func:`rlprune.searching.run_search`, which holds the run directory's lock."""
+    """Train one RL policy over every checkpoint in ``cfg.checkpoints`` (or every scorer of ``scorers``, by name);
+    returns the summary (also written to ``summary.json``). Called by :func:`rlprune.searching.run_search`, which
+    holds the run directory's lock."""
     from rlprune.searching import prepare_run, resumed_features, train_agent
 
     run_dir = Path(cfg.output_dir) / cfg.name
@@ -166,7 +185,10 @@ def search_models(
     seed_everything(cfg.seed)
     features = resumed_features(run_dir) if resume else FEATURE_VERSION
     # every checkpoint loads and analyzes (and every copy is cut) before the run dir exists
-    envs, sources = model_envs(cfg, trust_model_code, features)
+    if scorers is not None:
+        envs, sources = scorer_envs(cfg, scorers, features)
+    else:
+        envs, sources = model_envs(cfg, trust_model_code, features)
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / "search.log", verbose=progress)
     _same_copies(run_dir, envs, sources, resume)
@@ -252,4 +274,4 @@ def _refs(env: LayerPruningEnv) -> dict[str, Any]:
     return {"references": env.references.measured()}
 
 
-__all__ = ["model_envs", "pre_pruned_model", "search_models"]
+__all__ = ["model_envs", "pre_pruned_model", "scorer_envs", "search_models"]

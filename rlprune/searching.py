@@ -13,9 +13,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ from rlprune.agents.recorder import SearchRecorder
 from rlprune.agents.sb3_agents import make_agent
 from rlprune.agents.searchers import get_searcher
 from rlprune.checkpoint import load_state, save_state
-from rlprune.config import SearchConfig, validate, write_resolved
+from rlprune.config import MULTI_MODEL_REWARD, SearchConfig, validate, write_resolved
 from rlprune.cost.lut import LatencyTable, build_latency_table, measured_latency_ratio
 from rlprune.envs.calibration import calibrate_latency_budget
 from rlprune.envs.features import FEATURE_VERSION, feature_envelope
@@ -178,29 +179,34 @@ def run_search(
     searcher: str | None = None,
     resume: bool = False,
     progress: bool = True,
-    scorer: Scorer | None = None,
+    scorer: Scorer | Mapping[str, Scorer] | None = None,
     workers: int | None = None,
     trust_model_code: bool = False,
 ) -> dict[str, Any]:
     """Run an RL agent (``searcher=None``) or a baseline searcher; returns the summary.
 
-    :param scorer: use this scorer instead of building a proxy evaluator from ``cfg.checkpoint``.
+    :param scorer: use this scorer instead of building a proxy evaluator from ``cfg.checkpoint``; a dict of named
+        scorers trains one policy over all of their models, like ``cfg.checkpoints``.
     :param workers: score plans on this many Ray actors (default ``cfg.workers``; 1 = in this process).
     :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
     """
     workers = cfg.workers if workers is None else workers
     if cfg.policy is not None:
         raise RLPruneError("policy: a search learns a policy; applying one is rlprune run (or rlprune apply)")
-    if cfg.checkpoints is not None:
+    several = isinstance(scorer, Mapping)
+    if cfg.checkpoints is not None or several:
         from rlprune.generalist import search_models
 
-        if searcher is not None or workers > 1 or scorer is not None:
+        if searcher is not None or workers > 1 or (scorer is not None and not several):
             raise RLPruneError(
-                "a search over several checkpoints trains one RL policy in this process: no baseline searcher, "
-                "workers or scorer",
+                "a search over several models trains one RL policy in this process: no baseline searcher, "
+                "workers or single scorer",
                 fix="several_checkpoints",
             )
-        return search_models(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
+        if several and (cfg.checkpoints is not None or cfg.checkpoint is not None or cfg.pre_pruned is not None):
+            raise RLPruneError("search: give named scorers or checkpoints (and pre_pruned copies of them), not both")
+        scorers = cast("Mapping[str, Scorer]", scorer) if several else None
+        return search_models(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code, scorers=scorers)
     if workers > 1 and not hasattr(scorer, "prefetch"):
         from rlprune.parallel import run_pooled
 
@@ -542,7 +548,7 @@ AGENTS = ("ppo", "ddpg", "sac", "td3")
 
 
 def search(
-    scorer: Scorer,
+    scorer: Scorer | Mapping[str, Scorer],
     *,
     target: float | tuple[float, float] = 0.5,
     agent: str = "ppo",
@@ -550,7 +556,7 @@ def search(
     out_dir: str | Path = "runs/search",
     seed: int = 0,
     budget: str = "macs",
-    reward: str = "accuracy",
+    reward: str | None = None,
     min_ratio: float = 0.0,
     max_ratio: float = 0.8,
     round_to: int | Literal["auto"] | None = None,
@@ -561,11 +567,16 @@ def search(
 ) -> SearchResult:
     """Search per-layer pruning ratios for the model ``scorer`` scores, with an RL agent or a baseline.
 
-    :param scorer: scores a plan (:class:`~rlprune.MetricScorer` around your own metric, or the built-in proxy).
+    :param scorer: scores a plan (:class:`~rlprune.MetricScorer` around your own metric, or the built-in proxy). A
+        dict of named scorers (several models, e.g. ``{"small": s1, "wide": s2}``) trains one RL policy over all of
+        them, each episode drawing a model and a target in ``target``'s range: a policy to apply to models it never
+        saw (docs/generalize.md).
     :param target: pruned/dense cost ratio to meet (or a ``(low, high)`` range: one target per episode).
     :param agent: ``ppo`` (default), ``ddpg``, ``sac``, ``td3``, or a baseline: ``random``, ``evolution``,
         ``uniform``.
     :param episodes: plans to evaluate.
+    :param reward: ``accuracy`` for one model; with several, ``gain_over_uniform`` (the default: raw accuracies of
+        different models are not on one scale) or ``retention``.
     :param budget: ``macs``, ``latency`` or ``params``; a weight-level scorer (``MetricScorer(...,
         granularity="unstructured")``) searches per-layer sparsity on a ``params`` budget.
     :param round_to: keep channel counts a multiple of this (8 suits ONNX Runtime on x86, fp32 and int8);
@@ -586,7 +597,19 @@ def search(
     if agent not in AGENTS and agent not in SEARCHERS:
         raise RLPruneError(f"agent '{agent}': expected one of {', '.join(AGENTS + tuple(sorted(SEARCHERS)))}")
     out = Path(out_dir)
-    kind, pattern = kind_and_pattern(scorer.structure.granularity)
+    several = isinstance(scorer, Mapping)
+    scorers = list(scorer.values()) if isinstance(scorer, Mapping) else [scorer]
+    if not scorers:
+        raise RLPruneError("search: give at least one named scorer")
+    first = scorers[0]
+    if len({s.structure.granularity for s in scorers}) > 1 or len({s.importance for s in scorers}) > 1:
+        raise RLPruneError("search: the scorers of several models must share one granularity and importance")
+    if several and budget == "latency":
+        raise RLPruneError("search: several models take MACs or parameter budgets, not latency")
+    if several and agent not in AGENTS:
+        raise RLPruneError(f"search: several models train one RL policy ({', '.join(AGENTS)}), not '{agent}'")
+    reward = reward or (MULTI_MODEL_REWARD if several else "accuracy")
+    kind, pattern = kind_and_pattern(first.structure.granularity)
     if kind != "channel" and budget == "macs":
         budget = "params"  # a weight-level scorer's plans save parameters (the only budget they can meet)
     env = {
@@ -606,7 +629,7 @@ def search(
         "seed": seed,
         "env": env,
         # a weight-level scorer's importance is its own (magnitude); the config keeps the channel default
-        "proxy": {**({"importance": scorer.importance} if kind == "channel" else {}), **options.pop("proxy", {})},
+        "proxy": {**({"importance": first.importance} if kind == "channel" else {}), **options.pop("proxy", {})},
         "agent": {
             "algorithm": agent if agent in AGENTS else "ppo",
             "episodes": episodes,

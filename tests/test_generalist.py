@@ -12,6 +12,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from rlprune.apply import check_policy_target, outside_training, policy_plans
 from rlprune.config import SearchConfig, load_config
@@ -337,6 +338,43 @@ def test_pre_pruned_copies_widen_what_the_policy_sees(tmp_path):
     resumed = run_search(more, resume=True, progress=False)
     assert resumed["episodes"] == 7
     assert [m["weights_sha256"] for m in resumed["models"][1:]] == [s["weights_sha256"] for s in sources[1:]]
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason="needs the CIFAR-10 copy ($RLPRUNE_DATA) and zoo/")
+def test_python_api_trains_one_policy_over_your_own_models(tmp_path):
+    """``rp.search`` with a dict of named scorers — your models, your DataLoaders, your metric — trains one policy
+    over all of them with the relative reward, and that policy prunes a third model it never saw within budget."""
+    import rlprune as rp
+    from rlprune.apply import load_dense
+
+    splits = rp.load_splits("cifar10", limit_train=600)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (splits.mean, splits.std))
+
+    def loader(ds, n: int, batch: int) -> DataLoader:
+        return DataLoader(TensorDataset((ds.images[:n].float() / 255 - mean) / std, ds.labels[:n]), batch_size=batch)
+
+    train, val = loader(splits.train, 256, 64), loader(splits.val, 200, 200)
+
+    @torch.no_grad()
+    def accuracy(model: nn.Module) -> float:
+        x, y = next(iter(val))
+        return 100.0 * (model.eval()(x).argmax(1) == y).float().mean().item()
+
+    models = {name: load_dense(str(ZOO / f"{name}_cifar10.json"))[0] for name in ("resnet20", "vgg11")}
+    scorers = {name: rp.MetricScorer(m, X, accuracy, train_loader=train, recal_batches=2) for name, m in models.items()}
+    result = rp.search(scorers, target=(0.4, 0.7), episodes=6, out_dir=tmp_path / "mine", seed=0)
+    assert result.summary["reward"] == "gain_over_uniform"  # raw accuracies of two models are not one scale
+    assert {r["model"] for r in result.records} <= {"resnet20", "vgg11"} and len(result.records) == 6
+    assert [m["name"] for m in result.policy.meta["models"]] == ["resnet20", "vgg11"]
+    assert result.policy.meta["target"] == [0.4, 0.7] and result.policy.meta["feature_envelope"]
+    other = load_dense(str(ZOO / "resnet32_cifar10.json"))[0]
+    plan, record = rp.apply_policy(result.policy, other, X, target=0.55)
+    assert 0.539 <= macs_ratio(rp.analyze(other, X), plan) <= 0.55
+    assert record["outside_training"]["of"] == len(rp.analyze(other, X).units)  # checked against what it saw
+    with pytest.raises(RLPruneError, match="not latency"):
+        rp.search(scorers, budget="latency", out_dir=tmp_path / "lat")
+    with pytest.raises(RLPruneError, match="one RL policy"):
+        rp.search(scorers, agent="random", out_dir=tmp_path / "rand")
 
 
 @pytest.mark.skipif(not HAVE_DATA, reason="needs the CIFAR-10 copy ($RLPRUNE_DATA) and zoo/")
