@@ -94,7 +94,7 @@ def _model_env(cfg: SearchConfig, scorer: Any, name: str, features: int) -> Laye
     from rlprune.searching import build_budget
 
     e = cfg.env
-    env = LayerPruningEnv(
+    return LayerPruningEnv(
         scorer,
         budget=build_budget(cfg, scorer.structure),
         reward=e.reward,
@@ -103,7 +103,6 @@ def _model_env(cfg: SearchConfig, scorer: Any, name: str, features: int) -> Laye
         features=features,
         prior=e.prior,
     )
-    return env
 
 
 def pre_pruned_model(
@@ -199,8 +198,7 @@ def search_models(
         for rec in recorder.records:  # a resumed search re-evaluates no recorded plan
             if rec.get("model") == env.name and hasattr(env.scorer, "remember"):
                 env.scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"], metrics=rec.get("metrics"))
-    weight = cfg.pre_pruned.weight if cfg.pre_pruned is not None else 1.0
-    multi = MultiModelEnv(envs, weights=[weight if "pre_pruned" in s else 1.0 for s in sources])
+    multi = MultiModelEnv(envs, weights=[source.get("weight", 1.0) for source in sources])  # copies: pre_pruned.weight
     log.info(
         "%s over %d models (%s), targets %s, reward %s, %d episodes (%d already recorded)",
         cfg.agent.algorithm,
