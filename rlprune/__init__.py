@@ -43,6 +43,7 @@ _EXPORTS = {
     "SearchResult": "rlprune.searching",
     "load_result": "rlprune.searching",
     "Policy": "rlprune.agents.policy_io",
+    "load_policy": "rlprune.agents.policy_io",
     # apply, fine-tune, export, report
     "apply_policy": "rlprune.apply",
     "finetune": "rlprune.training.loop",
@@ -88,6 +89,7 @@ __all__ = [
     "export_onnx",
     "finetune",
     "load_checkpoint",
+    "load_policy",
     "load_result",
     "load_sparse",
     "load_splits",
@@ -118,7 +120,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from rlprune.agents.policy_io import Policy
+    from rlprune.agents.policy_io import Policy, load_policy
     from rlprune.apply import apply_policy
     from rlprune.checkpoint import load_checkpoint, save_checkpoint
     from rlprune.data import load_splits

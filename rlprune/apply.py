@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -52,7 +53,7 @@ from rlprune.pruning.weights import kind_and_pattern, sparsify_plan, structure_f
 from rlprune.quantize import int8_report
 from rlprune.reporting import md_table
 from rlprune.safeio import json_safe, locked
-from rlprune.seeding import resolve_device
+from rlprune.seeding import on_device, resolve_device
 from rlprune.sparse_report import sparse_markdown, sparse_section
 from rlprune.training.engine import fit
 
@@ -138,8 +139,9 @@ def policy_plans(
             features,
         )
     table = None
-    if budget == "latency":  # timed as the policy's training timed it (its config's latency section)
-        trained = m.get("config", {}).get("latency", {})
+    trained = (m.get("config") or {}).get("latency") or {}  # how its training timed plans (latency budgets)
+    if budget == "latency":  # timed as the policy's training timed it, on the CPU
+        model = on_device(model, torch.device("cpu"))
         runtime = latency_runtime or trained.get("runtime", "torch")
         batch = latency_batch or int(trained.get("batch_size", 1))
         table = build_latency_table(model, structure, batch, threads=threads, runtime=runtime)
@@ -153,7 +155,9 @@ def policy_plans(
         min_channels=m.get("min_channels", 1),
         latency_table=table,
     )
-    solver = calibrate_latency_budget(solver, model, seed=0, threads=threads)  # met as measured, on average
+    # met as measured, on average, refitted on as many timed plans as in training
+    count = int(trained.get("calibration_plans", 8))
+    solver = calibrate_latency_budget(solver, model, count=count, seed=0, threads=threads)
     version = int(m.get("feature_version", 2))  # observed with the features it was trained on
     prior = policy_prior(m, solver, target, model)  # what action 0 stood for in training
     plans = [rollout(solver, policy.act, target, importance, version, prior)]
@@ -240,10 +244,11 @@ def apply_policy(
     :param policy: a :class:`~rlprune.Policy`, or the path of a saved one (run directory or ``policy.json``).
     :param example_inputs: an input batch for tracing ``model``.
     :param target: pruned/dense cost ratio.
-    :param budget: ``macs`` or ``latency`` (CPU latency from a lookup table built here, at the batch size and in the
-        runtime the policy was trained with unless ``latency_runtime`` names another runtime).
+    :param budget: ``macs``, ``params`` or ``latency`` (CPU latency from a lookup table built here, at the batch
+        size and in the runtime the policy was trained with unless ``latency_runtime`` names another runtime).
     :param scorer: scores the candidates when ``samples`` > 0 or ``uniform_guard`` (e.g. a
-        :class:`~rlprune.MetricScorer` for ``model``).
+        :class:`~rlprune.MetricScorer` for ``model``); its channel criterion is the plans' (the channels scored are
+        the ones :func:`rlprune.prune` keeps).
     :param uniform_guard: also score the uniform plan and keep it if it scores best (``chosen: "uniform"``).
     :param force: apply the policy at a target or budget kind outside what it was trained for (else refused).
     :param ignore: module or parameter names (or patterns) to leave unpruned (:func:`rlprune.analyze`; a scorer's
@@ -280,18 +285,22 @@ def apply_policy(
         force=force,
         latency_runtime=latency_runtime,
         uniform=uniform_guard,
+        importance=scorer.importance if scorer is not None else None,  # the channels it scores are the ones kept
     )
     outside = outside_training(policy.meta, structure)
     if len(plans) == 1:
         return plans[0], {"samples": 0, "outside_training": outside}
     assert scorer is not None
-    scores = []
+    scores, raw = [], []
     for plan in plans:
         r = scorer(plan)
+        if not math.isfinite(r.accuracy):
+            raise RLPruneError(f"scorer: returned a non-finite score ({r.accuracy}) for a candidate plan")
+        raw.append(r.accuracy)  # compared unrounded: a metric on a 0-1 scale differs in the third decimal
         scores.append(
-            {"proxy_val_accuracy": round(r.accuracy, 2), "macs_ratio": round(plan_macs_ratio(structure, plan), 4)}
+            {"proxy_val_accuracy": round(r.accuracy, 4), "macs_ratio": round(plan_macs_ratio(structure, plan), 4)}
         )
-    best = max(range(len(plans)), key=lambda i: scores[i]["proxy_val_accuracy"])  # the first of equals: the policy's
+    best = max(range(len(plans)), key=lambda i: raw[i])  # the first of equals: the policy's
     chosen: int | str = "deterministic" if best == 0 else best
     if uniform_guard and best == len(plans) - 1:
         chosen = "uniform"

@@ -9,13 +9,28 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlprune.errors import RLPruneError
 from rlprune.fileio import atomic_write_text
 from rlprune.safeio import check_tree, parse_yaml, quote, read_yaml_file
 
 T = TypeVar("T", bound=BaseModel)
+
+# Seeds feed NumPy, torch and stable-baselines3, whose generators take 0 <= seed < 2**32.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# Where tensors go: resolved by rlprune.seeding.resolve_device (auto: CUDA when present).
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$")]
+
+
+def _run_name(value: str) -> str:
+    """A run's folder name under ``output_dir``: one path component, so a run never writes outside its folder."""
+    if not value or value in (".", "..") or any(c in value for c in "/\\\0") or len(value) > 100:
+        raise ValueError("expected a folder name of 1-100 characters without '/' or '\\' (not '.' or '..')")
+    return value
+
+
+RunName = Annotated[str, AfterValidator(_run_name)]
 
 
 class Strict(BaseModel):
@@ -31,8 +46,8 @@ class DataConfig(Strict):
     download: bool = True  # fetch CIFAR-10 on first use when it is not found locally
     sha256: str | None = None
     val_size: int = Field(5000, ge=0)
-    split_seed: int = 0
-    input_size: int = Field(32, ge=8)
+    split_seed: Seed = 0
+    input_size: int = Field(32, ge=8, le=4096)  # as a checkpoint's sidecar allows
     channels: Literal[1, 3] = 3
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(500, ge=1)
@@ -119,9 +134,9 @@ class PretrainConfig(Strict):
     model starts out computing the shallower one's function; :mod:`rlprune.models.grow`).
     """
 
-    name: str
-    seed: int = 0
-    device: str = "auto"
+    name: RunName
+    seed: Seed = 0
+    device: Device = "auto"
     threads: int | None = Field(None, ge=1)
     output_dir: str = "runs"
     init_from: str | None = None
@@ -130,12 +145,15 @@ class PretrainConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-def _parse_scalar(text: str) -> Any:
-    """Parse an override value as YAML (``5``, ``0.1``, ``true``, ``[1, 2]``, ``null``), else keep the string."""
+def _parse_scalar(text: str, key: str) -> Any:
+    """Parse an override value as YAML (``5``, ``0.1``, ``3e-4``, ``true``, ``[1, 2]``, ``null``); text that is not
+    YAML is kept as a string, but a value over the limits or non-finite (``.nan``) is refused, naming the key."""
     try:
-        return parse_yaml(text, "--set")
-    except RLPruneError:
-        return text
+        return parse_yaml(text, f"--set {key}")
+    except RLPruneError as exc:
+        if "not valid YAML" in str(exc):
+            return text
+        raise
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -151,7 +169,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise RLPruneError(f"--set '{item}': '{part}' is not a section")
             node = child
-        node[parts[-1]] = _parse_scalar(value)
+        node[parts[-1]] = _parse_scalar(value, key)
     return check_tree(raw, "--set")
 
 
@@ -311,7 +329,7 @@ class ProxyConfig(Strict):
     amp: Literal["auto", "bf16", "off"] = "auto"
     # Which validation subset and recalibration batches: independent of the search seed, so that searches with
     # different seeds (and different searchers) score plans on identical data and their accuracies compare.
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("importance")
     @classmethod
@@ -422,9 +440,9 @@ class PrePrunedConfig(Strict):
 class SearchConfig(Strict):
     """``rlprune train`` / ``rlprune search``: learn a pruning policy for a trained checkpoint."""
 
-    name: str
-    seed: int = 0
-    device: str = "cpu"
+    name: RunName
+    seed: Seed = 0
+    device: Device = "cpu"
     threads: int | None = Field(None, ge=1)
     workers: int = Field(1, ge=1)  # >1: score plans on that many Ray actors (rlprune.parallel; rlprune[ray])
     ray_address: str | None = None  # None: a local Ray instance; "auto" or host:port joins a running cluster
@@ -453,6 +471,16 @@ class SearchConfig(Strict):
         last = self.rounds.schedule(float(self.env.target))[-1]
         if abs(last - self.env.target) > 1e-9:
             raise ValueError(f"the last round's target ({last}) must be env.target ({self.env.target})")
+        epochs = self.rounds.finetune_epochs
+        if epochs is not None and self.finetune.swa_epochs > epochs:
+            raise ValueError(
+                f"rounds.finetune_epochs ({epochs}) is below finetune.swa_epochs ({self.finetune.swa_epochs})"
+            )
+        if any(isinstance(v, int) for v in self.prune.heads.values()):
+            raise ValueError(
+                "rounds: after a round cuts heads, the head counts prune.heads gives as numbers are wrong; name the "
+                "attribute that holds each count instead"
+            )
         return self
 
     @model_validator(mode="after")

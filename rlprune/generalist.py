@@ -175,10 +175,10 @@ def search_models(
     """Train one RL policy over every checkpoint in ``cfg.checkpoints`` (or every scorer of ``scorers``, by name);
     returns the summary (also written to ``summary.json``). Called by :func:`rlprune.searching.run_search`, which
     holds the run directory's lock."""
-    from rlprune.searching import prepare_run, resumed_features, train_agent
+    from rlprune.searching import prepare_run, record_identity, resumed_features, train_agent
 
     run_dir = Path(cfg.output_dir) / cfg.name
-    prepare_run(cfg, run_dir, resume)
+    identity = prepare_run(cfg, run_dir, resume)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -192,6 +192,7 @@ def search_models(
     setup_logging(run_dir / "search.log", verbose=progress)
     _same_copies(run_dir, envs, sources, resume)
     write_resolved(cfg, run_dir)
+    record_identity(run_dir, identity)
     recorder = SearchRecorder(run_dir, None, structure=None, budget=cfg.env.budget)
     for env in envs:
         env.on_episode = recorder

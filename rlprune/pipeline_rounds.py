@@ -31,6 +31,7 @@ from rlprune.data import splits_from_meta
 from rlprune.errors import RLPruneError
 from rlprune.fileio import atomic_write_text
 from rlprune.pruning import Plan, Structure, analyze
+from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.rounds import STATE, finished_rounds, record_rounds
 from rlprune.reporting import md_table
 from rlprune.searching import run_search
@@ -79,7 +80,8 @@ def run_rounds(
     targets = rounds.schedule(float(cfg.env.target))
     schedule = {"targets": targets, "policy": rounds.policy}
     done = finished_rounds(state, schedule)
-    dense, meta, structure = load_dense(cfg.checkpoint, trust_model_code=trust_model_code)
+    options = PruneOptions.of(cfg.prune.ignore, cfg.prune.heads)  # every round leaves the same parts alone
+    dense, meta, structure = load_dense(cfg.checkpoint, trust_model_code=trust_model_code, options=options)
     splits = splits_from_meta(meta, cfg.data_root)
     policy = load_policy(rounds.policy) if rounds.policy else None
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +91,7 @@ def run_rounds(
         k = index + 1
         current = run_dir / done[-1]["checkpoint"] if done else Path(cfg.checkpoint)
         model, model_meta = load_checkpoint(current, trust_model_code=trust_model_code) if done else (dense, meta)
-        current_structure = analyze(model.eval(), example_input(meta))
+        current_structure = analyze(model.eval(), example_input(meta), ignore=options.ignore, heads=options.heads)
         round_cfg = round_config(cfg, k, current, targets[index], structure.total_macs, current_structure.total_macs)
         round_dir = run_dir / round_cfg.name
         log.info("round %d of %d: MACs target %.4f of the dense model", k, len(targets), targets[index])

@@ -8,6 +8,7 @@ Fields rlprune does not use may be present (provenance, recipes) and are kept as
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from typing import Annotated, Any, Literal
@@ -24,6 +25,7 @@ SHA256 = r"^[0-9a-f]{64}$"
 MODEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$")
 MAX_UNITS = 10_000
 MAX_CHANNELS = 1 << 30  # channels of a unit; a weight-level unit counts weights
+MAX_POLICY_WEIGHTS = 1 << 24  # a policy network's weights (64 MB in float32); SB3's defaults hold under 200,000
 GRANULARITY_PATTERN = r"^(channel|unstructured|[1-9][0-9]?:[1-9][0-9]?)$"  # a plan's or policy's unit kind
 
 
@@ -195,6 +197,39 @@ class PolicyKwargs(_Closed):
             raise ValueError("expected at most 32 layers of 1 to 4096 units")
         return value
 
+    @model_validator(mode="after")
+    def _size(self) -> PolicyKwargs:
+        """A bound on the weights the network would hold, checked before it is built: a file must not make the loader
+        allocate gigabytes (the weights file is compared with the network only once it exists)."""
+        arch = self.net_arch or []
+        stacks = arch if isinstance(arch, dict) else {"pi": arch, "vf": arch, "qf": arch}
+        critics = self.n_critics or 2
+
+        def weights(sizes: list[int]) -> int:  # observation (at most 64 features) -> hidden layers -> output
+            dims = [64, *sizes, 1]
+            return sum(a * b for a, b in itertools.pairwise(dims))
+
+        total = sum(weights(s) * (critics if k == "qf" else 1) for k, s in stacks.items())
+        if total > MAX_POLICY_WEIGHTS:
+            raise ValueError(
+                f"net_arch with n_critics {critics} holds about {total:,} weights (at most {MAX_POLICY_WEIGHTS:,})"
+            )
+        return self
+
+
+class PolicyLatency(_Open):
+    """How a latency-budget policy's training timed plans: applying it times the new model the same way."""
+
+    batch_size: int = Field(1, ge=1, le=4096)
+    calibration_plans: int = Field(8, ge=0, le=1000)
+    runtime: Literal["torch", "onnxruntime", "onnxruntime-int8"] = "torch"
+
+
+class PolicyTrainingConfig(_Open):
+    """The training config a policy records (kept as provenance); only what applying it reads is checked."""
+
+    latency: PolicyLatency | None = None
+
 
 class FeatureEnvelope(_Open):
     """The range of each static feature over a policy's training units (``rlprune.envs.features.feature_envelope``)."""
@@ -228,6 +263,8 @@ class PolicyMetaSchema(_Open):
     target: float | tuple[float, float] | None = None
     importance: str = Field("l1", min_length=1, max_length=40)
     granularity: str = Field("channel", pattern=GRANULARITY_PATTERN)  # what it decides per unit
+    prior: Literal["none", "uniform", "magnitude"] = "none"  # what action 0 stood for (rlprune.envs.priors)
+    config: PolicyTrainingConfig = Field(default_factory=PolicyTrainingConfig)
     feature_envelope: FeatureEnvelope | None = None  # policies saved before it have none
 
     @model_validator(mode="after")
@@ -236,8 +273,8 @@ class PolicyMetaSchema(_Open):
         if self.min_ratio >= self.max_ratio:
             raise ValueError(f"min_ratio ({self.min_ratio}) must be below max_ratio ({self.max_ratio})")
         targets = () if self.target is None else (self.target,) if isinstance(self.target, float) else self.target
-        if not all(0 < t <= 1 for t in targets):
-            raise ValueError("target must be a ratio in (0, 1] or a range inside it")
+        if not all(0 < t <= 1 for t in targets) or list(targets) != sorted(targets):
+            raise ValueError("target must be a ratio in (0, 1] or a range [low, high] inside it")
         return self
 
 

@@ -102,8 +102,24 @@ def load_agent_state(agent: Any, path: Path) -> int:
     return int(state["episodes"])
 
 
-def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
-    """Refuse to start over a finished search, or to resume one with settings that would score plans differently."""
+IDENTITY = "search.json"  # who searched, on which weights: what a resume must share beyond the config's sections
+
+
+def weights_hashes(cfg: SearchConfig) -> list[str | None]:
+    """The sha256 of each checkpoint's weights (a path names a file, not its contents; a scorer search has none)."""
+    from rlprune.checkpoint import read_meta
+
+    paths = cfg.checkpoints if cfg.checkpoints is not None else [cfg.checkpoint] if cfg.checkpoint else []
+    return [read_meta(p).get("weights_sha256") for p in paths]
+
+
+def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool, searcher: str | None = None) -> dict[str, Any]:
+    """Refuse to start over a finished search, or to resume one with settings that would score plans differently,
+    search them with another agent or seed, or on other weights under the same checkpoint path.
+
+    :returns: the run's identity (searcher, weights hashes), to be written as ``search.json`` once the run exists.
+    """
+    identity = {"searcher": searcher or cfg.agent.algorithm, "weights_sha256": weights_hashes(cfg)}
     if (run_dir / "episodes.jsonl").is_file() and not resume:
         raise RLPruneError(f"{run_dir}: a search already ran here", fix="resume_or_rename")
     saved_path = run_dir / "config.yaml"
@@ -115,9 +131,12 @@ def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
         with contextlib.suppress(ValueError):
             saved = SearchConfig.model_validate(saved).model_dump(mode="json")
         now = cfg.model_dump(mode="json")
-        sections = ["checkpoint", "checkpoints", "data_root", "env", "proxy", "latency", "prune"]
+        sections = ["checkpoint", "checkpoints", "data_root", "env", "proxy", "latency", "prune", "seed", "agent"]
+        for side in (saved, now):  # a resume may run more episodes and checkpoint the agent at another interval
+            if isinstance(side.get("agent"), dict):
+                side["agent"] = {k: v for k, v in side["agent"].items() if k not in ("episodes", "checkpoint_every")}
         if now.get("pre_pruned") or saved.get("pre_pruned"):
-            sections += ["pre_pruned", "seed"]  # the copies are models of the run, cut by its seed
+            sections += ["pre_pruned"]  # the copies are models of the run, cut by its seed
             for side in (saved, now):  # how often a copy is drawn is not how it is scored
                 if isinstance(side.get("pre_pruned"), dict):
                     side["pre_pruned"] = {k: v for k, v in side["pre_pruned"].items() if k != "weight"}
@@ -128,6 +147,22 @@ def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool) -> None:
                     f"({saved.get(section)!r} -> {now.get(section)!r})",
                     fix="rename",
                 )
+    if resume and (run_dir / IDENTITY).is_file():
+        saved_identity = read_json(run_dir / IDENTITY, "search identity")
+        for key, what in (("searcher", "agent or searcher"), ("weights_sha256", "checkpoint weights")):
+            before = saved_identity.get(key) if isinstance(saved_identity, dict) else None
+            if before is not None and before != identity[key]:
+                raise RLPruneError(
+                    f"{run_dir}: cannot resume with other {what} than the run was started with "
+                    f"({str(before)[:80]} -> {str(identity[key])[:80]})",
+                    fix="rename",
+                )
+    return identity
+
+
+def record_identity(run_dir: Path, identity: dict[str, Any]) -> None:
+    """Write ``search.json`` (see :func:`prepare_run`) beside the resolved config."""
+    atomic_write_text(run_dir / IDENTITY, json.dumps(identity, indent=1) + "\n")
 
 
 def complete_search(cfg: SearchConfig, *, searcher: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -163,12 +198,10 @@ def complete_search(cfg: SearchConfig, *, searcher: str | None = None, progress:
 def search_request(cfg: SearchConfig, searcher: str | None) -> dict[str, Any]:
     """What decides a search's result: the config (less where it is written and the episode count, which a resume
     may extend), the searcher and the checkpoint's weights hash (a path names a file, not its contents)."""
-    from rlprune.checkpoint import read_meta
-
     config = cfg.model_dump(mode="json", exclude={"name": True, "output_dir": True, "agent": {"episodes"}})
-    paths = cfg.checkpoints if cfg.checkpoints is not None else [cfg.checkpoint]
-    hashes = [read_meta(p).get("weights_sha256") for p in paths]
-    return {**config, "searcher": searcher, "weights_sha256": hashes[0] if cfg.checkpoints is None else hashes}
+    hashes = weights_hashes(cfg)
+    single = hashes[0] if hashes else None
+    return {**config, "searcher": searcher, "weights_sha256": hashes if cfg.checkpoints is not None else single}
 
 
 # One search per run directory at a time: two would interleave episodes.jsonl and overwrite each other's files.
@@ -236,7 +269,7 @@ def _search(
 ) -> dict[str, Any]:
     """:func:`run_search` once its run directory is locked and its scorer (in-process or a worker pool) chosen."""
     run_dir = Path(cfg.output_dir) / cfg.name
-    prepare_run(cfg, run_dir, resume)
+    identity = prepare_run(cfg, run_dir, resume, searcher)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -246,6 +279,7 @@ def _search(
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / "search.log", verbose=progress)
     write_resolved(cfg, run_dir)
+    record_identity(run_dir, identity)
     writer = SummaryWriter(str(run_dir / "tb" / (searcher or "agent"))) if searcher else None
     if writer is not None:
         figures.add_search_layout(writer)
@@ -459,7 +493,7 @@ def train_agent(
         env = pool_vec_env(env, n_envs)
     # A resumed session draws fresh randomness (seeded by the records so far): reseeded with the run's seed, an agent
     # killed before its first update would sample the very plans it already recorded.
-    seed = cfg.seed + 7919 * recorder.episodes if recorder.episodes else cfg.seed
+    seed = (cfg.seed + 7919 * recorder.episodes) % 2**32 if recorder.episodes else cfg.seed  # SB3 seeds < 2**32
     agent = make_agent(algorithm, env, seed, cfg.agent.hyperparams, tensorboard_log=str(run_dir / "tb"))
     state_path = run_dir / "agent_state.pt"
     resumed = resume and state_path.is_file()
@@ -678,6 +712,7 @@ __all__ = [
     "complete_search",
     "load_result",
     "prepare_run",
+    "record_identity",
     "resumed_features",
     "run_search",
     "search",

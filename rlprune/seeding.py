@@ -15,6 +15,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` itself when its tensors are already on ``device``, else a copy moved there: a scorer or a timing
+    never moves the caller's model (which later steps, such as tracing on the CPU, still use where it was)."""
+    import copy
+
+    def there(t: torch.Tensor) -> bool:
+        return t.device.type == device.type and (device.index is None or t.device.index == device.index)
+
+    if all(there(t) for t in (*model.parameters(), *model.buffers())):
+        return model
+    return copy.deepcopy(model).to(device)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; an explicit but unavailable device is an error."""
     from rlprune.errors import RLPruneError

@@ -142,13 +142,14 @@ class SpreadScorer:
     """Scores a plan by how evenly (``sign`` -1) or unevenly (+1) it spreads its ratios: which candidate wins is
     then known in advance, so the choice itself is what is tested."""
 
-    def __init__(self, structure: object, sign: float) -> None:
-        self.structure, self.importance, self.sign = structure, "l1", sign
+    def __init__(self, structure: object, sign: float, scale: float = 1.0, importance: str = "l1") -> None:
+        self.structure, self.importance, self.sign, self.scale = structure, importance, sign, scale
 
     def __call__(self, plan: Plan) -> object:
         from rlprune.evaluation.scorer import Score
 
-        return Score(accuracy=self.sign * float(np.std(list(plan.ratios.values()))))
+        assert plan.importance == self.importance  # the plans carry the criterion they are scored with
+        return Score(accuracy=0.84 + self.scale * self.sign * float(np.std(list(plan.ratios.values()))))
 
 
 def test_uniform_guard_keeps_the_uniform_plan_only_when_it_scores_best(
@@ -160,16 +161,18 @@ def test_uniform_guard_keeps_the_uniform_plan_only_when_it_scores_best(
     dense, meta, structure = load_dense(str(trained["ck32"]))
     rollout = policy_plans(str(trained["policy"]), dense, structure, target=0.5)[0]
     assert np.std(list(rollout.ratios.values())) > 0  # the policy's plan is not uniform (else nothing is tested)
-    for sign, chosen in ((-1.0, "uniform"), (1.0, "deterministic")):
+    # a metric on a 0-1 scale (scale 0.01: the two candidates differ in the third decimal) is compared as it is
+    for sign, chosen, scale in ((-1.0, "uniform", 1.0), (1.0, "deterministic", 1.0), (-1.0, "uniform", 0.01)):
         plan, record = apply_policy(
             str(trained["policy"]),
             dense,
             example_input(meta),
             target=0.5,
-            scorer=SpreadScorer(structure, sign),
+            scorer=SpreadScorer(structure, sign, scale, importance="l2"),
             uniform_guard=True,
         )
         assert record["chosen"] == chosen and len(record["candidates"]) == 2 and record["uniform_guard"]
+        assert plan.importance == "l2"
         assert 0.49 <= macs_ratio(structure, plan) <= 0.5
         if chosen == "uniform":  # the uniform plan at the same budget, as the budget's solver makes it
             assert plan.channels == uniform_plan(structure, 0.5).channels
@@ -467,3 +470,15 @@ def test_a_policy_flags_units_unlike_any_it_was_trained_on(
         (bad / "policy.json").write_text(json.dumps({**meta, "feature_envelope": broken}))
         with pytest.raises(RLPruneError, match=r"policy\.json.*feature_envelope"):
             load_policy(bad)
+
+
+def test_a_scorer_on_another_device_leaves_your_model_where_it_is() -> None:
+    """A scorer or a latency table needs the model on its own device; the caller's model is not moved (later steps
+    trace it on the CPU), a copy is."""
+    from rlprune.seeding import on_device
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert on_device(model, torch.device("cpu")) is model  # already there: no copy
+    moved = on_device(model, torch.device("meta"))
+    assert moved is not model and next(moved.parameters()).device.type == "meta"
+    assert all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))

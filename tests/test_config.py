@@ -67,6 +67,44 @@ def test_finetune_swa_errors_are_one_line(tmp_path: Path, finetune: dict, match:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("data", "overrides", "match"),
+    [
+        ({}, ["seed=-1"], "seed"),  # NumPy, torch and SB3 seeds are 0 <= seed < 2**32
+        ({}, ["seed=5000000000"], "seed"),
+        ({}, ["proxy.seed=-1"], "proxy.seed"),
+        ({}, ["device=gpu"], "device"),
+        ({"name": "../elsewhere"}, [], "name"),  # a run writes inside output_dir, in one folder
+        ({"name": "."}, [], "name"),
+        ({"name": "x" * 300}, [], "name"),
+        ({}, ["agent.hyperparams.ent_coef=.nan"], "agent.hyperparams.ent_coef"),
+        (
+            {"rounds": {"targets": [0.8, 0.5]}, "finetune": {"epochs": 4, "swa_epochs": 3}, "env": {"target": 0.5}},
+            ["rounds.finetune_epochs=2"],
+            r"rounds.finetune_epochs \(2\) is below finetune.swa_epochs \(3\)",
+        ),
+        ({"rounds": [0.8, 0.5], "env": {"target": 0.5}, "prune": {"heads": {"blocks.*.attn": 4}}}, [], "rounds"),
+    ],
+)
+def test_search_settings_that_would_fail_later_are_refused_up_front(
+    tmp_path: Path, data: dict, overrides: list[str], match: str
+) -> None:
+    """A value no run can use is refused when the config is read, naming the key, not deep inside a run."""
+    p = _write(tmp_path, {"name": "x", "checkpoint": "c.json", **data})
+    with pytest.raises(RLPruneError, match=match) as info:
+        load_config(p, SearchConfig, overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_numbers_in_exponent_form_are_numbers(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``3e-4`` as text; a learning rate written that way reaches the agent as a number."""
+    p = _write(tmp_path, {"name": "x", "checkpoint": "c.json"})
+    p.write_text(p.read_text() + "agent:\n  hyperparams:\n    learning_rate: 3e-4\n    clip_range: 1.0e-1\n")
+    cfg = load_config(p, SearchConfig, ["agent.hyperparams.ent_coef=1e-3", "data_root=1e3x"])
+    assert cfg.agent.hyperparams == {"learning_rate": 3e-4, "clip_range": 0.1, "ent_coef": 1e-3}
+    assert cfg.data_root == "1e3x"  # text stays text
+
+
 def test_missing_and_invalid_files(tmp_path: Path) -> None:
     with pytest.raises(RLPruneError, match="config file not found"):
         load_config(tmp_path / "none.yaml", PretrainConfig)

@@ -86,3 +86,31 @@ def test_an_added_empty_class_folder_is_seen_through_the_cache(image_folder: Pat
     (data / "test" / "triangle").mkdir()
     with pytest.raises(RLPruneError, match="'train/triangle' holds no images"):
         load_splits("imagefolder", data, val_size=6)
+
+
+def test_a_resume_keeps_the_agent_seed_and_weights_it_began_with(
+    searched: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records made by one agent, seed or set of weights are not continued by another: the run would mix plans no
+    single configuration made (and an agent's saved state would not fit another algorithm)."""
+    run, cfg = _copy_run(searched, "same")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for args, said in (
+        (["train", str(cfg), "--set", "seed=1"], "different 'seed'"),
+        (["train", str(cfg), "--set", "agent.algorithm=sac"], "different 'agent'"),
+        (["train", str(cfg), "--set", "agent.hyperparams.n_steps=256"], "different 'agent'"),
+        (["search", str(cfg), "--agent", "random", "--set", "name=same"], "other agent or searcher"),
+    ):
+        capsys.readouterr()
+        assert main([*args, "--resume", "--quiet"]) == 2, args
+        err = capsys.readouterr().err
+        assert said in err and "--set name=" in err and len(err.strip().splitlines()) == 1, err
+    identity = json.loads((run / "search.json").read_text())
+    assert identity["searcher"] == "ppo" and len(identity["weights_sha256"]) == 1
+    # the checkpoint file replaced by other weights under the same path
+    (run / "search.json").write_text(json.dumps({**identity, "weights_sha256": ["0" * 64]}))
+    assert main(["train", str(cfg), "--resume", "--quiet"]) == 2
+    assert "other checkpoint weights" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "search.json"} == {
+        k: v for k, v in before.items() if k != "search.json"
+    }  # nothing rewritten by a refused resume

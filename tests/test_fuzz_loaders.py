@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from rlprune.agents.policy_io import load_policy, save_policy
 from rlprune.agents.recorder import SearchRecorder
-from rlprune.apply import outside_training
+from rlprune.apply import check_policy_target, outside_training, policy_plans
 from rlprune.checkpoint import load_checkpoint, save_checkpoint
 from rlprune.config import SearchConfig, load_config
 from rlprune.data.sources import read_image_folder
@@ -134,6 +134,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {
         "tmp": tmp,
         "sidecar": sidecar,
+        "model": model.eval(),
         "structure": structure,
         "plan": plan_path,
         "policy": policy_json,
@@ -210,8 +211,11 @@ def test_policy_loader_on_mutated_policies(
     doc = _set_path(json.loads(files["policy"].read_text()), *mutation)
     (folder / "policy.json").write_text(json.dumps(doc))
 
-    def load_and_check() -> None:  # a policy that loads is also compared with a model's units (its feature range)
-        outside_training(load_policy(folder).meta, files["structure"])
+    def load_and_check() -> None:  # a policy that loads is also compared with a model's units and rolled out on it
+        policy = load_policy(folder)
+        outside_training(policy.meta, files["structure"])
+        check_policy_target(policy.meta, 0.5, "macs", force=True)
+        policy_plans(policy, files["model"], files["structure"], target=0.5, force=True)
 
     _only_rlprune_errors(load_and_check)
     (folder / "policy.json").write_text(files["policy"].read_text())
@@ -219,6 +223,62 @@ def test_policy_loader_on_mutated_policies(
         _mutate_bytes(files["policy"].with_suffix(".safetensors").read_bytes(), *edits)
     )
     _only_rlprune_errors(load_policy, folder)
+
+
+@pytest.mark.parametrize(
+    ("edit", "refused"),
+    [
+        ({"target": "0.5", "round_to": 8.0, "min_ratio": "0.1", "min_channels": "2"}, None),  # as parsed, not as text
+        ({"target": [0.7, 0.3]}, "target"),  # a reversed range
+        ({"prior": "os.system"}, "prior"),
+        ({"config": {"latency": {"batch_size": -1}}}, r"config\.latency\.batch_size"),
+        ({"config": {"latency": {"batch_size": "x"}}}, r"config\.latency\.batch_size"),
+        ({"config": []}, "config"),
+        ({"policy_kwargs": {"net_arch": [4096] * 32}}, "weights"),  # would allocate gigabytes before any check
+        ({"algorithm": "sac", "policy_kwargs": {"net_arch": [2048] * 8, "n_critics": 16}}, "weights"),
+    ],
+)
+def test_policy_fields_are_used_as_validated(files: dict[str, Any], edit: dict[str, Any], refused: str | None) -> None:
+    """What a policy file says is checked, then used as checked: text numbers are numbers (or the file is refused),
+    a range is ordered, a network's size is bounded before it is built; refusals name the field in one line."""
+    folder = files["tmp"] / "pol_hand"
+    folder.mkdir(exist_ok=True)
+    (folder / "policy.safetensors").write_bytes(files["policy"].with_suffix(".safetensors").read_bytes())
+    (folder / "policy.json").write_text(json.dumps({**json.loads(files["policy"].read_text()), **edit}))
+    if refused is not None:
+        with pytest.raises(RLPruneError, match=rf"policy\.json.*{refused}"):
+            load_policy(folder)
+        return
+    policy = load_policy(folder)
+    assert policy.meta["target"] == 0.5 and policy.meta["round_to"] == 8 and isinstance(policy.meta["round_to"], int)
+    check_policy_target(policy.meta, 0.5, "macs")
+    (plan,) = policy_plans(policy, files["model"], files["structure"], target=0.5)
+    dense = {u.name: u.channels for u in files["structure"].units}
+    rounded = [c for name, c in plan.channels.items() if dense[name] > 8]  # units of 8 or fewer are not rounded
+    assert plan.round_to == 8 and rounded and all(c % 8 == 0 for c in rounded)
+
+
+def test_a_policy_named_with_dots_keeps_its_name(files: dict[str, Any], tmp_path: Path) -> None:
+    """``r20_t0.5`` and ``r20_t0.3`` are two policies, not one file ``r20_t0`` written twice."""
+    import numpy as np
+
+    policy = load_policy(files["policy"])
+    policy.meta = {**policy.meta, "target": np.float32(0.5)}  # a NumPy number is stored as a number
+    for name in ("r20_t0.5", "r20_t0.3"):
+        assert policy.save(tmp_path / name) == tmp_path / f"{name}.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "r20_t0.3.json",
+        "r20_t0.3.safetensors",
+        "r20_t0.5.json",
+        "r20_t0.5.safetensors",
+    ]
+    assert load_policy(tmp_path / "r20_t0.3.json").meta["target"] == 0.5
+    # refused metadata leaves the saved pair as it was: no new weights beside the old JSON
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    policy.meta = {**policy.meta, "target": float("nan")}
+    with pytest.raises(RLPruneError, match="non-finite"):
+        policy.save(tmp_path / "r20_t0.5")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 @FUZZ

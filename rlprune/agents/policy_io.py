@@ -29,12 +29,14 @@ POLICY_FORMAT = "rlprune-policy/1"
 
 
 def policy_paths(path: str | Path) -> tuple[Path, Path]:
+    """Map a directory (its ``policy.*``), ``x``, ``x.json`` or ``x.safetensors`` to the (weights, sidecar) pair."""
     p = Path(path)
     if p.is_dir():
         p = p / "policy"
     if p.suffix in (".json", ".safetensors"):
         p = p.with_suffix("")
-    return p.with_suffix(".safetensors"), p.with_suffix(".json")
+    # appended, not with_suffix: in ``policies/r20_t0.5`` the ``.5`` is part of the name
+    return p.parent / f"{p.name}.safetensors", p.parent / f"{p.name}.json"
 
 
 def save_policy(path: str | Path, agent: BaseAlgorithm, algorithm: str, meta: dict[str, Any]) -> Path:
@@ -66,6 +68,13 @@ def _plain(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _json_default(value: Any) -> Any:
+    """NumPy and 0-d torch numbers as numbers (a target ``np.float32(0.5)`` stays a number), anything else as text."""
+    if isinstance(value, np.generic | torch.Tensor) and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    return str(value)
+
+
 _ACTIVATIONS = {"torch.nn.modules.activation.Tanh": torch.nn.Tanh, "torch.nn.modules.activation.ReLU": torch.nn.ReLU}
 
 
@@ -88,6 +97,10 @@ class Policy:
     def save(self, path: str | Path) -> Path:
         """Write ``<path>.safetensors`` + ``<path>.json`` (or ``policy.*`` inside a directory); returns the JSON."""
         weights, sidecar = policy_paths(path)
+        try:  # the metadata first: refused metadata must not leave new weights beside an older policy's JSON
+            text = json.dumps(self.meta, indent=1, default=_json_default, allow_nan=False)
+        except ValueError as exc:
+            raise RLPruneError(f"{sidecar}: policy metadata holds a non-finite number ({exc})") from None
         weights.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.policy.state_dict().items()}
         tmp = weights.with_name(f".{weights.name}.tmp")
@@ -98,10 +111,6 @@ class Policy:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-        try:
-            text = json.dumps(self.meta, indent=1, default=str, allow_nan=False)
-        except ValueError as exc:
-            raise RLPruneError(f"{sidecar}: policy metadata holds a non-finite number ({exc})") from None
         atomic_write_text(sidecar, text + "\n")
         return sidecar
 
@@ -117,7 +126,7 @@ class Policy:
         """
         if not hasattr(self.policy, "get_distribution"):
             raise RLPruneError(
-                f"a {self.meta.get('algorithm')} policy is deterministic: sampling plans needs a stochastic one (ppo)"
+                f"a {self.meta.get('algorithm')} policy has no action distribution to sample plans from (needs ppo)"
             )
         rng = np.random.default_rng(seed)
 
@@ -137,11 +146,13 @@ def load_policy(path: str | Path) -> Policy:
     meta = read_json(sidecar, "policy metadata")
     if not isinstance(meta, dict) or meta.get("format") != POLICY_FORMAT:
         raise RLPruneError(f"{sidecar}: not an rlprune policy (expected format '{POLICY_FORMAT}')")
-    checked = validated(PolicyMetaSchema, meta, str(sidecar))
+    checked = validated(PolicyMetaSchema, meta, str(sidecar))  # types, ranges, finite numbers, network settings
+    # the values as parsed replace the file's ("0.5" -> 0.5, 8.0 -> 8): what is used below is what was checked
+    meta.update(checked.model_dump(mode="json", exclude_unset=True, exclude={"feature_envelope"}))
     try:
         spec = feature_spec(meta["feature_version"])
     except RLPruneError as exc:
-        raise RLPruneError(f"{sidecar}: {exc}") from None  # types, ranges, finite numbers, known network settings
+        raise RLPruneError(f"{sidecar}: {exc}") from None
     if checked.feature_envelope is not None:
         meta["feature_envelope"] = checked.feature_envelope.model_dump()  # numbers as parsed
         try:

@@ -92,5 +92,6 @@ def make_agent(
         params["train_freq"] = tuple(params["train_freq"])
     try:
         return algo("MlpPolicy", env, seed=seed, verbose=0, tensorboard_log=tensorboard_log, device="cpu", **params)
-    except TypeError as exc:
-        raise RLPruneError(f"agent.hyperparams: not accepted by {algorithm} ({exc})") from exc
+    except (TypeError, ValueError, AssertionError) as exc:  # SB3 checks its settings with asserts
+        why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise RLPruneError(f"agent.hyperparams: not accepted by {algorithm} ({why})") from exc

@@ -37,6 +37,7 @@ from rlprune.fileio import atomic_write_text
 from rlprune.pruning.plan import Plan
 from rlprune.pruning.prune import prune
 from rlprune.pruning.structure import Structure
+from rlprune.seeding import on_device
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
 
@@ -156,6 +157,7 @@ def build_latency_table(
 ) -> LatencyTable:
     """Time every conv/linear layer of ``model`` at each grid point in ``runtime`` (see module docstring)."""
     check_runtime(runtime)
+    model = on_device(model, torch.device("cpu"))  # shapes are read on the CPU, where the blocks are timed
     example = torch.zeros(1, *structure.input_shape)
     inputs: dict[nn.Module, tuple] = {}
 

@@ -20,6 +20,7 @@ from rlprune.evaluation.scorer import MetricScorer, Score
 from rlprune.precision import autocast_dtype
 from rlprune.pruning import Plan
 from rlprune.pruning.importance import calibration_batches
+from rlprune.seeding import resolve_device
 
 if TYPE_CHECKING:
     from rlprune.config import SearchConfig
@@ -91,7 +92,7 @@ class ProxyEvaluator(MetricScorer):
         self.seed = seed
         self.eval_batch_size = eval_batch_size
         self.recal_batch_size = recal_batch_size
-        device = torch.device(device)
+        device = device if isinstance(device, torch.device) else resolve_device(device)  # 'auto' too
         amp_dtype = autocast_dtype(amp, device)
         self.channels_last = amp_dtype is not None
         self.val: ArrayDataset = splits.val

@@ -33,6 +33,7 @@ from rlprune.precision import autocast
 from rlprune.pruning import Plan, Structure, analyze, prune
 from rlprune.pruning.importance import get_criterion
 from rlprune.pruning.weights import SPARSE_IMPORTANCE, sparsify_plan, weight_structure
+from rlprune.seeding import on_device, resolve_device
 
 
 @dataclass(kw_only=True)
@@ -112,7 +113,8 @@ class MetricScorer:
     Batches are drawn from ``train_loader`` once, at construction, so that every plan is treated on identical data
     and the same plan always gets the same score.
 
-    :param model: the dense, trained model (never modified; each plan prunes a copy).
+    :param model: the dense, trained model (never modified, nor moved: a copy goes to ``device`` when it lives
+        elsewhere; each plan prunes a copy).
     :param example_inputs: an input batch for tracing the model (batch size 1 is enough).
     :param evaluate: ``evaluate(pruned_model) -> float | dict`` on your validation data, higher is better. Never
         pass test data: the search picks plans by this number.
@@ -124,7 +126,7 @@ class MetricScorer:
     :param loss_fn: training loss for those steps (default: cross-entropy on logits).
     :param importance: channel criterion (``l1``, ``l2``, ``bn_scale``, ``taylor``, ...).
     :param key: which entry of a dict metric is the score (not needed for a single number or a one-entry dict).
-    :param device: where pruned candidates are trained and evaluated.
+    :param device: where pruned candidates are trained and evaluated (``auto``: CUDA when present).
     :param amp_dtype: autocast dtype for the fine-tune steps and recalibration (``None``: float32).
     :param cache: remember the score of every plan (a search revisits plans).
     :param ignore: module or parameter names (or patterns) to leave unpruned (:func:`rlprune.analyze`).
@@ -160,8 +162,8 @@ class MetricScorer:
         if not (math.isfinite(finetune_lr) and finetune_lr > 0):
             raise RLPruneError(f"scorer: finetune_lr must be a finite number > 0, got {finetune_lr}")
         criterion = get_criterion(importance if granularity == "channel" else "l1")
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)  # 'auto' too
+        self.model = on_device(model, self.device).eval()
         self.example = example_inputs.to(self.device)
         if granularity == "channel":
             self.structure: Structure = analyze(self.model, self.example, ignore=ignore, heads=heads)
