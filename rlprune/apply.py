@@ -40,7 +40,7 @@ from rlprune.evaluation.classes import classes_section
 from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.evaluation.scorer import Scorer
 from rlprune.export import export_onnx
-from rlprune.fileio import atomic_write_text
+from rlprune.fileio import atomic_write_text, read_json
 from rlprune.models import build_model
 from rlprune.provenance import environment, is_current, provenance, tensors_sha256
 from rlprune.pruning import Plan, Structure, analyze, prune
@@ -411,7 +411,7 @@ def finetune_plan(
     }
     stale = False
     if reuse and (out_dir / "report.json").is_file():
-        report = json.loads((out_dir / "report.json").read_text())
+        report = read_json(out_dir / "report.json", "fine-tune report")
         if is_current(report, produced_by):
             return report
         log.warning("%s: made by another plan, checkpoint, recipe or code version; measuring it again", out_dir)

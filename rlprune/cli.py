@@ -121,7 +121,7 @@ def _prune_options(args: argparse.Namespace) -> object:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
             raise RLPruneError(f"--heads '{item[:60]}': expected MODULE=COUNT or MODULE=ATTRIBUTE (blocks.0.attn=4)")
-        heads[name] = int(value) if value.isdigit() else value
+        heads[name] = int(value) if value.isdecimal() and value.isascii() else value
     return PruneOptions.of(args.ignore, heads)
 
 
@@ -279,7 +279,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if not options:  # a saved plan says what its model was analyzed with
         saved = read_json(args.plan, "plan file")
         if isinstance(saved, Mapping) and "format" in saved:
-            options = PruneOptions.of(saved.get("ignore"), saved.get("heads"))
+            try:
+                options = PruneOptions.of(saved.get("ignore"), saved.get("heads"))
+            except (TypeError, ValueError):  # PruneOptions checks the values, not the shapes around them
+                raise RLPruneError(
+                    f"{args.plan}: 'ignore' must be a list of names and 'heads' a mapping of names to counts"
+                ) from None
     return _finetune_common(args, plan_fn, options, _saved_granularity(args.plan, "plan.json"))
 
 
@@ -296,7 +301,7 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_int_at_least(1), default=128)
     p.add_argument("--no-distill", action="store_true", help="fine-tune on labels only (default: distill from dense)")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0), default=0)  # NumPy and torch seeds are non-negative
     p.add_argument("--threads", type=_int_at_least(1), default=None)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (CUDA when present)")
     p.add_argument(

@@ -45,7 +45,7 @@ class DataConfig(Strict):
     root: str | None = None
     download: bool = True  # fetch CIFAR-10 on first use when it is not found locally
     sha256: str | None = None
-    val_size: int = Field(5000, ge=0)
+    val_size: int = Field(5000, ge=1)  # the hold-out checkpoints and plans are chosen by (never the test split)
     split_seed: Seed = 0
     input_size: int = Field(32, ge=8, le=4096)  # as a checkpoint's sidecar allows
     channels: Literal[1, 3] = 3

@@ -33,7 +33,7 @@ from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.envs.multi import MultiModelEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.bn import recalibrate_bn
-from rlprune.fileio import atomic_write_text
+from rlprune.fileio import atomic_write_text, read_json
 from rlprune.logs import setup_logging
 from rlprune.provenance import tensors_sha256
 from rlprune.pruning import Plan, prune
@@ -243,7 +243,7 @@ def _same_copies(run_dir: Path, envs: list[LayerPruningEnv], sources: list[dict[
     copies = {e.name: s for e, s in zip(envs, sources, strict=True) if "pre_pruned" in s}
     path = run_dir / "copies.json"
     if resume and path.is_file():
-        before = json.loads(path.read_text())
+        before = read_json(path, "pre-pruned copies record")
         for name, source in copies.items():
             if before.get(name, {}).get("weights_sha256") != source["weights_sha256"]:
                 raise RLPruneError(

@@ -22,7 +22,7 @@ from rlprune.errors import RLPruneError
 from rlprune.pruning import Plan, Structure
 from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.weights import granularity_label
-from rlprune.safeio import read_yaml_file
+from rlprune.safeio import RunLock, read_yaml_file
 from rlprune.searching import run_search
 
 log = logging.getLogger("rlprune.pipeline")
@@ -195,9 +195,12 @@ def _zero_shot(
         heads=cfg.prune.heads,
         force=force,
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
     ratio = macs_ratio(structure, plan)
-    plan.save(run_dir / "best_plan.json")
+    with RunLock(run_dir, "run directory"):
+        if (run_dir / "episodes.jsonl").is_file():  # a search's best plan is its record: never replaced by a rollout
+            raise RLPruneError(f"{run_dir}: a search ran here; a policy's plan needs a run of its own", fix="rename")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        plan.save(run_dir / "best_plan.json")
     log.info("policy %s on %s at %.2f: MACs ratio %.4f (no search)", cfg.policy, cfg.checkpoint, target, ratio)
     return {"best": {"accuracy": None, "macs_ratio": ratio}, "outside_training": record["outside_training"]}
 

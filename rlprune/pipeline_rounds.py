@@ -16,7 +16,6 @@ is recorded as finished only once its fine-tune is published, so a killed run re
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,11 @@ from torch import nn
 
 from rlprune.agents.policy_io import load_policy
 from rlprune.apply import example_input, finetune_plan, load_dense, policy_plans
-from rlprune.checkpoint import load_checkpoint
+from rlprune.checkpoint import load_checkpoint, read_meta
 from rlprune.config import SearchConfig, validate
 from rlprune.data import splits_from_meta
 from rlprune.errors import RLPruneError
-from rlprune.fileio import atomic_write_text
+from rlprune.fileio import atomic_write_text, read_json
 from rlprune.pruning import Plan, Structure, analyze
 from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.rounds import STATE, finished_rounds, record_rounds
@@ -78,7 +77,15 @@ def run_rounds(
     if not resume and (state.is_file() or (run_dir / "round_1").exists()):
         raise RLPruneError(f"{run_dir}: a run in rounds already ran here", fix="resume_or_rename")
     targets = rounds.schedule(float(cfg.env.target))
-    schedule = {"targets": targets, "policy": rounds.policy}
+    # what the finished rounds were made from: a resume on other dense weights (or settings) would mix two runs
+    decided = cfg.model_dump(mode="json", include={"env", "proxy", "prune", "agent", "finetune", "seed"})
+    decided["agent"].pop("episodes", None)
+    schedule = {
+        "targets": targets,
+        "policy": rounds.policy,
+        "dense_weights_sha256": read_meta(cfg.checkpoint).get("weights_sha256"),
+        "settings": decided,
+    }
     done = finished_rounds(state, schedule)
     options = PruneOptions.of(cfg.prune.ignore, cfg.prune.heads)  # every round leaves the same parts alone
     dense, meta, structure = load_dense(cfg.checkpoint, trust_model_code=trust_model_code, options=options)
@@ -152,7 +159,7 @@ def _round_plan(
         plan.save(round_dir / "plan.json")
         return plan, None
     summary_path = round_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    summary = read_json(summary_path, "round search summary") if summary_path.is_file() else None
     if summary is None or summary.get("episodes", 0) < cfg.agent.episodes:
         resume = (round_dir / "episodes.jsonl").is_file()
         summary = run_search(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)

@@ -19,6 +19,7 @@ from rlprune.logs import setup_logging
 from rlprune.models import MODELS, build_model, resolve_factory
 from rlprune.models.compat import check_model_io, fill_kwargs
 from rlprune.models.grow import deepen_resnet
+from rlprune.safeio import RunLock
 from rlprune.seeding import resolve_device, seed_everything
 from rlprune.training.engine import fit
 from rlprune.training.teachers import load_teacher
@@ -123,10 +124,26 @@ def run_pretrain(
         if distill.teacher
         else None
     )
+    # one training per run directory at a time (shared with searches: both write runs/<name>/config.yaml)
+    with RunLock(Path(cfg.output_dir) / cfg.name, "run directory"):
+        return _train(cfg, splits, kwargs, model, start, teacher, device, resume, progress)
+
+
+def _train(
+    cfg: PretrainConfig,
+    splits: DataSplits,
+    kwargs: dict[str, Any],
+    model: torch.nn.Module,
+    start: dict[str, Any] | None,
+    teacher: torch.nn.Module | None,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    """:func:`run_pretrain` once its inputs are checked and its run directory is locked."""
     run_dir = Path(cfg.output_dir) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / "train.log")
-    write_resolved(cfg, run_dir)
     meta: dict[str, Any] = {
         "model": cfg.model.name,
         "model_kwargs": kwargs,
@@ -161,6 +178,7 @@ def run_pretrain(
         teacher=teacher,
         resume=resume,
         progress=progress,
+        on_start=lambda: write_resolved(cfg, run_dir),  # once a resume is known to fit: a refused one rewrites nothing
     )
     test = evaluate(model, splits.test, splits.mean, splits.std, batch_size=cfg.data.eval_batch_size, device=device)
     final = {

@@ -425,6 +425,15 @@ def test_main_job_applies_a_policy_zero_shot(tmp_path, capsys):
     assert main(["run", str(tmp_path / "zs2.yaml"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "outside what the policy was trained for" in err and "--force" in err
+    # a run directory a search wrote into keeps its best plan: the rollout needs a run of its own
+    body.update(name="searched", env={"target": 0.5})
+    (tmp_path / "searched").mkdir()
+    (tmp_path / "searched" / "episodes.jsonl").write_text("")
+    (tmp_path / "searched.yaml").write_text(yaml.safe_dump(body))
+    assert main(["run", str(tmp_path / "searched.yaml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "a search ran here" in err and "--set name=" in err
+    assert not (tmp_path / "searched" / "best_plan.json").exists()
 
 
 def test_resumed_search_keeps_the_feature_set_its_agent_was_built_for(tmp_path):

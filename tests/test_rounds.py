@@ -102,6 +102,9 @@ def test_rounds_resume_after_a_crash_without_redoing_a_round(
     stamp = first_report.stat().st_mtime_ns
     with pytest.raises(RLPruneError, match="already ran"):
         run_job(cfg, progress=False)  # a run in rounds is continued only with --resume
+    other_lr = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"lr": cfg.finetune.lr / 2})})
+    with pytest.raises(RLPruneError, match="made with another 'settings'"):
+        run_job(other_lr, resume=True, progress=False)  # round 2 would not be made as round 1 was
     crash = False
     out = run_job(cfg, resume=True, progress=False)
     assert calls == ["round_1", "round_2", "round_2"]  # round 1 was not fine-tuned again ...

@@ -76,8 +76,15 @@ def test_resume_continues_from_saved_epoch(image_folder: Path, tmp_path: Path) -
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
     # a saved state is never continued under another recipe (e.g. more epochs would jump the LR schedule)
-    with pytest.raises(RLPruneError, match=r"another recipe \(recipe.epochs: 3 -> 5\)"):
+    with pytest.raises(RLPruneError, match=r"another recipe, model or data \(recipe.epochs: 3 -> 5\)"):
         fit(_model(), splits, _recipe(epochs=5), tmp_path / "b", meta=META, batch_size=8, progress=False)
+    # nor on another model or other data: another width would not load; another split would validate on trained images
+    wider = {**META, "model_kwargs": {"num_classes": 3, "width": 8}}
+    with pytest.raises(RLPruneError, match=r"model.model_kwargs.width: 4 -> 8"):
+        fit(_model(), splits, _recipe(), tmp_path / "b", meta=wider, batch_size=8, progress=False)
+    fewer = load_splits("imagefolder", image_folder, val_size=4)
+    with pytest.raises(RLPruneError, match=r"data.train_images"):
+        fit(_model(), fewer, _recipe(), tmp_path / "b", meta=META, batch_size=8, progress=False)
 
 
 def test_distillation_term() -> None:

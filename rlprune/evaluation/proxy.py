@@ -15,6 +15,7 @@ from torch import nn
 
 from rlprune.cost.macs import count_macs, count_nonzero, count_params, predict_costs
 from rlprune.data import ArrayDataset, BatchLoader, DataSplits, stratified_split
+from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.scorer import MetricScorer, Score
 from rlprune.precision import autocast_dtype
@@ -96,6 +97,11 @@ class ProxyEvaluator(MetricScorer):
         amp_dtype = autocast_dtype(amp, device)
         self.channels_last = amp_dtype is not None
         self.val: ArrayDataset = splits.val
+        if not len(splits.val):  # every plan would score 0: nothing to choose by (the test split is never used)
+            raise RLPruneError(
+                "proxy: the data has no validation images to score plans on (the checkpoint was trained with "
+                "data.val_size 0); retrain it with a validation hold-out"
+            )
         if val_images is not None and val_images < len(splits.val):
             _, idx = stratified_split(splits.val.labels, val_images, seed)
             self.val = splits.val.subset(idx)

@@ -94,14 +94,16 @@ def finished_rounds(state_path: Path, schedule: dict[str, Any]) -> list[dict[str
         return []
     try:
         state = json.loads(state_path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise RLPruneError(f"{state_path}: not valid JSON; delete the directory to start over") from None
     if not isinstance(state, dict) or not isinstance(state.get("done", []), list):
         raise RLPruneError(f"{state_path}: expected a rounds record with a 'done' list; delete it to start over")
     recorded = {k: state.get(k) for k in schedule}
     if recorded != schedule:
-        shown = ", ".join(str(v) for v in recorded.values())
-        raise RLPruneError(f"{state_path}: holds rounds of another schedule ({shown}); use a new directory")
+        key = next(k for k in schedule if recorded[k] != schedule[k])
+        raise RLPruneError(
+            f"{state_path}: holds rounds made with another '{key}' ({str(recorded[key])[:80]}); use a new directory"
+        )
     return list(state.get("done", []))
 
 

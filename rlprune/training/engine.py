@@ -66,6 +66,7 @@ def fit(
     resume: bool = True,
     progress: bool = True,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``splits.train``, validating on ``splits.val`` after every ``recipe.eval_every`` epochs.
 
@@ -77,6 +78,7 @@ def fit(
     :param meta: checkpoint metadata (model name, kwargs, classes, ...); training adds the recipe and metrics.
     :param cutout: Cutout square side in pixels on top of crop + flip (0 = off).
     :param teacher: a model (left unchanged) whose logits are distilled when ``recipe.distill.weight > 0``.
+    :param on_start: called once a resume is known to fit (before the first epoch): a refused resume writes nothing.
     """
     device = torch.device(device)
     cudnn_benchmark = torch.backends.cudnn.benchmark
@@ -116,6 +118,11 @@ def fit(
     key: dict[str, Any] = {"recipe": dumped, "batch_size": batch_size, "seed": seed}
     if cutout:  # only when on, so runs saved before the option existed still resume
         key["cutout"] = cutout
+    # the model and the data it trains on: a resume with another architecture would not load, and one with another
+    # split would train on images an earlier epoch validated on (where the data lies on disk may change)
+    key["model"] = {k: meta[k] for k in ("model", "model_kwargs", "init_from") if k in meta}
+    dataset = {k: v for k, v in (meta.get("dataset") or {}).items() if k != "root"}
+    key["data"] = {**dataset, "train_images": len(splits.train), "val_images": len(splits.val), "augment": augment}
     run_key = json.dumps(key)
     state_path, last_path = run_dir / "state.pt", run_dir / "last"
     result = FitResult()
@@ -123,6 +130,8 @@ def fit(
         result.history = step.restore(load_state(state_path), run_key, state_path)
         result.resumed_from_epoch = len(result.history)
     start_epoch = result.resumed_from_epoch
+    if on_start is not None:
+        on_start()
 
     def validate() -> dict[str, float]:
         return evaluate(model, splits.val, splits.mean, splits.std, batch_size=eval_batch_size, device=device)
@@ -238,7 +247,8 @@ class _Step:
         if state.get("run", run_key) != run_key:
             diff = _first_difference(json.loads(state["run"]), json.loads(run_key))
             raise RLPruneError(
-                f"{where.parent}: holds a saved run with another recipe ({diff}); resume it with the same settings",
+                f"{where.parent}: holds a saved run with another recipe, model or data ({diff}); resume it with the "
+                "same settings",
                 fix="restart_or_rename",
             )
         if "model" not in state:  # written by rlprune < 0.2, before the state carried the weights
