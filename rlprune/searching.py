@@ -106,11 +106,13 @@ IDENTITY = "search.json"  # who searched, on which weights: what a resume must s
 
 
 def weights_hashes(cfg: SearchConfig) -> list[str | None]:
-    """The sha256 of each checkpoint's weights (a path names a file, not its contents; a scorer search has none)."""
-    from rlprune.checkpoint import read_meta
+    """The sha256 of each checkpoint's weights (a path names a file, not its contents; a scorer search has none).
+    A checkpoint not there is None: a search given its scorer never reads it, and one that needs it says so when
+    it loads it."""
+    from rlprune.checkpoint import checkpoint_paths, read_meta
 
     paths = cfg.checkpoints if cfg.checkpoints is not None else [cfg.checkpoint] if cfg.checkpoint else []
-    return [read_meta(p).get("weights_sha256") for p in paths]
+    return [read_meta(p).get("weights_sha256") if checkpoint_paths(p)[1].is_file() else None for p in paths]
 
 
 def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool, searcher: str | None = None) -> dict[str, Any]:

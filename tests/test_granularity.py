@@ -247,7 +247,7 @@ def test_python_search_with_a_weight_level_scorer(image_folder: Path, tmp_path: 
     old = saved.read_text().replace("  granularity: unstructured\n", "").replace("  pattern: '2:4'\n", "")
     cfg = SearchConfig.model_validate(__import__("yaml").safe_load(old))
     saved.write_text(old)
-    prepare_run(cfg, tmp_path / "runs" / "py", resume=True)
+    prepare_run(cfg, tmp_path / "runs" / "py", resume=True, searcher="random")
 
 
 class FusedAttention(nn.Module):
