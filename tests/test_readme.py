@@ -26,6 +26,16 @@ def test_public_api_is_complete_and_documented() -> None:
         assert (obj.__doc__ or "").strip(), f"rlprune.{name} has no docstring"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = rp.nope
+    # docs/api.md lists every public name once, as docs/make_api.py renders it from the docstrings today
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_api", ROOT / "docs" / "make_api.py")
+    assert spec is not None and spec.loader is not None
+    make_api = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_api)
+    grouped = [name for names in make_api.GROUPS.values() for name in names]
+    assert sorted(grouped) == rp.__all__, "docs/make_api.py: GROUPS must hold every public name once"
+    assert (ROOT / "docs" / "api.md").read_text() == make_api.render(), "docs/api.md is stale: python docs/make_api.py"
 
 
 @pytest.mark.skipif(not os.environ.get("RLPRUNE_DATA"), reason="needs $RLPRUNE_DATA (the CIFAR-10 copy)")
