@@ -165,9 +165,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:  # absent, or `null` in the file: the override starts the section
+                child = node[part] = {}
             if not isinstance(child, dict):
-                raise RLPruneError(f"--set '{item}': '{part}' is not a section")
+                raise RLPruneError(
+                    f"--set '{item[:80]}': '{part}' is a {type(child).__name__} here, not a section; set it whole "
+                    f"in YAML flow style, e.g. --set '{part}={{...}}'"
+                )
             node = child
         node[parts[-1]] = _parse_scalar(value, key)
     return check_tree(raw, "--set")

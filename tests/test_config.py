@@ -32,6 +32,12 @@ def test_overrides_are_typed_and_validated(tmp_path: Path) -> None:
         load_config(p, PretrainConfig, ["train.epochs=0"])
     with pytest.raises(RLPruneError, match="expected KEY=VALUE"):
         load_config(p, PretrainConfig, ["train.epochs"])
+    # a section left null in the file is started by an override; one written as a list is set whole
+    s = _write(tmp_path, {"name": "x", "checkpoints": ["a.json"], "pre_pruned": None, "rounds": [0.8, 0.5]})
+    cfg = load_config(s, SearchConfig, ["pre_pruned.copies=2", "rounds=null"])
+    assert cfg.pre_pruned is not None and cfg.pre_pruned.copies == 2
+    with pytest.raises(RLPruneError, match=r"'rounds' is a list here, not a section; .*--set 'rounds=\{\.\.\.\}'"):
+        load_config(s, SearchConfig, ["rounds.finetune_epochs=2"])
 
 
 @pytest.mark.parametrize(
