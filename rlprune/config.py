@@ -523,10 +523,10 @@ class SearchConfig(Strict):
         if self.env.budget != "latency" and "reward" not in self.env.model_fields_set:
             # raw accuracies of different models and budgets are not on one scale (docs/generalize.md)
             self.env.reward = MULTI_MODEL_REWARD
-        if self.env.budget == "latency":
+        if self.env.budget == "latency" or self.env.reward == "accuracy_latency":
             raise ValueError(
-                "checkpoints: a search over several models supports MACs or parameter budgets, not latency "
-                "(env.budget: macs or params)"
+                "checkpoints: a search over several models supports MACs or parameter budgets and rewards, not latency "
+                "(env.budget: macs or params; env.reward: not accuracy_latency)"
             )
         return self
 

@@ -65,6 +65,7 @@ def data_meta(cfg: DataConfig, splits: DataSplits) -> dict[str, Any]:
             "input_size": cfg.input_size,
             "channels": cfg.channels,
             "source_sha256": splits.info.get("source_sha256"),
+            "split_sha256": splits.info.get("split_sha256"),  # checked when the splits are rebuilt
         },
         "classes": splits.classes,
         "mean": list(splits.mean),

@@ -76,6 +76,7 @@ class DatasetRecord(_Open):
     split_seed: int = 0
     input_size: int = Field(32, ge=8, le=4096)
     channels: Literal[1, 3] = 3
+    split_sha256: str | None = Field(None, pattern=SHA256)  # which images the validation split holds
 
 
 class SidecarSchema(_Open):

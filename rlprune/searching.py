@@ -178,7 +178,8 @@ def complete_search(cfg: SearchConfig, *, searcher: str | None = None, progress:
     request = search_request(cfg, searcher)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    if summary is not None and is_current(summary, request) and summary["episodes"] == cfg.agent.episodes:
+    # >=: several workers finish their episodes together, so a run can hold a few more than asked
+    if summary is not None and is_current(summary, request) and summary["episodes"] >= cfg.agent.episodes:
         return summary
     recorded = json.loads((run_dir / "request.json").read_text()) if (run_dir / "request.json").is_file() else None
     more_episodes = summary is None or summary["episodes"] < cfg.agent.episodes  # a finished run can be extended

@@ -176,3 +176,65 @@ def test_loader_epochs_are_reproducible(image_folder: Path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(first, [y for _, y in loader], strict=True))
     x, _ = next(iter(loader))
     assert x.dtype == torch.float32 and abs(float(x.mean())) < 1.0
+
+
+def test_what_real_folders_hold_besides_images(tmp_path: Path) -> None:
+    """Hidden leftovers (macOS ``._x.jpg`` and ``.DS_Store``, ``.ipynb_checkpoints``) are not data; 16-bit grayscale
+    keeps its contrast; a symlinked class folder's changes reach the cache; names that are not UTF-8 hash."""
+    import os
+
+    from rlprune.data.cache import source_fingerprint
+
+    folder = make_image_folder(tmp_path / "d", 4, 2)
+    (folder / "train" / "circle" / "._0000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (folder / "train" / ".ipynb_checkpoints").mkdir()
+    (folder / "test" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    plain = load_splits("imagefolder", folder, val_size=3)
+    assert len(plain.train) + len(plain.val) == 4 * len(CLASSES) and plain.classes == sorted(CLASSES)
+    # 16-bit grayscale (microscopy, depth): a mid-grey of 30000 / 65535 stays mid-grey, not clipped to white
+    deep = make_image_folder(tmp_path / "deep", 3, 2)
+    for p in deep.rglob("*.png"):
+        Image.fromarray(np.full((32, 32), 30000, np.uint16)).save(p)
+    grey = load_splits("imagefolder", deep, val_size=2, channels=1)
+    assert int(grey.train.images.float().mean().round()) == round(30000 / 257)
+    # a class folder that is a symlink: adding an image to its target is a new source, not a cache hit
+    outside = tmp_path / "outside"
+    (folder / "train" / "square").rename(outside)
+    (folder / "train" / "square").symlink_to(outside, target_is_directory=True)
+    before = source_fingerprint(folder)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(outside / "9999.png")
+    assert source_fingerprint(folder) != before
+    linked = load_splits("imagefolder", folder, val_size=3)
+    assert len(linked.train) + len(linked.val) == 4 * len(CLASSES) + 1
+    odd = folder / "test" / os.fsdecode(b"caf\xe9.txt")  # not an image, not UTF-8: skipped, and still hashed
+    odd.write_bytes(b"notes")
+    assert source_fingerprint(folder) != source_fingerprint(folder / "train")
+
+
+def test_splits_rebuilt_for_a_checkpoint_are_the_ones_it_trained_with(tmp_path: Path) -> None:
+    """A checkpoint records which images its validation split holds and how it normalized: rebuilding the splits
+    from changed data is refused (it could validate on trained images), and the recorded normalization is used."""
+    from rlprune.data import splits_from_meta
+
+    folder = make_image_folder(tmp_path / "d", 6, 2)
+    splits = load_splits("imagefolder", folder, val_size=4, limit_train=10)
+    meta = {
+        "dataset": {
+            "name": "imagefolder",
+            "root": str(folder),
+            "val_size": 4,
+            "split_seed": 0,
+            "split_sha256": splits.info["split_sha256"],
+        },
+        "mean": list(splits.mean),
+        "std": list(splits.std),
+    }
+    again = splits_from_meta(meta)
+    assert torch.equal(again.val.images, splits.val.images)
+    assert again.mean == splits.mean and again.std == splits.std  # the 10-image run's, not the full split's
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "train" / "circle" / "9999.png")
+    with pytest.raises(RLPruneError, match="not the one the checkpoint was trained with"):
+        splits_from_meta(meta)
+    # a class whose every image would go to validation is refused, naming it
+    with pytest.raises(RLPruneError, match="no training image"):
+        stratified_split(torch.tensor([0, 0, 0, 0, 1]), 3, seed=0)

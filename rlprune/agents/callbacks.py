@@ -39,6 +39,7 @@ class SearchCallback(BaseCallback):
         self.recorder = recorder
         self.max_episodes = max_episodes
         self.checkpoint_every = checkpoint_every
+        self._saved_at = recorder.episodes  # with n envs the count moves by n: save by distance, not by multiple
         self.save = save
         self.hparams = hparams
         self.bar = tqdm(
@@ -86,8 +87,9 @@ class SearchCallback(BaseCallback):
             self.logger.dump(self.num_timesteps)
             self.bar.update(1)
             self.bar.set_postfix(best=f"{best['accuracy']:.2f}%", last=f"{info['accuracy']:.2f}%")
-            if self.checkpoint_every and self.recorder.episodes % self.checkpoint_every == 0:
+            if self.checkpoint_every and self.recorder.episodes - self._saved_at >= self.checkpoint_every:
                 self.save()
+                self._saved_at = self.recorder.episodes
             if self.recorder.episodes >= self.max_episodes:
                 return False
         return True

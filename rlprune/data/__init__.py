@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from pathlib import Path
 
@@ -118,14 +120,31 @@ def load_splits(
         train_idx = train_idx[pick]
     train, val = train_full.subset(train_idx), train_full.subset(val_idx)
     mean, std = channel_stats(train.images)
-    info = {"source": str(source), "source_sha256": fingerprint, "val_size": len(val), "split_seed": seed}
+    info = {
+        "source": str(source),
+        "source_sha256": fingerprint,
+        "val_size": len(val),
+        "split_seed": seed,
+        "split_sha256": split_identity(len(train_full), val_idx),
+    }
     return DataSplits(train, val, test, mean, std, name=dataset, info=info)
 
 
+def split_identity(n_train: int, val_idx: np.ndarray) -> str:
+    """Which training images the validation split holds, as a hash: a checkpoint records it, so that rebuilding its
+    splits from other data (images added, another copy of the dataset found first) is caught, not silently scored
+    on images the model trained on."""
+    digest = hashlib.sha256(f"{n_train}:".encode())
+    digest.update(np.asarray(val_idx, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
 def splits_from_meta(meta: dict, data_root: str | Path | None = None, download: bool = True) -> DataSplits:
-    """The same train/val/test splits a checkpoint was trained with, from its metadata's ``dataset`` record."""
+    """The same train/val/test splits a checkpoint was trained with, from its metadata's ``dataset`` record, and the
+    normalization it was trained with (its ``mean`` / ``std``; a run on a subset of the training images computed its
+    own). A validation split other than the recorded one (``split_sha256``) is refused: the data changed."""
     ds = meta.get("dataset", {})
-    return load_splits(
+    splits = load_splits(
         ds.get("name", "cifar10"),
         data_root or ds.get("root"),
         val_size=ds.get("val_size", 5000),
@@ -134,6 +153,16 @@ def splits_from_meta(meta: dict, data_root: str | Path | None = None, download: 
         channels=ds.get("channels", 3),
         download=download,
     )
+    recorded = ds.get("split_sha256")
+    if recorded is not None and recorded != splits.info["split_sha256"]:
+        raise RLPruneError(
+            f"data: the validation split rebuilt from {splits.info['source']} is not the one the checkpoint was "
+            "trained with (images added or removed, or another copy of the dataset); scores on it could include "
+            "training images. Point data.root (or --data-root) at the data it was trained on"
+        )
+    if meta.get("mean") is not None and meta.get("std") is not None:
+        splits = dataclasses.replace(splits, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+    return splits
 
 
 __all__ = [

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlprune.data.sources import Split, iter_files
+from rlprune.data.sources import Split, iter_files, walk
 from rlprune.errors import RLPruneError
 
 CACHE_FORMAT = 1
@@ -37,15 +37,17 @@ def file_sha256(path: Path) -> str:
 
 def source_fingerprint(path: Path) -> str:
     """sha256 of a file's bytes, or of a directory's listing: every file's (relative path, size, mtime) and every
-    folder's relative path, so that an added (even empty) class folder is a new source, not a cache hit."""
+    folder's relative path, so that an added (even empty) class folder is a new source, not a cache hit; symlinked
+    folders are followed, as the reader follows them."""
     if path.is_file():
         return file_sha256(path)
     digest = hashlib.sha256()
     for f in iter_files(path):
         st = f.stat()
-        digest.update(f"{f.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    for d in sorted(p for p in path.rglob("*") if p.is_dir()):
-        digest.update(f"{d.relative_to(path)}/\n".encode())
+        # os.fsencode: a name that is not UTF-8 (an archive unpacked from another system) is still bytes to hash
+        digest.update(os.fsencode(f.relative_to(path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for d in sorted(p for p in walk(path) if p.is_dir()):
+        digest.update(os.fsencode(d.relative_to(path)) + b"/\n")
     return digest.hexdigest()
 
 

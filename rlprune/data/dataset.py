@@ -90,6 +90,11 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[np
     remainder = val_size - int(take.sum())
     order = np.argsort(-(exact - take), kind="stable")
     take[order[:remainder]] += 1
+    if (emptied := classes[take >= counts]).size:  # a class with no training image left cannot be learned
+        raise RLPruneError(
+            f"data.val_size: {val_size} of {n} images would leave class {int(emptied[0])} with no training image "
+            f"({int(counts[classes == emptied[0]][0])} in all); lower val_size or add images"
+        )
     rng = np.random.default_rng(seed)
     val_parts = []
     for cls, k in zip(classes, take, strict=True):

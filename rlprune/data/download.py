@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tarfile
 import tempfile
 import urllib.error
@@ -14,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rlprune.errors import RLPruneError
+from rlprune.safeio import clip
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -46,21 +48,35 @@ def download_cifar10(
     fd, tmp_name = tempfile.mkstemp(prefix=".cifar10-", suffix=".tar.gz", dir=dest)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            size = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=size, unit="B", unit_scale=True, desc="CIFAR-10", disable=not progress) as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                size = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=size, unit="B", unit_scale=True, desc="CIFAR-10", disable=not progress) as bar:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        out.write(block)
+                        bar.update(len(block))
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise RLPruneError(
+                f"data.download: cannot fetch {url} ({exc}); without internet, put 'cifar-10-batches-py/' or "
+                f"'cifar10-jpeg.tar.gz' in $RLPRUNE_DATA, or set data.root"
+            ) from exc
         if _md5(tmp) != md5:
             raise RLPruneError(f"{url}: downloaded archive has the wrong checksum (expected md5 {md5})")
-        with tarfile.open(tmp, "r:gz") as tar:
-            tar.extractall(dest, filter="data")
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise RLPruneError(
-            f"data.download: cannot fetch {url} ({exc}); without internet, put 'cifar-10-batches-py/', "
-            f"'cifar10-jpeg.tar.gz' or a 'train/' + 'test/' image folder in $RLPRUNE_DATA or set data.root"
-        ) from exc
+        # unpacked beside the target and renamed into place: an interrupted unpack never leaves a folder that looks
+        # complete (a partial one from an older rlprune is replaced)
+        unpack = Path(tempfile.mkdtemp(prefix=".cifar10-", dir=dest))
+        try:
+            with tarfile.open(tmp, "r:gz") as tar:
+                tar.extractall(unpack, filter="data")
+            if not (unpack / target.name / "test_batch").is_file():
+                raise RLPruneError(f"{url}: the archive holds no '{target.name}/test_batch'")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(unpack / target.name, target)
+        except (OSError, tarfile.TarError) as exc:
+            raise RLPruneError(f"{dest}: cannot unpack the CIFAR-10 archive here ({clip(str(exc), 80)})") from exc
+        finally:
+            shutil.rmtree(unpack, ignore_errors=True)
     finally:
         tmp.unlink(missing_ok=True)
     return target

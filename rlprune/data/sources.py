@@ -4,6 +4,7 @@ CIFAR python-format batches (read with a restricted unpickler)."""
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import tarfile
 import zlib
@@ -29,6 +30,7 @@ def _to_array(data: bytes | Path, size: int, channels: int, name: str) -> np.nda
     """Decode one image, convert to RGB/grayscale, resize its shorter side and center-crop to ``size``."""
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+            img = _eight_bit(img)
             img = img.convert("RGB" if channels == 3 else "L")
             if img.size != (size, size):
                 w, h = img.size
@@ -41,6 +43,26 @@ def _to_array(data: bytes | Path, size: int, channels: int, name: str) -> np.nda
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise RLPruneError(f"{name[:200]}: cannot decode image ({clip(str(exc), 80)})") from exc
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer or float grayscale (``I;16``, ``I``, ``F``: microscopy, depth, medical scans) as
+    8-bit: Pillow's own conversion clips every value above 255, which turns such an image almost entirely white."""
+    if not (img.mode in ("I", "F") or img.mode.startswith("I;16")):
+        return img
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode == "F" and arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+        arr = arr * 255.0  # floats in [0, 1]
+    elif arr.size and arr.max() > 255.0:
+        top = 65535.0 if arr.max() <= 65535.0 and arr.min() >= 0.0 else float(arr.max())
+        low = 0.0 if top == 65535.0 else float(arr.min())
+        arr = (arr - low) * 255.0 / max(top - low, 1e-12)
+    return Image.fromarray(np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8), mode="L")
+
+
+def _hidden(name: str) -> bool:
+    """Names starting with a dot: macOS ``._img.jpg`` / ``.DS_Store``, ``.ipynb_checkpoints``; never data."""
+    return name.startswith(".")
 
 
 def _collect(entries: dict[str, dict[str, list[str]]], origin: str) -> list[str]:
@@ -98,11 +120,11 @@ def read_image_folder(path: Path, size: int, channels: int) -> tuple[dict[str, S
             split_dir = base / split
             if not split_dir.is_dir():
                 continue
-            for cls_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+            for cls_dir in sorted(d for d in split_dir.iterdir() if d.is_dir() and not _hidden(d.name)):
                 entries[split][cls_dir.name] = [
                     f"{split}/{cls_dir.name}/{f.name}"
                     for f in cls_dir.iterdir()
-                    if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                    if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not _hidden(f.name)
                 ]
         classes = _collect(entries, str(path))
         return _decode_all(entries, classes, base, size, channels, str(path)), classes
@@ -112,6 +134,8 @@ def read_image_folder(path: Path, size: int, channels: int) -> tuple[dict[str, S
             for member in tar:
                 parts = PurePosixPath(member.name).parts
                 # Accept split/class/file or top/split/class/file.
+                if any(_hidden(p) for p in parts[-3:]):
+                    continue
                 if len(parts) >= 3 and parts[-3] in SPLITS:
                     split, cls, fname = parts[-3], parts[-2], parts[-1]
                     if member.isdir():
@@ -198,5 +222,21 @@ def read_cifar_python(path: Path) -> tuple[dict[str, Split], list[str]]:
 
 
 def iter_files(path: Path) -> Iterator[Path]:
-    """Files under ``path`` in sorted order (for fingerprinting a directory source)."""
-    yield from sorted(p for p in path.rglob("*") if p.is_file())
+    """Files under ``path`` in sorted order, following symlinked folders as the reader does (each real folder once)
+    and leaving out hidden names as the reader does (for fingerprinting a directory source)."""
+    yield from sorted(p for p in walk(path) if p.is_file())
+
+
+def walk(path: Path) -> Iterator[Path]:
+    """Every file and folder under ``path``, through symlinked folders (each real folder once), hidden names left
+    out."""
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(path, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+        for name in dirs + sorted(f for f in files if not _hidden(f)):
+            yield Path(top) / name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -126,6 +127,11 @@ class LayerPruningEnv(gym.Env):
         )
         self.target_range = self.budget.target_range
         self.reward_fn = get_reward(reward, reward_weight)
+        if self.reward_fn.needs_latency and self.budget.latency_table is None:
+            raise RLPruneError(
+                f"reward '{reward}': weighs CPU latency, which needs a latency table; a search of one model builds "
+                "it (env.budget latency or this reward from a config), several models take MACs or parameter rewards"
+            )
         self.min_ratio, self.max_ratio = self.budget.min_ratio, self.budget.max_ratio
         self.on_episode = on_episode
         self.name = name
@@ -135,6 +141,7 @@ class LayerPruningEnv(gym.Env):
         self.references = References(scorer, self.budget)
         self.prior = prior
         self._priors: dict[float, list[float] | None] = {}  # per target: computed once (a bad prior: refused below)
+        self._warned_off_budget = False
         self.action_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, (spec.size,), dtype=np.float32)
         self._reset_state(self.target_range[0])
@@ -207,7 +214,9 @@ class LayerPruningEnv(gym.Env):
 
     def rollout(self, act: Callable[[np.ndarray], np.ndarray], target: float | None = None) -> Plan:
         """Play one episode with ``act(obs) -> action`` without scoring it (:func:`rlprune.envs.episode.rollout`)."""
-        return rollout(self.budget, act, target, self.scorer.importance, self.feature_version)
+        t = self.target_range[0] if target is None else float(target)
+        prior = prior_ratios(self.prior, self.budget, t, getattr(self.scorer, "model", None))  # as in its episodes
+        return rollout(self.budget, act, t, self.scorer.importance, self.feature_version, prior)
 
     def _measured_ratio(self, result: Any, predicted: float) -> float:
         """MACs ratio counted on the physically pruned candidate (the scorer's ``macs_measured``; the prediction when
@@ -237,6 +246,8 @@ class LayerPruningEnv(gym.Env):
             uniform_accuracy=self.references.uniform(self.target) if "uniform" in needs else None,
         )
         reward = float(self.reward_fn(outcome))
+        if not math.isfinite(reward):  # one NaN reward would poison the agent's weights and every later action
+            raise RLPruneError(f"reward '{self.reward_fn.name}': not a finite number ({reward}) for {outcome}")
         info = {
             "ratio": ratio,
             "wanted": wanted,
@@ -253,6 +264,18 @@ class LayerPruningEnv(gym.Env):
             "cached": bool(result.cached),
             "metrics": dict(result.metrics),
         }
+        cost, tol = info["budget_cost"], self.budget.tolerance
+        if not self.target - tol - 1e-9 <= cost <= self.target + 1e-9 and not self._warned_off_budget:
+            self._warned_off_budget = True  # once per env: the clamp's steps are coarser than the tolerance here
+            log.warning(
+                "plan landed at %s ratio %.4f for target %.4f (tolerance %.3f): a late unit's channel steps (round_to "
+                "%s, heads or groups) are coarser than the tolerance allows",
+                self.budget.kind,
+                cost,
+                self.target,
+                tol,
+                self.budget.round_to,
+            )
         if self.name:
             info["model"] = self.name
         for key in ("dense_accuracy", "uniform_accuracy"):

@@ -31,6 +31,7 @@ class Reward(ABC):
     name: str = ""
     # which reference scores the environment must measure for this reward ("dense", "uniform")
     references: frozenset[str] = frozenset()
+    needs_latency = False  # reads the latency ratio, which only a budget with a latency table predicts
 
     def __init__(self, weight: float = 1.0) -> None:
         self.weight = weight
@@ -61,6 +62,7 @@ class LatencyReward(Reward):
     """Accuracy minus ``weight`` times the latency ratio: rewards plans that are faster, not only smaller."""
 
     name = "accuracy_latency"
+    needs_latency = True
 
     def __call__(self, outcome: Outcome) -> float:
         return outcome.accuracy / 100.0 - self.weight * outcome.latency_ratio
@@ -107,7 +109,13 @@ class RetentionReward(Reward):
     references = frozenset({"dense"})
 
     def __call__(self, outcome: Outcome) -> float:
-        return outcome.accuracy / max(1e-6, _reference(outcome, "dense"))
+        dense = _reference(outcome, "dense")
+        if dense <= 0:  # a share of nothing (or of a negative metric such as -loss) is no measure
+            raise RLPruneError(
+                f"reward 'retention': the dense model scores {dense:g}; a share of it needs a positive score "
+                "(use gain_over_uniform for metrics that can be 0 or negative)"
+            )
+        return outcome.accuracy / dense
 
 
 class GainOverUniformReward(Reward):

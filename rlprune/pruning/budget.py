@@ -97,18 +97,32 @@ class Budget:
         self._nm_level = nm_level(structure.granularity)
         self._nm_cache: tuple[int, list[int], list[int]] | None = None  # N:M subset sums (_nm_sets)
         self._levels: dict[int, list[int]] | None = None  # coarse units' channel counts (feasible_interval)
-        floor_cost = self.cost({u.name: self.channels(i, self.max_ratio) for i, u in enumerate(self.units)})
-        low = self.target_range[0]
-        if floor_cost > low + 1e-9:
+        self._check_reachable()
+
+    def _check_reachable(self, why: str = "") -> None:
+        """Refuse a target range the clamp cannot meet: below what every unit at ``max_ratio`` leaves, or (its top)
+        above what every unit at ``min_ratio`` keeps; the clamp would otherwise land every plan off target."""
+        kind, (low, high) = self.kind, self.target_range
+        floor = self.cost({u.name: self.channels(i, self.max_ratio) for i, u in enumerate(self.units)})
+        if floor > low + 1e-9:
             raise RLPruneError(
-                f"budget: target {kind} ratio {low} is unreachable: pruning every unit by max_ratio {self.max_ratio} "
-                f"still leaves {floor_cost:.3f} of the dense {kind}"
+                f"budget: target {kind} ratio {low} is unreachable{why}: pruning every unit by max_ratio "
+                f"{self.max_ratio} still leaves {floor:.3f} of the dense {kind}"
+            )
+        ceiling = self.cost({u.name: self.channels(i, self.min_ratio) for i, u in enumerate(self.units)})
+        if ceiling < high - self.tolerance - 1e-9:
+            raise RLPruneError(
+                f"budget: target {kind} ratio {high} is unreachable{why}: pruning every unit by min_ratio "
+                f"{self.min_ratio} already leaves only {ceiling:.3f} of the dense {kind}"
             )
 
     def with_latency_table(self, table: LatencyTable) -> Budget:
-        """The same budget steered by another latency table (e.g. one refitted on measured plans)."""
+        """The same budget steered by another latency table (e.g. one refitted on measured plans); refused when the
+        target range is out of reach under the new table's predictions."""
         other = copy.copy(self)
         other.latency_table = table
+        if other.kind == "latency":
+            other._check_reachable(" under the latency table refitted on measured plans")
         return other
 
     # ------------------------------------------------------------------------------------------------ cost model

@@ -48,7 +48,7 @@ def kept_channels(
     channels: int, ratio: float, round_to: int | None = None, min_channels: int = 1, groups: int = 1
 ) -> int:
     """Channels a unit keeps for a pruning ratio: ``round((1-ratio)·C)``, rounded to a multiple of ``round_to``
-    (never below one multiple), then clipped to ``[min_channels, C]``.
+    (never below one multiple), then clipped to ``[min_channels, C]``; a ratio that removes nothing keeps all ``C``.
 
     A unit cut into ``groups`` slices by grouped convolutions keeps a multiple of ``lcm(groups, round_to)`` (the
     nearest one, at least one multiple): every slice must keep the same number of channels.
@@ -61,6 +61,8 @@ def kept_channels(
         floor = step * math.ceil(max(1, min_channels) / step)
         return int(min(channels, max(floor, keep, step)))
     keep = round((1.0 - ratio) * channels)
+    if keep >= channels:  # nothing removed: the unit stays as it is, even at a width off the rounding grid
+        return int(channels)
     if round_to and round_to > 1 and channels > round_to:
         keep = max(round_to, round_to * round(keep / round_to))
     return int(min(channels, max(min_channels, keep, 1)))
