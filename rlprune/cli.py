@@ -435,7 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("apply", help="roll a learned policy out on a model, prune, fine-tune, export, report")
     p.add_argument("--policy", required=True, help="run directory or policy.json of a search")
     p.add_argument("--target-macs", type=_number, default=None, help="pruned/dense MACs ratio")
-    p.add_argument("--target-latency", type=_number, default=None, help="pruned/dense batch-1 CPU latency ratio")
+    p.add_argument(
+        "--target-latency",
+        type=_number,
+        default=None,
+        help="pruned/dense CPU latency ratio, timed as the policy's training timed it (batch size, runtime)",
+    )
     p.add_argument(
         "--target-params", type=_number, default=None, help="non-zero/dense parameters (a weight-level policy)"
     )
