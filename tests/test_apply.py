@@ -409,7 +409,7 @@ def test_sampling_plans_needs_a_stochastic_policy() -> None:
     from rlprune.errors import RLPruneError
 
     deterministic = Policy(torch.nn.Linear(18, 1), {"algorithm": "ddpg"})  # no action distribution
-    with pytest.raises(RLPruneError, match="ddpg policy is deterministic"):
+    with pytest.raises(RLPruneError, match="ddpg policy has no action distribution"):
         deterministic.sampler(0)
 
 
