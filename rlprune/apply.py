@@ -309,9 +309,11 @@ def apply_policy(
 
 
 def original_structure(meta: dict[str, Any]) -> Structure:
-    """The prunable structure of the dense architecture a (possibly pruned) checkpoint's ``meta`` was built from."""
+    """The prunable structure of the dense architecture a (possibly pruned) checkpoint's ``meta`` was built from,
+    analyzed with the options (parts left alone, head counts) its plan was made with."""
     model = build_model(meta["model"], **meta.get("model_kwargs", {}))  # named by a checkpoint already loaded
-    return analyze(model.eval(), example_input(meta))
+    options = Plan.from_dict(meta["plan"], "checkpoint plan").options if meta.get("plan") else PruneOptions()
+    return analyze(model.eval(), example_input(meta), ignore=options.ignore, heads=options.heads)
 
 
 def default_proxy(

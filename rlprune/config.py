@@ -8,12 +8,11 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlprune.errors import RLPruneError
 from rlprune.fileio import atomic_write_text
-from rlprune.safeio import check_tree, parse_yaml, quote, read_yaml_file
+from rlprune.safeio import check_tree, dump_yaml, parse_yaml, quote, read_yaml_file
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -227,7 +226,7 @@ def validate(schema: type[T], data: dict[str, Any], source: str) -> T:
 def write_resolved(config: BaseModel, run_dir: Path) -> Path:
     """Save the fully resolved config (defaults included) as ``config.yaml`` in the run directory."""
     path = run_dir / "config.yaml"
-    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(path, dump_yaml(config.model_dump(mode="json")))
     return path
 
 
@@ -349,9 +348,9 @@ class ProxyConfig(Strict):
 class LatencyConfig(Strict):
     """Latency measurement for latency budgets and rewards (a per-layer lookup table is built once per run)."""
 
-    batch_size: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, le=4096)  # the bounds a saved policy's record is read under
     threads: int | None = Field(None, ge=1)
-    calibration_plans: int = Field(8, ge=0)  # plans at the budget timed for real to refit the table (0: none)
+    calibration_plans: int = Field(8, ge=0, le=1000)  # plans at the budget timed for real to refit the table (0: none)
     # where latency is timed: PyTorch eager, or the deployment runtime (ONNX Runtime, fp32 or static int8)
     runtime: Literal["torch", "onnxruntime", "onnxruntime-int8"] = "torch"
 

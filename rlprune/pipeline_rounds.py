@@ -79,7 +79,9 @@ def run_rounds(
     targets = rounds.schedule(float(cfg.env.target))
     # what the finished rounds were made from: a resume on other dense weights (or settings) would mix two runs
     decided = cfg.model_dump(mode="json", include={"env", "proxy", "prune", "agent", "finetune", "seed"})
-    decided["agent"].pop("episodes", None)
+    for key in ("episodes", "checkpoint_every"):  # as for a search's resume: more episodes, another interval
+        decided["agent"].pop(key, None)
+    decided["finetune_epochs"] = rounds.finetune_epochs
     schedule = {
         "targets": targets,
         "policy": rounds.policy,

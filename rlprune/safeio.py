@@ -182,13 +182,24 @@ class _LimitedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+class _Dumper(yaml.SafeDumper):
+    """The safe dumper, told the loader's extra float form so that a string like ``1e3`` is written quoted."""
+
+
 # YAML 1.1 reads ``3e-4`` and ``1.0e3`` as strings (its floats need a dot and a signed exponent); a learning rate
-# written that way is meant as a number, as YAML 1.2 reads it.
-_LimitedLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
+# written that way is meant as a number, as YAML 1.2 reads it. The dumper knows it too: text that would read back as
+# a number is quoted.
+for _cls in (_LimitedLoader, _Dumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML that :func:`parse_yaml` reads back as the same data (keys in their order)."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
 def _expanded_size(node: yaml.Node, limit: int) -> int:

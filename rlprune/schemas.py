@@ -198,24 +198,20 @@ class PolicyKwargs(_Closed):
             raise ValueError("expected at most 32 layers of 1 to 4096 units")
         return value
 
-    @model_validator(mode="after")
-    def _size(self) -> PolicyKwargs:
-        """A bound on the weights the network would hold, checked before it is built: a file must not make the loader
-        allocate gigabytes (the weights file is compared with the network only once it exists)."""
+    def weights(self, algorithm: str) -> int:
+        """About how many weights ``algorithm``'s network holds with these settings (an actor, and PPO's value net or
+        the off-policy algorithms' critics), at most 64 observed features: bounded before the network is built, so a
+        file cannot make the loader allocate gigabytes."""
         arch = self.net_arch or []
-        stacks = arch if isinstance(arch, dict) else {"pi": arch, "vf": arch, "qf": arch}
-        critics = self.n_critics or 2
+        heads = ("pi", "vf") if algorithm == "ppo" else ("pi", "qf")
+        critics = self.n_critics or (1 if algorithm == "ddpg" else 2)  # stable-baselines3's defaults
 
-        def weights(sizes: list[int]) -> int:  # observation (at most 64 features) -> hidden layers -> output
+        def count(sizes: list[int]) -> int:  # observation -> hidden layers -> output
             dims = [64, *sizes, 1]
             return sum(a * b for a, b in itertools.pairwise(dims))
 
-        total = sum(weights(s) * (critics if k == "qf" else 1) for k, s in stacks.items())
-        if total > MAX_POLICY_WEIGHTS:
-            raise ValueError(
-                f"net_arch with n_critics {critics} holds about {total:,} weights (at most {MAX_POLICY_WEIGHTS:,})"
-            )
-        return self
+        stacks = {k: (arch.get(k, []) if isinstance(arch, dict) else arch) for k in heads}
+        return sum(count(s) * (critics if k == "qf" else 1) for k, s in stacks.items())
 
 
 class PolicyLatency(_Open):
@@ -273,6 +269,10 @@ class PolicyMetaSchema(_Open):
         _check_granularity(self.granularity)
         if self.min_ratio >= self.max_ratio:
             raise ValueError(f"min_ratio ({self.min_ratio}) must be below max_ratio ({self.max_ratio})")
+        if (size := self.policy_kwargs.weights(self.algorithm)) > MAX_POLICY_WEIGHTS:
+            raise ValueError(
+                f"policy_kwargs: a {self.algorithm} network of about {size:,} weights (at most {MAX_POLICY_WEIGHTS:,})"
+            )
         targets = () if self.target is None else (self.target,) if isinstance(self.target, float) else self.target
         if not all(0 < t <= 1 for t in targets) or list(targets) != sorted(targets):
             raise ValueError("target must be a ratio in (0, 1] or a range [low, high] inside it")

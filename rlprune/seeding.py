@@ -20,6 +20,9 @@ def on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     never moves the caller's model (which later steps, such as tracing on the CPU, still use where it was)."""
     import copy
 
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())  # where tensors sent to "cuda" go
+
     def there(t: torch.Tensor) -> bool:
         return t.device.type == device.type and (device.index is None or t.device.index == device.index)
 

@@ -102,6 +102,13 @@ def test_search_settings_that_would_fail_later_are_refused_up_front(
     assert "\n" not in str(info.value)
 
 
+def test_a_resolved_config_reads_back_as_written(tmp_path: Path) -> None:
+    """``config.yaml`` quotes text the loader would read as a number (a run named ``1e3``)."""
+    (tmp_path / "c.yaml").write_text("name: '1e3'\ncheckpoint: c.json\n")
+    cfg = load_config(tmp_path / "c.yaml", SearchConfig)
+    assert load_config(write_resolved(cfg, tmp_path), SearchConfig) == cfg
+
+
 def test_numbers_in_exponent_form_are_numbers(tmp_path: Path) -> None:
     """YAML 1.1 reads ``3e-4`` as text; a learning rate written that way reaches the agent as a number."""
     p = _write(tmp_path, {"name": "x", "checkpoint": "c.json"})

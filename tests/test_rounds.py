@@ -142,3 +142,15 @@ def test_rounds_resume_after_a_crash_without_redoing_a_round(
     assert [r["round"] for r in out["rounds"]] == [1, 2] and out["rounds"][0]["proxy_val_accuracy"] is None
     assert (pol_dir / "round_2" / "plan.json").is_file() and not (pol_dir / "round_2" / "episodes.jsonl").exists()
     assert 0.47 <= out["rounds"][1]["macs_ratio"] <= 0.51
+
+
+def test_a_rounds_record_from_an_earlier_rlprune_still_resumes(tmp_path: Path) -> None:
+    """Keys an older ``rounds.json`` lacks (the dense weights' hash, the settings) are not held against it."""
+    from rlprune.pruning.rounds import finished_rounds
+
+    state = tmp_path / "rounds.json"
+    state.write_text(json.dumps({"targets": [0.8, 0.5], "policy": None, "done": [{"round": 1}]}))
+    schedule = {"targets": [0.8, 0.5], "policy": None, "dense_weights_sha256": "a" * 64, "settings": {"seed": 0}}
+    assert finished_rounds(state, schedule) == [{"round": 1}]
+    with pytest.raises(RLPruneError, match="made with another 'targets'"):
+        finished_rounds(state, {**schedule, "targets": [0.7, 0.5]})

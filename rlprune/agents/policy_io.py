@@ -143,6 +143,12 @@ def load_policy(path: str | Path) -> Policy:
     """Rebuild a saved policy without unpickling; its observation size is its own feature set's (any version this
     rlprune knows; a newer one is refused in one line)."""
     weights, sidecar = policy_paths(path)
+    legacy = Path(path).with_suffix(".json")  # rlprune <= 0.2 saved `pols/r20_t0.5` as `pols/r20_t0.json`
+    if not sidecar.is_file() and not Path(path).is_dir() and legacy.is_file() and legacy != sidecar:
+        raise RLPruneError(
+            f"{sidecar}: not found; an older rlprune saved a policy named '{Path(path).name}' as '{legacy.name}' "
+            f"(pass {legacy} if that is the one)"
+        )
     meta = read_json(sidecar, "policy metadata")
     if not isinstance(meta, dict) or meta.get("format") != POLICY_FORMAT:
         raise RLPruneError(f"{sidecar}: not an rlprune policy (expected format '{POLICY_FORMAT}')")

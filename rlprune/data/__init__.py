@@ -114,7 +114,7 @@ def load_splits(
     if limit_test is not None and limit_test < len(test):
         _, keep = stratified_split(test.labels, limit_test, seed)
         test = test.subset(keep)
-    train_idx, val_idx = stratified_split(train_full.labels, val_size, seed)
+    train_idx, val_idx = stratified_split(train_full.labels, val_size, seed, hold_out=True)
     if limit_train is not None and limit_train < len(train_idx):
         _, pick = stratified_split(train_full.labels[train_idx], limit_train, seed)
         train_idx = train_idx[pick]

@@ -72,7 +72,9 @@ class DataSplits:
         return int(self.train.images.shape[-1])
 
 
-def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: torch.Tensor, val_size: int, seed: int, *, hold_out: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded, stratified hold-out: returns (train_indices, val_indices), both sorted, disjoint, covering all.
 
     Each class gives ``val_size`` images in proportion to its share (largest-remainder rounding), so the validation
@@ -90,7 +92,8 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[np
     remainder = val_size - int(take.sum())
     order = np.argsort(-(exact - take), kind="stable")
     take[order[:remainder]] += 1
-    if (emptied := classes[take >= counts]).size:  # a class with no training image left cannot be learned
+    # a hold-out that takes a class's every image leaves nothing to learn it from (a subset drawn to be kept may)
+    if hold_out and (emptied := classes[take >= counts]).size:
         raise RLPruneError(
             f"data.val_size: {val_size} of {n} images would leave class {int(emptied[0])} with no training image "
             f"({int(counts[classes == emptied[0]][0])} in all); lower val_size or add images"

@@ -60,7 +60,11 @@ def download_cifar10(
                 f"data.download: cannot fetch {url} ({exc}); without internet, put 'cifar-10-batches-py/' or "
                 f"'cifar10-jpeg.tar.gz' in $RLPRUNE_DATA, or set data.root"
             ) from exc
-        if _md5(tmp) != md5:
+        try:
+            digest = _md5(tmp)
+        except OSError as exc:
+            raise RLPruneError(f"{tmp}: cannot read the downloaded archive ({exc})") from exc
+        if digest != md5:
             raise RLPruneError(f"{url}: downloaded archive has the wrong checksum (expected md5 {md5})")
         # unpacked beside the target and renamed into place: an interrupted unpack never leaves a folder that looks
         # complete (a partial one from an older rlprune is replaced)

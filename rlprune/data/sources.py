@@ -51,12 +51,13 @@ def _eight_bit(img: Image.Image) -> Image.Image:
     if not (img.mode in ("I", "F") or img.mode.startswith("I;16")):
         return img
     arr = np.asarray(img, dtype=np.float64)
-    if img.mode == "F" and arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
         arr = arr * 255.0  # floats in [0, 1]
-    elif arr.size and arr.max() > 255.0:
-        top = 65535.0 if arr.max() <= 65535.0 and arr.min() >= 0.0 else float(arr.max())
-        low = 0.0 if top == 65535.0 else float(arr.min())
-        arr = (arr - low) * 255.0 / max(top - low, 1e-12)
+    elif img.mode != "F" and lo >= 0.0 and hi <= 65535.0:
+        arr = arr / 257.0  # by the mode, not the image: every 16-bit image of a dataset scaled alike
+    else:  # floats beyond [0, 1], integers beyond 16 bits: this image's own range
+        arr = (arr - lo) * 255.0 / max(hi - lo, 1e-12)
     return Image.fromarray(np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8), mode="L")
 
 

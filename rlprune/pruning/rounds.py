@@ -98,9 +98,10 @@ def finished_rounds(state_path: Path, schedule: dict[str, Any]) -> list[dict[str
         raise RLPruneError(f"{state_path}: not valid JSON; delete the directory to start over") from None
     if not isinstance(state, dict) or not isinstance(state.get("done", []), list):
         raise RLPruneError(f"{state_path}: expected a rounds record with a 'done' list; delete it to start over")
-    recorded = {k: state.get(k) for k in schedule}
-    if recorded != schedule:
-        key = next(k for k in schedule if recorded[k] != schedule[k])
+    # keys a record written by an earlier rlprune lacks are not compared (they are written with the next round)
+    recorded = {k: state[k] for k in schedule if k in state}
+    if recorded != {k: schedule[k] for k in recorded}:
+        key = next(k for k in recorded if recorded[k] != schedule[k])
         raise RLPruneError(
             f"{state_path}: holds rounds made with another '{key}' ({str(recorded[key])[:80]}); use a new directory"
         )
@@ -144,6 +145,7 @@ def compose_plans(base: Plan, step: Plan, dense: Structure) -> Plan:
         round_to=step.round_to or base.round_to,
         min_channels=max(base.min_channels, step.min_channels),
         kept=kept,
+        options=base.options,  # rebuilt from the dense model analyzed as the first round analyzed it
     )
 
 

@@ -121,7 +121,8 @@ def fit(
     # the model and the data it trains on: a resume with another architecture would not load, and one with another
     # split would train on images an earlier epoch validated on (where the data lies on disk may change)
     key["model"] = {k: meta[k] for k in ("model", "model_kwargs", "init_from") if k in meta}
-    dataset = {k: v for k, v in (meta.get("dataset") or {}).items() if k != "root"}
+    # not where the data lies nor its files' dates (a copy keeps the split, which split_sha256 and the counts identify)
+    dataset = {k: v for k, v in (meta.get("dataset") or {}).items() if k not in ("root", "source_sha256")}
     key["data"] = {**dataset, "train_images": len(splits.train), "val_images": len(splits.val), "augment": augment}
     run_key = json.dumps(key)
     state_path, last_path = run_dir / "state.pt", run_dir / "last"
@@ -244,8 +245,12 @@ class _Step:
 
     def restore(self, state: dict[str, Any], run_key: str, where: Path) -> list[dict[str, float]]:
         """Load a saved state of the same run; returns its history (one record per finished epoch)."""
-        if state.get("run", run_key) != run_key:
-            diff = _first_difference(json.loads(state["run"]), json.loads(run_key))
+        saved, now = json.loads(state.get("run", run_key)), json.loads(run_key)
+        for key in ("model", "data"):  # a state saved before the key held them compares by what it has
+            if key not in saved:
+                now.pop(key, None)
+        if saved != now:
+            diff = _first_difference(saved, now)
             raise RLPruneError(
                 f"{where.parent}: holds a saved run with another recipe, model or data ({diff}); resume it with the "
                 "same settings",
