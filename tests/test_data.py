@@ -235,6 +235,8 @@ def test_splits_rebuilt_for_a_checkpoint_are_the_ones_it_trained_with(tmp_path: 
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "train" / "circle" / "9999.png")
     with pytest.raises(RLPruneError, match="not the one the checkpoint was trained with"):
         splits_from_meta(meta)
-    # a class whose every image would go to validation is refused, naming it
+    # a hold-out that would take a class's every image is refused, naming it
     with pytest.raises(RLPruneError, match="no training image"):
-        stratified_split(torch.tensor([0, 0, 0, 0, 1]), 3, seed=0)
+        stratified_split(torch.tensor([0, 0, 0, 0, 1]), 3, seed=0, hold_out=True)
+    kept, _ = stratified_split(torch.tensor([0, 0, 0, 0, 1]), 3, seed=0)  # a subset drawn to keep: allowed
+    assert len(kept) == 2
