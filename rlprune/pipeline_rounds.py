@@ -33,7 +33,7 @@ from rlprune.pruning import Plan, Structure, analyze
 from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.rounds import STATE, finished_rounds, record_rounds
 from rlprune.reporting import md_table
-from rlprune.searching import run_search
+from rlprune.searching import RESUMABLE_AGENT_KEYS, run_search
 
 log = logging.getLogger("rlprune.rounds")
 
@@ -79,7 +79,7 @@ def run_rounds(
     targets = rounds.schedule(float(cfg.env.target))
     # what the finished rounds were made from: a resume on other dense weights (or settings) would mix two runs
     decided = cfg.model_dump(mode="json", include={"env", "proxy", "prune", "agent", "finetune", "seed"})
-    for key in ("episodes", "checkpoint_every"):  # as for a search's resume: more episodes, another interval
+    for key in RESUMABLE_AGENT_KEYS:  # as for a search's resume
         decided["agent"].pop(key, None)
     decided["finetune_epochs"] = rounds.finetune_epochs
     schedule = {

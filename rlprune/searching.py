@@ -102,6 +102,8 @@ def load_agent_state(agent: Any, path: Path) -> int:
     return int(state["episodes"])
 
 
+# what a resume may change in the agent section: run more episodes, save the agent at another interval
+RESUMABLE_AGENT_KEYS = ("episodes", "checkpoint_every")
 IDENTITY = "search.json"  # who searched, on which weights: what a resume must share beyond the config's sections
 
 
@@ -134,9 +136,9 @@ def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool, searcher: str | 
             saved = SearchConfig.model_validate(saved).model_dump(mode="json")
         now = cfg.model_dump(mode="json")
         sections = ["checkpoint", "checkpoints", "data_root", "env", "proxy", "latency", "prune", "seed", "agent"]
-        for side in (saved, now):  # a resume may run more episodes and checkpoint the agent at another interval
+        for side in (saved, now):
             if isinstance(side.get("agent"), dict):
-                side["agent"] = {k: v for k, v in side["agent"].items() if k not in ("episodes", "checkpoint_every")}
+                side["agent"] = {k: v for k, v in side["agent"].items() if k not in RESUMABLE_AGENT_KEYS}
         if now.get("pre_pruned") or saved.get("pre_pruned"):
             sections += ["pre_pruned"]  # the copies are models of the run, cut by its seed
             for side in (saved, now):  # how often a copy is drawn is not how it is scored

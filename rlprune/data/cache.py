@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlprune.data.sources import Split, iter_files, walk
+from rlprune.data.sources import Split, walk
 from rlprune.errors import RLPruneError
 
 CACHE_FORMAT = 2  # 2: hidden files skipped, 16-bit images rescaled (entries of 1 are decoded again)
@@ -42,11 +42,12 @@ def source_fingerprint(path: Path) -> str:
     if path.is_file():
         return file_sha256(path)
     digest = hashlib.sha256()
-    for f in iter_files(path):
+    entries = sorted(walk(path))  # one walk for both lists (it follows symlinked folders, as the reader does)
+    for f in (p for p in entries if p.is_file()):
         st = f.stat()
         # os.fsencode: a name that is not UTF-8 (an archive unpacked from another system) is still bytes to hash
         digest.update(os.fsencode(f.relative_to(path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    for d in sorted(p for p in walk(path) if p.is_dir()):
+    for d in (p for p in entries if p.is_dir()):
         digest.update(os.fsencode(d.relative_to(path)) + b"/\n")
     return digest.hexdigest()
 

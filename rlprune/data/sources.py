@@ -222,12 +222,6 @@ def read_cifar_python(path: Path) -> tuple[dict[str, Split], list[str]]:
     return {"train": train, "test": test}, classes
 
 
-def iter_files(path: Path) -> Iterator[Path]:
-    """Files under ``path`` in sorted order, following symlinked folders as the reader does (each real folder once)
-    and leaving out hidden names as the reader does (for fingerprinting a directory source)."""
-    yield from sorted(p for p in walk(path) if p.is_file())
-
-
 def walk(path: Path) -> Iterator[Path]:
     """Every file and folder under ``path``, through symlinked folders (each real folder once), hidden names left
     out."""
