@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rlprune.fileio import atomic_write_text
-from rlprune.provenance import UNKNOWN_COMMIT, environment
-from rlprune.reporting import md_table
+from rlprune.io.files import atomic_write_text
+from rlprune.io.provenance import UNKNOWN_COMMIT, environment
+from rlprune.report.tables import md_table
 
 
 def measured_at(data: Any, current: Mapping[str, str]) -> dict[str, list[str]]:

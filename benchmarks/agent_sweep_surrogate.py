@@ -31,11 +31,11 @@ from _results import environment, md_table, write_results
 from stable_baselines3.common.buffers import ReplayBuffer
 
 from rlprune.agents.sb3_agents import make_agent
-from rlprune.agents.searchers import SEARCHERS, get_searcher
-from rlprune.apply import example_input
-from rlprune.checkpoint import load_checkpoint
 from rlprune.envs.layer_pruning import LayerPruningEnv
+from rlprune.io.checkpoint import load_checkpoint
+from rlprune.jobs.apply import example_input
 from rlprune.pruning import Plan, analyze
+from rlprune.search.baselines import SEARCHERS, get_searcher
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "agent_sweep_surrogate"

@@ -46,18 +46,18 @@ from _results import md_table, reproduce_command, write_results
 from safetensors.torch import save_file
 
 from rlprune.agents.policy_io import load_policy
-from rlprune.apply import policy_plans
-from rlprune.checkpoint import load_checkpoint
+from rlprune.cost.budget import scale_to_budget, uniform_plan
 from rlprune.cost.latency import time_interleaved
 from rlprune.cost.macs import count_macs
 from rlprune.data import BatchLoader, splits_from_meta, stratified_split
+from rlprune.deploy.int8 import OnnxModel, quantize_onnx
+from rlprune.deploy.onnx import export_onnx
 from rlprune.evaluation.classes import class_chart, evaluate_classes, worst_class_drop
-from rlprune.export import export_onnx
-from rlprune.provenance import provenance, tensors_sha256
+from rlprune.io.checkpoint import load_checkpoint
+from rlprune.io.provenance import provenance, tensors_sha256
+from rlprune.jobs.apply import policy_plans
 from rlprune.pruning import Plan, analyze, prune
-from rlprune.pruning.budget import scale_to_budget, uniform_plan
 from rlprune.pruning.sparsity import SparsityMasks, save_sparse, sparsify
-from rlprune.quantize import OnnxModel, quantize_onnx
 from rlprune.training.loop import finetune
 
 ROOT = Path(__file__).resolve().parents[1]

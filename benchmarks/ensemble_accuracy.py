@@ -16,9 +16,9 @@ from pathlib import Path
 
 from _results import environment, md_table, measured_on, reproduce_command, write_results
 
-from rlprune.checkpoint import read_meta
 from rlprune.data import splits_from_meta
 from rlprune.evaluation import evaluate
+from rlprune.io.checkpoint import read_meta
 from rlprune.training.teachers import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]

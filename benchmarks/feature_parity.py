@@ -36,7 +36,7 @@ def snapshot(checkpoint: str | None, ppo_steps: int) -> dict:
         torch.manual_seed(0)
         model = build_model(name).eval()
         if name == "resnet20" and checkpoint:
-            from rlprune.checkpoint import load_checkpoint
+            from rlprune.io.checkpoint import load_checkpoint
 
             model, _ = load_checkpoint(checkpoint)
         s = analyze(model.eval(), torch.zeros(1, 3, 32, 32))

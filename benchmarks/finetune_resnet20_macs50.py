@@ -29,11 +29,11 @@ from typing import Any
 
 from _results import environment, md_table, mean_std, measured_on, reproduce_command, write_results
 
-from rlprune.apply import finetune_plan, load_dense, policy_plans
+from rlprune.cost.budget import uniform_plan
 from rlprune.data import splits_from_meta
-from rlprune.provenance import tensors_sha256
+from rlprune.io.provenance import tensors_sha256
+from rlprune.jobs.apply import finetune_plan, load_dense, policy_plans
 from rlprune.pruning import Plan
-from rlprune.pruning.budget import uniform_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "finetune_resnet20_macs50"

@@ -44,8 +44,8 @@ import torch
 from _results import environment, md_table, mean_std, measured_on, reproduce_command, write_results
 
 from rlprune.agents.policy_io import Policy
-from rlprune.apply import apply_policy, check_policy_target, example_input, finetune_plan, load_dense, policy_plans
 from rlprune.config import PrePrunedConfig, SearchConfig, model_label, validate
+from rlprune.cost.budget import Budget
 from rlprune.cost.macs import count_macs
 from rlprune.data import splits_from_meta
 from rlprune.envs.episode import Episode
@@ -53,10 +53,10 @@ from rlprune.envs.features import ENVELOPE_MARGIN, FEATURE_GROUPS, feature_envel
 from rlprune.envs.priors import policy_prior
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import proxy_from_checkpoint
-from rlprune.fileio import atomic_write_text
+from rlprune.io.files import atomic_write_text
+from rlprune.jobs.apply import apply_policy, check_policy_target, example_input, finetune_plan, load_dense, policy_plans
 from rlprune.pruning import Plan, Structure, prune
-from rlprune.pruning.budget import Budget
-from rlprune.searching import complete_search
+from rlprune.search.run import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "generalize"

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from _results import md_table, reproduce_command, write_results
 
-from rlprune.checkpoint import load_checkpoint
 from rlprune.data import BatchLoader, splits_from_meta, stratified_split
+from rlprune.deploy.int8 import OnnxModel, quantize_onnx
+from rlprune.deploy.onnx import export_onnx
 from rlprune.evaluation.classes import class_report, confusion_matrix
-from rlprune.export import export_onnx
-from rlprune.quantize import OnnxModel, quantize_onnx
+from rlprune.io.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "int8_paths"

@@ -25,13 +25,13 @@ from typing import Any
 
 from _results import environment, md_table, reproduce_command, write_results
 
-from rlprune.apply import load_dense
 from rlprune.config import SearchConfig, validate
+from rlprune.cost.budget import uniform_plan
 from rlprune.cost.latency import RUNTIMES
 from rlprune.cost.lut import measured_latency_ratio
+from rlprune.jobs.apply import load_dense
 from rlprune.pruning import Plan
-from rlprune.pruning.budget import uniform_plan
-from rlprune.searching import complete_search
+from rlprune.search.run import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "zoo" / "resnet20_cifar10.json"

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from _results import environment, md_table, reproduce_command, write_results
 
+from rlprune.cost.budget import macs_ratio, scale_to_budget, uniform_plan
 from rlprune.cost.latency import compare_runtime_latency, simd_channels
 from rlprune.cost.lut import build_latency_table
 from rlprune.models import build_model
 from rlprune.pruning import Plan, analyze, prune
-from rlprune.pruning.budget import macs_ratio, scale_to_budget, uniform_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "latency_vs_macs"

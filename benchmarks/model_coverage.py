@@ -24,10 +24,10 @@ import torch
 from _results import environment, md_table, reproduce_command, write_results
 from torch import nn
 
+from rlprune.cost.budget import uniform_plan
 from rlprune.cost.macs import count_macs, predict_costs
 from rlprune.errors import RLPruneError
 from rlprune.pruning import analyze, prune
-from rlprune.pruning.budget import uniform_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "model_coverage"

@@ -10,7 +10,7 @@ best *validation* accuracy; test accuracy is reported for every candidate, never
         --config experiments/b.yaml
 
 Writes ``<out>/<name>/`` per candidate (the usual run directory, resumable) and ``<results>.{json,md}``; a candidate
-is published to the zoo with ``rlprune.pretrain.publish`` (what ``rlprune pretrain --out`` does).
+is published to the zoo with ``rlprune.jobs.pretrain.publish`` (what ``rlprune pretrain --out`` does).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from _results import environment, md_table, reproduce_command, write_results  # noqa: E402
 
 from rlprune.config import PretrainConfig, load_config  # noqa: E402
-from rlprune.pretrain import load_data  # noqa: E402
+from rlprune.jobs.pretrain import load_data  # noqa: E402
 
 
 def _command(config: str, out: Path, name: str, threads: int, sets: list[str], restart: bool = False) -> list[str]:

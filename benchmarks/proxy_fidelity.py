@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from _results import environment, md_table, reproduce_command, write_results
 
-from rlprune.checkpoint import load_checkpoint
 from rlprune.config import TrainConfig
+from rlprune.cost.budget import macs_ratio, scale_to_budget
 from rlprune.data import load_splits
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.proxy import ProxyEvaluator
+from rlprune.io.checkpoint import load_checkpoint
 from rlprune.pruning import prune
-from rlprune.pruning.budget import macs_ratio, scale_to_budget
 from rlprune.training.engine import fit
 
 ROOT = Path(__file__).resolve().parents[1]

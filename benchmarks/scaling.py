@@ -31,7 +31,7 @@ from _results import environment, md_table, reproduce_command, write_results
 
 from rlprune.config import SearchConfig, load_config
 from rlprune.pruning import Plan, Structure
-from rlprune.searching import run_search
+from rlprune.search.run import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "resnet20_cifar10_macs50.yaml"
@@ -113,9 +113,9 @@ def simulate(base: SearchConfig, runs: Path, actors: list[int], seconds: float, 
     """Random search with a sleeping scorer on a local Ray instance of max(actors) CPUs, for each actor count."""
     import ray
 
-    from rlprune.checkpoint import load_checkpoint
-    from rlprune.parallel import RayScorer, _copy_of
+    from rlprune.io.checkpoint import load_checkpoint
     from rlprune.pruning import analyze
+    from rlprune.search.pool import RayScorer, _copy_of
 
     model, _ = load_checkpoint(base.checkpoint)
     import torch

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from _results import environment, md_table, reproduce_command, write_results
 from torch import nn
 
-from rlprune.checkpoint import load_checkpoint
 from rlprune.data import BatchLoader, splits_from_meta
+from rlprune.io.checkpoint import load_checkpoint
 from rlprune.pruning.sparsity import nm_mask, sparsify
 
 ROOT = Path(__file__).resolve().parents[1]

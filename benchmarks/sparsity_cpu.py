@@ -19,13 +19,13 @@ import torch
 from _results import md_table, reproduce_command, write_results
 from safetensors.torch import save_file
 
-from rlprune.checkpoint import load_checkpoint
 from rlprune.cost.latency import compare_latency
 from rlprune.data import splits_from_meta, stratified_split
+from rlprune.deploy.int8 import OnnxModel
+from rlprune.deploy.onnx import export_onnx
 from rlprune.evaluation import evaluate
-from rlprune.export import export_onnx
+from rlprune.io.checkpoint import load_checkpoint
 from rlprune.pruning.sparsity import save_sparse, sparsify
-from rlprune.quantize import OnnxModel
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "sparsity_cpu"

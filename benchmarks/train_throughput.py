@@ -21,9 +21,9 @@ from _results import environment, md_table, reproduce_command, write_results
 
 from rlprune.config import DataConfig, TrainConfig
 from rlprune.data import DataSplits
+from rlprune.jobs.pretrain import load_data
 from rlprune.models import build_model
 from rlprune.precision import autocast_dtype, use_channels_last
-from rlprune.pretrain import load_data
 from rlprune.seeding import resolve_device, seed_everything
 from rlprune.training.engine import fit
 from rlprune.training.teachers import LogitEnsemble

@@ -27,13 +27,13 @@ from pathlib import Path
 from _results import environment, md_table, reproduce_command, write_results
 
 from rlprune.agents.policy_io import Policy
-from rlprune.apply import apply_policy, default_proxy, example_input, finetune_plan, load_dense
 from rlprune.config import SearchConfig, load_config
+from rlprune.cost.budget import uniform_plan
 from rlprune.data import splits_from_meta
 from rlprune.evaluation.proxy import ProxyEvaluator
+from rlprune.jobs.apply import apply_policy, default_proxy, example_input, finetune_plan, load_dense
 from rlprune.pruning import Plan
-from rlprune.pruning.budget import uniform_plan
-from rlprune.searching import complete_search
+from rlprune.search.run import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "transfer"

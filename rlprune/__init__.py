@@ -30,8 +30,8 @@ _EXPORTS = {
     "Unit": "rlprune.pruning.structure",
     "Plan": "rlprune.pruning.plan",
     "prune": "rlprune.pruning.prune",
-    "Budget": "rlprune.pruning.budget",
-    "uniform_plan": "rlprune.pruning.budget",
+    "Budget": "rlprune.cost.budget",
+    "uniform_plan": "rlprune.cost.budget",
     # scoring
     "Scorer": "rlprune.evaluation.scorer",
     "Score": "rlprune.evaluation.scorer",
@@ -39,29 +39,29 @@ _EXPORTS = {
     "ProxyEvaluator": "rlprune.evaluation.proxy",
     # search
     "LayerPruningEnv": "rlprune.envs.layer_pruning",
-    "search": "rlprune.searching",
-    "SearchResult": "rlprune.searching",
-    "load_result": "rlprune.searching",
+    "search": "rlprune.search.run",
+    "SearchResult": "rlprune.search.run",
+    "load_result": "rlprune.search.run",
     "Policy": "rlprune.agents.policy_io",
     "load_policy": "rlprune.agents.policy_io",
     # apply, fine-tune, export, report
-    "apply_policy": "rlprune.apply",
+    "apply_policy": "rlprune.jobs.apply",
     "finetune": "rlprune.training.loop",
-    "export_onnx": "rlprune.export",
-    "report": "rlprune.reporting",
+    "export_onnx": "rlprune.deploy.onnx",
+    "report": "rlprune.report.tables",
     # compression beyond channels: per-class metrics, int8, sparsity
     "class_report": "rlprune.evaluation.classes",
     "evaluate_classes": "rlprune.evaluation.classes",
-    "quantize_int8": "rlprune.quantize",
-    "OnnxModel": "rlprune.quantize",
+    "quantize_int8": "rlprune.deploy.int8",
+    "OnnxModel": "rlprune.deploy.int8",
     "sparsify": "rlprune.pruning.sparsity",
     "save_sparse": "rlprune.pruning.sparsity",
     "load_sparse": "rlprune.pruning.sparsity",
     "weight_structure": "rlprune.pruning.weights",
     "sparsify_plan": "rlprune.pruning.weights",
     # checkpoints and data
-    "load_checkpoint": "rlprune.checkpoint",
-    "save_checkpoint": "rlprune.checkpoint",
+    "load_checkpoint": "rlprune.io.checkpoint",
+    "save_checkpoint": "rlprune.io.checkpoint",
     "load_splits": "rlprune.data",
     "build_model": "rlprune.models",
     "RLPruneError": "rlprune.errors",
@@ -121,23 +121,23 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from rlprune.agents.policy_io import Policy, load_policy
-    from rlprune.apply import apply_policy
-    from rlprune.checkpoint import load_checkpoint, save_checkpoint
+    from rlprune.cost.budget import Budget, uniform_plan
     from rlprune.data import load_splits
+    from rlprune.deploy.int8 import OnnxModel, quantize_int8
+    from rlprune.deploy.onnx import export_onnx
     from rlprune.envs.layer_pruning import LayerPruningEnv
     from rlprune.errors import RLPruneError
     from rlprune.evaluation.classes import class_report, evaluate_classes
     from rlprune.evaluation.proxy import ProxyEvaluator
     from rlprune.evaluation.scorer import MetricScorer, Score, Scorer
-    from rlprune.export import export_onnx
+    from rlprune.io.checkpoint import load_checkpoint, save_checkpoint
+    from rlprune.jobs.apply import apply_policy
     from rlprune.models import build_model
-    from rlprune.pruning.budget import Budget, uniform_plan
     from rlprune.pruning.plan import Plan
     from rlprune.pruning.prune import prune
     from rlprune.pruning.sparsity import load_sparse, save_sparse, sparsify
     from rlprune.pruning.structure import Structure, Unit, analyze
     from rlprune.pruning.weights import sparsify_plan, weight_structure
-    from rlprune.quantize import OnnxModel, quantize_int8
-    from rlprune.reporting import report
-    from rlprune.searching import SearchResult, load_result, search
+    from rlprune.report.tables import report
+    from rlprune.search.run import SearchResult, load_result, search
     from rlprune.training.loop import finetune

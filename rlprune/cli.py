@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from rlprune.errors import RLPruneError
-from rlprune.safeio import disk_error
-from rlprune.trust import UntrustedCodeError
+from rlprune.io.safe import disk_error
+from rlprune.io.trust import UntrustedCodeError
 
 TRUST_HELP = "import model code (package.module:factory) named in the checkpoint; only for checkpoints you trust"
 
@@ -24,7 +24,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rlprune.config import PretrainConfig, load_config
-    from rlprune.pretrain import publish, run_pretrain
+    from rlprune.jobs.pretrain import publish, run_pretrain
 
     cfg = load_config(args.config, PretrainConfig, args.set)
     final = run_pretrain(cfg, resume=not args.restart, progress=not args.quiet, trust_model_code=args.trust_model_code)
@@ -38,9 +38,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from rlprune.checkpoint import check_classes, load_checkpoint
     from rlprune.data import splits_from_meta
     from rlprune.evaluation import evaluate
+    from rlprune.io.checkpoint import check_classes, load_checkpoint
     from rlprune.seeding import resolve_device
 
     if args.threads:
@@ -74,7 +74,7 @@ def _with_workers(args: argparse.Namespace) -> list[str]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from rlprune.config import SearchConfig, load_config
-    from rlprune.pipeline import run_job
+    from rlprune.jobs.pipeline import run_job
 
     cfg = load_config(args.config, SearchConfig, _with_workers(args))
     out = run_job(
@@ -86,9 +86,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from rlprune.agents.searchers import SEARCHERS
     from rlprune.config import SearchConfig, load_config
-    from rlprune.searching import AGENTS, run_search
+    from rlprune.search.baselines import SEARCHERS
+    from rlprune.search.run import AGENTS, run_search
 
     agent = args.agent
     if getattr(args, "searcher", None):
@@ -132,9 +132,9 @@ def _finetune_common(
 
     import torch
 
-    from rlprune.apply import finetune_plan, load_dense
-    from rlprune.checkpoint import check_classes
     from rlprune.data import splits_from_meta
+    from rlprune.io.checkpoint import check_classes
+    from rlprune.jobs.apply import finetune_plan, load_dense
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -204,7 +204,7 @@ def _finetune_common(
 
 def _cmd_apply(args: argparse.Namespace) -> int:
     from rlprune.agents.policy_io import load_policy
-    from rlprune.apply import apply_policy, default_proxy, example_input
+    from rlprune.jobs.apply import apply_policy, default_proxy, example_input
 
     given = {
         k: v
@@ -252,8 +252,8 @@ def _saved_granularity(path: str, name: str) -> str:
     import re
 
     from rlprune.agents.policy_io import policy_paths
-    from rlprune.fileio import read_json
-    from rlprune.schemas import GRANULARITY_PATTERN
+    from rlprune.io.files import read_json
+    from rlprune.io.schemas import GRANULARITY_PATTERN
 
     try:
         saved = read_json(policy_paths(path)[1] if name == "policy.json" else path, "saved file")
@@ -266,7 +266,7 @@ def _saved_granularity(path: str, name: str) -> str:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from collections.abc import Mapping
 
-    from rlprune.fileio import read_json
+    from rlprune.io.files import read_json
     from rlprune.pruning import Plan
     from rlprune.pruning.options import PruneOptions
 

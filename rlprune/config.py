@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlprune.errors import RLPruneError
-from rlprune.fileio import atomic_write_text
-from rlprune.safeio import check_tree, dump_yaml, parse_yaml, quote, read_yaml_file
+from rlprune.io.files import atomic_write_text
+from rlprune.io.safe import check_tree, dump_yaml, parse_yaml, quote, read_yaml_file
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -249,7 +249,7 @@ class EnvConfig(Strict):
     max_ratio: float = Field(0.8, gt=0, lt=1)
     # kept channels rounded to a multiple of this; "auto": this CPU's fp32 vector width (16 with AVX-512, 8 with
     # AVX2), which CPU kernels block channels by (resolved when the config is read; the run records the number).
-    # rlprune run sets 8 when it times latency in ONNX Runtime and this is not given (rlprune.pipeline)
+    # rlprune run sets 8 when it times latency in ONNX Runtime and this is not given (rlprune.jobs.pipeline)
     round_to: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
     min_channels: int = Field(1, ge=1)
     tolerance: float = Field(0.01, gt=0, lt=0.5)
@@ -448,7 +448,7 @@ class SearchConfig(Strict):
     seed: Seed = 0
     device: Device = "cpu"
     threads: int | None = Field(None, ge=1)
-    workers: int = Field(1, ge=1)  # >1: score plans on that many Ray actors (rlprune.parallel; rlprune[ray])
+    workers: int = Field(1, ge=1)  # >1: score plans on that many Ray actors (rlprune.search.pool; rlprune[ray])
     ray_address: str | None = None  # None: a local Ray instance; "auto" or host:port joins a running cluster
     output_dir: str = "runs"
     checkpoint: str | None = None  # the dense model; not needed when the search is given a scorer (Python API)

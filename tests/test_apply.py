@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from rlprune.apply import finetune_plan, load_dense
-from rlprune.checkpoint import load_checkpoint
 from rlprune.cli import main
 from rlprune.cost.macs import predict_costs
 from rlprune.errors import RLPruneError
+from rlprune.io.checkpoint import load_checkpoint
+from rlprune.jobs.apply import finetune_plan, load_dense
 from rlprune.pruning import Plan
 
 
@@ -112,7 +112,7 @@ def test_apply_to_a_deeper_model_end_to_end(trained: dict[str, Path], capsys: py
 def test_apply_samples_plans_and_keeps_the_best_by_proxy(
     trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from rlprune.apply import policy_plans
+    from rlprune.jobs.apply import policy_plans
 
     dense, _, structure = load_dense(str(trained["ck32"]))
     draw = {
@@ -155,8 +155,8 @@ class SpreadScorer:
 def test_uniform_guard_keeps_the_uniform_plan_only_when_it_scores_best(
     trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from rlprune.apply import apply_policy, example_input, policy_plans
-    from rlprune.pruning.budget import macs_ratio, uniform_plan
+    from rlprune.cost.budget import macs_ratio, uniform_plan
+    from rlprune.jobs.apply import apply_policy, example_input, policy_plans
 
     dense, meta, structure = load_dense(str(trained["ck32"]))
     rollout = policy_plans(str(trained["policy"]), dense, structure, target=0.5)[0]
@@ -237,7 +237,7 @@ def test_hand_written_plan_and_a_killed_finetune_resumes(
 ) -> None:
     import logging
 
-    import rlprune.apply
+    import rlprune.jobs.apply
 
     tmp = trained["tmp"]
     plan = tmp / "hand.json"
@@ -249,7 +249,7 @@ def test_hand_written_plan_and_a_killed_finetune_resumes(
     def killed(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt  # as if the process was stopped after fine-tuning, before the export
 
-    monkeypatch.setattr(rlprune.apply, "export_onnx", killed)
+    monkeypatch.setattr(rlprune.jobs.apply, "export_onnx", killed)
     assert main(cmd) == 130  # the CLI turns Ctrl-C into exit status 130
     partial = tmp / ".hand.partial"
     assert not out.exists() and (partial / "finetune" / "state.pt").is_file()
@@ -259,7 +259,7 @@ def test_hand_written_plan_and_a_killed_finetune_resumes(
     messages: list[str] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("rlprune.apply")
+    logger = logging.getLogger("rlprune.jobs.apply")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -331,7 +331,7 @@ def test_apply_errors_leave_nothing_behind(trained: dict[str, Path], capsys: pyt
 
 
 def test_model_without_prunable_units(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from rlprune.checkpoint import save_checkpoint
+    from rlprune.io.checkpoint import save_checkpoint
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
     save_checkpoint(tmp_path / "lin", model, {"model": "netlib:flat_linear", "model_kwargs": {}})
@@ -347,7 +347,7 @@ def test_model_without_prunable_units(tmp_path: Path, capsys: pytest.CaptureFixt
             "--out",
             str(tmp_path / "o"),
             "--quiet",
-            "--trust-model-code",  # the sidecar names model code: imported only when trusted (rlprune.trust)
+            "--trust-model-code",  # the sidecar names model code: imported only when trusted (rlprune.io.trust)
         ]
     )
     _error(capsys, code, "no prunable units")
@@ -439,7 +439,7 @@ def test_a_policy_flags_units_unlike_any_it_was_trained_on(
     resnet, _, _ = load_dense(str(trained["ck20"]))
     # caplog listens on the root logger, which an earlier CLI call's setup_logging() cut the "rlprune" logger off from
     monkeypatch.setattr(logging.getLogger("rlprune"), "propagate", True)
-    with caplog.at_level("WARNING", logger="rlprune.apply"):
+    with caplog.at_level("WARNING", logger="rlprune.jobs.apply"):
         _, record = rp.apply_policy(policy, resnet, x, target=0.5)
         assert not caplog.records  # the model it was trained on: nothing to flag
         assert record["outside_training"] == {"units": 0, "of": 12, "indices": [], "features": {}}

@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from rlprune.cli import main
-from rlprune.safeio import RunLock
+from rlprune.io.safe import RunLock
 
 World = dict[str, Path]
 
@@ -316,9 +316,9 @@ def test_bad_input_is_one_line_and_writes_nothing(
 
 def test_trusted_model_code_is_imported(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The other side of the trust rule: a zoo name needs no trust, and a module prefix the user lists is trusted."""
-    from rlprune.checkpoint import load_checkpoint
     from rlprune.errors import RLPruneError
-    from rlprune.trust import UntrustedCodeError
+    from rlprune.io.checkpoint import load_checkpoint
+    from rlprune.io.trust import UntrustedCodeError
 
     load_checkpoint(world["ckpt"])  # a zoo name
     net = _sidecar(world, tmp_path / "u", model="netlib:flat_linear", model_kwargs={})
@@ -359,11 +359,11 @@ def test_disk_full_is_one_line_and_leaves_no_half_file(
 
     from safetensors import SafetensorError
 
-    import rlprune.checkpoint as checkpoint
-    import rlprune.fileio as config
-    from rlprune.checkpoint import save_checkpoint
+    import rlprune.io.checkpoint as checkpoint
+    import rlprune.io.files as config
     from rlprune.errors import RLPruneError
-    from rlprune.fileio import atomic_write_text
+    from rlprune.io.checkpoint import save_checkpoint
+    from rlprune.io.files import atomic_write_text
 
     model = torch.nn.Linear(2, 2)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlprune.checkpoint import load_checkpoint, save_checkpoint
 from rlprune.errors import RLPruneError
+from rlprune.io.checkpoint import load_checkpoint, save_checkpoint
 from rlprune.models import build_model
 
 

@@ -82,7 +82,7 @@ def test_warm_start_from_checkpoint(image_folder: Path, tmp_path: Path, capsys: 
 def test_warm_start_deepens_a_shallower_resnet(
     image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from rlprune.checkpoint import load_checkpoint
+    from rlprune.io.checkpoint import load_checkpoint
 
     assert main(["pretrain", str(_config(tmp_path, image_folder)), "--quiet"]) == 0
     first = tmp_path / "runs" / "tiny" / "model"

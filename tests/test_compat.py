@@ -21,14 +21,14 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from rlprune.cost.budget import Budget, macs_ratio, scale_to_budget, uniform_plan
 from rlprune.cost.macs import count_macs, count_params, predict_costs
+from rlprune.deploy.onnx import export_onnx
 from rlprune.envs import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.scorer import Score
-from rlprune.export import export_onnx
 from rlprune.models.compat import check_model_io, fill_kwargs
 from rlprune.pruning import Plan, Structure, analyze, prune
-from rlprune.pruning.budget import Budget, macs_ratio, scale_to_budget, uniform_plan
 from tests import compat_models as cm
 
 

@@ -133,7 +133,7 @@ def test_worst_class_reward_from_config_scores_per_class_and_resumes(image_folde
     from conftest import pretrain_tiny
 
     from rlprune.config import SearchConfig
-    from rlprune.searching import run_search
+    from rlprune.search.run import run_search
 
     checkpoint = pretrain_tiny(image_folder, tmp_path, width=4, val_size=12, name="tiny")
     raw = {
@@ -183,7 +183,7 @@ def _trained_small(splits, steps: int = 30) -> nn.Module:
 
 def test_int8_round_trip_is_close_to_fp32_and_smaller(image_folder: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from rlprune.quantize import OnnxModel, int8_report, quantize_int8
+    from rlprune.deploy.int8 import OnnxModel, int8_report, quantize_int8
 
     splits = load_splits("imagefolder", image_folder, val_size=12)
     model = _trained_small(splits)

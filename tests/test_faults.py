@@ -12,10 +12,10 @@ import pytest
 import yaml
 from conftest import pretrain_tiny
 
-from rlprune.agents.recorder import SearchRecorder
 from rlprune.cli import main
 from rlprune.data import load_splits
 from rlprune.errors import RLPruneError
+from rlprune.search.recorder import SearchRecorder
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,14 @@ import torch
 from PIL import Image
 from synthetic import PreferenceScorer
 
-from rlprune import figures
-from rlprune.apply import _markdown
 from rlprune.config import SearchConfig
 from rlprune.evaluation.classes import class_chart
+from rlprune.jobs.apply import _markdown
 from rlprune.models import build_model
 from rlprune.pruning import Plan, Structure, analyze
 from rlprune.pruning.structure import Layer, Unit
-from rlprune.searching import run_search
+from rlprune.report import figures
+from rlprune.search.run import run_search
 
 RESNET20 = analyze(build_model("resnet20").eval(), torch.zeros(1, 3, 32, 32))
 
@@ -76,7 +76,7 @@ def test_plan_profile_of_twelve_units_names_every_unit() -> None:
     title = fig.texts[0].get_text() if fig.texts else fig._suptitle.get_text()
     assert "MACs ratio" in title and "val accuracy 71.25%" in title
     ratio = float(title.split("MACs ratio ")[1].split()[0])
-    from rlprune.pruning.budget import macs_ratio
+    from rlprune.cost.budget import macs_ratio
 
     assert ratio == pytest.approx(macs_ratio(RESNET20, plan), abs=1e-3)
     legend = [t.get_text() for t in ax_channels.get_legend().get_texts()]

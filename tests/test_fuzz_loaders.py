@@ -18,15 +18,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlprune.agents.policy_io import load_policy, save_policy
-from rlprune.agents.recorder import SearchRecorder
-from rlprune.apply import check_policy_target, outside_training, policy_plans
-from rlprune.checkpoint import load_checkpoint, save_checkpoint
 from rlprune.config import SearchConfig, load_config
 from rlprune.data.sources import read_image_folder
 from rlprune.errors import RLPruneError
+from rlprune.io.checkpoint import load_checkpoint, save_checkpoint
+from rlprune.io.safe import parse_json, parse_yaml
+from rlprune.jobs.apply import check_policy_target, outside_training, policy_plans
 from rlprune.models import build_model
 from rlprune.pruning import Plan, analyze
-from rlprune.safeio import parse_json, parse_yaml
+from rlprune.search.recorder import SearchRecorder
 
 FUZZ = settings(
     max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]

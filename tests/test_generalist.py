@@ -14,8 +14,8 @@ from gymnasium.utils.env_checker import check_env
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from rlprune.apply import check_policy_target, outside_training, policy_plans
 from rlprune.config import SearchConfig, load_config
+from rlprune.cost.budget import Budget, macs_ratio
 from rlprune.data import default_data_dirs
 from rlprune.envs.features import FEATURE_GROUPS, SPECS, feature_spec, static_features
 from rlprune.envs.layer_pruning import LayerPruningEnv
@@ -24,9 +24,9 @@ from rlprune.envs.references import References
 from rlprune.envs.rewards import Outcome, get_reward
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.scorer import Score
+from rlprune.jobs.apply import check_policy_target, outside_training, policy_plans
 from rlprune.models import build_model
 from rlprune.pruning import analyze
-from rlprune.pruning.budget import Budget, macs_ratio
 from rlprune.pruning.structure import norm_spread
 
 X = torch.zeros(1, 3, 32, 32)
@@ -249,7 +249,7 @@ def test_generalist_search_applies_zero_shot(tmp_path):
         "proxy: {val_images: 100, finetune_steps: 0, recal_batches: 1, recal_batch_size: 16}\n"
         "agent: {episodes: 10}\n"
     )
-    from rlprune.searching import run_search
+    from rlprune.search.run import run_search
 
     cfg = load_config(config, SearchConfig)
     summary = run_search(cfg, progress=False)
@@ -261,8 +261,8 @@ def test_generalist_search_applies_zero_shot(tmp_path):
     meta = json.loads((tmp_path / "g" / "policy.json").read_text())
     assert meta["feature_version"] == 3 and meta["target"] == [0.4, 0.7]
     assert [m["name"] for m in meta["models"]] == ["resnet20_cifar10", "resnet32_cifar10"]
-    from rlprune.apply import load_dense
     from rlprune.envs.features import feature_envelope, feature_spec
+    from rlprune.jobs.apply import load_dense
 
     trained_on = [feature_spec(3).static(load_dense(m["checkpoint"])[2]) for m in meta["models"]]
     assert meta["feature_envelope"] == feature_envelope(trained_on, 3)  # the range over both models' units
@@ -282,10 +282,10 @@ def test_generalist_search_applies_zero_shot(tmp_path):
 def test_pre_pruned_copies_widen_what_the_policy_sees(tmp_path):
     """``pre_pruned``: each checkpoint also enters as randomly cut, healed copies — real smaller models whose units
     are unevenly wide — drawn by their weight, recorded in the policy, rebuilt identically on resume."""
-    from rlprune.apply import load_dense
     from rlprune.envs.features import feature_spec
-    from rlprune.generalist import model_envs
-    from rlprune.searching import run_search
+    from rlprune.jobs.apply import load_dense
+    from rlprune.search.multi import model_envs
+    from rlprune.search.run import run_search
 
     body = (
         "name: pp\n"
@@ -345,7 +345,7 @@ def test_python_api_trains_one_policy_over_your_own_models(tmp_path):
     """``rp.search`` with a dict of named scorers — your models, your DataLoaders, your metric — trains one policy
     over all of them with the relative reward, and that policy prunes a third model it never saw within budget."""
     import rlprune as rp
-    from rlprune.apply import load_dense
+    from rlprune.jobs.apply import load_dense
 
     splits = rp.load_splits("cifar10", limit_train=600)
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (splits.mean, splits.std))
@@ -382,8 +382,8 @@ def test_healing_a_pre_pruned_copy_recovers_accuracy():
     """The same random cut, healed and not: healing (distillation steps) gives a better working network."""
     from rlprune.config import EnvConfig, PrePrunedConfig
     from rlprune.evaluation.proxy import proxy_from_checkpoint
-    from rlprune.generalist import pre_pruned_model
     from rlprune.pruning import Plan as FullPlan
+    from rlprune.search.multi import pre_pruned_model
 
     scorer = proxy_from_checkpoint(str(ZOO / "resnet20_cifar10.json"), val_images=300, recal_batches=4)
     scores = {}
@@ -438,7 +438,7 @@ def test_main_job_applies_a_policy_zero_shot(tmp_path, capsys):
 
 def test_resumed_search_keeps_the_feature_set_its_agent_was_built_for(tmp_path):
     from rlprune.envs.features import FEATURE_VERSION
-    from rlprune.searching import resumed_features, run_search
+    from rlprune.search.run import resumed_features, run_search
 
     assert resumed_features(tmp_path) == FEATURE_VERSION  # nothing saved yet
     (tmp_path / "policy.json").write_text(json.dumps({"feature_version": 2}))

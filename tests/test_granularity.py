@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from rlprune.config import EnvConfig, SearchConfig
+from rlprune.cost.budget import Budget
 from rlprune.cost.macs import count_nonzero, count_params
 from rlprune.envs.episode import rollout
 from rlprune.envs.priors import centered_action, centered_ratio, prior_ratios
 from rlprune.errors import RLPruneError
 from rlprune.models import build_model
 from rlprune.pruning import Plan, analyze, prune
-from rlprune.pruning.budget import Budget
 from rlprune.pruning.sparsity import budget_sparsity, load_sparse, save_sparse
 from rlprune.pruning.weights import sparsify_plan, structure_for, weight_structure
 
@@ -143,8 +143,8 @@ def test_sparse_run_searches_finetunes_keeps_zeros_and_saves_compactly(image_fol
     both files load back to the same model."""
     from conftest import pretrain_tiny
 
-    from rlprune.checkpoint import load_checkpoint
-    from rlprune.pipeline import run_job
+    from rlprune.io.checkpoint import load_checkpoint
+    from rlprune.jobs.pipeline import run_job
 
     checkpoint = pretrain_tiny(image_folder, tmp_path, width=4, val_size=12, name="tiny")
     cfg = SearchConfig(
@@ -163,7 +163,7 @@ def test_sparse_run_searches_finetunes_keeps_zeros_and_saves_compactly(image_fol
     policy = json.loads((run / "policy.json").read_text())
     assert policy["granularity"] == "unstructured" and policy["budget"] == "params"
     assert policy["prior"] == "magnitude"  # rolled out around global magnitude sparsity when applied, too
-    from rlprune.apply import policy_plans
+    from rlprune.jobs.apply import policy_plans
 
     dense, _ = load_checkpoint(checkpoint)
     applied = policy_plans(
@@ -193,7 +193,7 @@ def test_apply_a_sparse_policy_from_the_cli(image_folder: Path, tmp_path: Path) 
     from conftest import pretrain_tiny
 
     from rlprune.cli import main
-    from rlprune.searching import run_search
+    from rlprune.search.run import run_search
 
     checkpoint = pretrain_tiny(image_folder, tmp_path, width=4, val_size=12, name="tiny")
     cfg = SearchConfig(
@@ -235,7 +235,7 @@ def test_python_search_with_a_weight_level_scorer(image_folder: Path, tmp_path: 
     from conftest import pretrain_tiny
 
     from rlprune.evaluation.proxy import proxy_from_checkpoint
-    from rlprune.searching import prepare_run, search
+    from rlprune.search.run import prepare_run, search
 
     checkpoint = pretrain_tiny(image_folder, tmp_path, width=4, val_size=12, name="tiny")
     scorer = proxy_from_checkpoint(str(checkpoint), recal_batches=1, recal_batch_size=8, granularity="unstructured")

@@ -7,8 +7,8 @@ from torch import nn
 
 from rlprune.config import SearchConfig, validate
 from rlprune.cost.lut import timeable
+from rlprune.jobs.pipeline import LATENCY_BATCH, LATENCY_WEIGHT, ORT_ROUND_TO, with_default_reward
 from rlprune.models import build_model
-from rlprune.pipeline import LATENCY_BATCH, LATENCY_WEIGHT, ORT_ROUND_TO, with_default_reward
 from rlprune.pruning import analyze
 
 

@@ -11,16 +11,15 @@ import torch
 from _results import write_results
 from synthetic import PreferenceScorer
 
-import rlprune.apply
-import rlprune.provenance
-import rlprune.searching
-from rlprune.apply import finetune_plan, load_dense
-from rlprune.checkpoint import save_checkpoint
+import rlprune.io.provenance
+import rlprune.jobs.apply
+import rlprune.search.run
 from rlprune.config import SearchConfig
+from rlprune.cost.budget import uniform_plan
 from rlprune.data import load_splits
 from rlprune.errors import RLPruneError
-from rlprune.models import build_model
-from rlprune.provenance import (
+from rlprune.io.checkpoint import save_checkpoint
+from rlprune.io.provenance import (
     environment,
     is_current,
     provenance,
@@ -28,14 +27,15 @@ from rlprune.provenance import (
     source_sha256,
     tensors_sha256,
 )
-from rlprune.pruning.budget import uniform_plan
+from rlprune.jobs.apply import finetune_plan, load_dense
+from rlprune.models import build_model
 
 
 def _other_code(monkeypatch: pytest.MonkeyPatch) -> None:
     """As if the rlprune source tree had been edited."""
     edited = "0" * 64
     assert source_sha256() != edited
-    monkeypatch.setattr(rlprune.provenance, "source_sha256", lambda: edited)
+    monkeypatch.setattr(rlprune.io.provenance, "source_sha256", lambda: edited)
 
 
 def test_request_hash_covers_the_request_and_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,26 +110,26 @@ def test_complete_search_reuses_only_the_same_request(
 ) -> None:
     _, _, structure = load_dense(str(dense_checkpoint))
     calls: list[int] = []
-    real = rlprune.searching.run_search
+    real = rlprune.search.run.run_search
 
     def run_search(cfg: SearchConfig, **kwargs: object) -> dict:
         calls.append(cfg.agent.episodes)
         return real(cfg, scorer=PreferenceScorer(structure, {0, 3}), **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(rlprune.searching, "run_search", run_search)
+    monkeypatch.setattr(rlprune.search.run, "run_search", run_search)
     run = tmp_path / "runs" / "s"
 
     def complete(episodes: int, searcher: str = "random", **proxy: object) -> dict:
         cfg = _search_cfg(tmp_path, dense_checkpoint, episodes, **proxy)
-        return rlprune.searching.complete_search(cfg, searcher=searcher, progress=False)
+        return rlprune.search.run.complete_search(cfg, searcher=searcher, progress=False)
 
-    first = rlprune.searching.complete_search(
+    first = rlprune.search.run.complete_search(
         _search_cfg(tmp_path, dense_checkpoint, 3), searcher="random", progress=False
     )
     assert calls == [3] and first["episodes"] == 3
     assert json.loads((run / "summary.json").read_text())["provenance"] == first["provenance"]
     # the same request: the summary comes back, nothing runs
-    again = rlprune.searching.complete_search(
+    again = rlprune.search.run.complete_search(
         _search_cfg(tmp_path, dense_checkpoint, 3), searcher="random", progress=False
     )
     assert again == first and calls == [3]

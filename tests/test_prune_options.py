@@ -13,11 +13,11 @@ from torch import nn
 
 from rlprune import cli
 from rlprune.config import SearchConfig, load_config
+from rlprune.cost.budget import uniform_plan
 from rlprune.cost.macs import count_macs, predict_costs
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.scorer import MetricScorer
 from rlprune.pruning import Plan, analyze, prune, rebuild_pruned
-from rlprune.pruning.budget import uniform_plan
 from rlprune.pruning.options import PruneOptions
 from tests import compat_models as cm
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from rlprune.checkpoint import load_checkpoint, save_checkpoint
 from rlprune.cost.macs import count_macs, count_params, predict_costs
 from rlprune.errors import RLPruneError
+from rlprune.io.checkpoint import load_checkpoint, save_checkpoint
 from rlprune.models import build_model
 from rlprune.pruning import CRITERIA, Plan, analyze, prune
 from rlprune.pruning.structure import build_graph

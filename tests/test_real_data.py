@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from rlprune.cli import main
+from rlprune.cost.budget import uniform_plan
 from rlprune.data import default_data_dirs, file_sha256
 from rlprune.evaluation.proxy import proxy_from_checkpoint
-from rlprune.pruning.budget import uniform_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo" / "resnet20_cifar10.json"
@@ -90,9 +90,9 @@ def test_run_the_main_job_on_real_cifar10(tmp_path: Path, capsys: pytest.Capture
     import onnxruntime as ort
     import yaml
 
-    from rlprune.apply import load_dense
-    from rlprune.checkpoint import load_checkpoint
     from rlprune.cost.macs import predict_costs
+    from rlprune.io.checkpoint import load_checkpoint
+    from rlprune.jobs.apply import load_dense
     from rlprune.pruning import Plan
 
     target, tolerance = 0.5, 0.01

@@ -11,13 +11,13 @@ import pytest
 import torch
 from conftest import pretrain_tiny
 
-from rlprune import pipeline_rounds
-from rlprune.checkpoint import load_checkpoint
 from rlprune.config import SearchConfig, validate
 from rlprune.cost.macs import count_macs
 from rlprune.errors import RLPruneError
+from rlprune.io.checkpoint import load_checkpoint
+from rlprune.jobs import rounds as pipeline_rounds
+from rlprune.jobs.pipeline import run_job
 from rlprune.models import build_model
-from rlprune.pipeline import run_job
 from rlprune.pruning import Plan, analyze, prune
 from rlprune.pruning.rounds import compose_plans
 

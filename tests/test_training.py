@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlprune.checkpoint import load_state, save_state
 from rlprune.config import TrainConfig
 from rlprune.data import load_splits
 from rlprune.errors import RLPruneError
+from rlprune.io.checkpoint import load_state, save_state
 from rlprune.models import build_model
 from rlprune.training.engine import fit
 from rlprune.training.losses import distillation_loss
@@ -181,7 +181,7 @@ def test_distillation_leaves_the_teacher_prunable(image_folder: Path, tmp_path: 
 
 
 def test_ensemble_teacher_averages_logits_and_checks_classes(tmp_path: Path) -> None:
-    from rlprune.checkpoint import save_checkpoint
+    from rlprune.io.checkpoint import save_checkpoint
     from rlprune.training.teachers import LogitEnsemble, load_teacher
 
     mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]

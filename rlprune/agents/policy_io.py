@@ -21,9 +21,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from rlprune.envs.features import FEATURE_VERSION, check_envelope, feature_spec
 from rlprune.errors import RLPruneError
-from rlprune.fileio import atomic_write_text, read_json
-from rlprune.safeio import clip, writing
-from rlprune.schemas import PolicyMetaSchema, validated
+from rlprune.io.files import atomic_write_text, read_json
+from rlprune.io.safe import clip, writing
+from rlprune.io.schemas import PolicyMetaSchema, validated
 
 POLICY_FORMAT = "rlprune-policy/1"
 
@@ -166,7 +166,7 @@ def load_policy(path: str | Path) -> Policy:
         except RLPruneError as exc:
             raise RLPruneError(f"{sidecar}: {exc}") from None
     from rlprune.agents.sb3_agents import policy_class
-    from rlprune.checkpoint import fit_weights
+    from rlprune.io.checkpoint import fit_weights
 
     kwargs = {k: v for k, v in meta.get("policy_kwargs", {}).items() if v is not None}
     if "activation_fn" in kwargs:

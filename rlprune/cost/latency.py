@@ -172,8 +172,8 @@ def runtime_session(
     int8 graph mostly avoids; the lookup table's line, fitted on whole models, absorbs that on average only."""
     if check_runtime(runtime) == "torch":
         return model.eval()
-    from rlprune.export import export_onnx
-    from rlprune.quantize import OnnxModel, quantize_onnx
+    from rlprune.deploy.int8 import OnnxModel, quantize_onnx
+    from rlprune.deploy.onnx import export_onnx
 
     directory = Path(directory)
     fp32 = directory / "model.onnx"

@@ -33,7 +33,7 @@ from torch import nn
 
 from rlprune.cost.latency import check_runtime, compare_runtime_latency, num_threads, runtime_session, time_once
 from rlprune.errors import RLPruneError
-from rlprune.fileio import atomic_write_text
+from rlprune.io.files import atomic_write_text
 from rlprune.pruning.plan import Plan
 from rlprune.pruning.prune import prune
 from rlprune.pruning.structure import Structure

@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rlprune.errors import RLPruneError
-from rlprune.safeio import clip
+from rlprune.io.safe import clip
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from rlprune.errors import RLPruneError
-from rlprune.safeio import clip
+from rlprune.io.safe import clip
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLITS = ("train", "test")

@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from rlprune.cost.budget import Budget
 from rlprune.envs.features import FEATURE_VERSION, feature_spec
 from rlprune.envs.priors import centered_action, centered_ratio
 from rlprune.errors import RLPruneError
-from rlprune.pruning.budget import Budget
 from rlprune.pruning.plan import Plan
 
 

@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from rlprune.cost.budget import Budget
 from rlprune.cost.lut import LatencyTable
 from rlprune.cost.macs import predict_costs
 from rlprune.envs.episode import Episode, action_to_ratio, rollout
@@ -21,7 +22,6 @@ from rlprune.envs.references import References
 from rlprune.envs.rewards import Outcome, get_reward
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.scorer import Scorer
-from rlprune.pruning.budget import Budget
 from rlprune.pruning.plan import Plan
 from rlprune.pruning.structure import Structure
 
@@ -63,7 +63,7 @@ class LayerPruningEnv(gym.Env):
       ``ProxyEvaluator``, a ``MetricScorer`` around your own metric, or your own); it carries the model structure.
     - ``target``: budget ratio in (0, 1], or a ``(low, high)`` range sampled uniformly per episode.
     - ``budget``: ``macs`` or ``latency`` (latency needs ``latency_table``), or a ready
-      :class:`~rlprune.pruning.budget.Budget` (then ``target``, the ratio limits, rounding, ``tolerance`` and
+      :class:`~rlprune.cost.budget.Budget` (then ``target``, the ratio limits, rounding, ``tolerance`` and
       ``latency_table`` come from it and the arguments of the same names are ignored).
     - ``reward`` / ``reward_weight``: reward strategy by name and its weight.
     - ``min_ratio`` / ``max_ratio``: the range actions are rescaled to.

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
+from rlprune.cost.budget import Budget
 from rlprune.errors import RLPruneError
-from rlprune.pruning.budget import Budget
 from rlprune.pruning.sparsity import budget_sparsity
 
 PRIORS = ("none", "uniform", "magnitude")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 
+from rlprune.cost.budget import Budget
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.scorer import Scorer
-from rlprune.pruning.budget import Budget
 
 
 class References:

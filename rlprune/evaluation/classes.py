@@ -7,7 +7,7 @@ pruned model with its dense parent class by class.
 
 Works with rlprune's own splits (:class:`~rlprune.data.ArrayDataset`) and with any iterable of ``(inputs, labels)``
 batches, and with anything that maps an input batch to logits: an ``nn.Module`` or a callable such as an ONNX
-Runtime session wrapper (:class:`rlprune.quantize.OnnxModel`).
+Runtime session wrapper (:class:`rlprune.deploy.int8.OnnxModel`).
 """
 
 from __future__ import annotations

@@ -264,10 +264,10 @@ def proxy_from_checkpoint(
 ) -> ProxyEvaluator:
     """A proxy evaluator for a checkpoint, on the data split recorded in its metadata (validation only).
 
-    :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
+    :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.io.trust`).
     """
-    from rlprune.checkpoint import check_classes, load_checkpoint
     from rlprune.data import splits_from_meta
+    from rlprune.io.checkpoint import check_classes, load_checkpoint
 
     model, meta = load_checkpoint(checkpoint, trust_model_code=trust_model_code)
     splits = splits_from_meta(meta, data_root)

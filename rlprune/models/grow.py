@@ -14,8 +14,8 @@ import re
 import torch
 from torch import nn
 
-from rlprune.checkpoint import fit_weights
 from rlprune.errors import RLPruneError
+from rlprune.io.checkpoint import fit_weights
 from rlprune.models.resnet_cifar import CifarResNet
 
 _BLOCK_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from rlprune.errors import RLPruneError
-from rlprune.fileio import atomic_write_text, read_json
+from rlprune.io.files import atomic_write_text, read_json
+from rlprune.io.schemas import HandPlanSchema, PlanSchema, validated
 from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.structure import Structure
-from rlprune.schemas import HandPlanSchema, PlanSchema, validated
 
 PLAN_FORMAT = "rlprune-plan/1"
 
@@ -214,7 +214,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "plan") -> Plan:
-        """A saved plan, validated by :class:`~rlprune.schemas.PlanSchema` (ranges, finite, consistent) first."""
+        """A saved plan, validated by :class:`~rlprune.io.schemas.PlanSchema` (ranges, finite, consistent) first."""
         if not isinstance(data, Mapping) or data.get("format") != PLAN_FORMAT:
             raise RLPruneError(f"{source}: not an rlprune plan (expected format '{PLAN_FORMAT}')")
         validated(PlanSchema, dict(data), source)

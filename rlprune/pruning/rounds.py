@@ -6,7 +6,7 @@ between, lets the rest take over (Zhu & Gupta, 2017: "To prune, or not to prune"
 early, while there is most redundancy, small ones near the end), and :func:`iterative_sparsify` runs the rounds for
 magnitude sparsity, writing ``round_<k>.safetensors`` + ``rounds.json`` after each so a crashed run resumes at the
 first unfinished round. Channel plans in rounds (``rounds:`` in a ``rlprune run`` config) are run by
-:mod:`rlprune.pipeline_rounds` with the same schedule and state file; :func:`compose_plans` turns a plan made for an
+:mod:`rlprune.jobs.rounds` with the same schedule and state file; :func:`compose_plans` turns a plan made for an
 already pruned model into one for the original dense model, which is what a pruned checkpoint records.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from rlprune.errors import RLPruneError
-from rlprune.fileio import atomic_write_text
+from rlprune.io.files import atomic_write_text
 from rlprune.pruning.plan import Plan
 from rlprune.pruning.sparsity import SparsityMasks, load_sparse, save_sparse, sparsify
 from rlprune.pruning.structure import Structure

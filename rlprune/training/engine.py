@@ -23,13 +23,13 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from rlprune.checkpoint import load_state, save_checkpoint, save_state
 from rlprune.config import TrainConfig
 from rlprune.data import BatchLoader, DataSplits
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
-from rlprune.fileio import atomic_write_text
+from rlprune.io.checkpoint import load_state, save_checkpoint, save_state
+from rlprune.io.files import atomic_write_text
 from rlprune.precision import autocast, autocast_dtype, use_channels_last
 from rlprune.training.losses import distillation_loss
 from rlprune.training.schedule import lr_multiplier

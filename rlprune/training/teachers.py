@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from rlprune.checkpoint import load_checkpoint
 from rlprune.errors import RLPruneError
+from rlprune.io.checkpoint import load_checkpoint
 
 
 class LogitEnsemble(nn.Module):

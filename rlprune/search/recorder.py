@@ -13,13 +13,13 @@ from typing import Any
 from tqdm import tqdm
 
 from rlprune.errors import RLPruneError
-from rlprune.fileio import atomic_write_text
+from rlprune.io.files import atomic_write_text
+from rlprune.io.safe import MAX_LINE_BYTES, json_safe, parse_json, writing
+from rlprune.io.schemas import EpisodeRecord, validated
 from rlprune.pruning.plan import Plan
 from rlprune.pruning.structure import Structure
-from rlprune.safeio import MAX_LINE_BYTES, json_safe, parse_json, writing
-from rlprune.schemas import EpisodeRecord, validated
 
-log = logging.getLogger("rlprune.searching")
+log = logging.getLogger("rlprune.search.run")
 PROFILE_EVERY = 10  # episodes between two TensorBoard drawings of the best plan (a drawing takes ~0.5 s)
 SCATTER_EVERY = 25  # episodes between two TensorBoard drawings of the search scatter
 
@@ -194,7 +194,7 @@ class SearchRecorder:
             return None
         if self.episodes - self._drawn_at < PROFILE_EVERY:
             return None
-        from rlprune import figures
+        from rlprune.report import figures
 
         self._drawn_best, self._drawn_at = best["episode"], self.episodes
         fig = figures.plan_profile_figure(
@@ -209,7 +209,7 @@ class SearchRecorder:
         """The search scatter so far as an HxWx3 array every ``SCATTER_EVERY`` episodes, else ``None``."""
         if not self.records or self.episodes % SCATTER_EVERY:
             return None
-        from rlprune import figures
+        from rlprune.report import figures
 
         last = self.records[-1]
         fig = figures.search_scatter_figure(

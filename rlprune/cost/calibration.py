@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
+from rlprune.cost.budget import Budget
 from rlprune.cost.lut import calibrate
 from rlprune.envs.episode import action_to_ratio
-from rlprune.pruning.budget import Budget
 from rlprune.pruning.plan import Plan
 
 

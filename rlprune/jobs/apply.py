@@ -21,15 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlprune import figures
 from rlprune.agents.policy_io import Policy, load_policy
-from rlprune.checkpoint import load_checkpoint, save_checkpoint
 from rlprune.config import ProxyConfig, TrainConfig, validate
+from rlprune.cost.budget import Budget
+from rlprune.cost.budget import macs_ratio as plan_macs_ratio
+from rlprune.cost.calibration import calibrate_latency_budget
 from rlprune.cost.latency import compare_latency
 from rlprune.cost.lut import build_latency_table
 from rlprune.cost.macs import count_macs, count_params
 from rlprune.data import BatchLoader, DataSplits
-from rlprune.envs.calibration import calibrate_latency_budget
+from rlprune.deploy.int8 import int8_report
+from rlprune.deploy.onnx import export_onnx
 from rlprune.envs.episode import rollout
 from rlprune.envs.features import check_envelope, feature_spec, outside_envelope
 from rlprune.envs.priors import policy_prior
@@ -39,25 +41,23 @@ from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.evaluation.classes import classes_section
 from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.evaluation.scorer import Scorer
-from rlprune.export import export_onnx
-from rlprune.fileio import atomic_write_text, read_json
+from rlprune.io.checkpoint import load_checkpoint, save_checkpoint
+from rlprune.io.files import atomic_write_text, read_json
+from rlprune.io.provenance import environment, is_current, provenance, tensors_sha256
+from rlprune.io.safe import json_safe, locked
 from rlprune.models import build_model
-from rlprune.provenance import environment, is_current, provenance, tensors_sha256
 from rlprune.pruning import Plan, Structure, analyze, prune
-from rlprune.pruning.budget import Budget
-from rlprune.pruning.budget import macs_ratio as plan_macs_ratio
 from rlprune.pruning.importance import calibration_batches
 from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.rounds import compose_plans
 from rlprune.pruning.weights import kind_and_pattern, sparsify_plan, structure_for
-from rlprune.quantize import int8_report
-from rlprune.reporting import md_table
-from rlprune.safeio import json_safe, locked
+from rlprune.report import figures
+from rlprune.report.sparse import sparse_markdown, sparse_section
+from rlprune.report.tables import md_table
 from rlprune.seeding import on_device, resolve_device
-from rlprune.sparse_report import sparse_markdown, sparse_section
 from rlprune.training.engine import fit
 
-log = logging.getLogger("rlprune.apply")
+log = logging.getLogger("rlprune.jobs.apply")
 
 
 def example_input(meta: dict[str, Any]) -> torch.Tensor:
@@ -75,7 +75,7 @@ def load_dense(
 ) -> tuple[nn.Module, dict[str, Any], Structure]:
     """A dense checkpoint, its metadata and its prunable structure (a checkpoint without units is refused).
 
-    :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
+    :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.io.trust`).
     :param options: parts to leave unpruned and head counts (:mod:`rlprune.pruning.options`).
     :param granularity: ``channel``, or the label of weight-level plans (``unstructured``, ``2:4``): which units the
         structure holds.

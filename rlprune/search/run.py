@@ -22,31 +22,31 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from rlprune import figures
 from rlprune.agents.callbacks import SearchCallback
 from rlprune.agents.policy_io import Policy, save_policy
-from rlprune.agents.recorder import SearchRecorder
 from rlprune.agents.sb3_agents import make_agent
-from rlprune.agents.searchers import get_searcher
-from rlprune.checkpoint import load_state, save_state
 from rlprune.config import MULTI_MODEL_REWARD, SearchConfig, validate, write_resolved
+from rlprune.cost.budget import Budget
+from rlprune.cost.calibration import calibrate_latency_budget
 from rlprune.cost.lut import LatencyTable, build_latency_table, measured_latency_ratio
-from rlprune.envs.calibration import calibrate_latency_budget
 from rlprune.envs.features import FEATURE_VERSION, feature_envelope
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import proxy_from_checkpoint, scorer_settings
 from rlprune.evaluation.scorer import Scorer
-from rlprune.fileio import atomic_write_text, read_json
+from rlprune.io.checkpoint import load_state, save_state
+from rlprune.io.files import atomic_write_text, read_json
+from rlprune.io.provenance import is_current, provenance
+from rlprune.io.safe import json_safe, locked, read_yaml_file
 from rlprune.logs import setup_logging
-from rlprune.provenance import is_current, provenance
 from rlprune.pruning import Plan, Structure
-from rlprune.pruning.budget import Budget
 from rlprune.pruning.weights import SPARSE_IMPORTANCE, granularity_label, kind_and_pattern
-from rlprune.safeio import json_safe, locked, read_yaml_file
+from rlprune.report import figures
+from rlprune.search.baselines import get_searcher
+from rlprune.search.recorder import SearchRecorder
 from rlprune.seeding import seed_everything
 
-log = logging.getLogger("rlprune.searching")
+log = logging.getLogger("rlprune.search.run")
 
 
 def _latency_table(cfg: SearchConfig, structure: Structure, dense_cpu: nn.Module, run_dir: Path) -> LatencyTable:
@@ -111,7 +111,7 @@ def weights_hashes(cfg: SearchConfig) -> list[str | None]:
     """The sha256 of each checkpoint's weights (a path names a file, not its contents; a scorer search has none).
     A checkpoint not there is None: a search given its scorer never reads it, and one that needs it says so when
     it loads it."""
-    from rlprune.checkpoint import checkpoint_paths, read_meta
+    from rlprune.io.checkpoint import checkpoint_paths, read_meta
 
     paths = cfg.checkpoints if cfg.checkpoints is not None else [cfg.checkpoint] if cfg.checkpoint else []
     return [read_meta(p).get("weights_sha256") if checkpoint_paths(p)[1].is_file() else None for p in paths]
@@ -226,14 +226,14 @@ def run_search(
     :param scorer: use this scorer instead of building a proxy evaluator from ``cfg.checkpoint``; a dict of named
         scorers trains one policy over all of their models, like ``cfg.checkpoints``.
     :param workers: score plans on this many Ray actors (default ``cfg.workers``; 1 = in this process).
-    :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
+    :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.io.trust`).
     """
     workers = cfg.workers if workers is None else workers
     if cfg.policy is not None:
         raise RLPruneError("policy: a search learns a policy; applying one is rlprune run (or rlprune apply)")
     several = isinstance(scorer, Mapping)
     if cfg.checkpoints is not None or several:
-        from rlprune.generalist import search_models
+        from rlprune.search.multi import search_models
 
         if searcher is not None or workers > 1 or (scorer is not None and not several):
             raise RLPruneError(
@@ -246,7 +246,7 @@ def run_search(
         scorers = cast("Mapping[str, Scorer]", scorer) if several else None
         return search_models(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code, scorers=scorers)
     if workers > 1 and not hasattr(scorer, "prefetch"):
-        from rlprune.parallel import run_pooled
+        from rlprune.search.pool import run_pooled
 
         return run_pooled(
             _search,
@@ -493,7 +493,7 @@ def train_agent(
     # one environment per actor: their terminal evaluations run at once
     n_envs = getattr(getattr(env, "scorer", None), "workers", 1)
     if n_envs > 1:
-        from rlprune.parallel import pool_vec_env
+        from rlprune.search.pool import pool_vec_env
 
         env = pool_vec_env(env, n_envs)
     # A resumed session draws fresh randomness (seeded by the records so far): reseeded with the run's seed, an agent
@@ -631,7 +631,7 @@ def search(
         result = rp.search(scorer, target=0.5, agent="ppo", episodes=60, out_dir="runs/mine")
         pruned, plan = rp.prune(model, result.best_plan, example_inputs)
     """
-    from rlprune.agents.searchers import SEARCHERS
+    from rlprune.search.baselines import SEARCHERS
 
     if agent not in AGENTS and agent not in SEARCHERS:
         raise RLPruneError(f"agent '{agent}': expected one of {', '.join(AGENTS + tuple(sorted(SEARCHERS)))}")

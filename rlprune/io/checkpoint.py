@@ -21,11 +21,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rlprune.errors import RLPruneError
-from rlprune.fileio import atomic_write_text, make_readable, read_json
+from rlprune.io.files import atomic_write_text, make_readable, read_json
+from rlprune.io.safe import clip, writing
+from rlprune.io.schemas import SidecarSchema, validated
+from rlprune.io.trust import require_trusted
 from rlprune.models import build_model
-from rlprune.safeio import clip, writing
-from rlprune.schemas import SidecarSchema, validated
-from rlprune.trust import require_trusted
 
 FORMAT = "rlprune-checkpoint/1"
 
@@ -80,7 +80,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint's sidecar JSON and validate it (:class:`~rlprune.schemas.SidecarSchema`): types, finite
+    """Read a checkpoint's sidecar JSON and validate it (:class:`~rlprune.io.schemas.SidecarSchema`): types, finite
     numbers, one mean/std per input channel, std > 0. Reading it imports nothing."""
     _, sidecar = checkpoint_paths(path)
     meta = read_json(sidecar, "checkpoint metadata")
@@ -133,7 +133,7 @@ def load_checkpoint(
     :param model_name: build this model instead of the one named in the sidecar (e.g. an import path). The caller
         names it, so it is trusted.
     :param trust_model_code: import the model code the sidecar names even if it is not a zoo name or under a prefix
-        in ``$RLPRUNE_TRUSTED_MODULES`` (:mod:`rlprune.trust`). Off by default: a checkpoint is a shared file.
+        in ``$RLPRUNE_TRUSTED_MODULES`` (:mod:`rlprune.io.trust`). Off by default: a checkpoint is a shared file.
     :param require_checksum: refuse a sidecar without ``weights_sha256`` (deleting it would turn the tamper check off).
     """
     meta = read_meta(path)

@@ -9,22 +9,22 @@ from typing import Any
 
 import torch
 
-from rlprune.checkpoint import checkpoint_paths, load_checkpoint, load_weights, read_meta, save_checkpoint
 from rlprune.config import DataConfig, ModelConfig, PretrainConfig, write_resolved
 from rlprune.data import DataSplits, load_splits
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
-from rlprune.fileio import atomic_write_text
+from rlprune.io.checkpoint import checkpoint_paths, load_checkpoint, load_weights, read_meta, save_checkpoint
+from rlprune.io.files import atomic_write_text
+from rlprune.io.safe import RunLock
 from rlprune.logs import setup_logging
 from rlprune.models import MODELS, build_model, resolve_factory
 from rlprune.models.compat import check_model_io, fill_kwargs
 from rlprune.models.grow import deepen_resnet
-from rlprune.safeio import RunLock
 from rlprune.seeding import resolve_device, seed_everything
 from rlprune.training.engine import fit
 from rlprune.training.teachers import load_teacher
 
-log = logging.getLogger("rlprune.pretrain")
+log = logging.getLogger("rlprune.jobs.pretrain")
 
 
 def load_data(cfg: DataConfig) -> DataSplits:
@@ -106,7 +106,7 @@ def run_pretrain(
     """Train, evaluate on the test split and save ``runs/<name>/model.{safetensors,json}``; returns the metadata.
 
     ``cfg.model.name`` is the user's own choice and is built as named; ``trust_model_code`` is about the model code
-    named by other checkpoints the config points at (``init_from``, teachers; see :mod:`rlprune.trust`).
+    named by other checkpoints the config points at (``init_from``, teachers; see :mod:`rlprune.io.trust`).
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -1,7 +1,7 @@
 """Schemas of the files rlprune writes and a user can be handed back: checkpoint sidecars, plans, policy metadata and
 search records.
 
-A file is parsed under limits (:mod:`rlprune.safeio`), then validated here before any field is used: types, ranges,
+A file is parsed under limits (:mod:`rlprune.io.safe`), then validated here before any field is used: types, ranges,
 finite numbers and the consistency between fields (mean/std per input channel, one kept channel count per ratio).
 Fields rlprune does not use may be present (provenance, recipes) and are kept as they are.
 """
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlprune.errors import RLPruneError
-from rlprune.safeio import check_tree, quote
+from rlprune.io.safe import check_tree, quote
 
 CHECKPOINT_FORMAT = "rlprune-checkpoint/1"
 PLAN_FORMAT = "rlprune-plan/1"

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlprune.deploy.onnx import export_onnx
 from rlprune.errors import RLPruneError
-from rlprune.export import export_onnx
 
 
 def _ort() -> Any:

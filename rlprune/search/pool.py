@@ -36,7 +36,7 @@ from rlprune.evaluation.proxy import proxy_from_checkpoint, scorer_settings
 from rlprune.evaluation.scorer import Score
 from rlprune.pruning import Plan, Structure
 
-log = logging.getLogger("rlprune.parallel")
+log = logging.getLogger("rlprune.search.pool")
 
 INSTALL_HINT = "pip install 'rlprune[ray]'"
 OBJECT_STORE_BYTES = 256 * 1024**2  # plans and results are a few KB; Ray would otherwise reserve 30% of RAM
@@ -307,7 +307,7 @@ def pool_for_config(cfg: Any, workers: int, scorer: Any | None = None, trust_mod
         }
 
         def dense() -> Any:
-            from rlprune.checkpoint import load_checkpoint
+            from rlprune.io.checkpoint import load_checkpoint
 
             return load_checkpoint(cfg.checkpoint, trust_model_code=trust_model_code)[0].cpu().eval()
 

@@ -23,17 +23,17 @@ from typing import Any
 from torch import nn
 
 from rlprune.agents.policy_io import load_policy
-from rlprune.apply import example_input, finetune_plan, load_dense, policy_plans
-from rlprune.checkpoint import load_checkpoint, read_meta
 from rlprune.config import SearchConfig, validate
 from rlprune.data import splits_from_meta
 from rlprune.errors import RLPruneError
-from rlprune.fileio import atomic_write_text, read_json
+from rlprune.io.checkpoint import load_checkpoint, read_meta
+from rlprune.io.files import atomic_write_text, read_json
+from rlprune.jobs.apply import example_input, finetune_plan, load_dense, policy_plans
 from rlprune.pruning import Plan, Structure, analyze
 from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.rounds import STATE, finished_rounds, record_rounds
-from rlprune.reporting import md_table
-from rlprune.searching import RESUMABLE_AGENT_KEYS, run_search
+from rlprune.report.tables import md_table
+from rlprune.search.run import RESUMABLE_AGENT_KEYS, run_search
 
 log = logging.getLogger("rlprune.rounds")
 
@@ -67,7 +67,7 @@ def run_rounds(
     trust_model_code: bool = False,
     force: bool = False,
 ) -> dict[str, Any]:
-    """The main job in rounds (``cfg.rounds``); returns what :func:`rlprune.pipeline.run_job` returns, plus
+    """The main job in rounds (``cfg.rounds``); returns what :func:`rlprune.jobs.pipeline.run_job` returns, plus
     ``rounds``: each round's target, MACs ratio, accuracies and latency ratios against the dense model."""
     rounds = cfg.rounds
     if rounds is None or cfg.checkpoint is None:

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlprune.agents.recorder import SearchRecorder
 from rlprune.config import EnvConfig, PrePrunedConfig, SearchConfig, model_label, write_resolved
 from rlprune.data import BatchLoader
 from rlprune.envs.features import FEATURE_VERSION
@@ -33,18 +32,19 @@ from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.envs.multi import MultiModelEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.bn import recalibrate_bn
-from rlprune.fileio import atomic_write_text, read_json
+from rlprune.io.files import atomic_write_text, read_json
+from rlprune.io.provenance import tensors_sha256
+from rlprune.io.safe import json_safe
 from rlprune.logs import setup_logging
-from rlprune.provenance import tensors_sha256
 from rlprune.pruning import Plan, prune
-from rlprune.safeio import json_safe
+from rlprune.search.recorder import SearchRecorder
 from rlprune.seeding import seed_everything
 from rlprune.training.loop import finetune
 
 if TYPE_CHECKING:
     from rlprune.evaluation.proxy import ProxyEvaluator
 
-log = logging.getLogger("rlprune.generalist")
+log = logging.getLogger("rlprune.search.multi")
 
 
 def model_envs(
@@ -55,7 +55,7 @@ def model_envs(
     the episode recorder is attached afterwards. Returns the environments and, for each, where its model came from
     (its checkpoint; for a copy also its number, MACs ratio and the ratios it was cut by)."""
     from rlprune.evaluation.proxy import ProxyEvaluator, scorer_settings
-    from rlprune.searching import build_scorer
+    from rlprune.search.run import build_scorer
 
     assert cfg.checkpoints is not None
     envs, sources = [], []
@@ -91,7 +91,7 @@ def model_envs(
 
 
 def _model_env(cfg: SearchConfig, scorer: Any, name: str, features: int) -> LayerPruningEnv:
-    from rlprune.searching import build_budget
+    from rlprune.search.run import build_budget
 
     e = cfg.env
     return LayerPruningEnv(
@@ -173,9 +173,9 @@ def search_models(
     scorers: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one RL policy over every checkpoint in ``cfg.checkpoints`` (or every scorer of ``scorers``, by name);
-    returns the summary (also written to ``summary.json``). Called by :func:`rlprune.searching.run_search`, which
+    returns the summary (also written to ``summary.json``). Called by :func:`rlprune.search.run.run_search`, which
     holds the run directory's lock."""
-    from rlprune.searching import prepare_run, record_identity, resumed_features, train_agent
+    from rlprune.search.run import prepare_run, record_identity, resumed_features, train_agent
 
     run_dir = Path(cfg.output_dir) / cfg.name
     identity = prepare_run(cfg, run_dir, resume)

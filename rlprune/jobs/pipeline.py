@@ -2,7 +2,7 @@
 
 ``rlprune run <config>`` is this function; everything it writes lives under ``runs/<name>/`` (the search) and
 ``runs/<name>/pruned/`` (the pruned model, ONNX, report). With ``rounds:`` in the config it runs in iterative rounds
-instead (:mod:`rlprune.pipeline_rounds`).
+instead (:mod:`rlprune.jobs.rounds`).
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ from typing import Any
 
 from torch import nn
 
-from rlprune.apply import finetune_plan, load_dense
 from rlprune.config import EnvConfig, SearchConfig, validate
 from rlprune.cost.lut import timeable
 from rlprune.data import splits_from_meta
 from rlprune.errors import RLPruneError
+from rlprune.io.safe import RunLock, read_yaml_file
+from rlprune.jobs.apply import finetune_plan, load_dense
 from rlprune.pruning import Plan, Structure
 from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.weights import granularity_label
-from rlprune.safeio import RunLock, read_yaml_file
-from rlprune.searching import run_search
+from rlprune.search.run import run_search
 
-log = logging.getLogger("rlprune.pipeline")
+log = logging.getLogger("rlprune.jobs.pipeline")
 
 # The main job's reward when its config names none: accuracy minus LATENCY_WEIGHT x the latency ratio the lookup table
 # predicts at batch LATENCY_BATCH, under the same MACs budget, so that among plans of equal MACs the search prefers the
@@ -109,7 +109,7 @@ def run_job(
     """Search -> prune the best plan -> fine-tune (distilling from the dense model) -> ONNX -> report.
 
     :param resume: continue an interrupted run (the search from its records, the fine-tune from its last epoch).
-    :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.trust`).
+    :param trust_model_code: import model code the checkpoint names (see :mod:`rlprune.io.trust`).
     :param force: apply a configured ``policy`` at a target outside what it was trained for (else refused).
     :returns: where the outputs are and the headline numbers; ``report_md`` holds the Markdown report.
     """
@@ -124,8 +124,8 @@ def run_job(
     saved = run_dir / "config.yaml"
     began = ((read_yaml_file(saved) or {}).get("env") or {}) if resume and saved.is_file() else {}
     cfg = with_default_reward(cfg, dense, structure, began=began)
-    if cfg.rounds is not None:  # search, prune and fine-tune per round (rlprune.pipeline_rounds)
-        from rlprune.pipeline_rounds import run_rounds
+    if cfg.rounds is not None:  # search, prune and fine-tune per round (rlprune.jobs.rounds)
+        from rlprune.jobs.rounds import run_rounds
 
         return run_rounds(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code, force=force)
     out = run_dir / "pruned"
@@ -176,8 +176,8 @@ def _zero_shot(
     """Roll ``cfg.policy`` out on the checkpoint at ``cfg.env.target`` (no search, no scoring) and save the plan as
     the run's ``best_plan.json``; the same plan for the same policy, model and target, every time."""
     from rlprune.agents.policy_io import load_policy
-    from rlprune.apply import apply_policy, example_input, policy_granularity
-    from rlprune.pruning.budget import macs_ratio
+    from rlprune.cost.budget import macs_ratio
+    from rlprune.jobs.apply import apply_policy, example_input, policy_granularity
 
     target = float(cfg.env.target)  # type: ignore[arg-type]  # a range is refused by the config
     wanted = granularity_label(cfg.env.granularity, cfg.env.pattern)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 from rlprune.errors import RLPruneError
-from rlprune.safeio import quote
+from rlprune.io.safe import quote
 
 TRUSTED_MODULES_ENV = "RLPRUNE_TRUSTED_MODULES"
 

@@ -21,7 +21,7 @@ from torch import nn
 from rlprune.errors import RLPruneError
 
 OPSET = 18
-log = logging.getLogger("rlprune.export")
+log = logging.getLogger("rlprune.deploy.onnx")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rlprune.safeio import read_json_file, writing
+from rlprune.io.safe import read_json_file, writing
 
 
 def make_readable(path: str | Path) -> None:
@@ -35,7 +35,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def read_json(path: Path, what: str) -> Any:
     """Parse a JSON file; a missing or malformed file is a one-line error naming it and what it should be.
 
-    Size, depth and finite-number limits apply (:func:`rlprune.safeio.parse_json`): ``NaN`` is not JSON.
+    Size, depth and finite-number limits apply (:func:`rlprune.io.safe.parse_json`): ``NaN`` is not JSON.
     """
     return read_json_file(Path(path), what)
 
