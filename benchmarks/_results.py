@@ -17,7 +17,7 @@ from typing import Any
 
 from rlprune.io.files import atomic_write_text
 from rlprune.io.provenance import UNKNOWN_COMMIT, environment
-from rlprune.report.tables import md_table
+from rlprune.reporting.tables import md_table
 
 
 def measured_at(data: Any, current: Mapping[str, str]) -> dict[str, list[str]]:

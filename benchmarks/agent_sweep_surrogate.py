@@ -35,7 +35,7 @@ from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.io.checkpoint import load_checkpoint
 from rlprune.jobs.apply import example_input
 from rlprune.pruning import Plan, analyze
-from rlprune.search.baselines import SEARCHERS, get_searcher
+from rlprune.searching.baselines import SEARCHERS, get_searcher
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "agent_sweep_surrogate"

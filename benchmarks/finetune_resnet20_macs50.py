@@ -32,7 +32,8 @@ from _results import environment, md_table, mean_std, measured_on, reproduce_com
 from rlprune.cost.budget import uniform_plan
 from rlprune.data import splits_from_meta
 from rlprune.io.provenance import tensors_sha256
-from rlprune.jobs.apply import finetune_plan, load_dense, policy_plans
+from rlprune.jobs.apply import load_dense, policy_plans
+from rlprune.jobs.finetune import finetune_plan
 from rlprune.pruning import Plan
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,8 @@ from pathlib import Path
 from _results import environment, md_table, measured_on, reproduce_command, write_results
 
 from rlprune.data import splits_from_meta
-from rlprune.jobs.apply import finetune_plan, load_dense
+from rlprune.jobs.apply import load_dense
+from rlprune.jobs.finetune import finetune_plan
 from rlprune.pruning import Plan
 
 ROOT = Path(__file__).resolve().parents[1]

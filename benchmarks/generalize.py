@@ -54,9 +54,10 @@ from rlprune.envs.priors import policy_prior
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import proxy_from_checkpoint
 from rlprune.io.files import atomic_write_text
-from rlprune.jobs.apply import apply_policy, check_policy_target, example_input, finetune_plan, load_dense, policy_plans
+from rlprune.jobs.apply import apply_policy, check_policy_target, example_input, load_dense, policy_plans
+from rlprune.jobs.finetune import finetune_plan
 from rlprune.pruning import Plan, Structure, prune
-from rlprune.search.run import complete_search
+from rlprune.searching.cache import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "generalize"

@@ -18,7 +18,7 @@ from pathlib import Path
 from _results import environment, md_table, reproduce_command, write_results
 
 from rlprune.config import SearchConfig, load_config
-from rlprune.search.run import complete_search
+from rlprune.searching.cache import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "resnet20_cifar10_latency50.yaml"

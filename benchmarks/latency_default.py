@@ -31,7 +31,7 @@ from rlprune.cost.latency import RUNTIMES
 from rlprune.cost.lut import measured_latency_ratio
 from rlprune.jobs.apply import load_dense
 from rlprune.pruning import Plan
-from rlprune.search.run import complete_search
+from rlprune.searching.cache import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "zoo" / "resnet20_cifar10.json"

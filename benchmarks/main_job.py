@@ -118,7 +118,7 @@ def keep_figures(pruned_dir: Path, out: Path) -> dict[str, str]:
 
 def redraw_finetune(out: Path) -> Path:
     """``<out>_finetune.png`` from the report kept in ``<out>.json`` (the same figure the run's report drew)."""
-    from rlprune.report import figures
+    from rlprune.reporting import figures
 
     report = json.loads(out.with_suffix(".json").read_text())["report"]
     fig = figures.finetune_figure(

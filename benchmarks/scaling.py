@@ -31,7 +31,7 @@ from _results import environment, md_table, reproduce_command, write_results
 
 from rlprune.config import SearchConfig, load_config
 from rlprune.pruning import Plan, Structure
-from rlprune.search.run import run_search
+from rlprune.searching.api import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "resnet20_cifar10_macs50.yaml"
@@ -115,7 +115,7 @@ def simulate(base: SearchConfig, runs: Path, actors: list[int], seconds: float, 
 
     from rlprune.io.checkpoint import load_checkpoint
     from rlprune.pruning import analyze
-    from rlprune.search.pool import RayScorer, _copy_of
+    from rlprune.searching.pool import RayScorer, copy_of_scorer
 
     model, _ = load_checkpoint(base.checkpoint)
     import torch
@@ -133,7 +133,7 @@ def simulate(base: SearchConfig, runs: Path, actors: list[int], seconds: float, 
     try:
         for n in actors:
             t0 = time.perf_counter()
-            pool = RayScorer(_copy_of, {"scorer": SleepScorer(structure, seconds)}, n, threads=1)
+            pool = RayScorer(copy_of_scorer, {"scorer": SleepScorer(structure, seconds)}, n, threads=1)
             ray.get([a.pid.remote() for a in pool.actors])  # every actor up
             startup = time.perf_counter() - t0
             episodes = per_actor * n

@@ -24,8 +24,8 @@ from _results import environment, md_table, reproduce_command, write_results
 from rlprune.config import SearchConfig, load_config
 from rlprune.io.checkpoint import read_meta
 from rlprune.io.files import atomic_write_text
-from rlprune.report import figures
-from rlprune.search.run import complete_search
+from rlprune.reporting import figures
+from rlprune.searching.cache import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "resnet20_cifar10_macs50.yaml"

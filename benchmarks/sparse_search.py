@@ -24,7 +24,8 @@ from rlprune.config import SearchConfig, load_config
 from rlprune.envs.priors import PRIORS
 from rlprune.pruning import Plan
 from rlprune.pruning.sparsity import budget_sparsity
-from rlprune.search.run import build_budget, build_scorer, complete_search
+from rlprune.searching.cache import complete_search
+from rlprune.searching.setup import build_budget, build_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "resnet20_cifar10_sparse30.yaml"

@@ -31,9 +31,10 @@ from rlprune.config import SearchConfig, load_config
 from rlprune.cost.budget import uniform_plan
 from rlprune.data import splits_from_meta
 from rlprune.evaluation.proxy import ProxyEvaluator
-from rlprune.jobs.apply import apply_policy, default_proxy, example_input, finetune_plan, load_dense
+from rlprune.jobs.apply import apply_policy, default_proxy, example_input, load_dense
+from rlprune.jobs.finetune import finetune_plan
 from rlprune.pruning import Plan
-from rlprune.search.run import complete_search
+from rlprune.searching.cache import complete_search
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "transfer"

@@ -21,11 +21,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+from rlprune.version import __version__ as __version__
 
 _EXPORTS = {
     # analysis, plans and pruning
-    "analyze": "rlprune.pruning.structure",
+    "analyze": "rlprune.pruning.analyze",
     "Structure": "rlprune.pruning.structure",
     "Unit": "rlprune.pruning.structure",
     "Plan": "rlprune.pruning.plan",
@@ -39,16 +39,16 @@ _EXPORTS = {
     "ProxyEvaluator": "rlprune.evaluation.proxy",
     # search
     "LayerPruningEnv": "rlprune.envs.layer_pruning",
-    "search": "rlprune.search.run",
-    "SearchResult": "rlprune.search.run",
-    "load_result": "rlprune.search.run",
+    "search": "rlprune.searching.api",
+    "SearchResult": "rlprune.searching.api",
+    "load_result": "rlprune.searching.api",
     "Policy": "rlprune.agents.policy_io",
     "load_policy": "rlprune.agents.policy_io",
     # apply, fine-tune, export, report
     "apply_policy": "rlprune.jobs.apply",
     "finetune": "rlprune.training.loop",
     "export_onnx": "rlprune.deploy.onnx",
-    "report": "rlprune.report.tables",
+    "report": "rlprune.reporting.tables",
     # compression beyond channels: per-class metrics, int8, sparsity
     "class_report": "rlprune.evaluation.classes",
     "evaluate_classes": "rlprune.evaluation.classes",
@@ -133,11 +133,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from rlprune.io.checkpoint import load_checkpoint, save_checkpoint
     from rlprune.jobs.apply import apply_policy
     from rlprune.models import build_model
+    from rlprune.pruning.analyze import analyze
     from rlprune.pruning.plan import Plan
     from rlprune.pruning.prune import prune
     from rlprune.pruning.sparsity import load_sparse, save_sparse, sparsify
-    from rlprune.pruning.structure import Structure, Unit, analyze
+    from rlprune.pruning.structure import Structure, Unit
     from rlprune.pruning.weights import sparsify_plan, weight_structure
-    from rlprune.report.tables import report
-    from rlprune.search.run import SearchResult, load_result, search
+    from rlprune.reporting.tables import report
+    from rlprune.searching.api import SearchResult, load_result, search
     from rlprune.training.loop import finetune

@@ -7,6 +7,20 @@ import random
 import numpy as np
 import torch
 
+# Each random stream of a run draws from its own seed, ``seed + offset`` (distinct primes), so that how much one stream
+# draws never shifts another: the proxy's recalibration batches, its fine-tune batches, the healing of pre-pruned
+# copies, and a resumed agent's fresh randomness (offset times the episodes already recorded).
+RECALIBRATION_STREAM = 7919
+PROXY_FINETUNE_STREAM = 104729
+HEALING_STREAM = 15485863
+RESUME_STREAM = 7919
+
+
+def stream_seed(seed: int, offset: int, times: int = 1) -> int:
+    """The seed of one random stream of a run seeded ``seed``: ``seed + offset * times`` below 2**32 (NumPy, torch
+    and stable-baselines3 take seeds in ``[0, 2**32)``)."""
+    return (seed + offset * times) % 2**32
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA), so that the same config and seed give the same result."""

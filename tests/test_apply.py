@@ -14,7 +14,8 @@ from rlprune.cli import main
 from rlprune.cost.macs import predict_costs
 from rlprune.errors import RLPruneError
 from rlprune.io.checkpoint import load_checkpoint
-from rlprune.jobs.apply import finetune_plan, load_dense
+from rlprune.jobs.apply import load_dense
+from rlprune.jobs.finetune import finetune_plan
 from rlprune.pruning import Plan
 
 

@@ -133,7 +133,7 @@ def test_worst_class_reward_from_config_scores_per_class_and_resumes(image_folde
     from conftest import pretrain_tiny
 
     from rlprune.config import SearchConfig
-    from rlprune.search.run import run_search
+    from rlprune.searching.api import run_search
 
     checkpoint = pretrain_tiny(image_folder, tmp_path, width=4, val_size=12, name="tiny")
     raw = {

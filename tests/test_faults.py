@@ -15,7 +15,7 @@ from conftest import pretrain_tiny
 from rlprune.cli import main
 from rlprune.data import load_splits
 from rlprune.errors import RLPruneError
-from rlprune.search.recorder import SearchRecorder
+from rlprune.searching.recorder import SearchRecorder
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,12 @@ from synthetic import PreferenceScorer
 
 from rlprune.config import SearchConfig
 from rlprune.evaluation.classes import class_chart
-from rlprune.jobs.apply import _markdown
 from rlprune.models import build_model
 from rlprune.pruning import Plan, Structure, analyze
 from rlprune.pruning.structure import Layer, Unit
-from rlprune.report import figures
-from rlprune.search.run import run_search
+from rlprune.reporting import figures, outputs
+from rlprune.reporting.finetune_md import finetune_markdown
+from rlprune.searching.api import run_search
 
 RESNET20 = analyze(build_model("resnet20").eval(), torch.zeros(1, 3, 32, 32))
 
@@ -216,9 +216,9 @@ def test_report_embeds_its_figures(tmp_path: Path) -> None:
         "pruned": {"accuracy": 79.0, "macro_f1": 78.0, "worst_class_drop": 6.0, "per_class": per_class},
         "chart": str(chart),
     }
-    report["figures"] = figures.write_report_figures(tmp_path, report, plan, RESNET20, tmp_path / "tb")
+    report["figures"] = outputs.write_report_figures(tmp_path, report, plan, RESNET20, tmp_path / "tb")
     assert report["figures"] == {"plan_profile": "plan_profile.png", "finetune": "finetune.png"}
-    md = _markdown(report)
+    md = finetune_markdown(report)
     for file in report["figures"].values():
         assert f"]({file})" in md
         _check_png((tmp_path / file).read_bytes())

@@ -26,7 +26,7 @@ from rlprune.io.safe import parse_json, parse_yaml
 from rlprune.jobs.apply import check_policy_target, outside_training, policy_plans
 from rlprune.models import build_model
 from rlprune.pruning import Plan, analyze
-from rlprune.search.recorder import SearchRecorder
+from rlprune.searching.recorder import SearchRecorder
 
 FUZZ = settings(
     max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]

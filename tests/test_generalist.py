@@ -27,7 +27,7 @@ from rlprune.evaluation.scorer import Score
 from rlprune.jobs.apply import check_policy_target, outside_training, policy_plans
 from rlprune.models import build_model
 from rlprune.pruning import analyze
-from rlprune.pruning.structure import norm_spread
+from rlprune.pruning.analyze import norm_spread
 
 X = torch.zeros(1, 3, 32, 32)
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,7 +249,7 @@ def test_generalist_search_applies_zero_shot(tmp_path):
         "proxy: {val_images: 100, finetune_steps: 0, recal_batches: 1, recal_batch_size: 16}\n"
         "agent: {episodes: 10}\n"
     )
-    from rlprune.search.run import run_search
+    from rlprune.searching.api import run_search
 
     cfg = load_config(config, SearchConfig)
     summary = run_search(cfg, progress=False)
@@ -284,8 +284,8 @@ def test_pre_pruned_copies_widen_what_the_policy_sees(tmp_path):
     are unevenly wide — drawn by their weight, recorded in the policy, rebuilt identically on resume."""
     from rlprune.envs.features import feature_spec
     from rlprune.jobs.apply import load_dense
-    from rlprune.search.multi import model_envs
-    from rlprune.search.run import run_search
+    from rlprune.searching.api import run_search
+    from rlprune.searching.multi import model_envs
 
     body = (
         "name: pp\n"
@@ -383,7 +383,7 @@ def test_healing_a_pre_pruned_copy_recovers_accuracy():
     from rlprune.config import EnvConfig, PrePrunedConfig
     from rlprune.evaluation.proxy import proxy_from_checkpoint
     from rlprune.pruning import Plan as FullPlan
-    from rlprune.search.multi import pre_pruned_model
+    from rlprune.searching.multi import pre_pruned_model
 
     scorer = proxy_from_checkpoint(str(ZOO / "resnet20_cifar10.json"), val_images=300, recal_batches=4)
     scores = {}
@@ -438,7 +438,8 @@ def test_main_job_applies_a_policy_zero_shot(tmp_path, capsys):
 
 def test_resumed_search_keeps_the_feature_set_its_agent_was_built_for(tmp_path):
     from rlprune.envs.features import FEATURE_VERSION
-    from rlprune.search.run import resumed_features, run_search
+    from rlprune.searching.api import run_search
+    from rlprune.searching.identity import resumed_features
 
     assert resumed_features(tmp_path) == FEATURE_VERSION  # nothing saved yet
     (tmp_path / "policy.json").write_text(json.dumps({"feature_version": 2}))

@@ -193,7 +193,7 @@ def test_apply_a_sparse_policy_from_the_cli(image_folder: Path, tmp_path: Path) 
     from conftest import pretrain_tiny
 
     from rlprune.cli import main
-    from rlprune.search.run import run_search
+    from rlprune.searching.api import run_search
 
     checkpoint = pretrain_tiny(image_folder, tmp_path, width=4, val_size=12, name="tiny")
     cfg = SearchConfig(
@@ -235,7 +235,8 @@ def test_python_search_with_a_weight_level_scorer(image_folder: Path, tmp_path: 
     from conftest import pretrain_tiny
 
     from rlprune.evaluation.proxy import proxy_from_checkpoint
-    from rlprune.search.run import prepare_run, search
+    from rlprune.searching.api import search
+    from rlprune.searching.identity import prepare_run
 
     checkpoint = pretrain_tiny(image_folder, tmp_path, width=4, val_size=12, name="tiny")
     scorer = proxy_from_checkpoint(str(checkpoint), recal_batches=1, recal_batch_size=8, granularity="unstructured")

@@ -23,7 +23,7 @@ from rlprune.config import SearchConfig
 from rlprune.errors import RLPruneError
 from rlprune.models import build_model
 from rlprune.pruning import Plan, analyze
-from rlprune.search.run import run_search
+from rlprune.searching.api import run_search
 
 ray = pytest.importorskip("ray")
 

@@ -13,7 +13,8 @@ from synthetic import PreferenceScorer
 
 import rlprune.io.provenance
 import rlprune.jobs.apply
-import rlprune.search.run
+import rlprune.searching.api
+import rlprune.searching.cache
 from rlprune.config import SearchConfig
 from rlprune.cost.budget import uniform_plan
 from rlprune.data import load_splits
@@ -27,7 +28,8 @@ from rlprune.io.provenance import (
     source_sha256,
     tensors_sha256,
 )
-from rlprune.jobs.apply import finetune_plan, load_dense
+from rlprune.jobs.apply import load_dense
+from rlprune.jobs.finetune import finetune_plan
 from rlprune.models import build_model
 
 
@@ -110,26 +112,26 @@ def test_complete_search_reuses_only_the_same_request(
 ) -> None:
     _, _, structure = load_dense(str(dense_checkpoint))
     calls: list[int] = []
-    real = rlprune.search.run.run_search
+    real = rlprune.searching.api.run_search
 
     def run_search(cfg: SearchConfig, **kwargs: object) -> dict:
         calls.append(cfg.agent.episodes)
         return real(cfg, scorer=PreferenceScorer(structure, {0, 3}), **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(rlprune.search.run, "run_search", run_search)
+    monkeypatch.setattr(rlprune.searching.cache, "run_search", run_search)
     run = tmp_path / "runs" / "s"
 
     def complete(episodes: int, searcher: str = "random", **proxy: object) -> dict:
         cfg = _search_cfg(tmp_path, dense_checkpoint, episodes, **proxy)
-        return rlprune.search.run.complete_search(cfg, searcher=searcher, progress=False)
+        return rlprune.searching.cache.complete_search(cfg, searcher=searcher, progress=False)
 
-    first = rlprune.search.run.complete_search(
+    first = rlprune.searching.cache.complete_search(
         _search_cfg(tmp_path, dense_checkpoint, 3), searcher="random", progress=False
     )
     assert calls == [3] and first["episodes"] == 3
     assert json.loads((run / "summary.json").read_text())["provenance"] == first["provenance"]
     # the same request: the summary comes back, nothing runs
-    again = rlprune.search.run.complete_search(
+    again = rlprune.searching.cache.complete_search(
         _search_cfg(tmp_path, dense_checkpoint, 3), searcher="random", progress=False
     )
     assert again == first and calls == [3]

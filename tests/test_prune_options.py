@@ -11,7 +11,8 @@ import torch
 import yaml
 from torch import nn
 
-from rlprune import cli
+from rlprune.cli.commands import prune_options
+from rlprune.cli.parser import build_parser
 from rlprune.config import SearchConfig, load_config
 from rlprune.cost.budget import uniform_plan
 from rlprune.cost.macs import count_macs, predict_costs
@@ -144,10 +145,10 @@ def test_config_and_cli_name_the_same_keys(tmp_path: Path) -> None:
         with pytest.raises(RLPruneError, match=match) as info:
             load_config(path, SearchConfig, [override])
         assert "\n" not in str(info.value)
-    args = cli.build_parser().parse_args(
+    args = build_parser().parse_args(
         ["finetune", "--plan", "p", "--checkpoint", "c", "--out", "o", "--ignore", "mix", "--heads", "attn=4"]
     )
-    assert cli._prune_options(args) == PruneOptions(("mix",), {"attn": 4})
+    assert prune_options(args) == PruneOptions(("mix",), {"attn": 4})
     args.heads = ["attn"]
     with pytest.raises(RLPruneError, match="--heads 'attn': expected MODULE=COUNT"):
-        cli._prune_options(args)
+        prune_options(args)

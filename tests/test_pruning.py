@@ -13,7 +13,7 @@ from rlprune.errors import RLPruneError
 from rlprune.io.checkpoint import load_checkpoint, save_checkpoint
 from rlprune.models import build_model
 from rlprune.pruning import CRITERIA, Plan, analyze, prune
-from rlprune.pruning.structure import build_graph
+from rlprune.pruning.graph import build_graph
 
 X = torch.zeros(1, 3, 32, 32)
 # Small widths keep the tests fast; the structure (residuals, depthwise) is what matters.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from _results import reproduce_command, write_results
 
-from rlprune.report.tables import md_table
+from rlprune.reporting.tables import md_table
 
 
 def test_reproduce_command_spells_out_every_option(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from rlprune.envs import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.models import build_model
 from rlprune.pruning import analyze
-from rlprune.search.run import run_search
+from rlprune.searching.api import run_search
 
 STRUCTURE = analyze(build_model("resnet20").eval(), torch.zeros(1, 3, 32, 32))
 PROTECT = {0, 5, 9}

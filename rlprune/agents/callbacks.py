@@ -10,7 +10,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam, Image, TensorBoardOutputFormat
 from tqdm import tqdm
 
-from rlprune.search.recorder import SearchRecorder
+from rlprune.searching.recorder import SearchRecorder
 
 _TB_ONLY = ("stdout", "log", "json", "csv")
 
@@ -53,7 +53,7 @@ class SearchCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         """The HParams entry and the custom-scalars layout, written once per session into the agent's TensorBoard."""
-        from rlprune.report.figures import add_search_layout
+        from rlprune.reporting.figures import add_search_layout
 
         for fmt in self.logger.output_formats:
             if isinstance(fmt, TensorBoardOutputFormat):

@@ -30,10 +30,8 @@ def default_hyperparams(
     (every step gets the Monte-Carlo return), rollouts a whole number of episodes. Off-policy agents: each transition
     carries the episode's final reward and gamma is 0 (``rlprune.agents.replay``).
 
-    PPO's learning rate (3e-3) and clip range (0.3) are above SB3's (3e-4, 0.2): a search has only ~300 episodes. On
-    the real ResNet-20 search (seed 0) the plans PPO sampled in episodes 176-200 averaged 69.4% proxy accuracy with
-    these values against 64.5% with lr 1e-3 / clip 0.2 (random search: 58.3%); on a surrogate of that search
-    (benchmarks/results/agent_sweep_surrogate.md) every nearby setting beats random search by 3.5-6 points.
+    PPO's learning rate (3e-3) and clip range (0.3) are above SB3's (3e-4, 0.2): a search has only ~300 episodes
+    (the sweep behind them: benchmarks/results/agent_sweep_surrogate.md).
 
     With ``n_envs`` parallel environments (``search.workers``) PPO still updates about every 8 episodes (each
     environment contributes ``ceil(8 / n_envs)``); off-policy agents train every ``episode_length`` steps of all

@@ -1,7 +1,7 @@
 """Measured latency: warm-up, repeated timed runs, the median, a fixed thread count, CUDA synchronisation.
 
-Latency on small CPUs is not proportional to MACs (ResNet-20 at 48% of the MACs ran at 0.73x of the dense latency at
-batch 1), so it is measured. Single runs swing up to 2x on shared machines: compare models with
+Latency on small CPUs is not proportional to MACs (benchmarks/results/latency_vs_macs.md), so it is measured.
+Single runs swing up to 2x on shared machines: compare models with
 :func:`compare_latency`, which interleaves them round by round so that they see the same machine state.
 
 A model is timed where it will run (:data:`RUNTIMES`): PyTorch eager, or exported to ONNX and run by ONNX Runtime in

@@ -21,7 +21,7 @@ from rlprune.evaluation.scorer import MetricScorer, Score
 from rlprune.precision import autocast_dtype
 from rlprune.pruning import Plan
 from rlprune.pruning.importance import calibration_batches
-from rlprune.seeding import resolve_device
+from rlprune.seeding import PROXY_FINETUNE_STREAM, RECALIBRATION_STREAM, resolve_device, stream_seed
 
 if TYPE_CHECKING:
     from rlprune.config import SearchConfig
@@ -129,12 +129,14 @@ class ProxyEvaluator(MetricScorer):
         self, train_loader: object, recal_batches: int, finetune_steps: int, gradients: bool
     ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, ...]] | None]:
         """Recalibration batches (plain) and fine-tune batches (augmented) from their own seeded loaders."""
-        loader = self.training_loader(self.recal_batch_size, self.seed + 7919, augment=False)
+        loader = self.training_loader(
+            self.recal_batch_size, stream_seed(self.seed, RECALIBRATION_STREAM), augment=False
+        )
         recal = [x for _, (x, _) in zip(range(recal_batches), loader, strict=False)]
         calibration = None if self.sparse else calibration_batches(self.importance, loader)
         tuned: list[tuple[torch.Tensor, torch.Tensor]] = []
         if finetune_steps:
-            ft_loader = self.training_loader(self.recal_batch_size, self.seed + 104729)
+            ft_loader = self.training_loader(self.recal_batch_size, stream_seed(self.seed, PROXY_FINETUNE_STREAM))
             ft_loader.set_epoch(0)
             tuned = [b for _, b in zip(range(finetune_steps), ft_loader, strict=False)]
         return recal, tuned, calibration

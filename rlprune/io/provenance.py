@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from rlprune.version import __version__
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 UNKNOWN_COMMIT = "unknown"
@@ -60,11 +61,7 @@ def source_sha256() -> str:
 
 def code_version() -> dict[str, str]:
     """The package version and the hash of its source tree: what a reusable result's request is keyed on."""
-    try:
-        version = importlib.metadata.version("rlprune")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return {"version": version, "source_sha256": source_sha256()}
+    return {"version": __version__, "source_sha256": source_sha256()}
 
 
 def request_sha256(request: Mapping[str, Any]) -> str:

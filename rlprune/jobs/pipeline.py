@@ -19,28 +19,24 @@ from rlprune.cost.lut import timeable
 from rlprune.data import splits_from_meta
 from rlprune.errors import RLPruneError
 from rlprune.io.safe import RunLock, read_yaml_file
-from rlprune.jobs.apply import finetune_plan, load_dense
+from rlprune.jobs.apply import load_dense
+from rlprune.jobs.finetune import finetune_plan
 from rlprune.pruning import Plan, Structure
 from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.weights import granularity_label
-from rlprune.search.run import run_search
+from rlprune.searching.api import run_search
 
 log = logging.getLogger("rlprune.jobs.pipeline")
 
 # The main job's reward when its config names none: accuracy minus LATENCY_WEIGHT x the latency ratio the lookup table
 # predicts at batch LATENCY_BATCH, under the same MACs budget, so that among plans of equal MACs the search prefers the
-# faster ones. On the zoo ResNet-20 at 50% MACs this took the measured batch-64 latency from 0.70x to 0.62x of dense
-# for the same proxy accuracy (70.4 vs 70.5); neither it nor a batch-1 table moved batch-1 latency beyond the noise
-# (benchmarks/results/latency_default.md).
+# faster ones (what it buys at batch 64 and batch 1: benchmarks/results/latency_default.md).
 LATENCY_WEIGHT = 0.3
 LATENCY_BATCH = 64
 # Channel multiple of the main job when it deploys through ONNX Runtime (latency.runtime onnxruntime[-int8]): its
-# kernels run channel counts off the vector width far slower (unrounded plans at 0.93-0.94x of dense in fp32, 1.2x of
-# dense in int8; rounded to 8: 0.73x and 0.9x). In 40-episode searches at 0.5 MACs rounding to 8 cost no
-# proxy accuracy with the latency reward (71.0 vs 70.6) and 1.3 points with plain accuracy (69.9 vs 71.2), for 0.77-
-# 0.83x instead of 0.84-0.93x at batch 64. 16 is faster in fp32 and slower in int8; it cost ~10 proxy points in a
-# search, though the PPO plan rescaled to it kept its accuracy after fine-tuning (benchmarks/results/
-# latency_vs_macs.md, latency_default_onnxruntime.md, compression.md): round_to auto/16 is the user's call.
+# kernels run channel counts off the vector width far slower; 8 costs little proxy accuracy, 16 is faster in fp32,
+# slower in int8 and coarser (benchmarks/results/latency_vs_macs.md, latency_default_onnxruntime.md, compression.md):
+# round_to auto/16 is the user's call.
 ORT_ROUND_TO = 8
 
 

@@ -28,12 +28,14 @@ from rlprune.data import splits_from_meta
 from rlprune.errors import RLPruneError
 from rlprune.io.checkpoint import load_checkpoint, read_meta
 from rlprune.io.files import atomic_write_text, read_json
-from rlprune.jobs.apply import example_input, finetune_plan, load_dense, policy_plans
+from rlprune.jobs.apply import example_input, load_dense, policy_plans
+from rlprune.jobs.finetune import finetune_plan
 from rlprune.pruning import Plan, Structure, analyze
 from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.rounds import STATE, finished_rounds, record_rounds
-from rlprune.report.tables import md_table
-from rlprune.search.run import RESUMABLE_AGENT_KEYS, run_search
+from rlprune.reporting.tables import md_table
+from rlprune.searching.api import run_search
+from rlprune.searching.identity import RESUMABLE_AGENT_KEYS
 
 log = logging.getLogger("rlprune.rounds")
 

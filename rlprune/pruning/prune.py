@@ -9,22 +9,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torch_pruning as tp
 from torch import nn
 
 from rlprune.errors import RLPruneError
-from rlprune.pruning.attention import Heads, find_heads, head_scores, set_head_count
+from rlprune.pruning.attention import Heads, head_scores, set_head_count
+from rlprune.pruning.graph import GraphView, unit_groups
 from rlprune.pruning.importance import get_criterion
-from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.plan import Plan, kept_channels
-from rlprune.pruning.structure import (
-    architecture_fingerprint,
-    build_graph,
-    check_supported,
-    sorted_groups,
-    trace_shapes,
-    unit_groups,
-)
+from rlprune.pruning.structure import architecture_fingerprint
 
 
 def _accumulate_gradients(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -76,55 +68,82 @@ def prune(
             f"plan: made for another model (fingerprint {plan.fingerprint}, "
             f"this model is {architecture_fingerprint(pruned)})"
         )
-    graph = build_graph(pruned, example_input)
-    check_supported(pruned, graph, plan.options)
-    order, shapes = trace_shapes(pruned, example_input)
-    names = {m: n for n, m in pruned.named_modules()}
-    groups = {names[g[0].dep.target.module]: g for g in sorted_groups(pruned, graph, order, plan.options)}
-    heads = {name: _group_heads(pruned, names, graph, g, shapes, order, plan.options) for name, g in groups.items()}
-    missing = sorted(set(plan.channels) - set(groups))
+    view = GraphView.build(pruned, example_input, plan.options)
+    heads = {name: view.heads(g) for name, g in view.groups.items()}
+    missing = sorted(set(plan.channels) - set(view.groups))
     if missing:
         raise RLPruneError(f"plan: unit '{missing[0]}' is not a prunable unit of this model")
 
-    kept: dict[str, list[int]] = {}
     if plan.kept is not None:
-        for name, idxs in plan.kept.items():
-            total = graph.get_out_channels(names_to_module(pruned, name))
-            unit_heads = heads.get(name)
-            if unit_heads is not None:
-                total = unit_heads.heads  # a heads unit records which heads it kept
-            if name not in groups or not idxs or len(set(idxs)) != len(idxs) or min(idxs) < 0 or max(idxs) >= total:
-                raise RLPruneError(f"plan: unit '{name}': kept channel indices are invalid for this model")
-            kept[name] = unit_heads.channel_indices(sorted(idxs)) if unit_heads is not None else sorted(idxs)
+        kept = _recorded_channels(view, plan.kept, heads)
     else:
-        criterion = get_criterion(importance or plan.importance)
-        if criterion.needs_gradients:
-            if calibration is None:
-                raise RLPruneError(f"importance '{criterion.name}': needs calibration batches for gradients")
-            _accumulate_gradients(pruned, calibration)
-        for name, group in groups.items():
-            total = len(group[0].idxs)
-            if heads[name] is not None:
-                kept[name] = _top_heads(criterion(group), heads[name], plan.channels.get(name, heads[name].heads))
-                continue
-            slices = unit_groups(group)
-            keep = plan.channels.get(name, total)
-            if round_to and name in plan.ratios:
-                keep = kept_channels(total, plan.ratios[name], round_to, plan.min_channels, slices)
-            if keep >= total:
-                kept[name] = list(range(total))
-                continue
-            scores = criterion(group)
-            if slices > 1:
-                kept[name] = _grouped_topk(scores, keep, slices, name)
-                continue
-            top = torch.topk(scores, keep, largest=True, sorted=False).indices
-            kept[name] = sorted(int(i) for i in top)
-        if criterion.needs_gradients:
-            pruned.zero_grad(set_to_none=True)
+        kept = _top_channels(view, plan, heads, importance, round_to, calibration)
+    _cut(view, kept, heads)
+    # heads units record the heads they kept (as many as their channel count), other units their channel indices
+    recorded = {n: _kept_heads(i, heads[n]) if heads.get(n) is not None else i for n, i in kept.items()}
+    channels = {n: len(i) for n, i in recorded.items()}
+    return pruned, replace(plan, kept=recorded, channels=channels, round_to=round_to or plan.round_to)
 
+
+def _recorded_channels(
+    view: GraphView, recorded: dict[str, list[int]], heads: dict[str, Heads | None]
+) -> dict[str, list[int]]:
+    """The channel indices a saved plan kept (heads units: the channels of the heads it kept), checked against
+    this model."""
+    kept: dict[str, list[int]] = {}
+    for name, idxs in recorded.items():
+        total = view.graph.get_out_channels(names_to_module(view.model, name))
+        unit_heads = heads.get(name)
+        if unit_heads is not None:
+            total = unit_heads.heads  # a heads unit records which heads it kept
+        if name not in view.groups or not idxs or len(set(idxs)) != len(idxs) or min(idxs) < 0 or max(idxs) >= total:
+            raise RLPruneError(f"plan: unit '{name}': kept channel indices are invalid for this model")
+        kept[name] = unit_heads.channel_indices(sorted(idxs)) if unit_heads is not None else sorted(idxs)
+    return kept
+
+
+def _top_channels(
+    view: GraphView,
+    plan: Plan,
+    heads: dict[str, Heads | None],
+    importance: str | None,
+    round_to: int | None,
+    calibration: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,
+) -> dict[str, list[int]]:
+    """The most important channels (or whole heads) of each unit, as many as the plan keeps."""
+    criterion = get_criterion(importance or plan.importance)
+    if criterion.needs_gradients:
+        if calibration is None:
+            raise RLPruneError(f"importance '{criterion.name}': needs calibration batches for gradients")
+        _accumulate_gradients(view.model, calibration)
+    kept: dict[str, list[int]] = {}
+    for name, group in view.groups.items():
+        total = len(group[0].idxs)
+        unit_heads = heads[name]
+        if unit_heads is not None:
+            kept[name] = _top_heads(criterion(group), unit_heads, plan.channels.get(name, unit_heads.heads))
+            continue
+        slices = unit_groups(group)
+        keep = plan.channels.get(name, total)
+        if round_to and name in plan.ratios:
+            keep = kept_channels(total, plan.ratios[name], round_to, plan.min_channels, slices)
+        if keep >= total:
+            kept[name] = list(range(total))
+        elif slices > 1:
+            kept[name] = _grouped_topk(criterion(group), keep, slices, name)
+        else:
+            top = torch.topk(criterion(group), keep, largest=True, sorted=False).indices
+            kept[name] = sorted(int(i) for i in top)
+    if criterion.needs_gradients:
+        view.model.zero_grad(set_to_none=True)
+    return kept
+
+
+def _cut(view: GraphView, kept: dict[str, list[int]], heads: dict[str, Heads | None]) -> None:
+    """Remove every channel a unit does not keep, through torch-pruning's group of its root."""
+    graph = view.graph
     for name, idxs in kept.items():
-        root = groups[name][0].dep.target.module
+        root = view.groups[name][0].dep.target.module
         total = graph.get_out_channels(root)
         remove = sorted(set(range(total)) - set(idxs))
         if not remove:
@@ -132,34 +151,16 @@ def prune(
         if not idxs:
             raise RLPruneError(f"plan: unit '{name}' would lose all of its {total} channels")
         pruner = graph.get_pruner_of_module(root)
-        group = graph.get_pruning_group(root, pruner.prune_out_channels, remove)
-        group.prune()
-        if heads[name] is not None:
-            set_head_count(pruned, heads[name], len(idxs) // (heads[name].head_dim * heads[name].sections))
-    # heads units record the heads they kept (as many as their channel count), other units their channel indices
-    recorded = {n: _kept_heads(i, heads[n]) if heads.get(n) is not None else i for n, i in kept.items()}
-    channels = {n: len(i) for n, i in recorded.items()}
-    return pruned, replace(plan, kept=recorded, channels=channels, round_to=round_to or plan.round_to)
+        graph.get_pruning_group(root, pruner.prune_out_channels, remove).prune()
+        unit_heads = heads[name]
+        if unit_heads is not None:
+            set_head_count(view.model, unit_heads, len(idxs) // (unit_heads.head_dim * unit_heads.sections))
 
 
 def _kept_heads(channel_indices: list[int], heads: Heads) -> list[int]:
     """Which heads the kept q/k/v channel indices belong to (read from the first section)."""
     width = heads.heads * heads.head_dim
     return sorted({i // heads.head_dim for i in channel_indices if i < width})
-
-
-def _group_heads(
-    model: nn.Module, names: dict, graph: object, group: object, shapes: dict, order: dict, options: PruneOptions
-) -> Heads | None:
-    """The attention heads a group prunes (as :func:`rlprune.pruning.structure.analyze` found them), or ``None``."""
-    outs = [  # the output-pruned conv/linear layers, as analyze passes them
-        dep.target.module
-        for dep, _ in group
-        if isinstance(dep.target.module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)
-        and (graph.is_out_channel_pruning_fn(dep.handler) or dep.handler == tp.prune_depthwise_conv_out_channels)
-    ]
-    outs.sort(key=lambda m: order.get(m, 1 << 30))
-    return find_heads(model, names, outs, shapes, options)
 
 
 def _top_heads(scores: torch.Tensor, heads: Heads, keep: int) -> list[int]:

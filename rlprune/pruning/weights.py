@@ -30,6 +30,8 @@ import torch
 from torch import nn
 
 from rlprune.errors import RLPruneError
+from rlprune.pruning.analyze import analyze, layer_macs, norm_spread
+from rlprune.pruning.graph import trace_shapes
 from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.sparsity import (
     SparsityMasks,
@@ -41,16 +43,7 @@ from rlprune.pruning.sparsity import (
     unstructured_mask,
     weight_slots,
 )
-from rlprune.pruning.structure import (
-    Layer,
-    Structure,
-    Unit,
-    analyze,
-    architecture_fingerprint,
-    layer_macs,
-    norm_spread,
-    trace_shapes,
-)
+from rlprune.pruning.structure import Layer, Structure, Unit, architecture_fingerprint
 
 GRANULARITIES = ("channel", "unstructured", "nm")
 

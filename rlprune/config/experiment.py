@@ -1,233 +1,16 @@
-"""Experiment configuration: YAML files validated by pydantic (``extra="forbid"``, so a typo'd key is an error),
-with ``--set a.b=value`` overrides, and the resolved config written into the run directory."""
+"""The experiment config (``rlprune search|train|run``): the pruning environment, the proxy scorer, the agent, the
+fine-tune of the best plan, iterative rounds and pre-pruned copies, and the whole :class:`SearchConfig`."""
 
 from __future__ import annotations
 
-import difflib
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from rlprune.config.base import Device, RunName, Seed, Strict
 from rlprune.errors import RLPruneError
-from rlprune.io.files import atomic_write_text
-from rlprune.io.safe import check_tree, dump_yaml, parse_yaml, quote, read_yaml_file
-
-T = TypeVar("T", bound=BaseModel)
-
-# Seeds feed NumPy, torch and stable-baselines3, whose generators take 0 <= seed < 2**32.
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
-# Where tensors go: resolved by rlprune.seeding.resolve_device (auto: CUDA when present).
-Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$")]
-
-
-def _run_name(value: str) -> str:
-    """A run's folder name under ``output_dir``: one path component, so a run never writes outside its folder."""
-    if not value or value in (".", "..") or any(c in value for c in "/\\\0") or len(value) > 100:
-        raise ValueError("expected a folder name of 1-100 characters without '/' or '\\' (not '.' or '..')")
-    return value
-
-
-RunName = Annotated[str, AfterValidator(_run_name)]
-
-
-class Strict(BaseModel):
-    # allow_inf_nan=False: ``.inf`` / ``.nan`` are refused in every float field (an infinite lr "trains" a NaN model)
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
-
-
-class DataConfig(Strict):
-    """Where the data comes from and how it is split and batched."""
-
-    dataset: Literal["cifar10", "imagefolder"] = "cifar10"
-    root: str | None = None
-    download: bool = True  # fetch CIFAR-10 on first use when it is not found locally
-    sha256: str | None = None
-    val_size: int = Field(5000, ge=1)  # the hold-out checkpoints and plans are chosen by (never the test split)
-    split_seed: Seed = 0
-    input_size: int = Field(32, ge=8, le=4096)  # as a checkpoint's sidecar allows
-    channels: Literal[1, 3] = 3
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(500, ge=1)
-    augment: bool = True
-    cutout: int = Field(0, ge=0)  # Cutout square side in pixels on training batches (0 = off; needs augment)
-    limit_train: int | None = Field(None, ge=1)
-    limit_test: int | None = Field(None, ge=1)
-
-
-class ModelConfig(Strict):
-    """A zoo name (``resnet20``) or an import path (``package.module:factory``) and its keyword arguments."""
-
-    name: str = "resnet20"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-
-class DistillConfig(Strict):
-    """Knowledge distillation from a teacher checkpoint: loss = (1-w)·CE + w·T²·KL(student/T ‖ teacher/T).
-
-    ``teacher`` may list several checkpoints: their logits are averaged (an ensemble teacher).
-    """
-
-    teacher: str | list[str] | None = None
-    temperature: float = Field(4.0, gt=0)
-    weight: float = Field(0.5, ge=0, le=1)
-
-    @field_validator("teacher")
-    @classmethod
-    def _teacher_named(cls, value: str | list[str] | None) -> str | list[str] | None:
-        # an empty list or path would silently mean "no teacher": say so instead
-        paths = [value] if isinstance(value, str) else value
-        if paths is not None and (not paths or not all(paths)):
-            raise ValueError("expected a checkpoint path or a non-empty list of them (null: no teacher)")
-        return value
-
-
-class SWAConfig(Strict):
-    """Stochastic weight averaging (Izmailov et al., 2018) over the last ``epochs`` epochs of a run.
-
-    The schedule decays to ``lr`` by the start of those epochs and holds it there; the weights at the end of each are
-    averaged and the batch-norm statistics re-estimated for the average. The average sits nearer the centre of a wide
-    optimum than any single iterate, which generalizes better for the price of a few extra epochs.
-    """
-
-    epochs: int = Field(0, ge=0)
-    lr: float = Field(0.01, gt=0)
-
-
-class TrainConfig(Strict):
-    """The training recipe shared by pretraining and fine-tuning."""
-
-    epochs: int = Field(30, ge=1)
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    schedule: Literal["onecycle", "cosine"] = "cosine"
-    warmup_epochs: float = Field(1.0, ge=0)
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
-    channels_last: bool | Literal["auto"] = "auto"
-    distill: DistillConfig = Field(default_factory=DistillConfig)
-    swa: SWAConfig = Field(default_factory=SWAConfig)
-    eval_every: int = Field(1, ge=1)
-    # at most this many optimizer steps per epoch (a fraction of an epoch: smoke runs, CI); None = the whole split
-    steps_per_epoch: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> TrainConfig:
-        if self.warmup_epochs + self.swa.epochs > self.epochs:
-            what = "warmup_epochs + swa.epochs" if self.swa.epochs else "warmup_epochs"
-            raise ValueError(f"{what} ({self.warmup_epochs + self.swa.epochs:g}) exceeds epochs ({self.epochs})")
-        if self.swa.epochs and self.swa.lr > self.lr:
-            raise ValueError(f"swa.lr ({self.swa.lr}) exceeds the peak lr ({self.lr})")
-        return self
-
-
-class PretrainConfig(Strict):
-    """``rlprune pretrain``: train a dense model from scratch, or warm-start it from a trained checkpoint.
-
-    ``init_from`` runs another learning-rate cycle on trained weights (a warm restart, as in SGDR): it reaches the
-    accuracy of a longer single run for a fraction of the cost, and the checkpoint records where it started. A
-    checkpoint of a shallower CIFAR ResNet of the same width is deepened into the configured one first (the deeper
-    model starts out computing the shallower one's function; :mod:`rlprune.models.grow`).
-    """
-
-    name: RunName
-    seed: Seed = 0
-    device: Device = "auto"
-    threads: int | None = Field(None, ge=1)
-    output_dir: str = "runs"
-    init_from: str | None = None
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-
-
-def _parse_scalar(text: str, key: str) -> Any:
-    """Parse an override value as YAML (``5``, ``0.1``, ``3e-4``, ``true``, ``[1, 2]``, ``null``); text that is not
-    YAML is kept as a string, but a value over the limits or non-finite (``.nan``) is refused, naming the key."""
-    try:
-        return parse_yaml(text, f"--set {key}")
-    except RLPruneError as exc:
-        if "not valid YAML" in str(exc):
-            return text
-        raise
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides to a raw config dict (before validation, so they are validated too)."""
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise RLPruneError(f"--set '{item}': expected KEY=VALUE, e.g. train.epochs=5")
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:  # absent, or `null` in the file: the override starts the section
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise RLPruneError(
-                    f"--set '{item[:80]}': '{part}' is a {type(child).__name__} here, not a section; set it whole "
-                    f"in YAML flow style, e.g. --set '{part}={{...}}'"
-                )
-            node = child
-        node[parts[-1]] = _parse_scalar(value, key)
-    return check_tree(raw, "--set")
-
-
-def _fields_at(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the (sub)model that ``loc``'s last key belongs to, for "did you mean" hints."""
-    model: Any = schema
-    for part in loc[:-1]:
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        model = field.annotation
-    return list(getattr(model, "model_fields", {}))
-
-
-def _describe(error: ValidationError, source: str, schema: type[BaseModel]) -> str:
-    errors = error.errors()
-    # A misspelled key also shows up as a missing one: report the unknown key, it names the typo.
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        close = difflib.get_close_matches(str(first["loc"][-1]), _fields_at(schema, first["loc"]), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"{source}: unknown key '{loc}'{hint}"
-    if kind == "missing":
-        return f"{source}: missing required key '{loc}'"
-    msg = first["msg"].removeprefix("Value error, ")
-    # quote at most a few dozen characters of the value: an input can be huge (or hostile)
-    return f"{source}: {loc[:80]}: {msg[:120]} (got {quote(first.get('input'))})"
-
-
-def load_config(path: str | Path, schema: type[T], overrides: list[str] | None = None) -> T:
-    """Read a YAML config, apply overrides, validate; every problem becomes a one-line :class:`RLPruneError`."""
-    path = Path(path)
-    raw = read_yaml_file(path, "config file") or {}  # size, depth, alias and finite-number limits first
-    if not isinstance(raw, dict):
-        raise RLPruneError(f"{path}: expected a mapping at the top level")
-    return validate(schema, apply_overrides(raw, overrides or []), str(path))
-
-
-def validate(schema: type[T], data: dict[str, Any], source: str) -> T:
-    """Validate ``data`` against ``schema``; the first problem becomes a one-line :class:`RLPruneError` that starts
-    with ``source`` (a config file, or what built the data)."""
-    try:
-        return schema.model_validate(check_tree(data, source))
-    except ValidationError as exc:
-        raise RLPruneError(_describe(exc, source, schema)) from exc
-
-
-def write_resolved(config: BaseModel, run_dir: Path) -> Path:
-    """Save the fully resolved config (defaults included) as ``config.yaml`` in the run directory."""
-    path = run_dir / "config.yaml"
-    atomic_write_text(path, dump_yaml(config.model_dump(mode="json")))
-    return path
 
 
 class EnvConfig(Strict):
@@ -325,8 +108,8 @@ class ProxyConfig(Strict):
     recal_batches: int = Field(20, ge=0)
     recal_batch_size: int = Field(64, ge=1)
     val_images: int | None = Field(2000, ge=1)
-    # 10 SGD steps before recalibration lift the rank correlation with fine-tuned accuracy from ~0.6 to ~0.8 on
-    # ResNet-20 for ~1.3 s more per plan (benchmarks/results/proxy_fidelity.md).
+    # a few SGD steps before recalibration rank plans closer to their fine-tuned accuracy, for about a second more per
+    # plan (benchmarks/results/proxy_fidelity.md)
     finetune_steps: int = Field(10, ge=0)
     finetune_lr: float = Field(0.01, gt=0)
     importance: str = "l1"
@@ -448,7 +231,7 @@ class SearchConfig(Strict):
     seed: Seed = 0
     device: Device = "cpu"
     threads: int | None = Field(None, ge=1)
-    workers: int = Field(1, ge=1)  # >1: score plans on that many Ray actors (rlprune.search.pool; rlprune[ray])
+    workers: int = Field(1, ge=1)  # >1: score plans on that many Ray actors (rlprune.searching.pool; rlprune[ray])
     ray_address: str | None = None  # None: a local Ray instance; "auto" or host:port joins a running cluster
     output_dir: str = "runs"
     checkpoint: str | None = None  # the dense model; not needed when the search is given a scorer (Python API)

@@ -36,7 +36,7 @@ from rlprune.evaluation.proxy import proxy_from_checkpoint, scorer_settings
 from rlprune.evaluation.scorer import Score
 from rlprune.pruning import Plan, Structure
 
-log = logging.getLogger("rlprune.search.pool")
+log = logging.getLogger("rlprune.searching.pool")
 
 INSTALL_HINT = "pip install 'rlprune[ray]'"
 OBJECT_STORE_BYTES = 256 * 1024**2  # plans and results are a few KB; Ray would otherwise reserve 30% of RAM
@@ -107,7 +107,7 @@ class _Evaluator:
         }
 
 
-def _copy_of(scorer: Any) -> Any:
+def copy_of_scorer(scorer: Any) -> Any:
     """Build function for actors handed a ready scorer (a picklable synthetic task in tests): use it as it is."""
     return scorer
 
@@ -320,7 +320,7 @@ def pool_for_config(cfg: Any, workers: int, scorer: Any | None = None, trust_mod
             gpus=gpus,
             model=dense,
         )
-    return RayScorer(_copy_of, {"scorer": scorer}, workers, address=cfg.ray_address, threads=cfg.threads)
+    return RayScorer(copy_of_scorer, {"scorer": scorer}, workers, address=cfg.ray_address, threads=cfg.threads)
 
 
 def run_pooled(run: Callable[..., dict[str, Any]], cfg: Any, workers: int, scorer: Any | None, **kw: Any) -> Any:

@@ -18,7 +18,7 @@ def prefetch(env: LayerPruningEnv, episodes: list[tuple[np.ndarray, int]]) -> No
     """Have a parallel scorer (``search.workers > 1``) score these (actions, seed) episodes at once before they are
     played; in-process this does nothing and each episode is scored when it ends."""
     if hasattr(env.scorer, "prefetch"):
-        from rlprune.search.pool import prefetch_episodes
+        from rlprune.searching.pool import prefetch_episodes
 
         prefetch_episodes(env, episodes)
 

@@ -18,8 +18,9 @@ from rlprune.io.safe import MAX_LINE_BYTES, json_safe, parse_json, writing
 from rlprune.io.schemas import EpisodeRecord, validated
 from rlprune.pruning.plan import Plan
 from rlprune.pruning.structure import Structure
+from rlprune.reporting import figures, outputs
 
-log = logging.getLogger("rlprune.search.run")
+log = logging.getLogger("rlprune.searching.recorder")
 PROFILE_EVERY = 10  # episodes between two TensorBoard drawings of the best plan (a drawing takes ~0.5 s)
 SCATTER_EVERY = 25  # episodes between two TensorBoard drawings of the search scatter
 
@@ -194,14 +195,12 @@ class SearchRecorder:
             return None
         if self.episodes - self._drawn_at < PROFILE_EVERY:
             return None
-        from rlprune.report import figures
-
         self._drawn_best, self._drawn_at = best["episode"], self.episodes
         fig = figures.plan_profile_figure(
             Plan.from_dict(best["plan"]),
             self.structure,
             title=f"{self.run_dir.name}: best plan (episode {best['episode']})",
-            metrics=figures.search_metrics(best),
+            metrics=outputs.search_metrics(best),
         )
         return figures.to_hwc(fig)
 
@@ -209,8 +208,6 @@ class SearchRecorder:
         """The search scatter so far as an HxWx3 array every ``SCATTER_EVERY`` episodes, else ``None``."""
         if not self.records or self.episodes % SCATTER_EVERY:
             return None
-        from rlprune.report import figures
-
         last = self.records[-1]
         fig = figures.search_scatter_figure(
             self.records,

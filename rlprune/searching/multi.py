@@ -16,35 +16,34 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 
-from rlprune.config import EnvConfig, PrePrunedConfig, SearchConfig, model_label, write_resolved
+from rlprune.config import EnvConfig, PrePrunedConfig, SearchConfig, model_label
 from rlprune.data import BatchLoader
 from rlprune.envs.features import FEATURE_VERSION
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.envs.multi import MultiModelEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.bn import recalibrate_bn
+from rlprune.evaluation.proxy import ProxyEvaluator, scorer_settings
 from rlprune.io.files import atomic_write_text, read_json
 from rlprune.io.provenance import tensors_sha256
-from rlprune.io.safe import json_safe
-from rlprune.logs import setup_logging
 from rlprune.pruning import Plan, prune
-from rlprune.search.recorder import SearchRecorder
-from rlprune.seeding import seed_everything
+from rlprune.searching.agent import train_agent
+from rlprune.searching.recorder import SearchRecorder
+from rlprune.searching.run import SearchRun, remember_records, run_stats
+from rlprune.searching.setup import build_budget, build_scorer
+from rlprune.seeding import HEALING_STREAM, stream_seed
 from rlprune.training.loop import finetune
 
-if TYPE_CHECKING:
-    from rlprune.evaluation.proxy import ProxyEvaluator
-
-log = logging.getLogger("rlprune.search.multi")
+log = logging.getLogger("rlprune.searching.multi")
 
 
 def model_envs(
@@ -54,9 +53,6 @@ def model_envs(
     each with its own proxy scorer (data and model built once per model) and budget over ``cfg.env``'s target range;
     the episode recorder is attached afterwards. Returns the environments and, for each, where its model came from
     (its checkpoint; for a copy also its number, MACs ratio and the ratios it was cut by)."""
-    from rlprune.evaluation.proxy import ProxyEvaluator, scorer_settings
-    from rlprune.search.run import build_scorer
-
     assert cfg.checkpoints is not None
     envs, sources = [], []
     for index, checkpoint in enumerate(cfg.checkpoints):
@@ -91,8 +87,6 @@ def model_envs(
 
 
 def _model_env(cfg: SearchConfig, scorer: Any, name: str, features: int) -> LayerPruningEnv:
-    from rlprune.search.run import build_budget
-
     e = cfg.env
     return LayerPruningEnv(
         scorer,
@@ -120,7 +114,7 @@ def pre_pruned_model(
     )
     model.to(memory_format=torch.contiguous_format)
     if pp.heal_steps:
-        loader = scorer.training_loader(pp.heal_batch_size, seed + 15485863, channels_last=False)
+        loader = scorer.training_loader(pp.heal_batch_size, stream_seed(seed, HEALING_STREAM), channels_last=False)
         steps = _Steps(loader, pp.heal_steps)
         finetune(model, steps, lr=pp.heal_lr, teacher=scorer.model, device=scorer.device, seed=seed)
     else:
@@ -164,6 +158,78 @@ def scorer_envs(
     return [_model_env(cfg, scorer, name, features) for name, scorer in scorers.items()], [{} for _ in scorers]
 
 
+class MultiModelSearch(SearchRun):
+    """One RL policy trained over several models: every checkpoint in ``cfg.checkpoints`` (and its pre-pruned
+    copies), or every named scorer of ``scorers``; each episode draws a model and a target.
+
+    :param trust_model_code: import model code the checkpoints name (see :mod:`rlprune.io.trust`).
+    :param scorers: named scorers (your own models and metrics) instead of ``cfg.checkpoints``.
+    """
+
+    def __init__(
+        self,
+        cfg: SearchConfig,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+        trust_model_code: bool = False,
+        scorers: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(cfg, resume=resume, progress=progress)
+        self.trust_model_code, self.scorers = trust_model_code, scorers
+
+    def build(self) -> None:
+        # every checkpoint loads and analyzes (and every copy is cut) before the run dir exists
+        if self.scorers is not None:
+            self.envs, self.sources = scorer_envs(self.cfg, self.scorers, self.features)
+        else:
+            self.envs, self.sources = model_envs(self.cfg, self.trust_model_code, self.features)
+
+    def opened(self) -> None:
+        _same_copies(self.run_dir, self.envs, self.sources, self.resume)
+
+    def recorder(self) -> SearchRecorder:
+        recorder = SearchRecorder(self.run_dir, None, structure=None, budget=self.cfg.env.budget)
+        for env in self.envs:
+            env.on_episode = recorder
+            remember_records(env.scorer, [r for r in recorder.records if r.get("model") == env.name])
+        return recorder
+
+    def search(self, recorder: SearchRecorder) -> SummaryWriter:
+        cfg, envs = self.cfg, self.envs
+        # copies are drawn by pre_pruned.weight
+        multi = MultiModelEnv(envs, weights=[source.get("weight", 1.0) for source in self.sources])
+        log.info(
+            "%s over %d models (%s), targets %s, reward %s, %d episodes (%d already recorded)",
+            cfg.agent.algorithm,
+            len(envs),
+            ", ".join(f"{e.name}: {len(e.units)} units" for e in envs),
+            cfg.env.target,
+            cfg.env.reward,
+            cfg.agent.episodes,
+            recorder.episodes,
+        )
+        self.models = [
+            {"name": e.name, **source, "fingerprint": e.structure.fingerprint, "units": len(e.units)}
+            for e, source in zip(envs, self.sources, strict=True)
+        ]
+        extra = {"models": self.models}
+        return train_agent(cfg, multi, recorder, self.run_dir, self.resume, self.progress, extra_meta=extra)
+
+    def summarize(self, recorder: SearchRecorder, writer: SummaryWriter, wall: float) -> dict[str, Any]:
+        models = zip(self.models, self.envs, strict=True)
+        log.info("policy over %d models -> %s", len(self.envs), self.run_dir / "policy.json")
+        return {
+            "name": self.cfg.name,
+            "searcher": self.cfg.agent.algorithm,
+            "episodes": recorder.episodes,
+            "reward": self.cfg.env.reward,
+            "target": self.cfg.env.target,
+            "models": [{**m, **_model_stats(recorder.records, m["name"]), **_refs(e)} for m, e in models],
+            **run_stats(recorder, wall),
+        }
+
+
 def search_models(
     cfg: SearchConfig,
     *,
@@ -172,69 +238,11 @@ def search_models(
     trust_model_code: bool = False,
     scorers: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one RL policy over every checkpoint in ``cfg.checkpoints`` (or every scorer of ``scorers``, by name);
-    returns the summary (also written to ``summary.json``). Called by :func:`rlprune.search.run.run_search`, which
-    holds the run directory's lock."""
-    from rlprune.search.run import prepare_run, record_identity, resumed_features, train_agent
-
-    run_dir = Path(cfg.output_dir) / cfg.name
-    identity = prepare_run(cfg, run_dir, resume)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    features = resumed_features(run_dir) if resume else FEATURE_VERSION
-    # every checkpoint loads and analyzes (and every copy is cut) before the run dir exists
-    if scorers is not None:
-        envs, sources = scorer_envs(cfg, scorers, features)
-    else:
-        envs, sources = model_envs(cfg, trust_model_code, features)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir / "search.log", verbose=progress)
-    _same_copies(run_dir, envs, sources, resume)
-    write_resolved(cfg, run_dir)
-    record_identity(run_dir, identity)
-    recorder = SearchRecorder(run_dir, None, structure=None, budget=cfg.env.budget)
-    for env in envs:
-        env.on_episode = recorder
-        for rec in recorder.records:  # a resumed search re-evaluates no recorded plan
-            if rec.get("model") == env.name and hasattr(env.scorer, "remember"):
-                env.scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"], metrics=rec.get("metrics"))
-    multi = MultiModelEnv(envs, weights=[source.get("weight", 1.0) for source in sources])  # copies: pre_pruned.weight
-    log.info(
-        "%s over %d models (%s), targets %s, reward %s, %d episodes (%d already recorded)",
-        cfg.agent.algorithm,
-        len(envs),
-        ", ".join(f"{e.name}: {len(e.units)} units" for e in envs),
-        cfg.env.target,
-        cfg.env.reward,
-        cfg.agent.episodes,
-        recorder.episodes,
-    )
-    started = time.perf_counter()
-    models = [
-        {"name": e.name, **source, "fingerprint": e.structure.fingerprint, "units": len(e.units)}
-        for e, source in zip(envs, sources, strict=True)
-    ]
-    writer = train_agent(cfg, multi, recorder, run_dir, resume, progress, extra_meta={"models": models})
-    writer.close()
-    if recorder.best is None:
-        raise RLPruneError("search evaluated no plan")
-    summary = {
-        "name": cfg.name,
-        "searcher": cfg.agent.algorithm,
-        "episodes": recorder.episodes,
-        "reward": cfg.env.reward,
-        "target": cfg.env.target,
-        "models": [
-            {**m, **_model_stats(recorder.records, m["name"]), **_refs(e)} for m, e in zip(models, envs, strict=True)
-        ],
-        "wall_seconds_this_session": round(time.perf_counter() - started, 1),
-        "wall_seconds": round(recorder.wall_seconds(), 1),
-        "seconds_per_episode": round(recorder.wall_seconds() / recorder.episodes, 3),
-    }
-    atomic_write_text(run_dir / "summary.json", json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n")
-    log.info("policy over %d models -> %s", len(envs), run_dir / "policy.json")
-    return summary
+    """Run a :class:`MultiModelSearch`; returns the summary (also written to ``summary.json``). Called by
+    :func:`rlprune.searching.api.run_search`, which holds the run directory's lock."""
+    return MultiModelSearch(
+        cfg, resume=resume, progress=progress, trust_model_code=trust_model_code, scorers=scorers
+    ).run()
 
 
 def _same_copies(run_dir: Path, envs: list[LayerPruningEnv], sources: list[dict[str, Any]], resume: bool) -> None:
@@ -273,4 +281,4 @@ def _refs(env: LayerPruningEnv) -> dict[str, Any]:
     return {"references": env.references.measured()}
 
 
-__all__ = ["model_envs", "pre_pruned_model", "scorer_envs", "search_models"]
+__all__ = ["MultiModelSearch", "model_envs", "pre_pruned_model", "scorer_envs", "search_models"]

@@ -16,7 +16,7 @@ from rlprune.cost.macs import count_nonzero, count_params, predict_costs
 from rlprune.pruning.plan import Plan
 from rlprune.pruning.sparsity import SparsityMasks, save_sparse
 from rlprune.pruning.structure import Structure
-from rlprune.report.tables import md_table
+from rlprune.reporting.tables import md_table
 
 CPU_NOTE = (
     "dense kernels (PyTorch, ONNX Runtime on CPU) run a sparse layer as fast as a dense one: sparsity saves size, "

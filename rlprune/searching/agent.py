@@ -1,0 +1,111 @@
+"""Training an RL agent on a search's environment until its episode budget is evaluated, checkpointing it and
+saving the policy with the metadata an apply needs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+from rlprune.agents.callbacks import SearchCallback
+from rlprune.agents.policy_io import save_policy
+from rlprune.agents.sb3_agents import make_agent
+from rlprune.agents.state import load_agent_state, save_agent_state
+from rlprune.config import SearchConfig
+from rlprune.envs.features import feature_envelope
+from rlprune.pruning.weights import SPARSE_IMPORTANCE, granularity_label
+from rlprune.searching.recorder import SearchRecorder
+from rlprune.seeding import RESUME_STREAM, stream_seed
+
+log = logging.getLogger("rlprune.searching.agent")
+
+
+def train_agent(
+    cfg: SearchConfig,
+    env: Any,
+    recorder: SearchRecorder,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    extra_meta: dict[str, Any] | None = None,
+) -> SummaryWriter:
+    """Train the agent until the episode budget is evaluated; returns a writer into the agent's TensorBoard run
+    (for the figures drawn at the end).
+
+    :param env: a :class:`LayerPruningEnv`, or a :class:`~rlprune.envs.multi.MultiModelEnv` over several models.
+    :param extra_meta: more of the policy's metadata (e.g. the models it was trained on)."""
+    algorithm = cfg.agent.algorithm
+    features = env.feature_version  # read before a worker pool wraps the env in a VecEnv
+    envelope = feature_envelope([e.static for e in getattr(env, "envs", [env])], features)
+    # one environment per actor: their terminal evaluations run at once
+    n_envs = getattr(getattr(env, "scorer", None), "workers", 1)
+    if n_envs > 1:
+        from rlprune.searching.pool import pool_vec_env
+
+        env = pool_vec_env(env, n_envs)
+    # A resumed session draws fresh randomness (seeded by the records so far): reseeded with the run's seed, an agent
+    # killed before its first update would sample the very plans it already recorded.
+    seed = stream_seed(cfg.seed, RESUME_STREAM, recorder.episodes)
+    agent = make_agent(algorithm, env, seed, cfg.agent.hyperparams, tensorboard_log=str(run_dir / "tb"))
+    state_path = run_dir / "agent_state.pt"
+    resumed = resume and state_path.is_file()
+    if resumed:
+        at = load_agent_state(agent, state_path)
+        log.info("resumed the agent from its checkpoint at episode %d (%d recorded)", at, recorder.episodes)
+    meta = {
+        "min_ratio": cfg.env.min_ratio,
+        "max_ratio": cfg.env.max_ratio,
+        "round_to": cfg.env.round_to,
+        "min_channels": cfg.env.min_channels,
+        "budget": cfg.env.budget,
+        "target": cfg.env.target,
+        "reward": cfg.env.reward,
+        "importance": SPARSE_IMPORTANCE if cfg.env.granularity != "channel" else cfg.proxy.importance,
+        "granularity": granularity_label(cfg.env.granularity, cfg.env.pattern),
+        "prior": cfg.env.prior,
+        "trained_on": cfg.checkpoint,
+        "feature_version": features,
+        "feature_envelope": envelope,  # what it saw: a rollout on units outside this range is flagged
+        "config": cfg.model_dump(mode="json"),
+        **(extra_meta or {}),
+    }
+
+    def save() -> None:
+        save_agent_state(agent, state_path, recorder.episodes)
+        save_policy(run_dir / "policy", agent, algorithm, {**meta, "episodes": recorder.episodes})
+
+    callback = SearchCallback(
+        recorder,
+        cfg.agent.episodes,
+        cfg.agent.checkpoint_every,
+        save,
+        progress=progress,
+        hparams={
+            "algorithm": algorithm,
+            "episodes": cfg.agent.episodes,
+            "seed": cfg.seed,
+            "reward": cfg.env.reward,
+            "budget": cfg.env.budget,
+            "target": str(cfg.env.target),
+            "max_ratio": cfg.env.max_ratio,
+        },
+    )
+    remaining = max(0, cfg.agent.episodes - recorder.episodes)
+    if remaining:
+        # Upper bound on steps; the callback stops the agent once the episode budget is evaluated.
+        agent.learn(
+            total_timesteps=agent.num_timesteps + (remaining + 64) * len(env.units),
+            callback=callback,
+            tb_log_name="agent",
+            reset_num_timesteps=not resumed,
+        )
+    save()
+    # the agent's own TensorBoard run when it logged one this session, else the first (a finished run resumed)
+    logger = getattr(agent, "_logger", None)  # set by learn(); absent when nothing was left to learn
+    logged = logger.get_dir() if logger is not None else None
+    return SummaryWriter(logged or str(run_dir / "tb" / "agent_1"))
+
+
+__all__ = ["train_agent"]
