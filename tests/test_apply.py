@@ -238,7 +238,7 @@ def test_hand_written_plan_and_a_killed_finetune_resumes(
 ) -> None:
     import logging
 
-    import rlprune.jobs.apply
+    import rlprune.jobs.finetune
 
     tmp = trained["tmp"]
     plan = tmp / "hand.json"
@@ -250,7 +250,7 @@ def test_hand_written_plan_and_a_killed_finetune_resumes(
     def killed(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt  # as if the process was stopped after fine-tuning, before the export
 
-    monkeypatch.setattr(rlprune.jobs.apply, "export_onnx", killed)
+    monkeypatch.setattr(rlprune.jobs.finetune, "export_onnx", killed)
     assert main(cmd) == 130  # the CLI turns Ctrl-C into exit status 130
     partial = tmp / ".hand.partial"
     assert not out.exists() and (partial / "finetune" / "state.pt").is_file()

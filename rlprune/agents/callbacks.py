@@ -53,7 +53,7 @@ class SearchCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         """The HParams entry and the custom-scalars layout, written once per session into the agent's TensorBoard."""
-        from rlprune.reporting.figures import add_search_layout
+        from rlprune.reporting.outputs import add_search_layout
 
         for fmt in self.logger.output_formats:
             if isinstance(fmt, TensorBoardOutputFormat):
