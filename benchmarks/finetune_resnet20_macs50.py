@@ -29,6 +29,7 @@ from typing import Any
 
 from _results import environment, md_table, mean_std, measured_on, reproduce_command, write_results
 
+from rlprune.config import FinetuneConfig
 from rlprune.cost.budget import uniform_plan
 from rlprune.data import splits_from_meta
 from rlprune.io.provenance import tensors_sha256
@@ -174,9 +175,7 @@ def main() -> None:
             plans[label],
             splits,
             Path(args.runs) / label / f"seed{seed}",
-            epochs=args.epochs,
-            lr=args.lr,
-            distill=True,
+            FinetuneConfig(epochs=args.epochs, lr=args.lr, distill=True),
             seed=seed,
             source={"plan": label, "checkpoint": args.checkpoint},
             reuse=True,

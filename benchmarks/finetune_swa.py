@@ -16,6 +16,7 @@ from pathlib import Path
 
 from _results import environment, md_table, measured_on, reproduce_command, write_results
 
+from rlprune.config import FinetuneConfig
 from rlprune.data import splits_from_meta
 from rlprune.jobs.apply import load_dense
 from rlprune.jobs.finetune import finetune_plan
@@ -48,10 +49,7 @@ def main() -> None:
             plan,
             splits,
             Path(args.runs) / label,
-            epochs=args.epochs,
-            lr=args.lr,
-            swa_epochs=swa_epochs,
-            swa_lr=args.swa_lr,
+            FinetuneConfig(epochs=args.epochs, lr=args.lr, swa_epochs=swa_epochs, swa_lr=args.swa_lr),
             seed=args.seed,
             source={"plan": args.plan, "checkpoint": args.checkpoint},
             reuse=True,

@@ -44,7 +44,7 @@ import torch
 from _results import environment, md_table, mean_std, measured_on, reproduce_command, write_results
 
 from rlprune.agents.policy_io import Policy
-from rlprune.config import PrePrunedConfig, SearchConfig, model_label, validate
+from rlprune.config import FinetuneConfig, PrePrunedConfig, SearchConfig, model_label, validate
 from rlprune.cost.budget import Budget
 from rlprune.cost.macs import count_macs
 from rlprune.data import splits_from_meta
@@ -177,7 +177,7 @@ def _cell(args: argparse.Namespace, ckpt: str, budget: float) -> dict[str, Any]:
     single = Policy.load(SINGLE_POLICY)
     started = time.perf_counter()
     try:
-        check_policy_target(single.meta, budget, "macs")
+        check_policy_target(single.info, budget, "macs")
         forced = False
     except RLPruneError:
         forced = True
@@ -228,18 +228,18 @@ def proxy_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 # -------------------------------------------------------------------------------------------------------- ablation
 def _observations(policy: Policy, checkpoints: list[str], budgets: list[float]) -> np.ndarray:
     """The generalist's own observations on its training models (deterministic rollouts at ``budgets``)."""
-    version = int(policy.meta["feature_version"])
+    m = policy.info
+    version = m.feature_version
     seen = []
     for ckpt in checkpoints:
         dense, _, structure = load_dense(ckpt)
-        m = policy.meta
         b = Budget(
             structure,
             (min(budgets), max(budgets)),
-            min_ratio=m.get("min_ratio", 0.0),
-            max_ratio=m.get("max_ratio", 0.8),
-            round_to=m.get("round_to"),
-            min_channels=m.get("min_channels", 1),
+            min_ratio=m.min_ratio,
+            max_ratio=m.max_ratio,
+            round_to=m.round_to,
+            min_channels=m.min_channels,
         )
         for target in budgets:
             episode = Episode(b, target, features=version, prior=policy_prior(m, b, target, dense))
@@ -426,10 +426,7 @@ def _tuned(
         plan,
         splits,
         out / f"seed{seed}",
-        epochs=1,
-        steps_per_epoch=args.finetune_steps,
-        lr=args.finetune_lr,
-        distill=True,
+        FinetuneConfig(epochs=1, steps_per_epoch=args.finetune_steps, lr=args.finetune_lr, distill=True),
         seed=seed,
         latency_batches=(),
         progress=False,

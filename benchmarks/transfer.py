@@ -27,7 +27,7 @@ from pathlib import Path
 from _results import environment, md_table, reproduce_command, write_results
 
 from rlprune.agents.policy_io import Policy
-from rlprune.config import SearchConfig, load_config
+from rlprune.config import FinetuneConfig, SearchConfig, load_config
 from rlprune.cost.budget import uniform_plan
 from rlprune.data import splits_from_meta
 from rlprune.evaluation.proxy import ProxyEvaluator
@@ -94,8 +94,7 @@ def main() -> None:
                 plan,
                 splits,
                 out,
-                epochs=args.finetune_epochs,
-                distill=True,
+                FinetuneConfig(epochs=args.finetune_epochs, distill=True),
                 source={"plan": name, "checkpoint": ckpt},
                 reuse=True,
             )

@@ -23,6 +23,16 @@ def autocast_dtype(amp: str, device: torch.device | str) -> torch.dtype | None:
     return torch.bfloat16 if bf16_check is not None and bf16_check() else None
 
 
+def scoring_dtype(amp: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype a plan is scored in: as :func:`autocast_dtype`, except that ``auto`` stays in float32 on a
+    CPU. bf16 kernels on a CPU split their sums by thread, so a plan would score differently (by up to two points)
+    with 1 thread than with 2, and a search's result would depend on the machine and its worker count; float32
+    forward passes do not. ``bf16`` still forces it, for speed over reproducibility."""
+    if amp == "auto" and torch.device(device).type == "cpu":
+        return None
+    return autocast_dtype(amp, device)
+
+
 def autocast(device: torch.device | str, dtype: torch.dtype | None) -> torch.autocast:
     """Autocast to ``dtype`` on ``device``'s type, or a disabled context (float32) when ``dtype`` is ``None``."""
     return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)

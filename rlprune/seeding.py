@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -27,6 +29,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one CPU thread, then restore the thread count.
+
+    A backward pass on the CPU splits its weight-gradient sums across threads, so a few SGD steps give other weights
+    (and a plan another score, by up to a point) on 1 thread than on 2: scores would depend on the machine and on how
+    many workers share it. Forward passes and batch-norm statistics do not, so only gradient steps run here.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -11,11 +11,11 @@ import torch
 import yaml
 
 from rlprune.cli import main
+from rlprune.config import FinetuneConfig, validate
 from rlprune.cost.macs import predict_costs
 from rlprune.errors import RLPruneError
 from rlprune.io.checkpoint import load_checkpoint
 from rlprune.jobs.apply import load_dense
-from rlprune.jobs.finetune import finetune_plan
 from rlprune.pruning import Plan
 
 
@@ -409,19 +409,22 @@ def test_sampling_plans_needs_a_stochastic_policy() -> None:
     from rlprune.agents.policy_io import Policy
     from rlprune.errors import RLPruneError
 
-    deterministic = Policy(torch.nn.Linear(18, 1), {"algorithm": "ddpg"})  # no action distribution
+    meta = {"format": "rlprune-policy/1", "algorithm": "ddpg", "feature_version": 2}
+    deterministic = Policy(torch.nn.Linear(18, 1), meta)  # no action distribution
     with pytest.raises(RLPruneError, match="ddpg policy has no action distribution"):
         deterministic.sampler(0)
 
 
-def test_finetune_plan_checks_its_recipe_before_any_work(tmp_path: Path) -> None:
-    # nothing else is looked at first: the recipe (TrainConfig's own rules) is checked before the model or the data
-    for kwargs, match in (
-        ({"epochs": 2, "swa_epochs": 3}, r"fine-tune: .*swa.epochs \(3\) exceeds epochs \(2\)"),
-        ({"lr": 0.02, "swa_epochs": 1, "swa_lr": 0.05}, r"fine-tune: .*swa.lr \(0.05\) exceeds the peak lr"),
+def test_finetune_recipe_is_checked_before_any_work(tmp_path: Path) -> None:
+    # the recipe is a validated config: a bad one never reaches the model, the data or the output folder
+    for fields, match in (
+        ({"epochs": 2, "swa_epochs": 3}, r"fine-tune: .*swa_epochs \(3\) exceeds epochs \(2\)"),
+        ({"lr": 0.02, "swa_epochs": 1, "swa_lr": 0.05}, r"fine-tune: .*swa_lr \(0.05\) exceeds lr"),
     ):
         with pytest.raises(RLPruneError, match=match):
-            finetune_plan(None, {}, None, None, tmp_path / "out", **kwargs)  # type: ignore[arg-type]
+            validate(FinetuneConfig, fields, "fine-tune")
+    recipe = FinetuneConfig(epochs=3, lr=0.04, swa_epochs=1, distill=False).train_config()
+    assert (recipe.swa.epochs, recipe.swa.lr, recipe.distill.weight, recipe.warmup_epochs) == (1, 0.02, 0.0, 0)
     assert not list(tmp_path.iterdir())
 
 

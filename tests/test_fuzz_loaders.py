@@ -213,8 +213,8 @@ def test_policy_loader_on_mutated_policies(
 
     def load_and_check() -> None:  # a policy that loads is also compared with a model's units and rolled out on it
         policy = load_policy(folder)
-        outside_training(policy.meta, files["structure"])
-        check_policy_target(policy.meta, 0.5, "macs", force=True)
+        outside_training(policy.info, files["structure"])
+        check_policy_target(policy.info, 0.5, "macs", force=True)
         policy_plans(policy, files["model"], files["structure"], target=0.5, force=True)
 
     _only_rlprune_errors(load_and_check)
@@ -251,7 +251,7 @@ def test_policy_fields_are_used_as_validated(files: dict[str, Any], edit: dict[s
         return
     policy = load_policy(folder)
     assert policy.meta["target"] == 0.5 and policy.meta["round_to"] == 8 and isinstance(policy.meta["round_to"], int)
-    check_policy_target(policy.meta, 0.5, "macs")
+    check_policy_target(policy.info, 0.5, "macs")
     (plan,) = policy_plans(policy, files["model"], files["structure"], target=0.5)
     dense = {u.name: u.channels for u in files["structure"].units}
     rounded = [c for name, c in plan.channels.items() if dense[name] > 8]  # units of 8 or fewer are not rounded

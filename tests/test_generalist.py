@@ -24,6 +24,7 @@ from rlprune.envs.references import References
 from rlprune.envs.rewards import Outcome, get_reward
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.scorer import Score
+from rlprune.io.schemas import PolicyMeta
 from rlprune.jobs.apply import check_policy_target, outside_training, policy_plans
 from rlprune.models import build_model
 from rlprune.pruning import analyze
@@ -129,8 +130,9 @@ def test_feature_envelope_bounds_what_the_policy_observed():
     for broken in ({**envelope, "names": envelope["names"][::-1]}, [envelope["low"], envelope["high"]], "v3"):
         with pytest.raises(RLPruneError, match="feature_envelope does not list the v3 static features"):
             check_envelope(broken, 3)
-        with pytest.raises(RLPruneError, match="^policy: feature_envelope does not list"):
-            outside_training({"feature_version": 3, "feature_envelope": broken}, structure=None)
+    reversed_names = {**envelope, "names": envelope["names"][::-1]}  # well-formed, but another feature order
+    with pytest.raises(RLPruneError, match="^policy: feature_envelope does not list"):
+        outside_training(_meta(feature_version=3, feature_envelope=reversed_names), structure=None)
     with pytest.raises(RLPruneError, match="v2 static features"):
         check_envelope(envelope, 2)  # a v3 envelope on a v2 policy
 
@@ -213,8 +215,13 @@ def test_several_checkpoints_config():
             SearchConfig(name="g", **bad)
 
 
+def _meta(**fields: object) -> PolicyMeta:
+    """A policy's validated metadata with these fields (the rest as a PPO policy of feature set 3 would have)."""
+    return PolicyMeta.model_validate({"format": "rlprune-policy/1", "algorithm": "ppo", "feature_version": 3, **fields})
+
+
 def test_policy_target_range_is_enforced_unless_forced():
-    meta = {"target": [0.3, 0.8], "budget": "macs"}
+    meta = _meta(target=[0.3, 0.8], budget="macs")
     check_policy_target(meta, 0.5, "macs")
     check_policy_target(meta, 0.81, "macs")  # within the slack
     with pytest.raises(RLPruneError, match=r"outside what the policy was trained for \(\[0.3, 0.8\]\)") as info:
@@ -222,7 +229,7 @@ def test_policy_target_range_is_enforced_unless_forced():
     assert info.value.fix == "force"
     check_policy_target(meta, 0.9, "macs", force=True)
     with pytest.raises(RLPruneError, match="latency budget"):
-        check_policy_target({"target": 0.5, "budget": "latency"}, 0.5, "macs")
+        check_policy_target(_meta(target=0.5, budget="latency"), 0.5, "macs")
 
 
 def test_older_policy_is_rolled_out_with_its_own_features():

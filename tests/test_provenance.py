@@ -15,7 +15,7 @@ import rlprune.io.provenance
 import rlprune.jobs.apply
 import rlprune.searching.api
 import rlprune.searching.cache
-from rlprune.config import SearchConfig
+from rlprune.config import FinetuneConfig, SearchConfig
 from rlprune.cost.budget import uniform_plan
 from rlprune.data import load_splits
 from rlprune.errors import RLPruneError
@@ -165,9 +165,10 @@ def test_finetune_report_is_reused_only_for_the_same_request(
     loss = engine.distillation_loss
     monkeypatch.setattr(engine, "distillation_loss", lambda *a, **k: steps.append(1) or loss(*a, **k))
 
-    def ft(**kw: object) -> dict:
-        args = {"epochs": 1, "batch_size": 16, "progress": False, "latency_batches": (1,), "reuse": True, **kw}
-        return finetune_plan(dense, meta, plan, splits, out, **args)  # type: ignore[arg-type]
+    def ft(steps_per_epoch: int | None = None, **kw: object) -> dict:
+        recipe = FinetuneConfig(epochs=1, batch_size=16, steps_per_epoch=steps_per_epoch)
+        args = {"progress": False, "latency_batches": (1,), "reuse": True, **kw}
+        return finetune_plan(dense, meta, plan, splits, out, recipe, **args)  # type: ignore[arg-type]
 
     first = ft(steps_per_epoch=1)
     full = len(splits.train) // 16  # steps in a whole epoch (the last partial batch is dropped)

@@ -152,14 +152,14 @@ def test_swa_averages_the_last_epochs_and_resumes(image_folder: Path, tmp_path: 
 
 
 def test_resume_refuses_a_state_without_weights(image_folder: Path, tmp_path: Path) -> None:
-    """A state saved without its weights (rlprune < 0.2) cannot be paired safely with ``last``: refused."""
+    """A state without its weights cannot be paired safely with ``last``: refused in one line."""
     splits = load_splits("imagefolder", image_folder, val_size=6)
     fit(_model(), splits, _recipe(epochs=2), tmp_path, meta=META, batch_size=8, progress=False)
     state = load_state(tmp_path / "state.pt")
     del state["model"]
     state["epoch"] = 1
     save_state(tmp_path / "state.pt", state)
-    with pytest.raises(RLPruneError, match="state.pt: resume state from an older rlprune") as err:
+    with pytest.raises(RLPruneError, match="state.pt: not a complete resume state \\(no 'model'\\)") as err:
         fit(_model(), splits, _recipe(epochs=2), tmp_path, meta=META, batch_size=8, progress=False)
     assert err.value.fix == "restart"
 

@@ -8,7 +8,7 @@ tensors are read.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from rlprune.envs.features import FEATURE_VERSION, check_envelope, feature_spec
 from rlprune.errors import RLPruneError
 from rlprune.io.files import atomic_write_text, read_json
 from rlprune.io.safe import clip, writing
-from rlprune.io.schemas import PolicyMetaSchema, validated
+from rlprune.io.schemas import PolicyMeta, validated
 
 POLICY_FORMAT = "rlprune-policy/1"
 
@@ -81,13 +81,22 @@ _ACTIVATIONS = {"torch.nn.modules.activation.Tanh": torch.nn.Tanh, "torch.nn.mod
 class Policy:
     """A learned pruning policy rebuilt from weights + JSON (nothing unpickled): ``act(obs) -> action in [-1, 1]``.
 
-    ``meta`` holds how it was trained (algorithm, action scaling ``min_ratio``/``max_ratio``, ``round_to``, budget
-    kind and target range, importance criterion). Apply it to any model with :func:`rlprune.apply_policy`.
+    ``meta`` holds how it was trained, as saved in ``policy.json`` (algorithm, action scaling
+    ``min_ratio``/``max_ratio``, ``round_to``, budget kind and target range, importance criterion, the models and
+    config it was trained on); ``info`` is the same, validated (:class:`~rlprune.io.schemas.PolicyMeta`): what
+    applying it reads. Apply it to any model with :func:`rlprune.apply_policy`.
     """
 
-    def __init__(self, policy: torch.nn.Module, meta: dict[str, Any]) -> None:
+    def __init__(self, policy: torch.nn.Module, meta: Mapping[str, Any], info: PolicyMeta | None = None) -> None:
         self.policy = policy  # a loaded policy is put in eval mode by load_policy; a live agent's is left alone
-        self.meta = meta
+        self.meta = dict(meta)
+        if info is None:  # a policy built in memory: its metadata checked as a saved one's is
+            try:
+                plain = json.loads(json.dumps(self.meta, default=_json_default, allow_nan=False))
+            except ValueError as exc:
+                raise RLPruneError(f"policy metadata holds a non-finite number ({exc})") from None
+            info = validated(PolicyMeta, plain, "policy metadata")
+        self.info: PolicyMeta = info
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -126,7 +135,7 @@ class Policy:
         """
         if not hasattr(self.policy, "get_distribution"):
             raise RLPruneError(
-                f"a {self.meta.get('algorithm')} policy has no action distribution to sample plans from (needs ppo)"
+                f"a {self.info.algorithm} policy has no action distribution to sample plans from (needs ppo)"
             )
         rng = np.random.default_rng(seed)
 
@@ -143,16 +152,10 @@ def load_policy(path: str | Path) -> Policy:
     """Rebuild a saved policy without unpickling; its observation size is its own feature set's (any version this
     rlprune knows; a newer one is refused in one line)."""
     weights, sidecar = policy_paths(path)
-    legacy = Path(path).with_suffix(".json")  # rlprune <= 0.2 saved `pols/r20_t0.5` as `pols/r20_t0.json`
-    if not sidecar.is_file() and not Path(path).is_dir() and legacy.is_file() and legacy != sidecar:
-        raise RLPruneError(
-            f"{sidecar}: not found; an older rlprune saved a policy named '{Path(path).name}' as '{legacy.name}' "
-            f"(pass {legacy} if that is the one)"
-        )
     meta = read_json(sidecar, "policy metadata")
     if not isinstance(meta, dict) or meta.get("format") != POLICY_FORMAT:
         raise RLPruneError(f"{sidecar}: not an rlprune policy (expected format '{POLICY_FORMAT}')")
-    checked = validated(PolicyMetaSchema, meta, str(sidecar))  # types, ranges, finite numbers, network settings
+    checked = validated(PolicyMeta, meta, str(sidecar))  # types, ranges, finite numbers, network settings
     # the values as parsed replace the file's ("0.5" -> 0.5, 8.0 -> 8): what is used below is what was checked
     meta.update(checked.model_dump(mode="json", exclude_unset=True, exclude={"feature_envelope"}))
     try:
@@ -197,4 +200,4 @@ def load_policy(path: str | Path) -> Policy:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise RLPruneError(f"{weights}: '{key[:60]}' holds non-finite values; the policy is corrupt")
     fit_weights(policy, state, f"{weights} ({algorithm} policy)")
-    return Policy(policy.eval(), meta)
+    return Policy(policy.eval(), meta, checked)

@@ -7,6 +7,8 @@ import functools
 import json
 import sys
 
+from rlprune.config.base import validate
+from rlprune.config.experiment import FinetuneConfig
 from rlprune.errors import RLPruneError
 
 TRUST_HELP = "import model code (package.module:factory) named in the checkpoint; only for checkpoints you trust"
@@ -139,6 +141,19 @@ def finetune_common(
         )
     if args.swa_lr is not None and not 0 < args.swa_lr <= args.lr:
         raise RLPruneError(f"--swa-lr: expected a value in (0, --lr = {args.lr}], got {args.swa_lr}")
+    recipe = validate(
+        FinetuneConfig,
+        {
+            "epochs": args.finetune_epochs,
+            "lr": args.lr,
+            "distill": not args.no_distill,
+            "batch_size": args.batch_size,
+            "swa_epochs": args.swa_epochs,
+            "swa_lr": args.swa_lr,
+            "quantize": args.quantize,
+        },
+        "fine-tune",
+    )
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RLPruneError(f"--out {out}: exists and is not an empty directory")
@@ -166,14 +181,8 @@ def finetune_common(
         plan,
         splits,
         out,
-        epochs=args.finetune_epochs,
-        lr=args.lr,
-        swa_epochs=args.swa_epochs,
-        swa_lr=args.swa_lr,
-        quantize=args.quantize,
-        distill=not args.no_distill,
+        recipe,
         seed=args.seed,
-        batch_size=args.batch_size,
         progress=not args.quiet,
         source=source,
         device=args.device,
@@ -215,7 +224,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         source = {"policy": args.policy, "checkpoint": args.checkpoint, "target": target, "budget": budget}
         scorer = None
         if args.samples or args.uniform_guard:
-            importance = policy.meta.get("importance", "l1")
+            importance = policy.info.importance
             granularity = structure.granularity
             scorer = default_proxy(dense, get_splits(), importance, args.device, structure.options, granularity)
         plan, picked = apply_policy(

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rlprune.config.base import Device, RunName, Seed, Strict
+from rlprune.config.training import DistillConfig, SWAConfig, TrainConfig
 from rlprune.errors import RLPruneError
 
 
@@ -166,6 +167,26 @@ class FinetuneConfig(Strict):
         if self.swa_lr is not None and self.swa_lr > self.lr:
             raise ValueError(f"swa_lr ({self.swa_lr}) exceeds lr ({self.lr})")
         return self
+
+    @property
+    def swa(self) -> dict[str, float] | None:
+        """The SWA settings (the lr decays to ``swa_lr``, default half of ``lr``, by their start), or None when off."""
+        if not self.swa_epochs:
+            return None
+        return {"epochs": self.swa_epochs, "lr": self.swa_lr if self.swa_lr is not None else self.lr / 2}
+
+    def train_config(self) -> TrainConfig:
+        """The training engine's recipe for this fine-tune: no warm-up, weight decay 5e-4, distillation at weight 0.5
+        and temperature 4 when ``distill``."""
+        return TrainConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            warmup_epochs=0,
+            weight_decay=5e-4,
+            distill=DistillConfig(weight=0.5 if self.distill else 0.0, temperature=4.0),
+            swa=SWAConfig(**(self.swa or {})),
+            steps_per_epoch=self.steps_per_epoch,
+        )
 
 
 class RoundsConfig(Strict):

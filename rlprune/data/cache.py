@@ -19,7 +19,7 @@ import numpy as np
 from rlprune.data.sources import Split, walk
 from rlprune.errors import RLPruneError
 
-CACHE_FORMAT = 2  # 2: hidden files skipped, 16-bit images rescaled (entries of 1 are decoded again)
+CACHE_FORMAT = 2  # entries of another format are decoded again
 
 
 def cache_root() -> Path:

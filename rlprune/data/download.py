@@ -67,7 +67,7 @@ def download_cifar10(
         if digest != md5:
             raise RLPruneError(f"{url}: downloaded archive has the wrong checksum (expected md5 {md5})")
         # unpacked beside the target and renamed into place: an interrupted unpack never leaves a folder that looks
-        # complete (a partial one from an older rlprune is replaced)
+        # complete (a partial one is replaced)
         unpack = Path(tempfile.mkdtemp(prefix=".cifar10-", dir=dest))
         try:
             with tarfile.open(tmp, "r:gz") as tar:

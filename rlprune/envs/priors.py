@@ -26,6 +26,7 @@ from torch import nn
 
 from rlprune.cost.budget import Budget
 from rlprune.errors import RLPruneError
+from rlprune.io.schemas import PolicyMeta
 from rlprune.pruning.sparsity import budget_sparsity
 
 PRIORS = ("none", "uniform", "magnitude")
@@ -76,9 +77,9 @@ def _logit(ratio: float) -> float:
     return math.log(r / (1.0 - r))
 
 
-def policy_prior(meta: dict, budget: Budget, target: float, model: nn.Module | None) -> Sequence[float] | None:
-    """The prior a saved policy was trained with (its ``meta["prior"]``; none for older policies), for ``target``."""
-    return prior_ratios(str(meta.get("prior", "none")), budget, target, model)
+def policy_prior(meta: PolicyMeta, budget: Budget, target: float, model: nn.Module | None) -> Sequence[float] | None:
+    """The prior a saved policy was trained with (``meta.prior``), for ``target``."""
+    return prior_ratios(meta.prior, budget, target, model)
 
 
 __all__ = ["LOGIT_RANGE", "PRIORS", "centered_action", "centered_ratio", "policy_prior", "prior_ratios"]

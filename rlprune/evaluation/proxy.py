@@ -18,7 +18,7 @@ from rlprune.data import ArrayDataset, BatchLoader, DataSplits, stratified_split
 from rlprune.errors import RLPruneError
 from rlprune.evaluation import evaluate
 from rlprune.evaluation.scorer import MetricScorer, Score
-from rlprune.precision import autocast_dtype
+from rlprune.precision import scoring_dtype
 from rlprune.pruning import Plan
 from rlprune.pruning.importance import calibration_batches
 from rlprune.seeding import PROXY_FINETUNE_STREAM, RECALIBRATION_STREAM, resolve_device, stream_seed
@@ -54,8 +54,9 @@ class ProxyEvaluator(MetricScorer):
     :param finetune_steps: optional SGD steps on augmented training batches before recalibration.
     :param finetune_lr: learning rate of those steps.
     :param importance: channel criterion used to prune.
-    :param amp: ``auto`` computes in bf16 autocast + channels-last where the hardware has native bf16 (about 2.5x
-        faster on CPU; rankings, not absolute accuracies, are what the search needs), ``off`` in float32.
+    :param amp: ``auto`` computes in bf16 autocast + channels-last on a GPU and in float32 on a CPU, where bf16 scores
+        would depend on the thread count (:func:`~rlprune.precision.scoring_dtype`); ``bf16`` forces it (faster on
+        CPUs with native bf16, not reproducible across thread or worker counts), ``off`` is float32.
     :param seed: seeds the recalibration/fine-tune batches and the validation subset.
     :param per_class: also score macro-F1, the worst class's accuracy and its drop against the dense model
         (``worst_class_drop``, read by the ``accuracy_worst_class`` reward); same forward pass, plus one dense one.
@@ -94,7 +95,7 @@ class ProxyEvaluator(MetricScorer):
         self.eval_batch_size = eval_batch_size
         self.recal_batch_size = recal_batch_size
         device = device if isinstance(device, torch.device) else resolve_device(device)  # 'auto' too
-        amp_dtype = autocast_dtype(amp, device)
+        amp_dtype = scoring_dtype(amp, device)
         self.channels_last = amp_dtype is not None
         self.val: ArrayDataset = splits.val
         if not len(splits.val):  # every plan would score 0: nothing to choose by (the test split is never used)

@@ -33,7 +33,7 @@ from rlprune.precision import autocast
 from rlprune.pruning import Plan, Structure, analyze, prune
 from rlprune.pruning.importance import get_criterion
 from rlprune.pruning.weights import SPARSE_IMPORTANCE, sparsify_plan, weight_structure
-from rlprune.seeding import on_device, resolve_device
+from rlprune.seeding import on_device, one_thread, resolve_device
 
 
 @dataclass(kw_only=True)
@@ -227,12 +227,13 @@ class MetricScorer:
                 model.parameters(), lr=self.finetune_lr, momentum=0.9, nesterov=True, weight_decay=5e-4
             )
             model.train()
-            for x, y in self.finetune_batches:
-                with self._autocast():
-                    loss = self.loss_fn(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            with one_thread():  # the same weights whatever the thread or worker count
+                for x, y in self.finetune_batches:
+                    with self._autocast():
+                        loss = self.loss_fn(model(x), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
         if masks is not None:
             masks.detach()
             masks.apply(model)

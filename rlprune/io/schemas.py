@@ -245,7 +245,7 @@ class FeatureEnvelope(_Open):
         return self
 
 
-class PolicyMetaSchema(_Open):
+class PolicyMeta(_Open):
     """A saved policy's ``policy.json``: how to rebuild the network and how its actions map to ratios."""
 
     format: Literal["rlprune-policy/1"]
@@ -265,7 +265,7 @@ class PolicyMetaSchema(_Open):
     feature_envelope: FeatureEnvelope | None = None  # policies saved before it have none
 
     @model_validator(mode="after")
-    def _ranges(self) -> PolicyMetaSchema:
+    def _ranges(self) -> PolicyMeta:
         _check_granularity(self.granularity)
         if self.min_ratio >= self.max_ratio:
             raise ValueError(f"min_ratio ({self.min_ratio}) must be below max_ratio ({self.max_ratio})")

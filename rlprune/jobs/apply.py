@@ -32,6 +32,7 @@ from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.evaluation.scorer import Scorer
 from rlprune.io.checkpoint import load_checkpoint
+from rlprune.io.schemas import PolicyLatency, PolicyMeta
 from rlprune.models import build_model
 from rlprune.pruning import Plan, Structure, analyze
 from rlprune.pruning.options import PruneOptions
@@ -102,13 +103,13 @@ def policy_plans(
         runtime the policy was trained with).
     """
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
-    m = policy.meta
-    if policy_granularity(m) != structure.granularity:
+    m = policy.info
+    if m.granularity != structure.granularity:
         raise RLPruneError(
-            f"policy: trained to decide {policy_granularity(m)} sparsity per unit, but the model was analyzed for "
+            f"policy: trained to decide {m.granularity} sparsity per unit, but the model was analyzed for "
             f"{structure.granularity} units"
         )
-    importance = importance or m.get("importance", "l1")
+    importance = importance or m.importance
     check_policy_target(m, target, budget, force=force)
     if (outside := outside_training(m, structure)) and outside["units"]:
         features = ", ".join(f"{k} ({n})" for k, n in sorted(outside["features"].items(), key=lambda kv: -kv[1]))
@@ -120,26 +121,26 @@ def policy_plans(
             features,
         )
     table = None
-    trained = (m.get("config") or {}).get("latency") or {}  # how its training timed plans (latency budgets)
+    trained = m.config.latency or PolicyLatency()  # how its training timed plans (latency budgets)
     if budget == "latency":  # timed as the policy's training timed it, on the CPU
         model = on_device(model, torch.device("cpu"))
-        runtime = latency_runtime or trained.get("runtime", "torch")
-        batch = latency_batch or int(trained.get("batch_size", 1))
-        table = build_latency_table(model, structure, batch, threads=threads, runtime=runtime)
+        runtime = latency_runtime or trained.runtime
+        table = build_latency_table(
+            model, structure, latency_batch or trained.batch_size, threads=threads, runtime=runtime
+        )
     solver = Budget(
         structure,
         target,
         kind=budget,
-        min_ratio=m.get("min_ratio", 0.0),
-        max_ratio=m.get("max_ratio", 0.8),
-        round_to=m.get("round_to"),
-        min_channels=m.get("min_channels", 1),
+        min_ratio=m.min_ratio,
+        max_ratio=m.max_ratio,
+        round_to=m.round_to,
+        min_channels=m.min_channels,
         latency_table=table,
     )
     # met as measured, on average, refitted on as many timed plans as in training
-    count = int(trained.get("calibration_plans", 8))
-    solver = calibrate_latency_budget(solver, model, count=count, seed=0, threads=threads)
-    version = int(m.get("feature_version", 2))  # observed with the features it was trained on
+    solver = calibrate_latency_budget(solver, model, count=trained.calibration_plans, seed=0, threads=threads)
+    version = m.feature_version  # observed with the features it was trained on
     prior = policy_prior(m, solver, target, model)  # what action 0 stood for in training
     plans = [rollout(solver, policy.act, target, importance, version, prior)]
     if samples:
@@ -150,26 +151,20 @@ def policy_plans(
     return plans
 
 
-def policy_granularity(meta: dict[str, Any]) -> str:
-    """What a policy decides per unit: ``channel`` (any policy saved before weight-level plans), ``unstructured``
-    or an N:M pattern such as ``2:4``."""
-    return str(meta.get("granularity", "channel"))
-
-
 TARGET_SLACK = 0.02  # how far outside its trained target range a policy is still applied without force
 
 
-def outside_training(meta: dict[str, Any], structure: Structure) -> dict[str, Any] | None:
+def outside_training(meta: PolicyMeta, structure: Structure) -> dict[str, Any] | None:
     """Which of ``structure``'s units lie outside the range of features the policy saw in training (its
     ``feature_envelope``; None for a policy saved without one): there its actions extrapolate rather than apply what
     it learned — e.g. depthwise layers or 4x thinner bottlenecks for a policy trained on ResNets and VGG.
 
     :returns: ``{"units": n outside, "of": units, "indices": [...], "features": {feature: units outside on it}}``.
     """
-    envelope = meta.get("feature_envelope")
-    if not envelope:
+    if meta.feature_envelope is None:
         return None
-    spec = feature_spec(int(meta.get("feature_version", 2)))
+    envelope = meta.feature_envelope.model_dump()
+    spec = feature_spec(meta.feature_version)
     try:
         check_envelope(envelope, spec.version)
     except RLPruneError as exc:
@@ -177,10 +172,10 @@ def outside_training(meta: dict[str, Any], structure: Structure) -> dict[str, An
     return outside_envelope(spec.static(structure), envelope)
 
 
-def check_policy_target(meta: dict[str, Any], target: float, budget: str, *, force: bool = False) -> None:
+def check_policy_target(meta: PolicyMeta, target: float, budget: str, *, force: bool = False) -> None:
     """Refuse, in one line, a target outside the range the policy was trained on (by more than ``TARGET_SLACK``)
     or another budget kind, unless ``force``: a policy's actions outside what it was trained on are a guess."""
-    trained = meta.get("target")
+    trained = meta.target
     if trained is None:
         return
     lo, hi = (trained, trained) if isinstance(trained, int | float) else tuple(trained)
@@ -188,8 +183,8 @@ def check_policy_target(meta: dict[str, Any], target: float, budget: str, *, for
     if not lo - TARGET_SLACK <= target <= hi + TARGET_SLACK:
         span = f"{lo:g}" if lo == hi else f"[{lo:g}, {hi:g}]"
         problem = f"target {target:g} is outside what the policy was trained for ({span})"
-    elif meta.get("budget", "macs") != budget:
-        problem = f"the policy was trained with a {meta.get('budget')} budget, not {budget}"
+    elif meta.budget != budget:
+        problem = f"the policy was trained with a {meta.budget} budget, not {budget}"
     if problem is None:
         return
     if not force:
@@ -253,7 +248,7 @@ def apply_policy(
     if scorer is not None:
         structure = scorer.structure
     else:
-        structure = structure_for(model, example_inputs, policy_granularity(policy.meta), ignore=ignore, heads=heads)
+        structure = structure_for(model, example_inputs, policy.info.granularity, ignore=ignore, heads=heads)
     plans = policy_plans(
         policy,
         model,
@@ -268,7 +263,7 @@ def apply_policy(
         uniform=uniform_guard,
         importance=scorer.importance if scorer is not None else None,  # the channels it scores are the ones kept
     )
-    outside = outside_training(policy.meta, structure)
+    outside = outside_training(policy.info, structure)
     if len(plans) == 1:
         return plans[0], {"samples": 0, "outside_training": outside}
     assert scorer is not None

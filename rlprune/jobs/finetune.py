@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlprune.config import TrainConfig, validate
+from rlprune.config import TrainConfig
+from rlprune.config.experiment import FinetuneConfig
 from rlprune.cost.latency import compare_latency
 from rlprune.cost.macs import count_macs, count_params
 from rlprune.data import BatchLoader, DataSplits
@@ -30,6 +31,7 @@ from rlprune.evaluation.classes import classes_section
 from rlprune.io.checkpoint import load_checkpoint, save_checkpoint
 from rlprune.io.files import atomic_write_text, read_json
 from rlprune.io.provenance import environment, is_current, provenance, tensors_sha256
+from rlprune.io.rundir import RunDir
 from rlprune.io.safe import json_safe, locked
 from rlprune.jobs.apply import example_input, original_structure
 from rlprune.pruning import Plan, Structure, prune
@@ -53,11 +55,8 @@ def finetune_plan(
     plan: Plan,
     splits: DataSplits,
     out_dir: Path,
+    recipe: FinetuneConfig | None = None,
     *,
-    epochs: int = 1,
-    lr: float = 0.02,
-    distill: bool = True,
-    batch_size: int = 128,
     recal_batches: int = 50,
     seed: int = 0,
     latency_batches: tuple[int, ...] = (1, 64),
@@ -65,10 +64,6 @@ def finetune_plan(
     source: dict[str, Any] | None = None,
     reuse: bool = False,
     device: str = "cpu",
-    swa_epochs: int = 0,
-    swa_lr: float | None = None,
-    quantize: str | None = None,
-    steps_per_epoch: int | None = None,
     reference: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Prune ``dense`` with ``plan``, fine-tune, evaluate, export and report into ``out_dir``; returns the report.
@@ -77,12 +72,11 @@ def finetune_plan(
     ``out_dir`` is never half-written. A fine-tune that was killed resumes from its last finished epoch when the same
     command is run again (the partial folder keeps its per-epoch state; a failure before any epoch removes it).
 
+    :param recipe: epochs, lr, distillation, batch size, SWA, steps per epoch and int8 quantization (a validated
+        :class:`~rlprune.config.FinetuneConfig`; default: its defaults).
     :param reuse: if ``out_dir`` already holds a report made by this very request (plan, dense weights, recipe,
         seed, code version: its ``provenance`` hash), return it instead of fine-tuning again; a report made by any
         other request is measured again and replaced.
-    :param steps_per_epoch: at most this many fine-tune steps per epoch (a fraction of an epoch); None = all.
-    :param swa_epochs: average the weights of the last N epochs (SWA; the lr decays to ``swa_lr`` by their start and
-        holds there; default ``swa_lr``: half of ``lr``); 0 = off.
     :param device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when present) for the fine-tune and evaluation;
         CPU latency is always measured on CPU.
     :param reference: the model the report compares against and the fine-tune distills from (default: ``dense``).
@@ -90,25 +84,14 @@ def finetune_plan(
         records the plan composed onto the original architecture) and pass the original dense model here, so that
         every round is reported against it and learns from it.
     """
-    swa = {"epochs": swa_epochs, "lr": swa_lr if swa_lr is not None else lr / 2} if swa_epochs else None
-    recipe = validate(  # TrainConfig's own checks (SWA inside the epochs, its lr at most lr) before any work
-        TrainConfig,
-        {
-            "epochs": epochs,
-            "lr": lr,
-            "warmup_epochs": 0,
-            "weight_decay": 5e-4,
-            "distill": {"weight": 0.5 if distill else 0.0, "temperature": 4.0},
-            "swa": swa or {},
-            "steps_per_epoch": steps_per_epoch,
-        },
-        "fine-tune",
-    )
+    recipe = recipe or FinetuneConfig()
+    train = recipe.train_config()
+    distill, batch_size, quantize = recipe.distill, recipe.batch_size, recipe.quantize
     # what decides the report, code version included: a report is reused only if it was made by exactly this
     produced_by = {
         "plan": plan.key(),
         "dense": meta.get("weights_sha256") or tensors_sha256(dense),
-        **recipe.model_dump(mode="json"),
+        **train.model_dump(mode="json"),
         **{"distill": distill, "batch_size": batch_size, "recal_batches": recal_batches, "seed": seed},
         **{"latency_batches": list(latency_batches), "device": str(device)},
         **({"quantize": quantize} if quantize else {}),
@@ -128,7 +111,8 @@ def finetune_plan(
         dense.eval(), example, plan.granularity, ignore=plan.options.ignore, heads=plan.options.heads or None
     )
     plan.check(structure, "plan")
-    work = _partial_dir(out_dir, json.dumps(produced_by, sort_keys=True))
+    run = RunDir(out_dir, "fine-tune output")
+    work = run.stage(json.dumps(produced_by, sort_keys=True), resumable="finetune/state.pt", job="fine-tune")
     try:
         report = _run(
             dense,
@@ -137,7 +121,7 @@ def finetune_plan(
             structure,
             splits,
             work,
-            recipe=recipe,
+            recipe=train,
             distill=distill,
             batch_size=batch_size,
             recal_batches=recal_batches,
@@ -146,12 +130,15 @@ def finetune_plan(
             progress=progress,
             source=source or {},
             device=resolve_device(device),
-            swa=swa,
+            swa=recipe.swa,
             quantize=quantize,
             reference=reference,
         )
         report["provenance"] = provenance(produced_by)
-        _publish(work, out_dir, report, replace=stale)
+        # the final report, then the folder into place without what only served resuming (TensorBoard logs stay)
+        text = json.dumps(json_safe(report), indent=1, default=float, allow_nan=False)
+        atomic_write_text(work / "report.json", text + "\n")
+        run.publish(work, drop=("finetune/last.safetensors", "finetune/last.json", "finetune/state.pt"), replace=stale)
         if report["onnx"].get("error"):
             raise RLPruneError(f"{out_dir}: fine-tuned model, plan and report written, but {report['onnx']['error']}")
     except BaseException as exc:
@@ -162,40 +149,6 @@ def finetune_plan(
             log.warning("fine-tune %s; the same command resumes from the last finished epoch in %s", why, work)
         raise
     return report
-
-
-def _partial_dir(out_dir: Path, request: str) -> Path:
-    """The hidden ``.<out>.partial`` folder a fine-tune works in: kept when it holds a resumable run of the same
-    ``request``, cleared otherwise."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = out_dir.parent / f".{out_dir.name}.partial"
-    resumable = (work / "finetune" / "state.pt").is_file()
-    if resumable and _read_text(work / "request.json") != request:
-        log.warning("%s: left by a fine-tune with other settings; starting over", work)
-        resumable = False
-    if work.exists() and not resumable:
-        shutil.rmtree(work)  # nothing worth resuming
-    if resumable:
-        log.info("resuming the fine-tune in %s", work)
-    work.mkdir(exist_ok=True)
-    atomic_write_text(work / "request.json", request + "\n")
-    return work
-
-
-def _publish(work: Path, out_dir: Path, report: dict[str, Any], *, replace: bool) -> None:
-    """Write the final report, drop what only served resuming (the TensorBoard logs stay) and rename the partial
-    folder into place (replacing a stale ``out_dir`` only now that the new one is complete)."""
-    text = json.dumps(json_safe(report), indent=1, default=float, allow_nan=False)
-    atomic_write_text(work / "report.json", text + "\n")
-    for name in ("finetune/last.safetensors", "finetune/last.json", "finetune/state.pt", "request.json"):
-        (work / name).unlink(missing_ok=True)
-    if out_dir.exists():
-        shutil.rmtree(out_dir) if replace else out_dir.rmdir()
-    work.rename(out_dir)
-
-
-def _read_text(path: Path) -> str | None:
-    return path.read_text().strip() if path.is_file() else None
 
 
 def _run(

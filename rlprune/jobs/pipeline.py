@@ -132,21 +132,13 @@ def run_job(
     else:
         summary = run_search(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
     plan = Plan.load(run_dir / "best_plan.json")
-    f = cfg.finetune
     finetune_plan(
         dense,
         meta,
         plan,
         splits_from_meta(meta, cfg.data_root),
         out,
-        epochs=f.epochs,
-        lr=f.lr,
-        distill=f.distill,
-        batch_size=f.batch_size,
-        swa_epochs=f.swa_epochs,
-        swa_lr=f.swa_lr,
-        quantize=f.quantize,
-        steps_per_epoch=f.steps_per_epoch,
+        cfg.finetune,
         seed=cfg.seed,
         progress=progress,
         source={"search": str(run_dir), "checkpoint": cfg.checkpoint, "policy": cfg.policy},
@@ -173,12 +165,12 @@ def _zero_shot(
     the run's ``best_plan.json``; the same plan for the same policy, model and target, every time."""
     from rlprune.agents.policy_io import load_policy
     from rlprune.cost.budget import macs_ratio
-    from rlprune.jobs.apply import apply_policy, example_input, policy_granularity
+    from rlprune.jobs.apply import apply_policy, example_input
 
     target = float(cfg.env.target)  # type: ignore[arg-type]  # a range is refused by the config
     wanted = granularity_label(cfg.env.granularity, cfg.env.pattern)
     policy = load_policy(cfg.policy)  # read once: its granularity checked here, then rolled out
-    trained = policy_granularity(policy.meta)
+    trained = policy.info.granularity
     if trained != wanted:
         raise RLPruneError(f"policy: decides {trained} units; the config's env.granularity asks for {wanted}")
     plan, record = apply_policy(

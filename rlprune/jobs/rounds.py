@@ -113,14 +113,12 @@ def run_rounds(
             plan,
             splits,
             round_dir / "pruned",
-            epochs=rounds.finetune_epochs or cfg.finetune.epochs,
-            lr=cfg.finetune.lr,
-            distill=cfg.finetune.distill,
-            batch_size=cfg.finetune.batch_size,
-            swa_epochs=cfg.finetune.swa_epochs,
-            swa_lr=cfg.finetune.swa_lr,
-            quantize=cfg.finetune.quantize if k == len(targets) else None,  # only the result is deployed
-            steps_per_epoch=cfg.finetune.steps_per_epoch,
+            cfg.finetune.model_copy(
+                update={
+                    "epochs": rounds.finetune_epochs or cfg.finetune.epochs,
+                    "quantize": cfg.finetune.quantize if k == len(targets) else None,  # only the result is deployed
+                }
+            ),
             seed=cfg.seed,
             progress=progress,
             source={"search": str(round_dir), "checkpoint": str(current), "round": k, "dense": cfg.checkpoint},

@@ -17,14 +17,16 @@ from rlprune.pruning.graph import GraphView, unit_groups
 from rlprune.pruning.importance import get_criterion
 from rlprune.pruning.plan import Plan, kept_channels
 from rlprune.pruning.structure import architecture_fingerprint
+from rlprune.seeding import one_thread
 
 
 def _accumulate_gradients(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
     model.zero_grad(set_to_none=True)
     was_training = model.training
     model.eval()
-    for x, y in batches:
-        F.cross_entropy(model(x), y).backward()
+    with one_thread():  # gradient sums, and so the channels kept, do not depend on the thread count
+        for x, y in batches:
+            F.cross_entropy(model(x), y).backward()
     model.train(was_training)
 
 

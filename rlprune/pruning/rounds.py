@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from rlprune.errors import RLPruneError
-from rlprune.io.files import atomic_write_text
+from rlprune.io.rundir import RunDir
 from rlprune.pruning.plan import Plan
 from rlprune.pruning.sparsity import SparsityMasks, load_sparse, save_sparse, sparsify
 from rlprune.pruning.structure import Structure
@@ -90,18 +90,14 @@ def iterative_sparsify(
 def finished_rounds(state_path: Path, schedule: dict[str, Any]) -> list[dict[str, Any]]:
     """The rounds ``state_path`` records as finished (none if it does not exist), refusing a file written for another
     ``schedule`` (targets and whatever else decides the rounds): resuming must not mix two schedules' rounds."""
-    if not state_path.is_file():
+    state = RunDir(state_path.parent).read_json(state_path.name, "rounds record")
+    if state is None:
         return []
-    try:
-        state = json.loads(state_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RLPruneError(f"{state_path}: not valid JSON; delete the directory to start over") from None
     if not isinstance(state, dict) or not isinstance(state.get("done", []), list):
         raise RLPruneError(f"{state_path}: expected a rounds record with a 'done' list; delete it to start over")
-    # keys a record written by an earlier rlprune lacks are not compared (they are written with the next round)
-    recorded = {k: state[k] for k in schedule if k in state}
-    if recorded != {k: schedule[k] for k in recorded}:
-        key = next(k for k in recorded if recorded[k] != schedule[k])
+    recorded = {k: state.get(k) for k in schedule}
+    if recorded != schedule:
+        key = next(k for k in schedule if recorded[k] != schedule[k])
         raise RLPruneError(
             f"{state_path}: holds rounds made with another '{key}' ({str(recorded[key])[:80]}); use a new directory"
         )
@@ -110,7 +106,7 @@ def finished_rounds(state_path: Path, schedule: dict[str, Any]) -> list[dict[str
 
 def record_rounds(state_path: Path, schedule: dict[str, Any], done: list[dict[str, Any]]) -> None:
     """Write the schedule and the finished rounds atomically: a crash leaves the previous record, never half a file."""
-    atomic_write_text(state_path, json.dumps({**schedule, "done": done}, indent=1) + "\n")
+    RunDir(state_path.parent).write_json(state_path.name, {**schedule, "done": done})
 
 
 def compose_plans(base: Plan, step: Plan, dense: Structure) -> Plan:

@@ -4,14 +4,14 @@ weights (``search.json``), and the request key a cached search is reused by."""
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
 from rlprune.config import SearchConfig
 from rlprune.envs.features import FEATURE_VERSION
 from rlprune.errors import RLPruneError
-from rlprune.io.files import atomic_write_text, read_json
+from rlprune.io.files import read_json
+from rlprune.io.rundir import RunDir
 from rlprune.io.safe import read_yaml_file
 
 # what a resume may change in the agent section: run more episodes, save the agent at another interval
@@ -66,7 +66,7 @@ def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool, searcher: str | 
                     fix="rename",
                 )
     if resume and (run_dir / IDENTITY).is_file():
-        saved_identity = read_json(run_dir / IDENTITY, "search identity")
+        saved_identity = RunDir(run_dir).read_json(IDENTITY, "search identity")
         for key, what in (("searcher", "agent or searcher"), ("weights_sha256", "checkpoint weights")):
             before = saved_identity.get(key) if isinstance(saved_identity, dict) else None
             if before is not None and before != identity[key]:
@@ -80,7 +80,7 @@ def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool, searcher: str | 
 
 def record_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     """Write ``search.json`` (see :func:`prepare_run`) beside the resolved config."""
-    atomic_write_text(run_dir / IDENTITY, json.dumps(identity, indent=1) + "\n")
+    RunDir(run_dir).write_json(IDENTITY, identity)
 
 
 def search_request(cfg: SearchConfig, searcher: str | None) -> dict[str, Any]:

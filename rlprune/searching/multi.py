@@ -14,7 +14,6 @@ any model (a plan for one of them): the product of such a run is the policy, app
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -33,14 +32,14 @@ from rlprune.envs.multi import MultiModelEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.evaluation.proxy import ProxyEvaluator, scorer_settings
-from rlprune.io.files import atomic_write_text, read_json
 from rlprune.io.provenance import tensors_sha256
+from rlprune.io.rundir import RunDir
 from rlprune.pruning import Plan, prune
 from rlprune.searching.agent import train_agent
 from rlprune.searching.recorder import SearchRecorder
 from rlprune.searching.run import SearchRun, remember_records, run_stats
 from rlprune.searching.setup import build_budget, build_scorer
-from rlprune.seeding import HEALING_STREAM, stream_seed
+from rlprune.seeding import HEALING_STREAM, one_thread, stream_seed
 from rlprune.training.loop import finetune
 
 log = logging.getLogger("rlprune.searching.multi")
@@ -116,7 +115,8 @@ def pre_pruned_model(
     if pp.heal_steps:
         loader = scorer.training_loader(pp.heal_batch_size, stream_seed(seed, HEALING_STREAM), channels_last=False)
         steps = _Steps(loader, pp.heal_steps)
-        finetune(model, steps, lr=pp.heal_lr, teacher=scorer.model, device=scorer.device, seed=seed)
+        with one_thread():  # the same copy whatever the thread count (gradient sums split by thread)
+            finetune(model, steps, lr=pp.heal_lr, teacher=scorer.model, device=scorer.device, seed=seed)
     else:
         recalibrate_bn(model, scorer.recal)
     return model.eval(), plan
@@ -247,22 +247,22 @@ def search_models(
 
 def _same_copies(run_dir: Path, envs: list[LayerPruningEnv], sources: list[dict[str, Any]], resume: bool) -> None:
     """Record the pre-pruned copies (``copies.json``) of a new run; refuse to resume one whose copies came out
-    different (another device or thread count heals them to other weights, and recorded scores are of the old ones)."""
+    different (another device heals them to other weights, and recorded scores are of the old ones)."""
     copies = {e.name: s for e, s in zip(envs, sources, strict=True) if "pre_pruned" in s}
-    path = run_dir / "copies.json"
-    if resume and path.is_file():
-        before = read_json(path, "pre-pruned copies record")
+    run = RunDir(run_dir)
+    before = run.read_json("copies.json", "pre-pruned copies record") if resume else None
+    if isinstance(before, dict):
         for name, source in copies.items():
             if before.get(name, {}).get("weights_sha256") != source["weights_sha256"]:
                 raise RLPruneError(
                     f"{run_dir}: pre_pruned copy {name} came out different from the one this run started with "
-                    "(another device or thread count?); resume it where it started, or start a new run",
+                    "(another device?); resume it where it started, or start a new run",
                     fix="rename",
                 )
     for name, source in copies.items():
         log.info("%s: a copy of %s at %.2f of its MACs", name, source["checkpoint"], source["macs_ratio"])
     if copies:
-        atomic_write_text(path, json.dumps(copies, indent=1) + "\n")
+        run.write_json("copies.json", copies)
 
 
 def _model_stats(records: list[dict[str, Any]], name: str, last: int = 50) -> dict[str, Any]:

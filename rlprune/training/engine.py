@@ -30,6 +30,7 @@ from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.io.checkpoint import load_state, save_checkpoint, save_state
 from rlprune.io.files import atomic_write_text
+from rlprune.io.rundir import first_difference
 from rlprune.precision import autocast, autocast_dtype, use_channels_last
 from rlprune.training.losses import distillation_loss
 from rlprune.training.schedule import lr_multiplier
@@ -112,12 +113,8 @@ def fit(
     if steps_per_epoch == 0:
         raise RLPruneError(f"batch size {batch_size}: the training split has only {len(splits.train)} images")
     step = _Step(model, recipe, steps_per_epoch, device, dtype, teacher)
-    # swa and steps_per_epoch enter the key only when on, so runs saved before the options existed still resume
-    unset = {name for name, on in (("swa", recipe.swa.epochs), ("steps_per_epoch", recipe.steps_per_epoch)) if not on}
-    dumped = recipe.model_dump(mode="json", exclude=unset or None)
-    key: dict[str, Any] = {"recipe": dumped, "batch_size": batch_size, "seed": seed}
-    if cutout:  # only when on, so runs saved before the option existed still resume
-        key["cutout"] = cutout
+    key: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "batch_size": batch_size, "seed": seed}
+    key["cutout"] = cutout
     # the model and the data it trains on: a resume with another architecture would not load, and one with another
     # split would train on images an earlier epoch validated on (where the data lies on disk may change)
     key["model"] = {k: meta[k] for k in ("model", "model_kwargs", "init_from") if k in meta}
@@ -245,19 +242,17 @@ class _Step:
 
     def restore(self, state: dict[str, Any], run_key: str, where: Path) -> list[dict[str, float]]:
         """Load a saved state of the same run; returns its history (one record per finished epoch)."""
-        saved, now = json.loads(state.get("run", run_key)), json.loads(run_key)
-        for key in ("model", "data"):  # a state saved before the key held them compares by what it has
-            if key not in saved:
-                now.pop(key, None)
+        missing = [key for key in ("run", "model", "optimizer", "scheduler", "history", "epoch") if key not in state]
+        if missing:
+            raise RLPruneError(f"{where}: not a complete resume state (no '{missing[0]}')", fix="restart")
+        saved, now = json.loads(state["run"]), json.loads(run_key)
         if saved != now:
-            diff = _first_difference(saved, now)
+            diff = first_difference(saved, now)
             raise RLPruneError(
                 f"{where.parent}: holds a saved run with another recipe, model or data ({diff}); resume it with the "
                 "same settings",
                 fix="restart_or_rename",
             )
-        if "model" not in state:  # written by rlprune < 0.2, before the state carried the weights
-            raise RLPruneError(f"{where}: resume state from an older rlprune (no weights)", fix="restart")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -321,11 +316,3 @@ class _Step:
         }
 
 
-def _first_difference(saved: Any, now: Any, path: str = "") -> str:
-    """The first setting that differs between two nested dicts, as ``key: saved -> now``."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        for key in sorted(set(saved) | set(now)):
-            sub = f"{path}.{key}" if path else key
-            if saved.get(key) != now.get(key):
-                return _first_difference(saved.get(key), now.get(key), sub)
-    return f"{path}: {saved!r} -> {now!r}"
