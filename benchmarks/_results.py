@@ -7,6 +7,7 @@ Benchmark scripts import this as ``from _results import ...`` (they run as ``pyt
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rlprune.io.files import atomic_write_text
-from rlprune.io.provenance import UNKNOWN_COMMIT, environment
+from rlprune.io.provenance import UNKNOWN_COMMIT, code_version, environment
 from rlprune.reporting.tables import md_table
 
 
@@ -46,6 +47,14 @@ def measured_at(data: Any, current: Mapping[str, str]) -> dict[str, list[str]]:
     return found
 
 
+def request_key(request: Any) -> str:
+    """The key a benchmark caches a result under: what decides it (``request``: checkpoints by their weights hash,
+    settings, seeds) and the package code that measured it (version and source hash), so that a cell measured by
+    other code is measured again, never reused."""
+    payload = json.dumps({"request": request, "code": code_version()}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 def mean_std(values: list[float] | None) -> str:
     """Seeds' results as a table cell: ``mean ± std (n seeds)``, the value for one seed, ``not run`` for none."""
     if not values:
@@ -56,21 +65,22 @@ def mean_std(values: list[float] | None) -> str:
 
 
 def write_results(stem: str | Path, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``<stem>.json`` and ``<stem>.md``.
+    """Write ``<stem>.json`` and ``<stem>.md``, measured by one version of the package code.
 
     Every row is dated: results measured by this run carry ``environment`` (commit, date); results it reused
     (fine-tune reports, search summaries) carry their own ``provenance``. ``measured_at`` in the JSON maps each
-    commit to the rows measured at it, and a file whose rows come from more than one commit says so in its Markdown.
+    commit to the rows measured at it. A file whose rows come from more than one commit is refused (nothing is
+    written): a figure must come from the code that ships, so the stale rows are measured again instead.
     """
     stem = Path(stem)
     env = data.get("environment") or environment()
     commits = measured_at(data, env)
     data = {**data, "environment": env, "measured_at": commits}
     if len(commits) > 1:
-        listed = "; ".join(f"{c}: {', '.join(w)}" for c, w in commits.items())
-        markdown = (
-            markdown.rstrip()
-            + f"\n\n**Mixed commits**: the rows of this file were measured at {len(commits)} commits ({listed}).\n"
+        listed = "; ".join(f"{c}: {', '.join(w[:3])}{' ...' if len(w) > 3 else ''}" for c, w in commits.items())
+        raise SystemExit(
+            f"error: {stem}: its rows were measured at {len(commits)} commits ({listed}); one results file holds one "
+            "code version: measure the older rows again (their cached runs are keyed on the code) or keep them apart"
         )
     atomic_write_text(stem.with_suffix(".json"), json.dumps(data, indent=1, default=float) + "\n")
     atomic_write_text(stem.with_suffix(".md"), markdown.rstrip() + "\n")

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import tempfile
 import time
@@ -42,7 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _results import md_table, reproduce_command, write_results
+from _results import md_table, reproduce_command, request_key, write_results
 from safetensors.torch import save_file
 
 from rlprune.agents.policy_io import load_policy
@@ -72,10 +71,6 @@ def _interleaved(a: OnnxModel, b: OnnxModel, shape: tuple[int, ...], batch: int,
     runs = {str(i): (lambda x, s=s: s.session.run(None, {s.input_name: x.numpy()})) for i, s in enumerate((a, b))}
     timed = time_interleaved(runs, torch.randn(batch, *shape), repeats=repeats)
     return timed["0"], timed["1"]
-
-
-def _key(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def main() -> None:
@@ -159,7 +154,7 @@ def main() -> None:
         return model, None, seconds
 
     policy = load_policy(args.policy)
-    policy_key = _key(policy.meta)
+    policy_key = request_key(policy.meta)
     ppo = Plan.load(PLANS / "ppo-s0.json", structure)
     fast = Plan.load(PLANS / "ort64-s0.json", structure)
     uni = uniform_plan(structure, 0.5, round_to=8)
@@ -242,13 +237,14 @@ def main() -> None:
     for name, (build, extra) in units.items():
         request = {"unit": name, "dense": dense_sha, **recipe, **extra}
         old = committed.get(name)
-        if old is not None and old.get("request_key") == _key(request):  # measured in an earlier session
+        if old is not None and old.get("request_key") == request_key(request):  # measured in an earlier session
             measured[name] = old
         elif not args.only or name in args.only:
             model, masks, seconds = build()
             model.eval()
             rows = measure(name, model, masks, seconds)
-            measured[name] = {"request_key": _key(request), "request": request, "provenance": provenance(request)}
+            key = request_key(request)
+            measured[name] = {"request_key": key, "request": request, "provenance": provenance(request)}
             measured[name]["rows"] = rows
         if name in measured:
             _write(args, out, units, measured)

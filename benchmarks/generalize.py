@@ -30,7 +30,6 @@ Writes benchmarks/results/generalize.{json,md}; the policy goes to benchmarks/re
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import statistics
@@ -41,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _results import environment, md_table, mean_std, measured_on, reproduce_command, write_results
+from _results import environment, md_table, mean_std, measured_on, reproduce_command, request_key, write_results
 
 from rlprune.agents.policy_io import Policy
 from rlprune.config import FinetuneConfig, PrePrunedConfig, SearchConfig, model_label, validate
@@ -53,6 +52,7 @@ from rlprune.envs.features import ENVELOPE_MARGIN, FEATURE_GROUPS, feature_envel
 from rlprune.envs.priors import policy_prior
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import proxy_from_checkpoint
+from rlprune.io.checkpoint import read_meta
 from rlprune.io.files import atomic_write_text
 from rlprune.jobs.apply import apply_policy, check_policy_target, example_input, load_dense, policy_plans
 from rlprune.jobs.finetune import finetune_plan
@@ -72,21 +72,17 @@ PROXY = {"val_images": 1000, "finetune_steps": 0, "recal_batches": 10, "recal_ba
 METHODS = ("generalist", "single-model policy", "uniform", "random search", "PPO search")
 
 
-def _key(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _cached(path: Path, request: dict[str, Any]) -> dict[str, Any] | None:
     if path.is_file():
         data = json.loads(path.read_text())
-        if data.get("request_key") == _key(request):
+        if data.get("request_key") == request_key(request):
             return data
     return None
 
 
 def _store(path: Path, request: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {**data, "request_key": _key(request), "request": request}
+    data = {**data, "request_key": request_key(request), "request": request}
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     return data
 
@@ -129,13 +125,14 @@ def _measured_ratio(dense: torch.nn.Module, plan: Plan, shape: tuple[int, ...], 
 def _policy_key(meta: dict[str, Any]) -> str:
     """A policy's key for cached results: its metadata without the feature range it records (which describes its
     training models and changes no plan), so results stay reused across that addition."""
-    return _key({k: v for k, v in meta.items() if k != "feature_envelope"})
+    return request_key({k: v for k, v in meta.items() if k != "feature_envelope"})
 
 
 def _cell_request(args: argparse.Namespace, ckpt: str, budget: float) -> dict[str, Any]:
     """What decides a cell's rows (the policies by their metadata, which holds the training run's config)."""
     return {
         "checkpoint": ckpt,
+        "weights_sha256": read_meta(ckpt).get("weights_sha256"),  # a path names a file, not its weights
         "budget": budget,
         "proxy": PROXY,
         "episodes": args.search_episodes,
@@ -151,7 +148,7 @@ def _committed_cell(args: argparse.Namespace, request: dict[str, Any]) -> dict[s
     if not results.is_file():
         return None
     for cell in json.loads(results.read_text()).get("cells", []):
-        if cell.get("request_key") == _key(request):
+        if cell.get("request_key") == request_key(request):
             return cell
     return None
 
@@ -379,7 +376,7 @@ def priors(args: argparse.Namespace) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------------------- finetune
 def _finetune_request(args: argparse.Namespace, cell: dict[str, Any]) -> str:
     """What decides a cell's fine-tune scores: its plans (the cell's own request) and the recipe."""
-    return _key({"cell": cell["request_key"], "steps": args.finetune_steps, "lr": args.finetune_lr})
+    return request_key({"cell": cell["request_key"], "steps": args.finetune_steps, "lr": args.finetune_lr})
 
 
 def finetune(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -445,7 +442,7 @@ def families(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str,
     built from it (MobileNetV2)? Its policy is copied to ``--families-policy-dir``."""
     checkpoints = [*args.train, *args.extra_train]
     column = f"+ {', '.join(model_label(c) for c in args.extra_train)}"
-    name = f"generalist-families-{_key(checkpoints)[:8]}-{args.episodes}"
+    name = f"generalist-families-{request_key(checkpoints)[:8]}-{args.episodes}"
     return _retrained(args, cells, "families", column, name, checkpoints, args.families_policy_dir, {})
 
 
@@ -457,7 +454,7 @@ def prepruned(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str
         copies=args.pre_pruned_copies, max_ratio=args.pre_pruned_max_ratio, heal_steps=args.pre_pruned_heal_steps
     ).model_dump()  # every setting, defaults included, keys the stored stage
     column = f"+ {pp['copies']} pre-pruned copies each"
-    name = f"generalist-prepruned-{_key([args.train, pp])[:8]}-{args.episodes}"
+    name = f"generalist-prepruned-{request_key([args.train, pp])[:8]}-{args.episodes}"
     fields = {"pre_pruned": pp}
     return _retrained(args, cells, "prepruned", column, name, args.train, args.prepruned_policy_dir, fields)
 
@@ -490,7 +487,7 @@ def _retrained(
     }
     path = Path(args.runs) / f"{stage}.json"
     done = _cached(path, request) or {}
-    if not done and (old := _committed(args, stage)) and old.get("request_key") == _key(request):
+    if not done and (old := _committed(args, stage)) and old.get("request_key") == request_key(request):
         done = old
     if not done.get("cells"):
         policy = _train_variant(args, name, checkpoints=checkpoints, episodes=args.episodes, fields=fields)
@@ -536,7 +533,7 @@ def guard(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str, An
     request = {"cells": [c["request_key"] for c in cells], "proxy": PROXY}
     path = Path(args.runs) / "guard.json"
     done = _cached(path, request)
-    if done is None and (old := _committed(args, "guard")) and old.get("request_key") == _key(request):
+    if done is None and (old := _committed(args, "guard")) and old.get("request_key") == request_key(request):
         done = old
     if done is not None:
         return done

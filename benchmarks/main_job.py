@@ -93,6 +93,32 @@ def main() -> None:
     data = {"config": args.config, "wall_seconds": wall, "peak_rss_mb": peak_mb, "summary": summary, "report": report}
     write_results(args.out, {**data, "environment": env}, md)
     print(md)
+    print("\nREADME lines:\n" + "\n".join(readme_lines({**data, "environment": env})))
+
+
+def readme_lines(data: dict) -> list[str]:
+    """The README's main-job lines, rendered from ``main_job.json`` (the README quotes them as they are; a test
+    fails when they differ): the dense/pruned table and the line with the wall time."""
+    r = data["report"]
+    d, p = r["dense"], r["pruned"]
+    lat = r["latency_ms_cpu"]
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x"
+
+    return [
+        "| ResNet-20 on CIFAR-10 at 50% of the MACs: `rlprune run experiments/quickstart.yaml` | dense | pruned |",
+        "|---|---|---|",
+        f"| MACs / parameters | {d['macs'] / 1e6:.1f} M / {d['params'] / 1e3:.0f} k | {p['macs'] / 1e6:.1f} M "
+        f"({ratio(p['macs'], d['macs'])}) / {p['params'] / 1e3:.0f} k ({ratio(p['params'], d['params'])}) |",
+        f"| CPU latency, batch 1 / batch 64 ({data['environment']['threads']} threads) | {lat['dense']['1']:.1f} ms / "
+        f"{lat['dense']['64']:.1f} ms | {lat['pruned']['1']:.1f} ms ({ratio(lat['pruned']['1'], lat['dense']['1'])}) / "
+        f"{lat['pruned']['64']:.1f} ms ({ratio(lat['pruned']['64'], lat['dense']['64'])}) |",
+        f"| test accuracy after one fine-tune epoch | {d['test']:.2f}% | {p['after_finetune']['test']:.2f}% |",
+        "",
+        f"{data['wall_seconds'] / 60:.1f} min and {data['peak_rss_mb'] / 1024:.1f} GB peak memory on 2 CPU cores "
+        "([main_job](benchmarks/results/main_job.md), `python benchmarks/run_all.py --tier main`).",
+    ]
 
 
 FIGURES = {  # caption -> (file in the run, suffix of the copy beside the results)

@@ -25,11 +25,11 @@ from rlprune.version import __version__ as __version__
 
 _EXPORTS = {
     # analysis, plans and pruning
-    "analyze": "rlprune.pruning.analyze",
+    "analyze": "rlprune.pruning.analysis",
     "Structure": "rlprune.pruning.structure",
     "Unit": "rlprune.pruning.structure",
     "Plan": "rlprune.pruning.plan",
-    "prune": "rlprune.pruning.prune",
+    "prune": "rlprune.pruning.cut",
     "Budget": "rlprune.cost.budget",
     "uniform_plan": "rlprune.cost.budget",
     # scoring
@@ -133,9 +133,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from rlprune.io.checkpoint import load_checkpoint, save_checkpoint
     from rlprune.jobs.apply import apply_policy
     from rlprune.models import build_model
-    from rlprune.pruning.analyze import analyze
+    from rlprune.pruning.analysis import analyze
+    from rlprune.pruning.cut import prune
     from rlprune.pruning.plan import Plan
-    from rlprune.pruning.prune import prune
     from rlprune.pruning.sparsity import load_sparse, save_sparse, sparsify
     from rlprune.pruning.structure import Structure, Unit
     from rlprune.pruning.weights import sparsify_plan, weight_structure

@@ -7,7 +7,7 @@ class RLPruneError(Exception):
     """A bad input the user can fix: the message names the field or file and what was expected.
 
     :param fix: an optional key naming the remedy (e.g. ``"resume"``); the library never names command-line flags,
-        the command line turns this key into the flag that applies (``rlprune.cli.FIXES``).
+        the command line turns this key into the flag that applies (``rlprune.cli.app.FIXES``).
     """
 
     def __init__(self, message: str, *, fix: str | None = None) -> None:

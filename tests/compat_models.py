@@ -195,7 +195,7 @@ def mini_bert(num_classes: int = 4) -> nn.Module:
 
 
 def mini_vit(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
-    from rlprune.models.vit_cifar import vit_cifar
+    from rlprune.models.vit import vit_cifar
 
     return vit_cifar(num_classes=num_classes, in_channels=in_channels, dim=32, depth=2, num_heads=4, mlp_ratio=2.0)
 

@@ -260,7 +260,7 @@ def test_hand_written_plan_and_a_killed_finetune_resumes(
     messages: list[str] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("rlprune.jobs.apply")
+    logger = logging.getLogger("rlprune.io.rundir")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

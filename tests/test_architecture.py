@@ -140,7 +140,19 @@ def test_one_version_string():
     assert rlprune.__version__ == __import__("rlprune.version").version.__version__
 
 
-def test_no_subpackage_shadows_a_public_name():
-    """``import rlprune.x.y`` sets ``rlprune.x`` to the subpackage: a public function of that name would vanish."""
-    subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")} | {p.stem for p in PACKAGE.glob("*.py")}
-    assert not subpackages & set(rlprune.__all__)
+def test_no_module_shadows_a_name_of_its_package():
+    """``import rlprune.x.y`` sets ``rlprune.x`` to the subpackage, and a package that binds a name of one of its own
+    modules (``from .analysis import analysis``) hides the module: one of the two would vanish."""
+    top = {p.parent.name for p in PACKAGE.glob("*/__init__.py")} | {p.stem for p in PACKAGE.glob("*.py")}
+    assert not top & set(rlprune.__all__)
+    for init in PACKAGE.glob("*/__init__.py"):
+        children = {p.stem for p in init.parent.glob("*.py")} | {
+            p.parent.name for p in init.parent.glob("*/__init__.py")
+        }
+        bound = {
+            alias.asname or alias.name
+            for node in ast.parse(init.read_text()).body
+            if isinstance(node, ast.ImportFrom | ast.Import)
+            for alias in node.names
+        } | {n.name for n in ast.parse(init.read_text()).body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+        assert not bound & children, f"{init.parent.name}: binds {sorted(bound & children)}, also module names"

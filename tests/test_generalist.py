@@ -28,7 +28,7 @@ from rlprune.io.schemas import PolicyMeta
 from rlprune.jobs.apply import check_policy_target, outside_training, policy_plans
 from rlprune.models import build_model
 from rlprune.pruning import analyze
-from rlprune.pruning.analyze import norm_spread
+from rlprune.pruning.analysis import norm_spread
 
 X = torch.zeros(1, 3, 32, 32)
 ROOT = Path(__file__).resolve().parents[1]

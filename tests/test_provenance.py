@@ -67,25 +67,31 @@ def test_tensors_hash_tells_weights_apart() -> None:
     assert tensors_sha256(a) == tensors_sha256(b)
 
 
-def test_results_file_with_rows_from_two_commits_says_so(tmp_path: Path) -> None:
+def test_results_file_with_rows_from_two_commits_is_refused(tmp_path: Path) -> None:
     env = {**environment(), "commit": "new1234"}
     old = {"accuracy": 71.0, "provenance": {**provenance({"x": 1}), "commit": "old5678", "date": "2026-01-01T00:00Z"}}
     fresh = {"accuracy": 72.0, "provenance": {**provenance({"x": 2}), "commit": "new1234"}}
-    js, md = write_results(tmp_path / "mixed", {"rows": {"a": old, "b": fresh}, "environment": env}, "# table")
-    data = json.loads(js.read_text())
-    assert data["measured_at"] == {"new1234": ["(this run)", "/rows/b"], "old5678": ["/rows/a"]}
-    text = md.read_text()
-    assert (
-        text.startswith("# table\n") and "**Mixed commits**: the rows of this file were measured at 2 commits" in text
-    )
-    assert "old5678: /rows/a" in text
+    with pytest.raises(SystemExit, match=r"measured at 2 commits \(old5678: /rows/a; new1234: \(this run\), /rows/b\)"):
+        write_results(tmp_path / "mixed", {"rows": {"a": old, "b": fresh}, "environment": env}, "# table")
+    assert not list(tmp_path.iterdir())  # nothing half-written
     # a report reused from before provenance existed has an unknown commit, which is a mix too
     legacy = {"accuracy": 70.0, "environment": {"commit": "?"}}
-    write_results(tmp_path / "legacy", {"rows": [legacy], "environment": env}, "# t")
-    assert "measured at 2 commits" in (tmp_path / "legacy.md").read_text()
-    write_results(tmp_path / "one", {"rows": {"b": fresh}, "environment": env}, "# table")
-    assert "Mixed" not in (tmp_path / "one.md").read_text()
-    assert json.loads((tmp_path / "one.json").read_text())["measured_at"] == {"new1234": ["(this run)", "/rows/b"]}
+    with pytest.raises(SystemExit, match="measured at 2 commits"):
+        write_results(tmp_path / "legacy", {"rows": [legacy], "environment": env}, "# t")
+    js, md = write_results(tmp_path / "one", {"rows": {"b": fresh}, "environment": env}, "# table")
+    assert md.read_text().startswith("# table\n")
+    assert json.loads(js.read_text())["measured_at"] == {"new1234": ["(this run)", "/rows/b"]}
+
+
+def test_benchmark_cache_keys_hold_the_code_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cell measured by other package code is measured again: the key changes with the source hash."""
+    from _results import request_key
+
+    before = request_key({"checkpoint": "a.json", "weights_sha256": "abc", "budget": 0.5})
+    assert before == request_key({"checkpoint": "a.json", "weights_sha256": "abc", "budget": 0.5})
+    assert before != request_key({"checkpoint": "a.json", "weights_sha256": "abd", "budget": 0.5})
+    _other_code(monkeypatch)
+    assert before != request_key({"checkpoint": "a.json", "weights_sha256": "abc", "budget": 0.5})
 
 
 @pytest.fixture()

@@ -58,3 +58,17 @@ def test_readme_python_example_runs_as_written(
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())  # type: ignore[attr-defined]
     out = capsys.readouterr().out.strip().splitlines()
     assert 0.49 <= float(out[-1]) <= 0.5  # the policy met its budget on the wider model
+
+
+def test_main_job_figures_are_rendered_from_their_results_file() -> None:
+    """The README's main-job table and time are what benchmarks/main_job.py renders from main_job.json, and that
+    file was measured by one version of the code (the one the run_all tier records)."""
+    import json
+
+    import main_job
+
+    data = json.loads((ROOT / "benchmarks" / "results" / "main_job.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    for line in main_job.readme_lines(data):
+        assert line in readme, f"README.md does not quote main_job.json as rendered: {line!r}"
+    assert len(data["measured_at"]) == 1 and data["environment"]["source_sha256"]

@@ -144,13 +144,17 @@ def test_rounds_resume_after_a_crash_without_redoing_a_round(
     assert 0.47 <= out["rounds"][1]["macs_ratio"] <= 0.51
 
 
-def test_a_rounds_record_from_an_earlier_rlprune_still_resumes(tmp_path: Path) -> None:
-    """Keys an older ``rounds.json`` lacks (the dense weights' hash, the settings) are not held against it."""
+def test_a_rounds_record_resumes_only_with_its_own_schedule(tmp_path: Path) -> None:
+    """The rounds record holds the schedule it was made with; another one (or a record without every setting of the
+    current schedule, as rlprune 0.2 wrote) is refused, naming the first difference."""
     from rlprune.pruning.rounds import finished_rounds
 
     state = tmp_path / "rounds.json"
-    state.write_text(json.dumps({"targets": [0.8, 0.5], "policy": None, "done": [{"round": 1}]}))
     schedule = {"targets": [0.8, 0.5], "policy": None, "dense_weights_sha256": "a" * 64, "settings": {"seed": 0}}
+    state.write_text(json.dumps({**schedule, "done": [{"round": 1}]}))
     assert finished_rounds(state, schedule) == [{"round": 1}]
-    with pytest.raises(RLPruneError, match="made with another 'targets'"):
+    with pytest.raises(RLPruneError, match=r"another rounds schedule \(targets: \[0.8, 0.5\] -> \[0.7, 0.5\]\)"):
         finished_rounds(state, {**schedule, "targets": [0.7, 0.5]})
+    state.write_text(json.dumps({"targets": [0.8, 0.5], "policy": None, "done": [{"round": 1}]}))
+    with pytest.raises(RLPruneError, match="dense_weights_sha256: None"):
+        finished_rounds(state, schedule)

@@ -18,22 +18,19 @@ def test_first_difference_names_the_nested_key():
     assert first_difference({"a": 1}, {"a": 1, "b": 2}) == "b: None -> 2"
 
 
-def test_same_request_records_then_refuses_another(tmp_path: Path):
+def test_check_same_names_the_first_difference(tmp_path: Path):
     run = RunDir(tmp_path / "run", "search run directory")
-    run.same_request("request.json", {"seed": 0, "env": {"target": 0.5}}, what="settings")
-    assert json.loads((tmp_path / "run" / "request.json").read_text()) == {"seed": 0, "env": {"target": 0.5}}
-    run.same_request("request.json", {"seed": 0, "env": {"target": 0.5}}, what="settings")  # the same: goes on
-    with pytest.raises(RLPruneError, match=r"other settings \(env.target: 0.5 -> 0.3\)") as err:
-        run.same_request("request.json", {"seed": 0, "env": {"target": 0.3}}, what="settings")
+    run.check_same({"seed": 0, "env": {"target": 0.5}}, {"seed": 0, "env": {"target": 0.5}}, what="settings")
+    with pytest.raises(RLPruneError, match=r"another settings \(env.target: 0.5 -> 0.3\)") as err:
+        run.check_same({"seed": 0, "env": {"target": 0.5}}, {"seed": 0, "env": {"target": 0.3}}, what="settings")
     assert err.value.fix == "rename"
 
 
-def test_a_malformed_record_is_one_line(tmp_path: Path):
+def test_safe_reads_and_writes(tmp_path: Path):
     run = RunDir(tmp_path)
-    (tmp_path / "request.json").write_text("[1, 2]")
-    with pytest.raises(RLPruneError, match="expected a JSON object of settings"):
-        run.same_request("request.json", {"seed": 0}, what="settings")
-    (tmp_path / "summary.json").write_text('{"accuracy": NaN}')
+    run.write_json("summary.json", {"accuracy": 71.5, "episodes": 3, "latency": float("nan")})
+    assert run.read_json("summary.json", "search summary") == {"accuracy": 71.5, "episodes": 3, "latency": None}
+    (tmp_path / "summary.json").write_text('{"accuracy": NaN}')  # not JSON: a one-line error naming the file
     with pytest.raises(RLPruneError, match="summary.json"):
         run.read_json("summary.json", "search summary")
     assert run.read_json("absent.json", "anything") is None

@@ -167,7 +167,7 @@ def test_resume_refuses_a_state_without_weights(image_folder: Path, tmp_path: Pa
 def test_distillation_leaves_the_teacher_prunable(image_folder: Path, tmp_path: Path) -> None:
     """A dense model used as the teacher of one fine-tune must still be traceable for the next one (regression: the
     engine froze its weights, torch-pruning then found no unit, and a second plan on the same model failed)."""
-    from rlprune.pruning.analyze import analyze
+    from rlprune.pruning.analysis import analyze
 
     splits = load_splits("imagefolder", image_folder, val_size=6)
     teacher = _model()

@@ -45,8 +45,15 @@ def save_policy(path: str | Path, agent: BaseAlgorithm, algorithm: str, meta: di
     :param meta: action scaling (``min_ratio``, ``max_ratio``), budget, training config, the ``feature_version`` its
         environment observed (default: the current one), ... (JSON-serialisable).
     """
+    return Policy(agent.policy, policy_metadata(agent, algorithm, meta)).save(path)
+
+
+def policy_metadata(agent: BaseAlgorithm, algorithm: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``policy.json`` of a trained agent: format, algorithm, feature set and network settings, then ``meta``.
+    A search builds it (as a :class:`Policy`, which checks it) before its first episode, so settings no policy file
+    may hold are refused before any work rather than at the first save."""
     spec = feature_spec(int(meta.get("feature_version", FEATURE_VERSION)))
-    full = {
+    return {
         "format": POLICY_FORMAT,
         "algorithm": algorithm,
         "feature_version": spec.version,
@@ -54,7 +61,6 @@ def save_policy(path: str | Path, agent: BaseAlgorithm, algorithm: str, meta: di
         "policy_kwargs": _plain(agent.policy_kwargs),
         **meta,
     }
-    return Policy(agent.policy, full).save(path)
 
 
 def _plain(kwargs: dict[str, Any]) -> dict[str, Any]:

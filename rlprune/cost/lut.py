@@ -34,8 +34,8 @@ from torch import nn
 from rlprune.cost.latency import check_runtime, compare_runtime_latency, num_threads, runtime_session, time_once
 from rlprune.errors import RLPruneError
 from rlprune.io.files import atomic_write_text
+from rlprune.pruning.cut import prune
 from rlprune.pruning.plan import Plan
-from rlprune.pruning.prune import prune
 from rlprune.pruning.structure import Structure
 from rlprune.seeding import on_device
 

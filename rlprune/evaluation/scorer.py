@@ -35,6 +35,10 @@ from rlprune.pruning.importance import get_criterion
 from rlprune.pruning.weights import SPARSE_IMPORTANCE, sparsify_plan, weight_structure
 from rlprune.seeding import on_device, one_thread, resolve_device
 
+# How plans are scored; a search resumes only with records scored the same way (rlprune.searching.identity).
+# 2: gradient steps on one thread and float32 proxies on CPUs, so scores do not depend on the thread or worker count.
+SCORING_VERSION = 2
+
 
 @dataclass(kw_only=True)
 class Score:

@@ -148,7 +148,7 @@ def load_checkpoint(
     model = build_model(model_name or meta["model"], **meta.get("model_kwargs", {}))
     if meta.get("plan") is not None:
         # A pruned model: reshape the dense architecture with the plan's kept channels before loading weights.
-        from rlprune.pruning.prune import rebuild_pruned
+        from rlprune.pruning.cut import rebuild_pruned
 
         model = rebuild_pruned(model, meta)
     load_weights(model, path, meta.get("weights_sha256"))

@@ -103,7 +103,7 @@ def tensors_sha256(model: torch.nn.Module) -> str:
 
 
 def environment() -> dict[str, Any]:
-    """Where a number was measured: versions, threads, CPU, git commit."""
+    """Where a number was measured: versions, threads, CPU, the package's source hash, git commit."""
     commit = git_commit()
     cpu = platform.processor() or platform.machine()
     try:
@@ -118,6 +118,8 @@ def environment() -> dict[str, Any]:
         "cpu": cpu,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
+        "rlprune": __version__,
+        "source_sha256": source_sha256(),  # the package code that measured it (the commit may hold other edits)
         "commit": commit,
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

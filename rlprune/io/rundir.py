@@ -2,8 +2,8 @@
 
 - **One job at a time**: :meth:`RunDir.lock` holds an OS lock beside the folder (two jobs would interleave records).
 - **One request**: what decides the folder's results (config, weights hashes, recipe, code version) is recorded in
-  it; a resume or a reuse with another request is refused, naming the first difference (:meth:`RunDir.same_request`),
-  or, where results may be measured again, the folder is set aside (:meth:`RunDir.set_aside`).
+  it; a resume with another request is refused, naming the first difference (:meth:`RunDir.check_same`), or, where
+  results may be measured again, the folder is set aside (:meth:`RunDir.set_aside`).
 - **Partial, then published**: a job that must never leave half an output works in a hidden ``.<name>.partial``
   folder beside it (:meth:`RunDir.stage`) and renames it into place when complete (:meth:`RunDir.publish`).
 - **Safe reads**: every JSON file is read back through the size- and schema-checked reader and written atomically.
@@ -67,23 +67,17 @@ class RunDir:
         atomic_write_text(path, json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")
         return path
 
-    def same_request(self, name: str, request: Mapping[str, Any], *, what: str, fix: str = "rename") -> None:
-        """Refuse to go on when the request recorded as ``name`` differs from ``request`` (a resume would mix two
-        runs), naming the first difference; record ``request`` when none is.
+    def check_same(self, saved: Any, now: Any, *, what: str, fix: str = "rename") -> None:
+        """Refuse to go on with a request other than the one the folder's results were made by (a resume would mix
+        two runs), naming the first difference.
 
-        :param what: what the request is, for the message (``"settings"``, ``"rounds schedule"``).
+        :param what: what the requests are, for the message (``"recipe, model or data"``, ``"rounds schedule"``).
         :param fix: the remedy the error names (:attr:`rlprune.errors.RLPruneError.fix`).
         """
-        recorded = self.read_json(name, what)
-        if recorded is None:
-            self.write_json(name, request)
-            return
-        if not isinstance(recorded, Mapping):
-            raise RLPruneError(f"{self.path / name}: expected a JSON object of {what}; delete it to start over")
-        if dict(recorded) != json.loads(json.dumps(json_safe(dict(request)))):
+        if saved != now:
             raise RLPruneError(
-                f"{self.path}: holds a run with other {what} ({first_difference(recorded, request)}); resume it with "
-                "the same ones",
+                f"{self.path}: holds a run made with another {what} ({first_difference(saved, now)}); resume it with "
+                "the same settings",
                 fix=fix,
             )
 

@@ -47,6 +47,11 @@ from rlprune.training.engine import fit
 log = logging.getLogger("rlprune.jobs.finetune")
 
 
+# What a partial fine-tune's saved state holds (rlprune.training.engine): a partial run saved in another format is
+# started over, never resumed (2: the state's key always holds the SWA, steps-per-epoch and cutout settings).
+RESUME_FORMAT = 2
+
+
 # One fine-tune per output at a time: a second one would delete the first's live ``.partial`` folder.
 @locked(lambda a: Path(a["out_dir"]), "fine-tune output")
 def finetune_plan(
@@ -112,7 +117,8 @@ def finetune_plan(
     )
     plan.check(structure, "plan")
     run = RunDir(out_dir, "fine-tune output")
-    work = run.stage(json.dumps(produced_by, sort_keys=True), resumable="finetune/state.pt", job="fine-tune")
+    staged = {**produced_by, "resume_format": RESUME_FORMAT}  # a partial run of another format is started over
+    work = run.stage(json.dumps(staged, sort_keys=True), resumable="finetune/state.pt", job="fine-tune")
     try:
         report = _run(
             dense,

@@ -13,7 +13,7 @@ from rlprune.models.mobilenetv1_cifar import mobilenetv1
 from rlprune.models.mobilenetv2_cifar import mobilenetv2
 from rlprune.models.resnet_cifar import resnet20, resnet32, resnet56, resnet110
 from rlprune.models.vgg_cifar import vgg11_bn, vgg16_bn
-from rlprune.models.vit_cifar import vit_cifar
+from rlprune.models.vit import vit_cifar
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,

@@ -1,7 +1,7 @@
 """One traced view of a model for pruning: torch-pruning's dependency graph, the forward order and output shapes
 of every module, the prunable groups (classifier and ignored parts left out) in forward order, and the attention
-heads each group prunes. :func:`~rlprune.pruning.analyze.analyze` describes a model from it and
-:func:`~rlprune.pruning.prune.prune` cuts a copy through it, so both read the groups the same way."""
+heads each group prunes. :func:`~rlprune.pruning.analysis.analyze` describes a model from it and
+:func:`~rlprune.pruning.cut.prune` cuts a copy through it, so both read the groups the same way."""
 
 from __future__ import annotations
 
@@ -53,13 +53,19 @@ def trace_shapes(model: nn.Module, example: torch.Tensor) -> tuple[dict[nn.Modul
 
     for m in model.modules():
         hooks.append(m.register_forward_hook(hook))
+    forward_with_hooks(model, example, hooks)
+    return order, shapes
+
+
+def forward_with_hooks(model: nn.Module, example: torch.Tensor, hooks: list) -> None:
+    """One forward pass of ``model`` on ``example`` without gradients, removing ``hooks`` afterwards (also when the
+    pass fails): the hooks record what they watch, and the model is left as it was."""
     try:
         with torch.no_grad():
             model(example)
     finally:
         for h in hooks:
             h.remove()
-    return order, shapes
 
 
 def custom_math(m: nn.Module, graph: tp.DependencyGraph) -> bool:
@@ -153,8 +159,8 @@ class GraphView:
     """A model traced once: its dependency graph, forward order, output shapes, module names, and its prunable
     groups keyed by unit name (the root module's qualified name), in forward order.
 
-    Build it with :meth:`build`; :func:`~rlprune.pruning.analyze.analyze` reads a model's units from it and
-    :func:`~rlprune.pruning.prune.prune` cuts through the view of its copy, so both see the same groups and heads.
+    Build it with :meth:`build`; :func:`~rlprune.pruning.analysis.analyze` reads a model's units from it and
+    :func:`~rlprune.pruning.cut.prune` cuts through the view of its copy, so both see the same groups and heads.
     """
 
     model: nn.Module

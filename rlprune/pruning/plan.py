@@ -217,23 +217,20 @@ class Plan:
         """A saved plan, validated by :class:`~rlprune.io.schemas.PlanSchema` (ranges, finite, consistent) first."""
         if not isinstance(data, Mapping) or data.get("format") != PLAN_FORMAT:
             raise RLPruneError(f"{source}: not an rlprune plan (expected format '{PLAN_FORMAT}')")
-        validated(PlanSchema, dict(data), source)
-        try:
-            return cls(
-                fingerprint=str(data["fingerprint"]),
-                ratios={str(k): float(v) for k, v in data["ratios"].items()},
-                channels={str(k): int(v) for k, v in data["channels"].items()},
-                model=str(data.get("model", "")),
-                importance=str(data.get("importance", "l1")),
-                round_to=data.get("round_to"),
-                min_channels=int(data.get("min_channels", 1)),
-                kept={str(k): [int(i) for i in v] for k, v in data["kept"].items()} if data.get("kept") else None,
-                metrics=dict(data.get("metrics", {})),
-                options=PruneOptions.of(data.get("ignore"), data.get("heads")),
-                granularity=str(data.get("granularity", "channel")),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise RLPruneError(f"{source}: malformed plan ({type(exc).__name__}: {exc})") from exc
+        s = validated(PlanSchema, dict(data), source)  # one definition of a plan's fields and their defaults
+        return cls(
+            fingerprint=s.fingerprint,
+            ratios=dict(s.ratios),
+            channels=dict(s.channels),
+            model=s.model,
+            importance=s.importance,
+            round_to=s.round_to,
+            min_channels=s.min_channels,
+            kept={k: list(v) for k, v in s.kept.items()} if s.kept else None,
+            metrics=dict(s.metrics),
+            options=PruneOptions.of(s.ignore, s.heads),
+            granularity=s.granularity,
+        )
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -263,15 +260,15 @@ class Plan:
             ratios = data["ratios"]
             if not isinstance(ratios, Mapping | list):
                 raise RLPruneError(f"{path}: 'ratios' must map unit names to ratios or list one ratio per unit")
-            validated(HandPlanSchema, dict(data), str(path))
+            hand = validated(HandPlanSchema, dict(data), str(path))
             try:
                 return cls.from_ratios(
                     structure,
-                    ratios,
-                    model=str(data.get("model", "")),
-                    importance=str(data.get("importance", "l1")),
-                    round_to=data.get("round_to"),
-                    min_channels=int(data.get("min_channels", 1)),
+                    hand.ratios,
+                    model=hand.model,
+                    importance=hand.importance,
+                    round_to=hand.round_to,
+                    min_channels=hand.min_channels,
                 )
             except RLPruneError as exc:
                 raise RLPruneError(f"{path}: {exc}") from None

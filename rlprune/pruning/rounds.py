@@ -90,17 +90,13 @@ def iterative_sparsify(
 def finished_rounds(state_path: Path, schedule: dict[str, Any]) -> list[dict[str, Any]]:
     """The rounds ``state_path`` records as finished (none if it does not exist), refusing a file written for another
     ``schedule`` (targets and whatever else decides the rounds): resuming must not mix two schedules' rounds."""
-    state = RunDir(state_path.parent).read_json(state_path.name, "rounds record")
+    run = RunDir(state_path.parent, "rounds run directory")
+    state = run.read_json(state_path.name, "rounds record")
     if state is None:
         return []
     if not isinstance(state, dict) or not isinstance(state.get("done", []), list):
         raise RLPruneError(f"{state_path}: expected a rounds record with a 'done' list; delete it to start over")
-    recorded = {k: state.get(k) for k in schedule}
-    if recorded != schedule:
-        key = next(k for k in schedule if recorded[k] != schedule[k])
-        raise RLPruneError(
-            f"{state_path}: holds rounds made with another '{key}' ({str(recorded[key])[:80]}); use a new directory"
-        )
+    run.check_same({k: v for k, v in state.items() if k != "done"}, schedule, what="rounds schedule")
     return list(state.get("done", []))
 
 
@@ -113,7 +109,7 @@ def compose_plans(base: Plan, step: Plan, dense: Structure) -> Plan:
     """The plan for the original dense model (``dense``'s structure) that gives what ``step`` gives when applied to
     the model ``base`` pruned it to: kept channel indices are mapped back through ``base``'s.
 
-    Both plans must come out of :func:`~rlprune.pruning.prune` (``kept`` filled in). The result is what a checkpoint
+    Both plans must come out of :func:`~rlprune.pruning.cut.prune` (``kept`` filled in). The result is what a checkpoint
     of a model pruned in several rounds records, so that it rebuilds from the dense architecture like any other.
     """
     if base.kept is None or step.kept is None:

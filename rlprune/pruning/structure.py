@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
 from rlprune.errors import RLPruneError
 from rlprune.pruning.options import PruneOptions
-
-log = logging.getLogger("rlprune.pruning")
 
 
 @dataclass(frozen=True)
@@ -123,6 +120,3 @@ def architecture_fingerprint(model: nn.Module) -> str:
     """sha256 over every parameter's and buffer's name and shape: equal for models of identical architecture."""
     items = [(n, tuple(t.shape)) for n, t in model.state_dict().items()]
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
-
-    # Parameters outside layers (class tokens, position embeddings, layer-scale vectors) are pruned along their last
-    # non-singleton dimension with the channels they meet (torch-pruning's ``unwrapped_parameters``).

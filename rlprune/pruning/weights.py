@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from rlprune.errors import RLPruneError
-from rlprune.pruning.analyze import analyze, layer_macs, norm_spread
+from rlprune.pruning.analysis import analyze, layer_macs, norm_spread
 from rlprune.pruning.graph import trace_shapes
 from rlprune.pruning.options import PruneOptions
 from rlprune.pruning.sparsity import (

@@ -10,7 +10,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 
 from rlprune.agents.callbacks import SearchCallback
-from rlprune.agents.policy_io import save_policy
+from rlprune.agents.policy_io import Policy, policy_metadata, save_policy
 from rlprune.agents.sb3_agents import make_agent
 from rlprune.agents.state import load_agent_state, save_agent_state
 from rlprune.config import SearchConfig
@@ -71,6 +71,9 @@ def train_agent(
         "config": cfg.model_dump(mode="json"),
         **(extra_meta or {}),
     }
+
+    # the policy file this run will write, checked now: settings no policy file may hold are refused before any work
+    Policy(agent.policy, policy_metadata(agent, algorithm, {**meta, "episodes": recorder.episodes}))
 
     def save() -> None:
         save_agent_state(agent, state_path, recorder.episodes)

@@ -10,6 +10,7 @@ from typing import Any
 from rlprune.config import SearchConfig
 from rlprune.envs.features import FEATURE_VERSION
 from rlprune.errors import RLPruneError
+from rlprune.evaluation.scorer import SCORING_VERSION
 from rlprune.io.files import read_json
 from rlprune.io.rundir import RunDir
 from rlprune.io.safe import read_yaml_file
@@ -37,7 +38,11 @@ def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool, searcher: str | 
 
     :returns: the run's identity (searcher, weights hashes), to be written as ``search.json`` once the run exists.
     """
-    identity = {"searcher": searcher or cfg.agent.algorithm, "weights_sha256": weights_hashes(cfg)}
+    identity = {
+        "searcher": searcher or cfg.agent.algorithm,
+        "weights_sha256": weights_hashes(cfg),
+        "scoring": SCORING_VERSION,
+    }
     if (run_dir / "episodes.jsonl").is_file() and not resume:
         raise RLPruneError(f"{run_dir}: a search already ran here", fix="resume_or_rename")
     saved_path = run_dir / "config.yaml"
@@ -67,9 +72,11 @@ def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool, searcher: str | 
                 )
     if resume and (run_dir / IDENTITY).is_file():
         saved_identity = RunDir(run_dir).read_json(IDENTITY, "search identity")
-        for key, what in (("searcher", "agent or searcher"), ("weights_sha256", "checkpoint weights")):
+        checks = (("searcher", "agent or searcher"), ("weights_sha256", "checkpoint weights"), ("scoring", "scoring"))
+        for key, what in checks:
             before = saved_identity.get(key) if isinstance(saved_identity, dict) else None
-            if before is not None and before != identity[key]:
+            # a run recorded before scores were versioned was scored another way: its records would mix with new ones
+            if (before is not None or key == "scoring") and before != identity[key]:
                 raise RLPruneError(
                     f"{run_dir}: cannot resume with other {what} than the run was started with "
                     f"({str(before)[:80]} -> {str(identity[key])[:80]})",

@@ -216,7 +216,7 @@ class MultiModelSearch(SearchRun):
         extra = {"models": self.models}
         return train_agent(cfg, multi, recorder, self.run_dir, self.resume, self.progress, extra_meta=extra)
 
-    def summarize(self, recorder: SearchRecorder, writer: SummaryWriter, wall: float) -> dict[str, Any]:
+    def summarize(self, recorder: SearchRecorder, writer: SummaryWriter, started: float) -> dict[str, Any]:
         models = zip(self.models, self.envs, strict=True)
         log.info("policy over %d models -> %s", len(self.envs), self.run_dir / "policy.json")
         return {
@@ -226,7 +226,7 @@ class MultiModelSearch(SearchRun):
             "reward": self.cfg.env.reward,
             "target": self.cfg.env.target,
             "models": [{**m, **_model_stats(recorder.records, m["name"]), **_refs(e)} for m, e in models],
-            **run_stats(recorder, wall),
+            **run_stats(recorder, started),
         }
 
 

@@ -61,7 +61,7 @@ class SearchRun(ABC):
         writer = self.search(recorder)
         if recorder.best is None:
             raise RLPruneError("search evaluated no plan")
-        summary = self.summarize(recorder, writer, time.perf_counter() - started)
+        summary = self.summarize(recorder, writer, started)
         writer.close()
         text = json.dumps(json_safe(summary), indent=1, allow_nan=False)
         atomic_write_text(self.run_dir / "summary.json", text + "\n")
@@ -85,8 +85,9 @@ class SearchRun(ABC):
         """Play the searcher's or train the agent's episodes; returns the TensorBoard writer for the last figures."""
 
     @abstractmethod
-    def summarize(self, recorder: SearchRecorder, writer: SummaryWriter, wall: float) -> dict[str, Any]:
-        """The run's summary (``summary.json``) once every episode is recorded."""
+    def summarize(self, recorder: SearchRecorder, writer: SummaryWriter, started: float) -> dict[str, Any]:
+        """The run's summary (``summary.json``) once every episode is recorded; ``started``: when this session's
+        search began (``time.perf_counter()``)."""
 
 
 def remember_records(scorer: Any, records: list[dict[str, Any]]) -> None:
@@ -99,10 +100,11 @@ def remember_records(scorer: Any, records: list[dict[str, Any]]) -> None:
         scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"], **extra)
 
 
-def run_stats(recorder: SearchRecorder, wall: float) -> dict[str, Any]:
-    """The timing every summary reports: this session's wall time, the run's, and per episode."""
+def run_stats(recorder: SearchRecorder, started: float) -> dict[str, Any]:
+    """The timing every summary reports: this session's wall time since ``started`` (``time.perf_counter()``), the
+    run's, and per episode."""
     return {
-        "wall_seconds_this_session": round(wall, 1),
+        "wall_seconds_this_session": round(time.perf_counter() - started, 1),
         "wall_seconds": round(recorder.wall_seconds(), 1),
         "seconds_per_episode": round(recorder.wall_seconds() / recorder.episodes, 3),
     }

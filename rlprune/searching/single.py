@@ -95,7 +95,7 @@ class SingleModelSearch(SearchRun):
             return self.writer
         return train_agent(cfg, self.env, recorder, self.run_dir, self.resume, self.progress)
 
-    def summarize(self, recorder: SearchRecorder, writer: SummaryWriter, wall: float) -> dict[str, Any]:
+    def summarize(self, recorder: SearchRecorder, writer: SummaryWriter, started: float) -> dict[str, Any]:
         cfg, e, env = self.cfg, self.cfg.env, self.env
         uniform = uniform_reference(env)
         outputs.write_search_figures(
@@ -107,7 +107,7 @@ class SingleModelSearch(SearchRun):
             uniform=uniform,
             writer=writer,
         )
-        summary = _summary(cfg, self.searcher, recorder, uniform, wall)
+        summary = _summary(cfg, self.searcher, recorder, uniform, started)
         best = recorder.best
         assert best is not None
         if self.budget.latency_table is not None:
@@ -165,7 +165,7 @@ def _run_baseline(
 
 
 def _summary(
-    cfg: SearchConfig, searcher: str | None, recorder: SearchRecorder, uniform: dict[str, Any], wall: float
+    cfg: SearchConfig, searcher: str | None, recorder: SearchRecorder, uniform: dict[str, Any], started: float
 ) -> dict[str, Any]:
     best = recorder.best
     assert best is not None
@@ -179,7 +179,7 @@ def _summary(
             if k in best
         },
         "budget": cfg.env.budget,
-        **run_stats(recorder, wall),
+        **run_stats(recorder, started),
         "mean_eval_seconds": round(sum(r["eval_seconds"] for r in recorder.records) / recorder.episodes, 3),
         "uniform": uniform,
     }

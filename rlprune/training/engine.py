@@ -30,7 +30,7 @@ from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.io.checkpoint import load_state, save_checkpoint, save_state
 from rlprune.io.files import atomic_write_text
-from rlprune.io.rundir import first_difference
+from rlprune.io.rundir import RunDir
 from rlprune.precision import autocast, autocast_dtype, use_channels_last
 from rlprune.training.losses import distillation_loss
 from rlprune.training.schedule import lr_multiplier
@@ -246,13 +246,7 @@ class _Step:
         if missing:
             raise RLPruneError(f"{where}: not a complete resume state (no '{missing[0]}')", fix="restart")
         saved, now = json.loads(state["run"]), json.loads(run_key)
-        if saved != now:
-            diff = first_difference(saved, now)
-            raise RLPruneError(
-                f"{where.parent}: holds a saved run with another recipe, model or data ({diff}); resume it with the "
-                "same settings",
-                fix="restart_or_rename",
-            )
+        RunDir(where.parent).check_same(saved, now, what="recipe, model or data", fix="restart_or_rename")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

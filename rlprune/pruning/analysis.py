@@ -12,11 +12,11 @@ from torch import nn
 
 from rlprune.errors import RLPruneError
 from rlprune.pruning.attention import Heads
-from rlprune.pruning.graph import PRUNABLE, GraphView, custom_math, handler_of, unit_groups
+from rlprune.pruning.graph import PRUNABLE, GraphView, custom_math, forward_with_hooks, handler_of, unit_groups
 from rlprune.pruning.options import PruneOptions, ignore_hint
 from rlprune.pruning.structure import Layer, Structure, Unit, architecture_fingerprint
 
-log = logging.getLogger("rlprune.pruning.analyze")
+log = logging.getLogger("rlprune.pruning.analysis")
 
 
 def layer_macs(module: nn.Module, out_shape: tuple) -> int:
@@ -252,8 +252,8 @@ def _trial_prune(model: nn.Module, example: torch.Tensor, structure: Structure) 
     line, rather than as a traceback in the middle of a search; a cost prediction that misses the pruned model's
     measured MACs by more than 1% is logged."""
     from rlprune.cost.macs import count_macs, predict_costs
+    from rlprune.pruning.cut import prune
     from rlprune.pruning.plan import Plan
-    from rlprune.pruning.prune import prune
 
     plan = Plan.from_ratios(structure, [0.5] * len(structure.units))
     try:
@@ -293,12 +293,7 @@ def _own_macs(model: nn.Module, example: torch.Tensor, modules: list[nn.Module])
             own.setdefault(m, (counter.get_total_flops() - start[m]) // 2)
 
         hooks = [h for m in modules for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
-        try:
-            with torch.no_grad():
-                model(example)
-        finally:
-            for h in hooks:
-                h.remove()
+        forward_with_hooks(model, example, hooks)
     return {m: n for m, n in own.items() if n}
 
 
