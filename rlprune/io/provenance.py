@@ -36,13 +36,20 @@ def _git(*args: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
+# what a checkout may differ from its commit in and stay clean: results and prose a benchmark writes
+NOT_CODE = (":(top,exclude)benchmarks/results", ":(top,exclude)*.md", ":(top,exclude)**/*.md")
+
+
 def git_commit() -> str:
-    """Short commit of the checkout rlprune is imported from, ``+dirty`` when its tracked files have uncommitted
-    changes; ``unknown`` for an installed copy without git (the source hash in :func:`code_version` still holds)."""
+    """Short commit of the checkout rlprune is imported from, ``+dirty`` when its tracked code has uncommitted
+    changes (results and prose a benchmark writes, ``benchmarks/results/`` and Markdown, do not count: a benchmark
+    writing its own figures must not mark itself); ``unknown`` for an installed copy without git (the source hash in
+    :func:`code_version` still holds)."""
     commit = _git("rev-parse", "--short", "HEAD")
     if not commit:
         return UNKNOWN_COMMIT
-    return commit + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = _git("status", "--porcelain", "--untracked-files=no", "--", *NOT_CODE)
+    return commit + ("+dirty" if changed else "")
 
 
 @functools.cache

@@ -132,19 +132,10 @@ class SingleModelSearch(SearchRun):
         return summary
 
 
-def single_search(
-    cfg: SearchConfig,
-    *,
-    searcher: str | None,
-    resume: bool,
-    progress: bool,
-    scorer: Scorer | None,
-    trust_model_code: bool,
-) -> dict[str, Any]:
-    """Run a :class:`SingleModelSearch` (the caller holds the run directory's lock); returns its summary."""
-    return SingleModelSearch(
-        cfg, searcher=searcher, resume=resume, progress=progress, scorer=scorer, trust_model_code=trust_model_code
-    ).run()
+def single_search(cfg: SearchConfig, **options: Any) -> dict[str, Any]:
+    """Run a :class:`SingleModelSearch` with these keyword ``options`` (the caller holds the run directory's lock);
+    returns its summary. A worker pool calls it with its own scorer."""
+    return SingleModelSearch(cfg, **options).run()
 
 
 def _run_baseline(
