@@ -116,7 +116,9 @@ def readme_lines(data: dict) -> list[str]:
         f"{lat['pruned']['64']:.1f} ms ({ratio(lat['pruned']['64'], lat['dense']['64'])}) |",
         f"| test accuracy after one fine-tune epoch | {d['test']:.2f}% | {p['after_finetune']['test']:.2f}% |",
         "",
-        f"{data['wall_seconds'] / 60:.1f} min and {data['peak_rss_mb'] / 1024:.1f} GB peak memory on 2 CPU cores "
+        f"{data['wall_seconds'] / 60:.1f} min and {data['peak_rss_mb'] / 1024:.1f} GB peak memory on "
+        f"{data['environment']['threads']} threads of an {data['environment']['cpu']}, "
+        f"{'within' if data['wall_seconds'] <= 600 else 'over'} the 10-minute target "
         "([main_job](benchmarks/results/main_job.md), `python benchmarks/run_all.py --tier main`).",
     ]
 
