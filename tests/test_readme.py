@@ -72,3 +72,32 @@ def test_main_job_figures_are_rendered_from_their_results_file() -> None:
     for line in main_job.readme_lines(data):
         assert line in readme, f"README.md does not quote main_job.json as rendered: {line!r}"
     assert len(data["measured_at"]) == 1 and data["environment"]["source_sha256"]
+
+
+def test_every_results_figure_in_the_readme_is_in_its_results_file() -> None:
+    """Each decimal figure of a README paragraph or table that links a results file (a table takes the links of the
+    paragraph above it) stands in that file, as written or rounded to as many places: none copied wrong, none without
+    a source."""
+    results = ROOT / "benchmarks" / "results"
+    missing, checked, previous = [], 0, []
+    for block in re.split(r"\n\s*\n", (ROOT / "README.md").read_text()):
+        links = re.findall(r"\(benchmarks/results/(\w+)\.md\)", block)
+        if not links and block.lstrip().startswith("|"):
+            links = previous
+        previous = links
+        if not links or "```" in block:
+            continue
+        source = "".join(
+            (results / f"{s}.{e}").read_text()
+            for s in links
+            for e in ("md", "json")
+            if (results / f"{s}.{e}").is_file()
+        )
+        values = [float(v) for v in re.findall(r"-?\d+\.\d+", source)]
+        for figure in re.findall(r"(?<![\w.])(\d+\.\d+)(?![\w])", block):
+            checked += 1
+            places = len(figure.split(".")[1])
+            if figure not in source and not any(abs(round(v, places) - float(figure)) < 1e-9 for v in values):
+                missing.append(f"{figure} (linked: {', '.join(links)})")
+    assert checked > 50, "the README's results figures were not found"
+    assert not missing, f"README figures not in their results files: {missing}"
