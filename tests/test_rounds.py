@@ -103,7 +103,7 @@ def test_rounds_resume_after_a_crash_without_redoing_a_round(
     with pytest.raises(RLPruneError, match="already ran"):
         run_job(cfg, progress=False)  # a run in rounds is continued only with --resume
     other_lr = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"lr": cfg.finetune.lr / 2})})
-    with pytest.raises(RLPruneError, match="made with another 'settings'"):
+    with pytest.raises(RLPruneError, match=r"another rounds schedule \(settings.finetune.lr: 0.02 -> 0.01\)"):
         run_job(other_lr, resume=True, progress=False)  # round 2 would not be made as round 1 was
     crash = False
     out = run_job(cfg, resume=True, progress=False)
