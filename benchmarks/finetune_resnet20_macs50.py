@@ -1,21 +1,25 @@
-"""Final accuracy at 50% MACs: the plans of uniform pruning, random search, PPO search and the generalist policy's
-zero-shot rollout, fine-tuned with one identical recipe (30 epochs, distillation from the dense model) and several
-fine-tune seeds (mean ± std), test accuracy against the dense checkpoint, CPU latency.
+"""Final accuracy at 50% MACs: the plans of uniform pruning, Torch-Pruning's global and isomorphic pruning, random
+search, PPO search and the generalist policy's zero-shot rollout, fine-tuned with one identical recipe (30 epochs,
+distillation from the dense model) and several fine-tune seeds (mean ± std), test accuracy against the dense
+checkpoint, CPU latency.
 
     python benchmarks/finetune_resnet20_macs50.py [--epochs 30] [--seeds 0 --seeds 1 --seeds 2] \
         --plan ppo=benchmarks/results/search_resnet20_macs50_plans/ppo-s0.json \
         --plan random=benchmarks/results/search_resnet20_macs50_plans/random-s0.json \
-        --policy generalist=benchmarks/results/policies/generalist_macs/policy.json
+        --policy generalist=benchmarks/results/policies/generalist_macs/policy.json \
+        --peer tp-global --peer tp-isomorphic
 
-Uniform is computed here; ``--plan`` plans come from searches (search_resnet20_macs50.py keeps each search's best
-plan in benchmarks/results/search_resnet20_macs50_plans/; the command above takes the best of each searcher's three
-seeds by validation proxy, on the current zoo model); ``--policy`` plans are a policy's deterministic rollout at the
-target, with no search. Each fine-tune is an ``rlprune finetune`` output folder under runs/bench_finetune/<label>/
-seed<k>/ (resumed per epoch if killed). The results file is rewritten after every fine-tune, and a fine-tune whose
-report is already in the results file, as committed (same plan, dense weights, epochs, learning rate and seed), is not
-run again, so the table fills up over several sessions; the Markdown names every commit its rows were measured at.
-``--only LABEL`` fine-tunes just that plan (two machines or cores can fill different rows, each into its own
-``--out``; merge the ``reports`` of the JSON files and rerun with ``--report-only`` to render the table).
+Uniform and the ``--peer`` plans are computed here (a peer's global ratio solved for the target, as the
+``--agent tp-global`` searcher does); ``--plan`` plans come from searches (search_resnet20_macs50.py keeps each
+search's best plan in benchmarks/results/search_resnet20_macs50_plans/; the command above takes the best of each
+searcher's three seeds by validation proxy, on the current zoo model); ``--policy`` plans are a policy's
+deterministic rollout at the target, with no search. Each fine-tune is an ``rlprune finetune`` output folder under
+runs/bench_finetune/<label>/seed<k>/ (resumed per epoch if killed). The results file is rewritten after every
+fine-tune, and a fine-tune whose report is already in the results file, as committed (same plan, dense weights,
+epochs, learning rate and seed), is not run again, so the table fills up over several sessions; the Markdown names
+every commit its rows were measured at. ``--only LABEL`` fine-tunes just that plan (two machines or cores can fill
+different rows, each into its own ``--out``; merge the ``reports`` of the JSON files and rerun with
+``--report-only`` to render the table).
 Writes benchmarks/results/finetune_resnet20_macs50.{json,md}.
 """
 
@@ -27,15 +31,18 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import torch
 from _results import environment, md_table, mean_std, measured_on, reproduce_command, write_results
 
 from rlprune.config import FinetuneConfig
-from rlprune.cost.budget import uniform_plan
+from rlprune.cost.budget import Budget, uniform_plan
 from rlprune.data import splits_from_meta
 from rlprune.io.provenance import tensors_sha256
 from rlprune.jobs.apply import load_dense, policy_plans
 from rlprune.jobs.finetune import finetune_plan
 from rlprune.pruning import Plan
+from rlprune.pruning.peers import PEERS, PeerAllocation
+from rlprune.searching.baselines import solve_allocation
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "finetune_resnet20_macs50"
@@ -116,6 +123,7 @@ def main() -> None:
     ap.add_argument("--seeds", action="append", type=int, help="a fine-tune seed (repeat; default 0 1 2)")
     ap.add_argument("--plan", action="append", default=[], metavar="LABEL=PATH", help="a saved plan (repeat)")
     ap.add_argument("--policy", action="append", default=[], metavar="LABEL=PATH", help="a policy to roll out")
+    ap.add_argument("--peer", action="append", default=[], choices=sorted(PEERS), help="a Torch-Pruning peer (repeat)")
     ap.add_argument("--only", action="append", metavar="LABEL", help="fine-tune only these plans (repeat)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the results from stored reports only")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench_finetune"))
@@ -134,6 +142,12 @@ def main() -> None:
         plan_files[label] = f"rollout of {path} at {args.target}"
     plans["uniform"] = uniform_plan(structure, args.target)
     plan_files["uniform"] = "uniform_plan (solved here for the target)"
+    budget = Budget(structure, args.target)  # the search's defaults: max_ratio 0.8, 1% tolerance
+    example = torch.zeros(1, *structure.input_shape)
+    for peer in args.peer:
+        allocation = PeerAllocation(dense, example, structure, peer, max_ratio=budget.max_ratio)
+        plans[peer] = budget.plan(solve_allocation(allocation, budget, args.target))
+        plan_files[peer] = f"{peer} allocation solved here for the target"
     unknown = sorted(set(args.only or ()) - set(plans))
     if unknown:
         raise SystemExit(f"--only: no plan labelled {unknown[0]} (labels: {', '.join(plans)})")

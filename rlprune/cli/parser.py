@@ -134,7 +134,7 @@ def _config_commands(sub: Any) -> None:
             "--agent",
             default=None,
             help="ppo | ddpg | sac | td3 (RL; default: the config's agent.algorithm) or uniform | random | evolution "
-            "(baselines, run in runs/<name>-<agent>/)",
+            "| tp-global | tp-global-l1 | tp-isomorphic (baselines, run in runs/<name>-<agent>/)",
         )
         p.add_argument("--searcher", default=None, help=argparse.SUPPRESS)  # the old spelling of --agent
     p = config_command(

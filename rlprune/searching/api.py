@@ -127,7 +127,8 @@ def search(
         saw (docs/generalize.md).
     :param target: pruned/dense cost ratio to meet (or a ``(low, high)`` range: one target per episode).
     :param agent: ``ppo`` (default), ``ddpg``, ``sac``, ``td3``, or a baseline: ``random``, ``evolution``,
-        ``uniform``.
+        ``uniform``, or Torch-Pruning's own allocation solved for the budget: ``tp-global`` (global group-L2
+        pruning), ``tp-global-l1`` (global magnitude), ``tp-isomorphic`` (isomorphic pruning).
     :param episodes: plans to evaluate.
     :param reward: ``accuracy`` for one model; with several, ``gain_over_uniform`` (the default: raw accuracies of
         different models are not on one scale) or ``retention``.

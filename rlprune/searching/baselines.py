@@ -1,15 +1,19 @@
 """Baseline searchers that drive the same environment as the RL agents (so the same budget clamp applies and the
-same episodes are recorded): uniform ratio, random search, and a simple evolutionary search."""
+same episodes are recorded): uniform ratio, random search, a simple evolutionary search, and Torch-Pruning's global
+and isomorphic pruning solved for the budget (:mod:`rlprune.pruning.peers`)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
 import numpy as np
+import torch
 
+from rlprune.cost.budget import Budget
 from rlprune.envs.episode import ratio_to_action
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
+from rlprune.pruning.peers import PEERS, PeerAllocation
 
 BATCH = 16  # random-search candidates queued together on a worker pool (at least 2 per worker)
 
@@ -117,7 +121,70 @@ class EvolutionSearcher(Searcher):
             ]
 
 
-SEARCHERS: dict[str, type[Searcher]] = {s.name: s for s in (UniformSearcher, RandomSearcher, EvolutionSearcher)}
+class PeerSearcher(Searcher):
+    """Torch-Pruning's global pruning (``tp-global``: group L2; ``tp-global-l1``: L1 magnitude) or isomorphic
+    pruning (``tp-isomorphic``), as one line of the engine would run it, with its global pruning ratio solved by
+    bisection so that the plan meets the episode's target on the budget's own cost (MACs, latency table or
+    parameters). One plan per target, played through the environment's clamp like every other plan; which
+    channels go is the run's importance criterion, so only the allocation differs from the other searchers."""
+
+    name = ""
+
+    def run(self, episodes: int) -> None:
+        env = self.env
+        model = getattr(env.scorer, "model", None)
+        if model is None:
+            raise RLPruneError(f"searcher '{self.name}': needs a scorer that holds the dense model")
+        example = getattr(env.scorer, "example", None)
+        if example is None:
+            param = next(model.parameters())
+            example = torch.zeros(1, *env.structure.input_shape, device=param.device)
+        allocation = PeerAllocation(model, example, env.structure, self.name, max_ratio=env.budget.max_ratio)
+        solved: dict[float, list[float]] = {}
+        for i in range(episodes):
+            env.reset(seed=self.seed + i)  # the episode's target (drawn from a range) and prior
+            target = env.target
+            if target not in solved:
+                solved[target] = solve_allocation(allocation, env.budget, target)
+            prior = env.episode.prior or [None] * len(env.units)
+            actions = np.array([ratio_to_action(env.budget, r, p) for r, p in zip(solved[target], prior, strict=True)])
+            run_episode(env, actions, seed=self.seed + i)
+
+
+def solve_allocation(allocation: PeerAllocation, budget: Budget, target: float, steps: int = 14) -> list[float]:
+    """The peer's per-unit ratios at the smallest global pruning ratio whose plan costs at most ``target``
+    (bisection; a peer's ranking prunes more of every unit as the ratio grows). The global ratio stays within the
+    budget's ``max_ratio``, as a user sets it for ``max_pruning_ratio`` (past it the engine skips whole groups it
+    would empty and prunes less, not more); when even that ratio leaves the plan over the target, its ratios, and the
+    clamp does the rest."""
+
+    def cost(ratios: list[float]) -> float:
+        clipped = (min(max(r, budget.min_ratio), budget.max_ratio) for r in ratios)
+        return budget.cost(
+            {u.name: budget.channels(i, r) for i, (u, r) in enumerate(zip(budget.units, clipped, strict=True))}
+        )
+
+    lo, hi = 0.0, budget.max_ratio
+    best = allocation.ratios(hi)
+    if cost(best) > target:
+        return best
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        ratios = allocation.ratios(mid)
+        if cost(ratios) <= target:
+            hi, best = mid, ratios
+        else:
+            lo = mid
+    return best
+
+
+def _peer(name: str) -> type[PeerSearcher]:
+    return type(f"PeerSearcher_{name}", (PeerSearcher,), {"name": name})
+
+
+SEARCHERS: dict[str, type[Searcher]] = {
+    s.name: s for s in (UniformSearcher, RandomSearcher, EvolutionSearcher, *(_peer(n) for n in PEERS))
+}
 
 
 def get_searcher(name: str, env: LayerPruningEnv, seed: int) -> Searcher:

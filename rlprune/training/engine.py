@@ -308,5 +308,3 @@ class _Step:
             "train_accuracy": 100.0 * correct.item() / seen,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
-
-
