@@ -49,6 +49,13 @@ OUT = ROOT / "benchmarks" / "results" / "finetune_resnet20_macs50"
 SKIP = ("out", "runs", "only", "report_only")  # where results go and which part of them one run fills in
 
 
+def _skip(args: argparse.Namespace) -> tuple[str, ...]:
+    """What the Reproduce line leaves out: ``--out`` too when it is the default file, but not for another results
+    file (its command must write that file again, not this script's default one)."""
+    default = Path(args.out).resolve().with_suffix("") == OUT.resolve()
+    return SKIP if default else tuple(s for s in SKIP if s != "out")
+
+
 def _stored_report(stored: dict[str, Any], label: str, seed: int, request: dict[str, Any]) -> dict[str, Any] | None:
     """The stored report of ``label`` and ``seed`` if it was made by the same ``request`` (a subset of what
     ``finetune_plan`` keys its own reuse on, without the code version: the file records each row's commit)."""
@@ -109,7 +116,7 @@ def _markdown(args: argparse.Namespace, reports: dict[str, dict[str, dict[str, A
         lines += ["", f"**Not yet measured**: {', '.join(pending)}."]
     lines += [
         "",
-        measured_on(env, reproduce_command("benchmarks/finetune_resnet20_macs50.py", args, ROOT, skip=SKIP)),
+        measured_on(env, reproduce_command("benchmarks/finetune_resnet20_macs50.py", args, ROOT, skip=_skip(args))),
     ]
     return "\n".join(lines)
 

@@ -37,6 +37,7 @@ TIERS: dict[str, tuple[str, ...]] = {
         "main_job",
         "search_resnet20_macs50",
         "finetune_resnet20_macs50",
+        "peers_resnet20_macs50",
         "generalize",
         "compression",
         "model_coverage",

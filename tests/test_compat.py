@@ -283,3 +283,18 @@ def test_any_env_plan_meets_the_budget_on_the_real_model(name: str, target: floa
     assert abs(info["macs_ratio_measured"] - info["macs_ratio"]) <= 0.01 * info["macs_ratio"]
     assert info["macs_ratio_measured"] <= target + 0.01 * target
     assert macs_ratio(env.structure, Plan.from_dict(info["plan"])) == pytest.approx(info["macs_ratio"])
+
+
+def test_plans_of_units_that_feed_grouped_convs_pass_their_own_check() -> None:
+    """A unit feeding grouped convolutions keeps a multiple of its groups, which may lie more than one channel from
+    (1 - ratio) * channels: every plan the project makes for it still passes the plan check (a policy's rollout on a
+    ResNeXt-style net used to be refused by it)."""
+    from compat_models import grouped_se
+
+    from rlprune.pruning import Plan
+
+    model = grouped_se().eval()
+    structure = analyze(model, torch.zeros(1, 3, 32, 32))
+    assert any(u.groups > 1 for u in structure.units)
+    for ratio in [i / 64 for i in range(52)]:
+        Plan.from_ratios(structure, [ratio] * len(structure.units)).check(structure)

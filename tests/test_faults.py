@@ -96,10 +96,10 @@ def test_a_resume_keeps_the_agent_seed_and_weights_it_began_with(
     run, cfg = _copy_run(searched, "same")
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     for args, said in (
-        (["train", str(cfg), "--set", "seed=1"], "different 'seed'"),
-        (["train", str(cfg), "--set", "agent.algorithm=sac"], "different 'agent'"),
-        (["train", str(cfg), "--set", "agent.hyperparams.n_steps=256"], "different 'agent'"),
-        (["search", str(cfg), "--agent", "random", "--set", "name=same"], "other agent or searcher"),
+        (["train", str(cfg), "--set", "seed=1"], "another config (seed: 0 -> 1)"),
+        (["train", str(cfg), "--set", "agent.algorithm=sac"], "another config (agent.algorithm: 'ppo' -> 'sac')"),
+        (["train", str(cfg), "--set", "agent.hyperparams.n_steps=256"], "(agent.hyperparams.n_steps: "),
+        (["search", str(cfg), "--agent", "random", "--set", "name=same"], "(searcher: 'ppo' -> 'random')"),
     ):
         capsys.readouterr()
         assert main([*args, "--resume", "--quiet"]) == 2, args
@@ -110,7 +110,7 @@ def test_a_resume_keeps_the_agent_seed_and_weights_it_began_with(
     # the checkpoint file replaced by other weights under the same path
     (run / "search.json").write_text(json.dumps({**identity, "weights_sha256": ["0" * 64]}))
     assert main(["train", str(cfg), "--resume", "--quiet"]) == 2
-    assert "other checkpoint weights" in capsys.readouterr().err
+    assert "another agent or searcher, checkpoint weights or scoring (weights_sha256" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "search.json"} == {
         k: v for k, v in before.items() if k != "search.json"
     }  # nothing rewritten by a refused resume

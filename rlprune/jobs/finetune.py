@@ -141,7 +141,8 @@ def finetune_plan(
             reference=reference,
         )
         report["provenance"] = provenance(produced_by)
-        # the final report, then the folder into place without what only served resuming (TensorBoard logs stay)
+        # the report (written once, complete), then the folder into place without what only served resuming
+        # (TensorBoard logs stay); no bare NaN in JSON
         text = json.dumps(json_safe(report), indent=1, default=float, allow_nan=False)
         atomic_write_text(work / "report.json", text + "\n")
         run.publish(work, drop=("finetune/last.safetensors", "finetune/last.json", "finetune/state.pt"), replace=stale)
@@ -241,8 +242,6 @@ def _run(
     if quantize == "int8" and "error" not in onnx:
         report["int8"] = int8_report(pruned, splits, work, mean=mean, std=std, seed=seed)
     report["figures"] = outputs.write_report_figures(work, report, plan, structure, work / "finetune" / "tb")
-    text = json.dumps(json_safe(report), indent=1, default=float, allow_nan=False)  # no bare NaN in JSON
-    atomic_write_text(work / "report.json", text + "\n")
     extra = classes_md + int8_markdown(report.get("int8")) + sparse_markdown(report.get("sparse"))
     atomic_write_text(work / "report.md", finetune_markdown(report) + "\n" + extra)
     return report

@@ -49,6 +49,7 @@ def analyze(
     trial: bool = True,
     ignore: Sequence[str] | None = None,
     heads: Mapping[str, int | str] | None = None,
+    time_limit: float | None = None,
 ) -> Structure:
     """Prunable units of ``model`` in forward order with their features; raises on unsupported layers.
 
@@ -58,9 +59,11 @@ def analyze(
         them: what rlprune cannot prune becomes a fixed cost instead of a refusal (config key ``prune.ignore``).
     :param heads: attention module name (or pattern) -> head count, or the name of the attribute holding it, for
         attentions whose head count rlprune cannot find (config key ``prune.heads``).
+    :param time_limit: seconds torch-pruning's dependency analysis may take before it is stopped with an error
+        (default ``$RLPRUNE_ANALYSIS_TIME_LIMIT`` or 300; 0: no limit): some graphs make it search for minutes.
     """
     options = PruneOptions.of(ignore, heads)
-    view = GraphView.build(model, example_input, options)
+    view = GraphView.build(model, example_input, options, time_limit)
     if not view.groups:
         raise RLPruneError(
             "model has no prunable units (no conv/linear layer whose outputs can be pruned"

@@ -13,8 +13,9 @@ import torch_pruning as tp
 from torch import nn
 
 from rlprune.errors import RLPruneError
+from rlprune.pruning import limits
 from rlprune.pruning.attention import Heads, find_heads
-from rlprune.pruning.options import PruneOptions, ignore_hint
+from rlprune.pruning.options import IGNORE_KEY, PruneOptions, ignore_hint
 
 # Leaf modules with parameters that need no channel handling of their own (they follow their input's channels).
 _PARAM_FREE_OK = (nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
@@ -172,14 +173,24 @@ class GraphView:
     options: PruneOptions
 
     @classmethod
-    def build(cls, model: nn.Module, example: torch.Tensor, options: PruneOptions | None = None) -> GraphView:
-        """Trace ``model`` on ``example``; refuses unsupported layers (naming the first) and untraceable models."""
+    def build(
+        cls,
+        model: nn.Module,
+        example: torch.Tensor,
+        options: PruneOptions | None = None,
+        time_limit: float | None = None,
+    ) -> GraphView:
+        """Trace ``model`` on ``example``; refuses unsupported layers (naming the first) and untraceable models,
+        and stops (one-line error) when torch-pruning's grouping runs past ``time_limit`` seconds
+        (:mod:`rlprune.pruning.limits`)."""
         options = options or PruneOptions()
-        graph = build_graph(model, example)
-        check_supported(model, graph, options)
-        order, shapes = trace_shapes(model, example)
-        names = {m: n for n, m in model.named_modules()}
-        groups = {names[g[0].dep.target.module]: g for g in sorted_groups(model, graph, order, options)}
+        hint = f"leave the parts it cannot group as they are with {IGNORE_KEY} (e.g. the attention modules)"
+        with limits.time_limit("dependency analysis (torch-pruning)", time_limit, hint):
+            graph = build_graph(model, example)
+            check_supported(model, graph, options)
+            order, shapes = trace_shapes(model, example)
+            names = {m: n for n, m in model.named_modules()}
+            groups = {names[g[0].dep.target.module]: g for g in sorted_groups(model, graph, order, options)}
         return cls(model, graph, order, shapes, names, groups, options)
 
     def is_output(self, dep: object) -> bool:

@@ -24,6 +24,7 @@ from torch import nn
 
 from rlprune.errors import RLPruneError
 from rlprune.pruning.graph import find_classifier, trace_shapes
+from rlprune.pruning.limits import time_limit
 from rlprune.pruning.structure import Structure
 
 
@@ -103,7 +104,11 @@ class PeerAllocation:
         was_training = self.model.training
         self.model.eval()  # tracing runs a forward pass: no batch-norm statistics may move
         try:
-            with torch.enable_grad(), warnings.catch_warnings():
+            with (
+                time_limit(f"peer '{self.peer.name}' (torch-pruning's MetaPruner)"),
+                torch.enable_grad(),
+                warnings.catch_warnings(),
+            ):
                 warnings.simplefilter("ignore")  # e.g. its note on unwrapped parameters, which it handles itself
                 pruner = tp.pruner.MetaPruner(
                     self.model,

@@ -167,13 +167,15 @@ class Plan:
                 f"{structure.options.to_dict() or 'none'}"[:300]
             )
         sizes = {u.name: u.channels for u in structure.units}
+        slices = {u.name: u.groups for u in structure.units}
         for name, n in self.channels.items():
             if name not in sizes:
                 raise RLPruneError(f"{what}: unit '{name[:60]}' is not a prunable unit of this model")
             if not 1 <= n <= sizes[name]:
                 raise RLPruneError(f"{what}: unit '{name[:60]}' keeps {n} channels; it has 1 to {sizes[name]}")
             step = self.round_to if self.round_to and self.round_to < sizes[name] else 1  # no rounding above C
-            slack = max(step, min(self.min_channels, sizes[name]), 1)
+            # a unit feeding grouped convolutions keeps a multiple of its groups (kept_channels rounds to them)
+            slack = max(step, slices[name], min(self.min_channels, sizes[name]), 1)
             if abs(n - round((1.0 - self.ratios.get(name, 0.0)) * sizes[name])) > slack:
                 raise RLPruneError(
                     f"{what}: unit '{name[:60]}' keeps {n} of {sizes[name]} channels, which does not match its ratio "
@@ -197,7 +199,9 @@ class Plan:
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The plan as saved: checked by :class:`~rlprune.io.schemas.PlanSchema` on the way out as on the way in
+        (:meth:`from_dict`), so a plan this project writes is always one it reads back."""
+        data = {
             "format": PLAN_FORMAT,
             "model": self.model,
             "fingerprint": self.fingerprint,
@@ -211,6 +215,8 @@ class Plan:
             **self.options.to_dict(),
             **({"granularity": self.granularity} if self.granularity != "channel" else {}),
         }
+        validated(PlanSchema, data, f"plan{' of ' + self.model[:60] if self.model else ''}")
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "plan") -> Plan:

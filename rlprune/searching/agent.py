@@ -9,13 +9,13 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from rlprune.agents.callbacks import SearchCallback
 from rlprune.agents.policy_io import Policy, policy_metadata, save_policy
 from rlprune.agents.sb3_agents import make_agent
 from rlprune.agents.state import load_agent_state, save_agent_state
 from rlprune.config import SearchConfig
 from rlprune.envs.features import feature_envelope
 from rlprune.pruning.weights import SPARSE_IMPORTANCE, granularity_label
+from rlprune.searching.callbacks import SearchCallback
 from rlprune.searching.recorder import SearchRecorder
 from rlprune.seeding import RESUME_STREAM, stream_seed
 

@@ -63,25 +63,20 @@ def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool, searcher: str | 
             for side in (saved, now):  # how often a copy is drawn is not how it is scored
                 if isinstance(side.get("pre_pruned"), dict):
                     side["pre_pruned"] = {k: v for k, v in side["pre_pruned"].items() if k != "weight"}
-        for section in sections:
-            if saved.get(section) != now.get(section):
-                raise RLPruneError(
-                    f"{run_dir}: cannot resume with a different '{section}' than the run was started with "
-                    f"({saved.get(section)!r} -> {now.get(section)!r})",
-                    fix="rename",
-                )
+        run = RunDir(run_dir, "search run directory")
+        run.check_same({k: saved.get(k) for k in sections}, {k: now.get(k) for k in sections}, what="config")
     if resume and (run_dir / IDENTITY).is_file():
         saved_identity = RunDir(run_dir).read_json(IDENTITY, "search identity")
-        checks = (("searcher", "agent or searcher"), ("weights_sha256", "checkpoint weights"), ("scoring", "scoring"))
-        for key, what in checks:
-            before = saved_identity.get(key) if isinstance(saved_identity, dict) else None
-            # a run recorded before scores were versioned was scored another way: its records would mix with new ones
-            if (before is not None or key == "scoring") and before != identity[key]:
-                raise RLPruneError(
-                    f"{run_dir}: cannot resume with other {what} than the run was started with "
-                    f"({str(before)[:80]} -> {str(identity[key])[:80]})",
-                    fix="rename",
-                )
+        saved_identity = saved_identity if isinstance(saved_identity, dict) else {}
+        # a run recorded before scores were versioned was scored another way: its records would mix with new ones
+        keys = [
+            k for k in ("searcher", "weights_sha256", "scoring") if saved_identity.get(k) is not None or k == "scoring"
+        ]
+        RunDir(run_dir, "search run directory").check_same(
+            {k: saved_identity.get(k) for k in keys},
+            {k: identity[k] for k in keys},
+            what="agent or searcher, checkpoint weights or scoring",
+        )
     return identity
 
 
