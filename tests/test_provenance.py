@@ -203,3 +203,24 @@ def test_steps_per_epoch_is_validated() -> None:
         with pytest.raises(ValueError, match="steps_per_epoch"):
             TrainConfig(steps_per_epoch=bad)
     assert FinetuneConfig().steps_per_epoch is None and TrainConfig(steps_per_epoch=5).steps_per_epoch == 5
+
+
+def test_the_source_hash_covers_every_module_of_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An edit anywhere in rlprune/ (not only beside the module that computes the hash) is another code version."""
+    import shutil
+
+    package = Path(rlprune.__file__).resolve().parent
+    assert package == rlprune.io.provenance.PACKAGE_DIR
+    copy = tmp_path / "rlprune"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(rlprune.io.provenance, "PACKAGE_DIR", copy)
+    digest = source_sha256.__wrapped__  # the package's own value is cached for the process
+    before = digest()
+    assert before == source_sha256()  # the copy is the package
+    for module in ("searching/baselines.py", "pruning/cut.py", "envs/episode.py"):
+        path = copy / module
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# edited\n")
+        assert digest() != before, module
+        path.write_bytes(original)
+    assert digest() == before

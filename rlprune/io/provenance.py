@@ -21,7 +21,7 @@ import torch
 
 from rlprune.version import __version__
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # rlprune/, not this module's io/
 UNKNOWN_COMMIT = "unknown"
 
 
