@@ -1,7 +1,7 @@
 """Final accuracy at 50% MACs: the plans of uniform pruning, Torch-Pruning's global and isomorphic pruning, random
-search, PPO search and the generalist policy's zero-shot rollout, fine-tuned with one identical recipe (30 epochs,
-distillation from the dense model) and several fine-tune seeds (mean ± std), test accuracy against the dense
-checkpoint, CPU latency.
+search, PPO search and the generalist policy's rollout (not zero-shot: ResNet-20 is among its training models),
+fine-tuned with one identical recipe (30 epochs, distillation from the dense model) and several fine-tune seeds
+(mean ± std), test accuracy against the dense checkpoint, CPU latency.
 
     python benchmarks/finetune_resnet20_macs50.py [--epochs 30] [--seeds 0 --seeds 1 --seeds 2] \
         --plan ppo=benchmarks/results/search_resnet20_macs50_plans/ppo-s0.json \

@@ -1,11 +1,11 @@
-"""Does one policy prune networks it never saw? Leave-families-out test of the generalist policy.
+"""Does one policy prune networks it never saw? Zero-shot test of the generalist policy.
 
 A generalist PPO policy is trained on some models (default: ResNet-20, ResNet-32 and VGG-11/2) over a MACs range,
-then rolled out zero-shot on held-out families (default: ResNet-56, MobileNetV2/2 and the small ViT — none of them
-in training) at several budgets. Per (target, budget) it is compared with: the single-model ResNet-20 PPO policy
-(v2 features, trained at 0.5 only; forced at other budgets), the uniform plan, and fresh 100-plan random and PPO
-searches on the target. Every plan is scored by the same validation proxy the policy was trained with; the MACs
-ratio is counted on the physically pruned model.
+then rolled out zero-shot on models absent from training (default: ResNet-56 — the same family, grown from the zoo
+ResNet-20's weights — and two held-out families, MobileNetV2/2 and the small ViT) at several budgets. Per (target,
+budget) it is compared with: the single-model ResNet-20 PPO policy (v2 features, trained at 0.5 only; forced at
+other budgets), the uniform plan, and fresh 100-plan random and PPO searches on the target. Every plan is scored by
+the same validation proxy the policy was trained with; the MACs ratio is counted on the physically pruned model.
 
 Stages (each resumable: finished pieces are cached under ``--runs`` and reused):
 
@@ -866,7 +866,7 @@ def report(args: argparse.Namespace, training: dict[str, Any] | None) -> None:
     env = environment()
     reproduce = reproduce_command("benchmarks/generalize.py", args, ROOT, skip=("out", "runs", "stage", "quiet"))
     md = [
-        "# Generalist policy: zero-shot on held-out families",
+        "# Generalist policy: zero-shot on models absent from training",
         "",
         f"Trained on {', '.join(model_label(c) for c in args.train)} over MACs [{args.low}, {args.high}], "
         f"reward `{args.reward}`, {args.episodes} episodes; applied with no search to "
