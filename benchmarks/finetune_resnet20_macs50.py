@@ -200,7 +200,7 @@ def main() -> None:
             seed=seed,
             source={"plan": label, "checkpoint": args.checkpoint},
             reuse=True,
-        )
+        ).to_dict()
         save()
     save()
     print(Path(args.out).with_suffix(".md").read_text())

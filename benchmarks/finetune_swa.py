@@ -53,7 +53,7 @@ def main() -> None:
             seed=args.seed,
             source={"plan": args.plan, "checkpoint": args.checkpoint},
             reuse=True,
-        )
+        ).to_dict()
     rows = []
     for label, r in reports.items():
         last = r["finetune"]["history"][-1]

@@ -192,7 +192,7 @@ def _cell(args: argparse.Namespace, ckpt: str, budget: float) -> dict[str, Any]:
         )
         summary = complete_search(cfg, searcher=searcher, progress=not args.quiet)
         plans[method] = Plan.load(Path(cfg.output_dir) / cfg.name / "best_plan.json")
-        seconds[method] = float(summary["wall_seconds"])
+        seconds[method] = summary.wall_seconds
     rows = {}
     for method, plan in plans.items():
         score = scorer(plan)
@@ -429,7 +429,7 @@ def _tuned(
         progress=False,
         reuse=True,
         source={"benchmark": "generalize", "method": method},
-    )
+    ).to_dict()
     accuracy = float(report["pruned"]["after_finetune"]["test"])
     print(f"[finetune] {key} seed {seed}: {accuracy:.2f}", flush=True)
     return accuracy

@@ -46,7 +46,7 @@ def main() -> None:
         ]
         cfg = load_config(CONFIG, SearchConfig, overrides)
         cfg = cfg.model_copy(update={"checkpoint": str(ROOT / cfg.checkpoint)})
-        summary = complete_search(cfg)
+        summary = complete_search(cfg).to_dict()
         table = json.loads((Path(args.runs) / name / "latency_table.json").read_text())
         runs[name] = {"calibration_plans": plans, "summary": summary, "calibration": table.get("calibration")}
         best = summary["best"]

@@ -154,7 +154,7 @@ def main() -> None:
                 continue
             results[label] = json.loads((run_dir / "measured.json").read_text())
         else:
-            summary = complete_search(cfg, progress=False)
+            summary = complete_search(cfg, progress=False).to_dict()
             results[label] = measure(label, summary, run_dir, dense, structure, args)
     # the uniform plan at the same MACs, for reference (no search)
     same_ratio = uniform_plan(structure, 0.5)

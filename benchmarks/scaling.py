@@ -80,7 +80,7 @@ def real_search(
     summary = run_search(cfg, searcher=searcher, workers=workers, progress=False)
     total = time.perf_counter() - start
     recs = _records(run)
-    search_s = summary["wall_seconds_this_session"]
+    search_s = summary.wall_seconds_this_session
     return {
         "searcher": searcher or cfg.agent.algorithm,
         "workers": workers,
@@ -151,7 +151,7 @@ def simulate(base: SearchConfig, runs: Path, actors: list[int], seconds: float, 
                 summary = run_search(cfg, searcher="random", scorer=pool, progress=False)
             finally:
                 pool.close()
-            wall = summary["wall_seconds_this_session"]
+            wall = summary.wall_seconds_this_session
             ideal = math.ceil(episodes / n) * seconds
             rows.append(
                 {

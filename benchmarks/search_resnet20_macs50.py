@@ -71,7 +71,7 @@ def main() -> None:
                 overrides.append(f"agent.algorithm={algorithm}")
             cfg = load_config(CONFIG, SearchConfig, overrides)
             cfg = cfg.model_copy(update={"checkpoint": str(ROOT / cfg.checkpoint)})
-            summary = complete_search(cfg, searcher=None if algorithm else label)
+            summary = complete_search(cfg, searcher=None if algorithm else label).to_dict()
             keep_plan(Path(args.runs) / name / "best_plan.json", Path(args.out).parent / PLANS.name / f"{name}.json")
             trace = episode_trace(Path(args.runs) / name / "episodes.jsonl")
             results.setdefault(label, []).append({"seed": seed, **summary, "trace": trace})

@@ -74,7 +74,7 @@ def main() -> None:
             if old and old.get("request") == json.loads(json.dumps(request)):
                 entry[label] = old
                 continue
-            summary = complete_search(cfg)
+            summary = complete_search(cfg).to_dict()
             if scorer is None:
                 scorer = build_scorer(cfg, cfg.checkpoint)
                 budget = build_budget(cfg, scorer.structure)

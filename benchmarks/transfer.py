@@ -82,7 +82,7 @@ def main() -> None:
                     f"env.target={args.macs}",
                 ],
             )
-            costs["fresh search"] = complete_search(cfg).get("wall_seconds", 0.0)
+            costs["fresh search"] = complete_search(cfg).wall_seconds
             plans["fresh search"] = Plan.load(Path(args.runs) / f"{label}-fresh" / "best_plan.json")
         results[label] = {}
         for name, plan in plans.items():
@@ -97,7 +97,7 @@ def main() -> None:
                 FinetuneConfig(epochs=args.finetune_epochs, distill=True),
                 source={"plan": name, "checkpoint": ckpt},
                 reuse=True,
-            )
+            ).to_dict()
             results[label][name] = {"proxy_val_accuracy": proxy_acc, "report": r, "search_seconds": costs[name]}
             rows.append(
                 [

@@ -1,4 +1,4 @@
-"""Which reduced precision to compute in: bf16 autocast is about 2x faster on CPUs with native bf16 (and on GPUs)."""
+"""Which reduced precision to compute in: bf16 autocast is faster on CPUs with native bf16 (and on GPUs)."""
 
 from __future__ import annotations
 
@@ -40,9 +40,8 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None) -> torch.aut
 
 def use_channels_last(setting: bool | str, dtype: torch.dtype | None) -> bool:
     """Resolve a ``channels_last`` setting: ``auto`` means on with autocast only (tensor-core and oneDNN bf16 kernels
-    want NHWC). Not for fp32 on a CPU: there a dense ResNet-20 step is faster in NHWC (300 vs 389 ms on a 2-core EPYC),
-    but a pruned one (odd channel counts) slower (465 vs 350 ms at 50% MACs), and pruned models are what fine-tuning
-    and the search's proxy train.
+    want NHWC). Not for fp32 on a CPU: there a dense network's step may be faster in NHWC, but a pruned one's (odd
+    channel counts) is slower, and pruned models are what fine-tuning and the search's proxy train.
     """
     if setting != "auto":
         return bool(setting)

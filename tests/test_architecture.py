@@ -156,3 +156,25 @@ def test_no_module_shadows_a_name_of_its_package():
             for alias in node.names
         } | {n.name for n in ast.parse(init.read_text()).body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
         assert not bound & children, f"{init.parent.name}: binds {sorted(bound & children)}, also module names"
+
+
+def test_plan_and_its_schema_hold_the_same_fields_and_defaults():
+    """``Plan`` (what code handles) and ``PlanSchema`` (what a file may hold) describe one thing: a field or default
+    added to one and not the other would be dropped or invented on a round trip."""
+    import dataclasses
+
+    from rlprune.io.schemas import PlanSchema
+    from rlprune.pruning.options import PruneOptions
+    from rlprune.pruning.plan import Plan
+
+    plan_fields = {f.name: f for f in dataclasses.fields(Plan) if f.name != "options"}
+    option_fields = {f.name for f in dataclasses.fields(PruneOptions)}
+    schema = {k: v for k, v in PlanSchema.model_fields.items() if k != "format"}
+    assert set(schema) == set(plan_fields) | option_fields
+    for name, f in plan_fields.items():
+        if f.default is not dataclasses.MISSING:
+            assert schema[name].default == f.default, name
+        elif f.default_factory is not dataclasses.MISSING:
+            assert schema[name].default_factory() == f.default_factory(), name
+        else:
+            assert schema[name].is_required(), name

@@ -156,7 +156,7 @@ def test_worst_class_reward_from_config_scores_per_class_and_resumes(image_folde
     # resumed: the uniform plan again, answered from the recorded episode (its metrics included)
     summary = run_search(SearchConfig(**{**raw, "agent": {"episodes": 3}}), searcher="uniform", resume=True)
     records = [json.loads(line) for line in records_path.read_text().splitlines()]
-    assert summary["episodes"] == 3 and records[2]["cached"]
+    assert summary.episodes == 3 and records[2]["cached"]
     assert records[2]["metrics"]["worst_class_drop"] == first[0]["metrics"]["worst_class_drop"]
     assert records[2]["reward"] == pytest.approx(first[0]["reward"])
 

@@ -16,6 +16,7 @@ from synthetic import PreferenceScorer
 
 from rlprune.config import SearchConfig
 from rlprune.evaluation.classes import class_chart
+from rlprune.io.reports import FinetuneReport
 from rlprune.models import build_model
 from rlprune.pruning import Plan, Structure, analyze
 from rlprune.pruning.structure import Layer, Unit
@@ -193,8 +194,10 @@ def test_figures_leave_pyplot_alone() -> None:
 def test_report_embeds_its_figures(tmp_path: Path) -> None:
     plan = _random_plan(RESNET20)
     history = [{"epoch": 1, "train_loss": 1.1, "train_accuracy": 61.0, "val_loss": 0.9, "val_accuracy": 70.5}]
-    report = {
+    raw = {
         "model": "resnet20",
+        "plan_units": len(plan.ratios),
+        "environment": {},
         "source": {},
         "dense": {"params": 270000, "macs": 40_000_000, "val": 88.0, "test": 87.0},
         "pruned": {
@@ -211,15 +214,16 @@ def test_report_embeds_its_figures(tmp_path: Path) -> None:
     }
     per_class = [{"class": c, "precision": 90.0, "recall": r, "f1": 88.0, "support": 10} for c, r in (("cat", 70.0),)]
     chart = class_chart({"dense": {"per_class": per_class}, "pruned": {"per_class": per_class}}, tmp_path / "c.png")
-    report["classes"] = {
+    report = FinetuneReport.parse(raw, "test report")
+    report.classes = {
         "dense": {"accuracy": 87.0, "macro_f1": 86.5, "worst_class_accuracy": 70.0, "per_class": per_class},
         "pruned": {"accuracy": 79.0, "macro_f1": 78.0, "worst_class_drop": 6.0, "per_class": per_class},
         "chart": str(chart),
     }
-    report["figures"] = outputs.write_report_figures(tmp_path, report, plan, RESNET20, tmp_path / "tb")
-    assert report["figures"] == {"plan_profile": "plan_profile.png", "finetune": "finetune.png"}
+    report.figures = outputs.write_report_figures(tmp_path, report, plan, RESNET20, tmp_path / "tb")
+    assert report.figures == {"plan_profile": "plan_profile.png", "finetune": "finetune.png"}
     md = finetune_markdown(report)
-    for file in report["figures"].values():
+    for file in report.figures.values():
         assert f"]({file})" in md
         _check_png((tmp_path / file).read_bytes())
     events = b"".join(p.read_bytes() for p in (tmp_path / "tb").rglob("events.out.tfevents*"))
@@ -242,11 +246,11 @@ def test_a_search_run_directory_holds_its_figures(tmp_path: Path, searcher: str 
     run = tmp_path / "run"
     for name in ("search.png", "best_plan.png"):
         _check_png((run / name).read_bytes())
-    uniform = summary["uniform"]
-    assert 0.45 <= uniform["macs_ratio"] <= 0.5 and 0 < uniform["accuracy"] <= 100
+    uniform = summary.uniform
+    assert 0.45 <= uniform.macs_ratio <= 0.5 and 0 < uniform.accuracy <= 100
     assert len((run / "episodes.jsonl").read_text().splitlines()) == 6  # the uniform plan is not an episode
     events = b"".join(p.read_bytes() for p in (run / "tb").rglob("events.out.tfevents*"))
     for tag in (b"search/scatter", b"search/best_plan", b"custom_scalars", b"search/best_accuracy"):
         assert tag in events, tag
     assert b"_hparams_/session_start_info" in events
-    assert json.loads((run / "summary.json").read_text())["uniform"] == uniform
+    assert json.loads((run / "summary.json").read_text())["uniform"] == uniform.to_dict()

@@ -260,8 +260,8 @@ def test_generalist_search_applies_zero_shot(tmp_path):
 
     cfg = load_config(config, SearchConfig)
     summary = run_search(cfg, progress=False)
-    assert summary["reward"] == "gain_over_uniform" and summary["episodes"] == 10
-    assert sum(m["episodes"] for m in summary["models"]) == 10
+    assert summary.reward == "gain_over_uniform" and summary.episodes == 10
+    assert sum(m.episodes for m in summary.models) == 10
     records = [json.loads(line) for line in (tmp_path / "g" / "episodes.jsonl").read_text().splitlines()]
     assert {r["model"] for r in records} <= {"resnet20_cifar10", "resnet32_cifar10"}
     assert all("uniform_accuracy" in r and 0.39 <= r["macs_ratio"] <= 0.7 + 1e-9 for r in records)
@@ -275,7 +275,7 @@ def test_generalist_search_applies_zero_shot(tmp_path):
     assert meta["feature_envelope"] == feature_envelope(trained_on, 3)  # the range over both models' units
 
     more = load_config(config, SearchConfig, ["agent.episodes=12"])
-    assert run_search(more, resume=True, progress=False)["episodes"] == 12
+    assert run_search(more, resume=True, progress=False).episodes == 12
 
     model = build_model("resnet56").eval()
     structure = analyze(model, X)
@@ -328,7 +328,7 @@ def test_pre_pruned_copies_widen_what_the_policy_sees(tmp_path):
     assert meta["models"][1]["fingerprint"] == copies[0].structure.fingerprint
     low = meta["feature_envelope"]["low"][width]
     assert low < float(np.clip(feature_spec(3).static(load_dense(sources[0]["checkpoint"])[2])[:, width], 0, 1).min())
-    assert sum(m["episodes"] for m in summary["models"]) == 6
+    assert sum(m.episodes for m in summary.models) == 6
     # a resume cannot change how the copies are made, nor use copies that came out different
     changed = load_config(tmp_path / "pp.yaml", SearchConfig, ["agent.episodes=7", "pre_pruned.heal_steps=5"])
     with pytest.raises(RLPruneError, match=r"another config \(pre_pruned.heal_steps: 4 -> 5\)"):
@@ -343,8 +343,8 @@ def test_pre_pruned_copies_widen_what_the_policy_sees(tmp_path):
     record.write_text(copies_json)
     # resumed: the same copies are cut and healed again (same weights), so recorded scores are theirs
     resumed = run_search(more, resume=True, progress=False)
-    assert resumed["episodes"] == 7
-    assert [m["weights_sha256"] for m in resumed["models"][1:]] == [s["weights_sha256"] for s in sources[1:]]
+    assert resumed.episodes == 7
+    assert [m.to_dict()["weights_sha256"] for m in resumed.models[1:]] == [s["weights_sha256"] for s in sources[1:]]
 
 
 @pytest.mark.skipif(not HAVE_DATA, reason="needs the CIFAR-10 copy ($RLPRUNE_DATA) and zoo/")
@@ -370,7 +370,7 @@ def test_python_api_trains_one_policy_over_your_own_models(tmp_path):
     models = {name: load_dense(str(ZOO / f"{name}_cifar10.json"))[0] for name in ("resnet20", "vgg11")}
     scorers = {name: rp.MetricScorer(m, X, accuracy, train_loader=train, recal_batches=2) for name, m in models.items()}
     result = rp.search(scorers, target=(0.4, 0.7), episodes=6, out_dir=tmp_path / "mine", seed=0)
-    assert result.summary["reward"] == "gain_over_uniform"  # raw accuracies of two models are not one scale
+    assert result.summary.reward == "gain_over_uniform"  # raw accuracies of two models are not one scale
     assert {r["model"] for r in result.records} <= {"resnet20", "vgg11"} and len(result.records) == 6
     assert [m["name"] for m in result.policy.meta["models"]] == ["resnet20", "vgg11"]
     assert result.policy.meta["target"] == [0.4, 0.7] and result.policy.meta["feature_envelope"]

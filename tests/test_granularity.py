@@ -241,7 +241,7 @@ def test_python_search_with_a_weight_level_scorer(image_folder: Path, tmp_path: 
     checkpoint = pretrain_tiny(image_folder, tmp_path, width=4, val_size=12, name="tiny")
     scorer = proxy_from_checkpoint(str(checkpoint), recal_batches=1, recal_batch_size=8, granularity="unstructured")
     result = search(scorer, target=0.5, agent="random", episodes=2, out_dir=tmp_path / "runs" / "py")
-    assert result.best_plan.granularity == "unstructured" and result.summary["budget"] == "params"
+    assert result.best_plan.granularity == "unstructured" and result.summary.budget == "params"
     assert 0.49 <= result.best["budget_cost"] <= 0.5 + 1e-9
     # a run directory written before env.granularity existed still resumes (the new keys take their defaults)
     saved = tmp_path / "runs" / "py" / "config.yaml"

@@ -91,7 +91,7 @@ def test_baselines_give_the_same_plans_and_scores_for_1_and_2_workers(tmp_path: 
         _cfg(tmp_path, "two", episodes), searcher=searcher, scorer=PreferenceScorer(structure, PROTECT), workers=2
     )
     _same(_records(tmp_path / "one"), _records(tmp_path / "two"))
-    assert one["best"] == two["best"] and two["episodes"] == episodes
+    assert one.best == two.best and two.episodes == episodes
     assert yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())["workers"] == 2
     best = json.loads((tmp_path / "two" / "best_plan.json").read_text())
     assert best["metrics"]["accuracy"] == max(r["accuracy"] for r in _records(tmp_path / "two"))
@@ -107,7 +107,7 @@ def test_ppo_with_2_workers_is_reproducible(tmp_path: Path, structure) -> None:
             progress=False,
         )
         runs.append(_records(tmp_path / name))
-        assert summary["episodes"] == 8
+        assert summary.episodes == 8
         assert (tmp_path / name / "policy.safetensors").is_file()
         assert list((tmp_path / name / "tb").rglob("events.out.tfevents*"))
     _same(runs[0], runs[1])
@@ -217,5 +217,5 @@ def test_off_policy_agent_collects_from_2_environments(tmp_path: Path, structure
         workers=2,
         progress=False,
     )
-    assert summary["episodes"] == 6
+    assert summary.episodes == 6
     assert [r["episode"] for r in _records(tmp_path / "ddpg")] == list(range(1, 7))

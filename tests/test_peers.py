@@ -115,7 +115,7 @@ def test_a_search_with_a_peer_lands_every_plan_on_the_budget(tmp_path: Path) -> 
     plans = {}
     for peer, episodes in (("tp-isomorphic", 1), ("tp-global", 3)):
         result = rp.search(scorer, target=(0.45, 0.55), agent=peer, episodes=episodes, out_dir=tmp_path / peer)
-        assert result.summary["searcher"] == peer and len(result.records) == episodes
+        assert result.summary.searcher == peer and len(result.records) == episodes
         for record in result.records:  # one target per episode, drawn from the range: each plan solved for its own
             assert record["target"] - 0.011 <= record["macs_ratio"] <= record["target"] + 1e-9
         plans[peer] = result.records[0]["ratios"]

@@ -120,7 +120,7 @@ def test_complete_search_reuses_only_the_same_request(
     calls: list[int] = []
     real = rlprune.searching.api.run_search
 
-    def run_search(cfg: SearchConfig, **kwargs: object) -> dict:
+    def run_search(cfg: SearchConfig, **kwargs: object) -> object:
         calls.append(cfg.agent.episodes)
         return real(cfg, scorer=PreferenceScorer(structure, {0, 3}), **kwargs)  # type: ignore[arg-type]
 
@@ -134,8 +134,8 @@ def test_complete_search_reuses_only_the_same_request(
     first = rlprune.searching.cache.complete_search(
         _search_cfg(tmp_path, dense_checkpoint, 3), searcher="random", progress=False
     )
-    assert calls == [3] and first["episodes"] == 3
-    assert json.loads((run / "summary.json").read_text())["provenance"] == first["provenance"]
+    assert calls == [3] and first.episodes == 3
+    assert json.loads((run / "summary.json").read_text())["provenance"] == first.provenance
     # the same request: the summary comes back, nothing runs
     again = rlprune.searching.cache.complete_search(
         _search_cfg(tmp_path, dense_checkpoint, 3), searcher="random", progress=False
@@ -143,11 +143,11 @@ def test_complete_search_reuses_only_the_same_request(
     assert again == first and calls == [3]
     # more episodes of the same request: the run is resumed, not redone
     more = complete(5)
-    assert calls == [3, 5] and more["episodes"] == 5 and len((run / "episodes.jsonl").read_text().splitlines()) == 5
+    assert calls == [3, 5] and more.episodes == 5 and len((run / "episodes.jsonl").read_text().splitlines()) == 5
     assert not list(run.parent.glob("s.stale-*"))
     # another config under the same name: never the old summary; the old run is kept aside, the search runs again
     redone = complete(5, recal_batches=3)
-    assert calls == [3, 5, 5] and redone["provenance"]["request"]["proxy"]["recal_batches"] == 3
+    assert calls == [3, 5, 5] and redone.provenance["request"]["proxy"]["recal_batches"] == 3
     assert len(list(run.parent.glob("s.stale-*"))) == 1
     assert len((run / "episodes.jsonl").read_text().splitlines()) == 5  # a fresh run, not 5 more
     # another searcher, or other code: searched again too
@@ -179,13 +179,13 @@ def test_finetune_report_is_reused_only_for_the_same_request(
     first = ft(steps_per_epoch=1)
     full = len(splits.train) // 16  # steps in a whole epoch (the last partial batch is dropped)
     assert full > 1 and len(steps) == 1  # steps_per_epoch caps the epoch
-    request = first["provenance"]["request"]
+    request = first.provenance["request"]
     assert request["plan"] == plan.key() and request["dense"] == meta["weights_sha256"] and request["epochs"] == 1
-    assert json.loads((out / "report.json").read_text())["provenance"] == first["provenance"]
+    assert json.loads((out / "report.json").read_text())["provenance"] == first.provenance
     assert ft(steps_per_epoch=1) == first and len(steps) == 1  # same request: reused, nothing trained
     second = ft()  # the whole epoch: another request, measured again and the old report replaced
-    assert len(steps) == 1 + full and second["provenance"]["request_sha256"] != first["provenance"]["request_sha256"]
-    assert json.loads((out / "report.json").read_text())["provenance"] == second["provenance"]
+    assert len(steps) == 1 + full and second.provenance["request_sha256"] != first.provenance["request_sha256"]
+    assert json.loads((out / "report.json").read_text())["provenance"] == second.provenance
     assert not list(tmp_path.glob(".ft*"))  # nothing half-written beside it
     _other_code(monkeypatch)
     ft()

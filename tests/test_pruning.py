@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from rlprune.cost.budget import uniform_plan
 from rlprune.cost.macs import count_macs, count_params, predict_costs
 from rlprune.errors import RLPruneError
 from rlprune.io.checkpoint import load_checkpoint, save_checkpoint
@@ -244,3 +245,18 @@ def test_pruning_is_deterministic() -> None:
     assert pa.kept == pb.kept
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(a.eval()(x), b.eval()(x))
+
+
+def test_analysis_and_peers_leave_a_train_mode_model_as_it_was() -> None:
+    """Analysis, pruning and a peer allocation trace with forward passes: a model handed over in train mode must keep
+    its batch-norm running statistics (one train-mode forward would move them) and its mode."""
+    from rlprune.pruning.peers import PeerAllocation
+
+    model = _model("resnet20").train()
+    x = torch.randn(4, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    structure = analyze(model, x)
+    PeerAllocation(model, x, structure, "tp-global", max_ratio=0.8).ratios(0.3)
+    prune(model, uniform_plan(structure, 0.5), x)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

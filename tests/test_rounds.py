@@ -110,22 +110,23 @@ def test_rounds_resume_after_a_crash_without_redoing_a_round(
     assert calls == ["round_1", "round_2", "round_2"]  # round 1 was not fine-tuned again ...
     assert first_report.stat().st_mtime_ns == stamp
     assert (run_dir / "round_1" / "episodes.jsonl").read_text() == first_episodes  # ... nor searched again
-    assert [r["round"] for r in out["rounds"]] == [1, 2]
-    assert [r["target"] for r in out["rounds"]] == [0.75, 0.5]
+    assert out.rounds is not None
+    assert [r.round for r in out.rounds] == [1, 2]
+    assert [r.target for r in out.rounds] == [0.75, 0.5]
 
     # each round lands at its target relative to the *dense* model, and is reported against it
     dense, _ = load_checkpoint(checkpoint)
     dense_macs = count_macs(dense, (3, 32, 32))
-    for rec in out["rounds"]:
-        model, meta = load_checkpoint(run_dir / rec["checkpoint"])  # rebuilt from the dense architecture
+    for rec in out.rounds:
+        model, meta = load_checkpoint(run_dir / rec.checkpoint)  # rebuilt from the dense architecture
         assert Plan.from_dict(meta["plan"]).fingerprint == analyze(dense.eval(), EXAMPLE).fingerprint
         ratio = count_macs(model, (3, 32, 32)) / dense_macs
-        assert ratio == pytest.approx(rec["macs_ratio"], abs=1e-4)
-        assert rec["target"] - 0.03 <= ratio <= rec["target"] + 0.01
-        report = json.loads((run_dir / rec["checkpoint"]).with_name("report.json").read_text())
+        assert ratio == pytest.approx(rec.macs_ratio, abs=1e-4)
+        assert rec.target - 0.03 <= ratio <= rec.target + 0.01
+        report = json.loads((run_dir / rec.checkpoint).with_name("report.json").read_text())
         assert report["dense"]["macs"] == dense_macs
-    assert out["pruned_model"] == str(run_dir / "round_2" / "pruned" / "model.json")
-    assert "## Rounds" in out["report_md"] and (run_dir / "rounds.md").is_file()
+    assert out.pruned_model == str(run_dir / "round_2" / "pruned" / "model.json")
+    assert "## Rounds" in out.report_md and (run_dir / "rounds.md").is_file()
     # the second round's search saw the pruned model and a target relative to it
     second = json.loads((run_dir / "round_2" / "summary.json").read_text())
     assert second["best"]["target"] == pytest.approx(
@@ -139,9 +140,10 @@ def test_rounds_resume_after_a_crash_without_redoing_a_round(
         run_job(by_policy, progress=False)  # trained at 0.75 only: a round target of 0.7 needs force
     out = run_job(by_policy, progress=False, resume=True, force=True)
     pol_dir = tmp_path / "runs" / "pol"
-    assert [r["round"] for r in out["rounds"]] == [1, 2] and out["rounds"][0]["proxy_val_accuracy"] is None
+    assert out.rounds is not None
+    assert [r.round for r in out.rounds] == [1, 2] and out.rounds[0].proxy_val_accuracy is None
     assert (pol_dir / "round_2" / "plan.json").is_file() and not (pol_dir / "round_2" / "episodes.jsonl").exists()
-    assert 0.47 <= out["rounds"][1]["macs_ratio"] <= 0.51
+    assert 0.47 <= out.rounds[1].macs_ratio <= 0.51
 
 
 def test_a_rounds_record_resumes_only_with_its_own_schedule(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ def test_train_writes_the_run_directory(tmp_path: Path) -> None:
         "search.log",
     ):
         assert (run / name).is_file(), name
-    assert summary["episodes"] == 8 and len(_records(run)) == 8
+    assert summary.episodes == 8 and len(_records(run)) == 8
     assert list((run / "tb").rglob("events.out.tfevents*"))
     best = json.loads((run / "best_plan.json").read_text())
     assert best["metrics"]["accuracy"] == max(r["accuracy"] for r in _records(run))
@@ -93,7 +93,7 @@ def test_resume_loses_no_episode(tmp_path: Path, searcher: str | None) -> None:
         cfg, searcher=searcher, scorer=PreferenceScorer(STRUCTURE, PROTECT), resume=True, progress=False
     )
     after = _records(tmp_path / "run")
-    assert after[:9] == before and len(after) == 14 and summary["episodes"] == 14
+    assert after[:9] == before and len(after) == 14 and summary.episodes == 14
     assert [r["episode"] for r in after] == list(range(1, 15))
     if searcher is not None:  # deterministic searchers continue exactly as an uninterrupted run
         straight = run_search(
@@ -103,7 +103,7 @@ def test_resume_loses_no_episode(tmp_path: Path, searcher: str | None) -> None:
             progress=False,
         )
         assert [r["ratios"] for r in _records(tmp_path / "straight")] == [r["ratios"] for r in after]
-        assert straight["best"] == summary["best"]
+        assert straight.best == summary.best
 
 
 @pytest.mark.parametrize("searcher", [None, "random", "evolution", "uniform"])

@@ -2,9 +2,9 @@
 
 The pruning reward arrives only after the last unit. With ordinary one-step targets and gamma 1, an off-policy critic
 must bootstrap that reward back through a dozen steps; its overestimates compound and the actor runs to the edge of
-the action range (measured: DDPG's plans fell from 59% to about 46% proxy accuracy after its warm-up, below random
-search). Storing the final reward on every transition of the episode and training with gamma 0 turns the critic
-into a regression of the episode's outcome on (unit, ratio), with nothing to bootstrap.
+the action range, and its plans fall below random search after its warm-up. Storing the final reward on every
+transition of the episode and training with gamma 0 turns the critic into a regression of the episode's outcome on
+(unit, ratio), with nothing to bootstrap.
 """
 
 from __future__ import annotations

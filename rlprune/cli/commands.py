@@ -74,8 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = run_job(
         cfg, resume=args.resume, progress=not args.quiet, trust_model_code=args.trust_model_code, force=args.force
     )
-    print(json.dumps({k: v for k, v in out.items() if k != "report_md"}))
-    print(out["report_md"])
+    print(json.dumps({k: v for k, v in out.to_dict().items() if k != "report_md"}))
+    print(out.report_md)
     return 0
 
 
@@ -102,7 +102,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     summary = run_search(
         cfg, searcher=searcher, resume=args.resume, progress=not args.quiet, trust_model_code=args.trust_model_code
     )
-    print(json.dumps(summary))
+    print(json.dumps(summary.to_dict()))
     return 0
 
 
@@ -187,15 +187,15 @@ def finetune_common(
         source=source,
         device=args.device,
     )
-    after = report["pruned"]["after_finetune"]
+    sparse = report.sparse
     print(
         json.dumps(
             {
                 "out": str(out),
-                "macs_ratio": round(report["pruned"]["macs_ratio"], 4),
-                **({"nonzero_params_ratio": round(report["sparse"]["nonzero_ratio"], 4)} if "sparse" in report else {}),
-                "dense_test_accuracy": round(report["dense"]["test"], 2),
-                "test_accuracy": round(after["test"], 2),
+                "macs_ratio": round(report.pruned.macs_ratio, 4),
+                **({"nonzero_params_ratio": round(sparse["nonzero_ratio"], 4)} if sparse is not None else {}),
+                "dense_test_accuracy": round(report.dense.test, 2),
+                "test_accuracy": round(report.pruned.after_finetune.test, 2),
                 "report": str(out / "report.md"),
                 "tensorboard": f"tensorboard --logdir {out / 'finetune'}",
             }

@@ -146,6 +146,18 @@ class Budget:
             return predict_costs(self.structure, channels)[1] / self.structure.total_params
         return predict_costs(self.structure, channels)[0] / self.structure.total_macs
 
+    def cost_of_ratios(self, ratios: Sequence[float]) -> float:
+        """Pruned/dense cost when unit ``i`` gets ``ratios[i]`` (clipped to ``[min_ratio, max_ratio]``, rounded as
+        :meth:`channels` rounds); no clamp to the target."""
+        if len(ratios) != len(self.units):
+            raise RLPruneError(f"budget: {len(ratios)} ratios for {len(self.units)} units")
+        return self.cost(
+            {
+                u.name: self.channels(i, min(max(float(r), self.min_ratio), self.max_ratio))
+                for i, (u, r) in enumerate(zip(self.units, ratios, strict=True))
+            }
+        )
+
     def macs_ratio(self, channels: Mapping[str, int]) -> float:
         """Predicted pruned/dense MACs, whatever the budget's kind."""
         return predict_costs(self.structure, channels)[0] / self.structure.total_macs
@@ -358,7 +370,7 @@ class Budget:
         lo, hi = self.min_ratio, self.max_ratio
         for _ in range(iterations):
             mid = (lo + hi) / 2
-            if self.cost({u.name: self.channels(i, mid) for i, u in enumerate(self.units)}) > goal:
+            if self.cost_of_ratios([mid] * len(self.units)) > goal:
                 lo = mid
             else:
                 hi = mid

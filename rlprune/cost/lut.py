@@ -11,8 +11,8 @@ Blocks and models are timed in the table's ``runtime`` (PyTorch eager, or ONNX R
 a pruned model is deployed with; :data:`rlprune.cost.latency.RUNTIMES`), so that a search steers by the latency of
 the model the user will run.
 
-Non-uniform plans near a budget run slower than that two-point line predicts (on ResNet-20 at 50% of the batch-1
-latency, by about 0.1 of the dense latency: odd channel counts between grid points, uneven layers). ``calibrate``
+Non-uniform plans near a budget run slower than that two-point line predicts (odd channel counts between grid points,
+uneven layers; benchmarks/results/latency_budget.md). ``calibrate``
 refits the line through the dense model and a handful of measured plans at the budget itself, so that the budget
 the search steers by is the measured one on average.
 """

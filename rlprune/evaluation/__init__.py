@@ -28,7 +28,8 @@ def evaluate(
     """Top-1 accuracy (percent) and mean cross-entropy in eval mode (float32 unless ``amp_dtype`` is given).
 
     :param max_batches: evaluate only the first N batches (a fixed, unshuffled subset).
-    :param amp_dtype: run the forward pass under autocast to this dtype (the proxy uses bf16: ~2.5x faster on CPU).
+    :param amp_dtype: run the forward pass under autocast to this dtype (faster where the device has native
+        kernels for it).
     :param channels_last: feed channels-last batches (pair it with a channels-last model).
     """
     was_training = model.training

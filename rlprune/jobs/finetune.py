@@ -29,10 +29,11 @@ from rlprune.evaluation import evaluate
 from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.evaluation.classes import classes_section
 from rlprune.io.checkpoint import load_checkpoint, save_checkpoint
-from rlprune.io.files import atomic_write_text, read_json
+from rlprune.io.files import atomic_write_text
 from rlprune.io.provenance import environment, is_current, provenance, tensors_sha256
+from rlprune.io.reports import Accuracies, DenseSide, FinetuneRecipe, FinetuneReport, PrunedSide
 from rlprune.io.rundir import RunDir
-from rlprune.io.safe import json_safe, locked
+from rlprune.io.safe import locked
 from rlprune.jobs.apply import example_input, original_structure
 from rlprune.pruning import Plan, Structure, prune
 from rlprune.pruning.importance import calibration_batches
@@ -70,7 +71,7 @@ def finetune_plan(
     reuse: bool = False,
     device: str = "cpu",
     reference: nn.Module | None = None,
-) -> dict[str, Any]:
+) -> FinetuneReport:
     """Prune ``dense`` with ``plan``, fine-tune, evaluate, export and report into ``out_dir``; returns the report.
 
     Work happens in ``.<out_dir name>.partial`` beside ``out_dir`` and is renamed into place when complete, so
@@ -104,9 +105,13 @@ def finetune_plan(
     }
     stale = False
     if reuse and (out_dir / "report.json").is_file():
-        report = read_json(out_dir / "report.json", "fine-tune report")
-        if is_current(report, produced_by):
-            return report
+        try:
+            stored: FinetuneReport | None = FinetuneReport.load(out_dir / "report.json", "fine-tune report")
+        except RLPruneError as exc:  # another format, or edited: measured again
+            log.warning("%s", exc)
+            stored = None
+        if stored is not None and is_current({"provenance": stored.provenance}, produced_by):
+            return stored
         log.warning("%s: made by another plan, checkpoint, recipe or code version; measuring it again", out_dir)
         stale = True  # replaced only once the new report is complete
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not stale:
@@ -140,14 +145,13 @@ def finetune_plan(
             quantize=quantize,
             reference=reference,
         )
-        report["provenance"] = provenance(produced_by)
+        report.provenance = provenance(produced_by)
         # the report (written once, complete), then the folder into place without what only served resuming
-        # (TensorBoard logs stay); no bare NaN in JSON
-        text = json.dumps(json_safe(report), indent=1, default=float, allow_nan=False)
-        atomic_write_text(work / "report.json", text + "\n")
+        # (TensorBoard logs stay)
+        report.save(work / "report.json")
         run.publish(work, drop=("finetune/last.safetensors", "finetune/last.json", "finetune/state.pt"), replace=stale)
-        if report["onnx"].get("error"):
-            raise RLPruneError(f"{out_dir}: fine-tuned model, plan and report written, but {report['onnx']['error']}")
+        if report.onnx.get("error"):
+            raise RLPruneError(f"{out_dir}: fine-tuned model, plan and report written, but {report.onnx['error']}")
     except BaseException as exc:
         if not (work / "finetune" / "state.pt").is_file():
             shutil.rmtree(work, ignore_errors=True)
@@ -178,7 +182,7 @@ def _run(
     swa: dict[str, float] | None = None,
     quantize: str | None = None,
     reference: nn.Module | None = None,
-) -> dict[str, Any]:
+) -> FinetuneReport:
     """Prune, fine-tune, check, export and report into ``work``; returns the report."""
     mean, std = meta.get("mean", splits.mean), meta.get("std", splits.std)
     shape = tuple(example_input(meta).shape[1:])
@@ -216,33 +220,34 @@ def _run(
     except RLPruneError as exc:  # the fine-tuned model must survive a model no exporter handles
         log.warning("%s", exc)
         onnx = {"error": str(exc)}
-    report = {
-        "model": meta["model"],
-        "source": source,
-        "plan_units": len(plan.ratios),
-        "dense": {"params": count_params(dense), "macs": count_macs(dense.cpu(), shape), **dense_acc},
-        "pruned": {
-            "params": count_params(pruned),
-            "macs": count_macs(pruned, shape),
-            "before_finetune": before,
-            "after_finetune": after,
-        },
+    dense_macs, pruned_macs = count_macs(dense.cpu(), shape), count_macs(pruned, shape)
+    report = FinetuneReport(
+        model=meta["model"],
+        source=source,
+        plan_units=len(plan.ratios),
+        dense=DenseSide(params=count_params(dense), macs=dense_macs, **dense_acc),
+        pruned=PrunedSide(
+            params=count_params(pruned),
+            macs=pruned_macs,
+            macs_ratio=pruned_macs / dense_macs,
+            before_finetune=Accuracies(**before),
+            after_finetune=Accuracies(**after),
+        ),
         **_latencies(dense, pruned, shape, latency_batches),
-        "onnx": onnx,
-        "finetune": {"epochs": recipe.epochs, "lr": recipe.lr, "distill": distill, "swa": swa, "history": history},
-        "environment": environment(),
-    }
-    report["pruned"]["macs_ratio"] = report["pruned"]["macs"] / report["dense"]["macs"]
+        onnx=onnx,
+        finetune=FinetuneRecipe(epochs=recipe.epochs, lr=recipe.lr, distill=distill, swa=swa, history=history),
+        environment=environment(),
+    )
     if masks is not None:
-        report["sparse"] = sparse_section(pruned, masks, plan, structure, work, work / "model.safetensors")
+        report.sparse = sparse_section(pruned, masks, plan, structure, work, work / "model.safetensors")
     # per-class numbers on the test split (reported, never used to choose): does any class pay for the cut?
-    report["classes"], classes_md = classes_section(
+    report.classes, classes_md = classes_section(
         {"dense": dense, "pruned": pruned}, splits.test, mean, std, chart=work / "classes.png"
     )
     if quantize == "int8" and "error" not in onnx:
-        report["int8"] = int8_report(pruned, splits, work, mean=mean, std=std, seed=seed)
-    report["figures"] = outputs.write_report_figures(work, report, plan, structure, work / "finetune" / "tb")
-    extra = classes_md + int8_markdown(report.get("int8")) + sparse_markdown(report.get("sparse"))
+        report.int8 = int8_report(pruned, splits, work, mean=mean, std=std, seed=seed)
+    report.figures = outputs.write_report_figures(work, report, plan, structure, work / "finetune" / "tb")
+    extra = classes_md + int8_markdown(report.int8) + sparse_markdown(report.sparse)
     atomic_write_text(work / "report.md", finetune_markdown(report) + "\n" + extra)
     return report
 

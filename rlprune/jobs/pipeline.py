@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -18,6 +18,7 @@ from rlprune.config import EnvConfig, SearchConfig, validate
 from rlprune.cost.lut import timeable
 from rlprune.data import splits_from_meta
 from rlprune.errors import RLPruneError
+from rlprune.io.reports import JobResult, SearchSummary
 from rlprune.io.safe import RunLock, read_yaml_file
 from rlprune.jobs.apply import load_dense
 from rlprune.jobs.finetune import finetune_plan
@@ -101,7 +102,7 @@ def run_job(
     progress: bool = True,
     trust_model_code: bool = False,
     force: bool = False,
-) -> dict[str, Any]:
+) -> JobResult:
     """Search -> prune the best plan -> fine-tune (distilling from the dense model) -> ONNX -> report.
 
     :param resume: continue an interrupted run (the search from its records, the fine-tune from its last epoch).
@@ -127,10 +128,16 @@ def run_job(
     out = run_dir / "pruned"
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not resume:
         raise RLPruneError(f"{out}: already exists", fix="resume_or_rename")
+    outside: dict[str, Any] | None = None
     if cfg.policy is not None:  # a learned policy, rolled out with no search
-        summary = _zero_shot(cfg, dense, meta, structure, run_dir, force)
+        best = _zero_shot(cfg, dense, meta, structure, run_dir, force)
+        outside = best.outside_training
+        accuracy, ratio = None, best.macs_ratio
     else:
         summary = run_search(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
+        if not isinstance(summary, SearchSummary):
+            raise RLPruneError("rlprune run: prunes one model; a search over several is rlprune train")
+        accuracy, ratio = summary.best.accuracy, summary.best.macs_ratio
     plan = Plan.load(run_dir / "best_plan.json")
     finetune_plan(
         dense,
@@ -145,22 +152,27 @@ def run_job(
         reuse=True,
         device=cfg.device,
     )
-    return {
-        "best_val_proxy_accuracy": None
-        if summary["best"]["accuracy"] is None
-        else round(summary["best"]["accuracy"], 2),
-        "macs_ratio": round(summary["best"]["macs_ratio"], 4),
-        **({"outside_training": summary["outside_training"]} if cfg.policy is not None else {}),
-        "report": str(out / "report.md"),
-        "pruned_model": str(out / "model.json"),
-        "tensorboard": f"tensorboard --logdir {run_dir}",
-        "report_md": (out / "report.md").read_text(),
-    }
+    return JobResult(
+        best_val_proxy_accuracy=None if accuracy is None else round(accuracy, 2),
+        macs_ratio=round(ratio, 4),
+        outside_training=outside,
+        report=str(out / "report.md"),
+        pruned_model=str(out / "model.json"),
+        tensorboard=f"tensorboard --logdir {run_dir}",
+        report_md=(out / "report.md").read_text(),
+    )
+
+
+class _Rollout(NamedTuple):
+    """A policy's plan in place of a search's best: its MACs ratio and where the model lies outside its training."""
+
+    macs_ratio: float
+    outside_training: dict[str, Any] | None
 
 
 def _zero_shot(
     cfg: SearchConfig, dense: Any, meta: dict[str, Any], structure: Any, run_dir: Path, force: bool
-) -> dict[str, Any]:
+) -> _Rollout:
     """Roll ``cfg.policy`` out on the checkpoint at ``cfg.env.target`` (no search, no scoring) and save the plan as
     the run's ``best_plan.json``; the same plan for the same policy, model and target, every time."""
     from rlprune.agents.policy_io import load_policy
@@ -190,7 +202,7 @@ def _zero_shot(
         run_dir.mkdir(parents=True, exist_ok=True)
         plan.save(run_dir / "best_plan.json")
     log.info("policy %s on %s at %.2f: MACs ratio %.4f (no search)", cfg.policy, cfg.checkpoint, target, ratio)
-    return {"best": {"accuracy": None, "macs_ratio": ratio}, "outside_training": record["outside_training"]}
+    return _Rollout(ratio, record["outside_training"])
 
 
 __all__ = ["run_job"]

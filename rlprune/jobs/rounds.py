@@ -27,7 +27,8 @@ from rlprune.config import SearchConfig, validate
 from rlprune.data import splits_from_meta
 from rlprune.errors import RLPruneError
 from rlprune.io.checkpoint import load_checkpoint, read_meta
-from rlprune.io.files import atomic_write_text, read_json
+from rlprune.io.files import atomic_write_text
+from rlprune.io.reports import FinetuneReport, JobResult, RoundRecord, SearchSummary
 from rlprune.jobs.apply import example_input, load_dense, policy_plans
 from rlprune.jobs.finetune import finetune_plan
 from rlprune.pruning import Plan, Structure, analyze
@@ -68,8 +69,8 @@ def run_rounds(
     progress: bool = True,
     trust_model_code: bool = False,
     force: bool = False,
-) -> dict[str, Any]:
-    """The main job in rounds (``cfg.rounds``); returns what :func:`rlprune.jobs.pipeline.run_job` returns, plus
+) -> JobResult:
+    """The main job in rounds (``cfg.rounds``); returns what :func:`rlprune.jobs.pipeline.run_job` returns, with
     ``rounds``: each round's target, MACs ratio, accuracies and latency ratios against the dense model."""
     rounds = cfg.rounds
     if rounds is None or cfg.checkpoint is None:
@@ -90,7 +91,7 @@ def run_rounds(
         "dense_weights_sha256": read_meta(cfg.checkpoint).get("weights_sha256"),
         "settings": decided,
     }
-    done = finished_rounds(state, schedule)
+    done = [RoundRecord.parse(r, f"{state}: round {i + 1}") for i, r in enumerate(finished_rounds(state, schedule))]
     options = PruneOptions.of(cfg.prune.ignore, cfg.prune.heads)  # every round leaves the same parts alone
     dense, meta, structure = load_dense(cfg.checkpoint, trust_model_code=trust_model_code, options=options)
     splits = splits_from_meta(meta, cfg.data_root)
@@ -100,7 +101,7 @@ def run_rounds(
         log.info("rounds: %d of %d already finished; resuming at round %d", len(done), len(targets), len(done) + 1)
     for index in range(len(done), len(targets)):
         k = index + 1
-        current = run_dir / done[-1]["checkpoint"] if done else Path(cfg.checkpoint)
+        current = run_dir / done[-1].checkpoint if done else Path(cfg.checkpoint)
         model, model_meta = load_checkpoint(current, trust_model_code=trust_model_code) if done else (dense, meta)
         current_structure = analyze(model.eval(), example_input(meta), ignore=options.ignore, heads=options.heads)
         round_cfg = round_config(cfg, k, current, targets[index], structure.total_macs, current_structure.total_macs)
@@ -127,19 +128,19 @@ def run_rounds(
             reference=dense,
         )
         done.append(_record(k, targets[index], round_dir, report, proxy))
-        record_rounds(state, schedule, done)  # only now is the round finished
+        record_rounds(state, schedule, [r.to_dict() for r in done])  # only now is the round finished
     atomic_write_text(run_dir / "rounds.md", rounds_markdown(done) + "\n")
-    last = run_dir / done[-1]["checkpoint"]
+    last = run_dir / done[-1].checkpoint
     report_md = (last.parent / "report.md").read_text()
-    return {
-        "best_val_proxy_accuracy": done[-1]["proxy_val_accuracy"],
-        "macs_ratio": done[-1]["macs_ratio"],
-        "report": str(last.parent / "report.md"),
-        "pruned_model": str(last),
-        "rounds": done,
-        "tensorboard": f"tensorboard --logdir {run_dir}",
-        "report_md": report_md + "\n" + rounds_markdown(done) + "\n",
-    }
+    return JobResult(
+        best_val_proxy_accuracy=done[-1].proxy_val_accuracy,
+        macs_ratio=done[-1].macs_ratio,
+        report=str(last.parent / "report.md"),
+        pruned_model=str(last),
+        rounds=done,
+        tensorboard=f"tensorboard --logdir {run_dir}",
+        report_md=report_md + "\n" + rounds_markdown(done) + "\n",
+    )
 
 
 def _round_plan(
@@ -161,42 +162,45 @@ def _round_plan(
         plan.save(round_dir / "plan.json")
         return plan, None
     summary_path = round_dir / "summary.json"
-    summary = read_json(summary_path, "round search summary") if summary_path.is_file() else None
-    if summary is None or summary.get("episodes", 0) < cfg.agent.episodes:
+    summary = SearchSummary.load(summary_path, "round search summary") if summary_path.is_file() else None
+    if summary is None or summary.episodes < cfg.agent.episodes:
         resume = (round_dir / "episodes.jsonl").is_file()
-        summary = run_search(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
-    return Plan.load(round_dir / "best_plan.json"), round(float(summary["best"]["accuracy"]), 2)
+        found = run_search(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)
+        if not isinstance(found, SearchSummary):
+            raise RLPruneError("rounds: a round searches one model")
+        summary = found
+    accuracy = summary.best.accuracy
+    return Plan.load(round_dir / "best_plan.json"), None if accuracy is None else round(accuracy, 2)
 
 
-def _record(k: int, target: float, round_dir: Path, report: dict[str, Any], proxy: float | None) -> dict[str, Any]:
+def _record(k: int, target: float, round_dir: Path, report: FinetuneReport, proxy: float | None) -> RoundRecord:
     """What rounds.json keeps of a finished round (paths relative to the run directory, so it can move)."""
-    lat = report["latency_ms_cpu"]
-    after = report["pruned"]["after_finetune"]
-    return {
-        "round": k,
-        "target": target,
-        "checkpoint": f"{round_dir.name}/pruned/model.json",
-        "proxy_val_accuracy": proxy,
-        "macs_ratio": round(report["pruned"]["macs_ratio"], 5),
-        "params_ratio": round(report["pruned"]["params"] / report["dense"]["params"], 5),
-        "val_accuracy": round(after["val"], 2),
-        "test_accuracy": round(after["test"], 2),
-        "latency_ratio_cpu": {bs: round(lat["pruned"][bs] / lat["dense"][bs], 4) for bs in lat["dense"]},
-    }
+    after = report.pruned.after_finetune
+    return RoundRecord(
+        round=k,
+        target=target,
+        checkpoint=f"{round_dir.name}/pruned/model.json",
+        proxy_val_accuracy=proxy,
+        macs_ratio=round(report.pruned.macs_ratio, 5),
+        params_ratio=round(report.params_ratio, 5),
+        val_accuracy=round(after.val, 2),
+        test_accuracy=round(after.test, 2),
+        latency_ratio_cpu={bs: round(report.latency_ratio(bs), 4) for bs in report.latency_batches()},
+    )
 
 
-def rounds_markdown(done: list[dict[str, Any]]) -> str:
+def rounds_markdown(done: list[RoundRecord]) -> str:
     """A table of the finished rounds, each against the original dense model."""
-    batches = sorted(done[0]["latency_ratio_cpu"], key=int) if done else []
+    batches = sorted(done[0].latency_ratio_cpu, key=int) if done else []
     rows = [
         [
-            str(r["round"]),
-            f"{r['target']:.4f}",
-            f"{r['macs_ratio']:.4f}",
-            f"{r['params_ratio']:.4f}",
-            *(f"{r['latency_ratio_cpu'][bs]:.3f}" for bs in batches),
-            f"{r['val_accuracy']:.2f}",
-            f"{r['test_accuracy']:.2f}",
+            str(r.round),
+            f"{r.target:.4f}",
+            f"{r.macs_ratio:.4f}",
+            f"{r.params_ratio:.4f}",
+            *(f"{r.latency_ratio_cpu[bs]:.3f}" for bs in batches),
+            f"{r.val_accuracy:.2f}",
+            f"{r.test_accuracy:.2f}",
         ]
         for r in done
     ]

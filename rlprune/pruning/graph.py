@@ -59,12 +59,16 @@ def trace_shapes(model: nn.Module, example: torch.Tensor) -> tuple[dict[nn.Modul
 
 
 def forward_with_hooks(model: nn.Module, example: torch.Tensor, hooks: list) -> None:
-    """One forward pass of ``model`` on ``example`` without gradients, removing ``hooks`` afterwards (also when the
-    pass fails): the hooks record what they watch, and the model is left as it was."""
+    """One forward pass of ``model`` on ``example`` in eval mode without gradients, removing ``hooks`` afterwards (also
+    when the pass fails): the hooks record what they watch, and the model is left as it was (a model handed over in
+    train mode keeps its batch-norm running statistics and its mode)."""
+    was_training = model.training
+    model.eval()
     try:
         with torch.no_grad():
             model(example)
     finally:
+        model.train(was_training)
         for h in hooks:
             h.remove()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rlprune.io.reports import FinetuneReport
 from rlprune.reporting.tables import md_table
 
 
@@ -25,69 +26,49 @@ def int8_markdown(block: dict[str, Any] | None) -> str:
     return f"\n## int8 (ONNX Runtime static quantization, pruned model)\n\n{table}\n"
 
 
-def finetune_markdown(r: dict[str, Any]) -> str:
+def finetune_markdown(r: FinetuneReport) -> str:
     """report.md's main table and figures from a fine-tune's report."""
-    d, p = r["dense"], r["pruned"]
-    lat = r["latency_ms_cpu"]
+    d, p = r.dense, r.pruned
     rows = [
-        ["parameters", f"{d['params']:,}", f"{p['params']:,}", f"{p['params'] / d['params']:.3f}"],
-        ["MACs", f"{d['macs']:,}", f"{p['macs']:,}", f"{p['macs_ratio']:.3f}"],
+        ["parameters", f"{d.params:,}", f"{p.params:,}", f"{r.params_ratio:.3f}"],
+        ["MACs", f"{d.macs:,}", f"{p.macs:,}", f"{p.macs_ratio:.3f}"],
     ]
-    for bs in sorted(lat["dense"], key=int):
-        rows.append(
-            [
-                f"CPU latency, batch {bs} (ms)",
-                f"{lat['dense'][bs]:.2f}",
-                f"{lat['pruned'][bs]:.2f}",
-                f"{lat['pruned'][bs] / lat['dense'][bs]:.3f}",
-            ]
-        )
-    if r["latency_ms_gpu"]:
-        g = r["latency_ms_gpu"]
-        for bs in sorted(g["dense"], key=int):
+    for device, lat, digits in (("CPU", r.latency_ms_cpu, 2), ("GPU", r.latency_ms_gpu or {}, 3)):
+        for bs in sorted(lat.get("dense", {}), key=int):
             rows.append(
                 [
-                    f"GPU latency, batch {bs} (ms)",
-                    f"{g['dense'][bs]:.3f}",
-                    f"{g['pruned'][bs]:.3f}",
-                    f"{g['pruned'][bs] / g['dense'][bs]:.3f}",
+                    f"{device} latency, batch {bs} (ms)",
+                    f"{lat['dense'][bs]:.{digits}f}",
+                    f"{lat['pruned'][bs]:.{digits}f}",
+                    f"{r.latency_ratio(bs, device.lower()):.3f}",
                 ]
             )
+    after, before = p.after_finetune, p.before_finetune
     rows += [
-        [
-            "validation accuracy (%)",
-            f"{d['val']:.2f}",
-            f"{p['after_finetune']['val']:.2f}",
-            f"{p['after_finetune']['val'] - d['val']:+.2f}",
-        ],
-        [
-            "test accuracy (%)",
-            f"{d['test']:.2f}",
-            f"{p['after_finetune']['test']:.2f}",
-            f"{p['after_finetune']['test'] - d['test']:+.2f}",
-        ],
-        ["validation accuracy before fine-tune (%)", "", f"{p['before_finetune']['val']:.2f}", ""],
-        ["test accuracy before fine-tune (%)", "", f"{p['before_finetune']['test']:.2f}", ""],
+        ["validation accuracy (%)", f"{d.val:.2f}", f"{after.val:.2f}", f"{after.val - d.val:+.2f}"],
+        ["test accuracy (%)", f"{d.test:.2f}", f"{after.test:.2f}", f"{after.test - d.test:+.2f}"],
+        ["validation accuracy before fine-tune (%)", "", f"{before.val:.2f}", ""],
+        ["test accuracy before fine-tune (%)", "", f"{before.test:.2f}", ""],
     ]
-    ft = r["finetune"]
+    ft, onnx = r.finetune, r.onnx
     return "\n".join(
         [
-            f"# Pruning report — {r['model']}",
+            f"# Pruning report — {r.model}",
             "",
             md_table(["", "dense", "pruned", "pruned / dense (or delta)"], rows),
             "",
-            f"Fine-tune: {ft['epochs']} epoch(s), lr {ft['lr']}, distillation {'on' if ft['distill'] else 'off'}"
-            + (f", the last {ft['swa']['epochs']} averaged (SWA, lr {ft['swa']['lr']:g})" if ft.get("swa") else "")
+            f"Fine-tune: {ft.epochs} epoch(s), lr {ft.lr}, distillation {'on' if ft.distill else 'off'}"
+            + (f", the last {ft.swa['epochs']:g} averaged (SWA, lr {ft.swa['lr']:g})" if ft.swa else "")
             + ". "
             + (
-                f"ONNX export ({r['onnx'].get('exporter', 'legacy')}) checked against onnxruntime "
-                f"(max |diff| {r['onnx']['max_abs_diff']:.1e}). "
-                if "error" not in r["onnx"]
-                else f"**Warning**: no ONNX model ({r['onnx']['error']}). "
+                f"ONNX export ({onnx.get('exporter', 'legacy')}) checked against onnxruntime "
+                f"(max |diff| {onnx['max_abs_diff']:.1e}). "
+                if "error" not in onnx
+                else f"**Warning**: no ONNX model ({onnx['error']}). "
             )
-            + f"Source: {json.dumps(r['source'])}.",
+            + f"Source: {json.dumps(r.source)}.",
             "",
-            *_figure_lines(r.get("figures") or {}),
+            *_figure_lines(r.figures or {}),
         ]
     )
 

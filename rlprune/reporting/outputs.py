@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlprune.io.reports import FinetuneReport
 from rlprune.pruning.plan import Plan
 from rlprune.pruning.structure import Structure
 from rlprune.reporting.figures import (
@@ -94,29 +95,27 @@ def _classes_to_tensorboard(writer: Any, classes: Mapping[str, Any]) -> None:
 
 
 def write_report_figures(
-    out_dir: Path, report: Mapping[str, Any], plan: Plan, structure: Structure, tensorboard: Path | None = None
+    out_dir: Path, report: FinetuneReport, plan: Plan, structure: Structure, tensorboard: Path | None = None
 ) -> dict[str, str]:
     """The report's figures in ``out_dir``: ``plan_profile.png`` and, when there is a history, ``finetune.png``;
     also as images ``report/<name>`` in the TensorBoard run at ``tensorboard``. Returns figure name -> file name
     (what the Markdown embeds)."""
-    d, p = report["dense"], report["pruned"]
-    lat = report.get("latency_ms_cpu") or {}
-    metrics: dict[str, Any] = {"macs_ratio": p["macs_ratio"], "accuracy": p["after_finetune"]["test"]}
+    d, p = report.dense, report.pruned
+    metrics: dict[str, Any] = {"macs_ratio": p.macs_ratio, "accuracy": p.after_finetune.test}
     metrics["accuracy_label"] = "test accuracy"
-    metrics["accuracy_note"] = f" (dense {d['test']:.2f}%)"
-    if lat.get("dense"):
-        bs = max(lat["dense"], key=int)
-        metrics["latency_ratio"] = lat["pruned"][bs] / lat["dense"][bs]
-        metrics["latency_label"] = f"CPU latency ratio (batch {bs})"
-    profile = plan_profile_figure(plan, structure, title=f"{report['model']}: pruned plan", metrics=metrics)
+    metrics["accuracy_note"] = f" (dense {d.test:.2f}%)"
+    batches = report.latency_batches()
+    if batches:
+        metrics["latency_ratio"] = report.latency_ratio(batches[-1])
+        metrics["latency_label"] = f"CPU latency ratio (batch {batches[-1]})"
+    profile = plan_profile_figure(plan, structure, title=f"{report.model}: pruned plan", metrics=metrics)
     drawn = {"plan_profile": profile}
-    history = (report.get("finetune") or {}).get("history") or []
-    if history:
+    if report.finetune.history:
         curves = finetune_figure(
-            history,
-            dense_accuracy=d.get("val"),
-            before_accuracy=p["before_finetune"].get("val"),
-            title=f"{report['model']}: fine-tune of the pruned model",
+            report.finetune.history,
+            dense_accuracy=d.val,
+            before_accuracy=p.before_finetune.val,
+            title=f"{report.model}: fine-tune of the pruned model",
         )
         drawn["finetune"] = curves
     if tensorboard is not None:
@@ -125,5 +124,5 @@ def write_report_figures(
         with SummaryWriter(str(tensorboard)) as writer:
             for name, fig in drawn.items():
                 writer.add_image(f"report/{name}", to_hwc(fig), 0, dataformats="HWC")
-            _classes_to_tensorboard(writer, report.get("classes") or {})
+            _classes_to_tensorboard(writer, report.classes or {})
     return {name: save(fig, out_dir / f"{name}.png").name for name, fig in drawn.items()}

@@ -12,7 +12,7 @@ from rlprune.agents.policy_io import Policy
 from rlprune.config import MULTI_MODEL_REWARD, SearchConfig, validate
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.scorer import Scorer
-from rlprune.io.files import read_json
+from rlprune.io.reports import MultiSearchSummary, SearchSummary, load_summary
 from rlprune.io.safe import locked
 from rlprune.pruning import Plan
 from rlprune.pruning.weights import kind_and_pattern
@@ -31,7 +31,7 @@ def run_search(
     scorer: Scorer | Mapping[str, Scorer] | None = None,
     workers: int | None = None,
     trust_model_code: bool = False,
-) -> dict[str, Any]:
+) -> SearchSummary | MultiSearchSummary:
     """Run an RL agent (``searcher=None``) or a baseline searcher; returns the summary.
 
     :param scorer: use this scorer instead of building a proxy evaluator from ``cfg.checkpoint``; a dict of named
@@ -83,14 +83,14 @@ class SearchResult:
     :param best_plan: the best plan found (highest reward), with the kept channels per unit.
     :param policy: the learned policy (RL agents only), ready for :func:`rlprune.apply_policy` on other models.
     :param records: every evaluated plan, in order (one dict per episode, as in ``episodes.jsonl``).
-    :param summary: the run's summary (best score, episodes, seconds).
+    :param summary: the run's summary (best score, episodes, seconds; per model for a search over several).
     """
 
     run_dir: Path
     best_plan: Plan
     policy: Policy | None
     records: list[dict[str, Any]]
-    summary: dict[str, Any]
+    summary: SearchSummary | MultiSearchSummary
 
     @property
     def best(self) -> dict[str, Any]:
@@ -200,11 +200,11 @@ def search(
     return load_result(out, summary)
 
 
-def load_result(run_dir: str | Path, summary: dict[str, Any] | None = None) -> SearchResult:
+def load_result(run_dir: str | Path, summary: SearchSummary | MultiSearchSummary | None = None) -> SearchResult:
     """The :class:`SearchResult` of a finished run directory."""
     run_dir = Path(run_dir)
     if summary is None:
-        summary = read_json(run_dir / "summary.json", "search summary")
+        summary = load_summary(run_dir / "summary.json")
     records = SearchRecorder(run_dir).records
     policy = Policy.load(run_dir) if (run_dir / "policy.json").is_file() else None
     return SearchResult(run_dir, Plan.load(run_dir / "best_plan.json"), policy, records, summary)

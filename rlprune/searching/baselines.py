@@ -157,13 +157,7 @@ def solve_allocation(allocation: PeerAllocation, budget: Budget, target: float, 
     budget's ``max_ratio``, as a user sets it for ``max_pruning_ratio`` (past it the engine skips whole groups it
     would empty and prunes less, not more); when even that ratio leaves the plan over the target, its ratios, and the
     clamp does the rest."""
-
-    def cost(ratios: list[float]) -> float:
-        clipped = (min(max(r, budget.min_ratio), budget.max_ratio) for r in ratios)
-        return budget.cost(
-            {u.name: budget.channels(i, r) for i, (u, r) in enumerate(zip(budget.units, clipped, strict=True))}
-        )
-
+    cost = budget.cost_of_ratios
     lo, hi = 0.0, budget.max_ratio
     best = allocation.ratios(hi)
     if cost(best) > target:

@@ -43,6 +43,7 @@ def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool, searcher: str | 
         "weights_sha256": weights_hashes(cfg),
         "scoring": SCORING_VERSION,
     }
+    run = RunDir(run_dir, "search run directory")
     if (run_dir / "episodes.jsonl").is_file() and not resume:
         raise RLPruneError(f"{run_dir}: a search already ran here", fix="resume_or_rename")
     saved_path = run_dir / "config.yaml"
@@ -63,16 +64,12 @@ def prepare_run(cfg: SearchConfig, run_dir: Path, resume: bool, searcher: str | 
             for side in (saved, now):  # how often a copy is drawn is not how it is scored
                 if isinstance(side.get("pre_pruned"), dict):
                     side["pre_pruned"] = {k: v for k, v in side["pre_pruned"].items() if k != "weight"}
-        run = RunDir(run_dir, "search run directory")
         run.check_same({k: saved.get(k) for k in sections}, {k: now.get(k) for k in sections}, what="config")
     if resume and (run_dir / IDENTITY).is_file():
-        saved_identity = RunDir(run_dir).read_json(IDENTITY, "search identity")
+        saved_identity = run.read_json(IDENTITY, "search identity")
         saved_identity = saved_identity if isinstance(saved_identity, dict) else {}
-        # a run recorded before scores were versioned was scored another way: its records would mix with new ones
-        keys = [
-            k for k in ("searcher", "weights_sha256", "scoring") if saved_identity.get(k) is not None or k == "scoring"
-        ]
-        RunDir(run_dir, "search run directory").check_same(
+        keys = ("searcher", "weights_sha256", "scoring")
+        run.check_same(
             {k: saved_identity.get(k) for k in keys},
             {k: identity[k] for k in keys},
             what="agent or searcher, checkpoint weights or scoring",

@@ -33,6 +33,7 @@ from rlprune.errors import RLPruneError
 from rlprune.evaluation.bn import recalibrate_bn
 from rlprune.evaluation.proxy import ProxyEvaluator, scorer_settings
 from rlprune.io.provenance import tensors_sha256
+from rlprune.io.reports import ModelSummary, MultiSearchSummary
 from rlprune.io.rundir import RunDir
 from rlprune.pruning import Plan, prune
 from rlprune.searching.agent import train_agent
@@ -216,18 +217,21 @@ class MultiModelSearch(SearchRun):
         extra = {"models": self.models}
         return train_agent(cfg, multi, recorder, self.run_dir, self.resume, self.progress, extra_meta=extra)
 
-    def summarize(self, recorder: SearchRecorder, writer: SummaryWriter, started: float) -> dict[str, Any]:
+    def summarize(self, recorder: SearchRecorder, writer: SummaryWriter, started: float) -> MultiSearchSummary:
         models = zip(self.models, self.envs, strict=True)
         log.info("policy over %d models -> %s", len(self.envs), self.run_dir / "policy.json")
-        return {
-            "name": self.cfg.name,
-            "searcher": self.cfg.agent.algorithm,
-            "episodes": recorder.episodes,
-            "reward": self.cfg.env.reward,
-            "target": self.cfg.env.target,
-            "models": [{**m, **_model_stats(recorder.records, m["name"]), **_refs(e)} for m, e in models],
+        return MultiSearchSummary(
+            name=self.cfg.name,
+            searcher=self.cfg.agent.algorithm,
+            episodes=recorder.episodes,
+            reward=self.cfg.env.reward,
+            target=self.cfg.env.target,
+            models=[
+                ModelSummary(**m, **_model_stats(recorder.records, m["name"]), references=e.references.measured())
+                for m, e in models
+            ],
             **run_stats(recorder, started),
-        }
+        )
 
 
 def search_models(
@@ -237,12 +241,14 @@ def search_models(
     progress: bool = True,
     trust_model_code: bool = False,
     scorers: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> MultiSearchSummary:
     """Run a :class:`MultiModelSearch`; returns the summary (also written to ``summary.json``). Called by
     :func:`rlprune.searching.api.run_search`, which holds the run directory's lock."""
-    return MultiModelSearch(
+    summary = MultiModelSearch(
         cfg, resume=resume, progress=progress, trust_model_code=trust_model_code, scorers=scorers
     ).run()
+    assert isinstance(summary, MultiSearchSummary)
+    return summary
 
 
 def _same_copies(run_dir: Path, envs: list[LayerPruningEnv], sources: list[dict[str, Any]], resume: bool) -> None:
@@ -265,7 +271,7 @@ def _same_copies(run_dir: Path, envs: list[LayerPruningEnv], sources: list[dict[
         run.write_json("copies.json", copies)
 
 
-def _model_stats(records: list[dict[str, Any]], name: str, last: int = 50) -> dict[str, Any]:
+def _model_stats(records: list[dict[str, Any]], name: str, last: int = 50) -> dict[str, float]:
     """Episodes of one model and the mean reward of its first and last ``last`` (does the policy improve on it?)."""
     rewards = [r["reward"] for r in records if r.get("model") == name]
     if not rewards:
@@ -275,10 +281,6 @@ def _model_stats(records: list[dict[str, Any]], name: str, last: int = 50) -> di
         "mean_reward_first": round(float(np.mean(rewards[:last])), 5),
         "mean_reward_last": round(float(np.mean(rewards[-last:])), 5),
     }
-
-
-def _refs(env: LayerPruningEnv) -> dict[str, Any]:
-    return {"references": env.references.measured()}
 
 
 __all__ = ["MultiModelSearch", "model_envs", "pre_pruned_model", "scorer_envs", "search_models"]

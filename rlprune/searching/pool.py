@@ -34,6 +34,7 @@ from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.proxy import proxy_from_checkpoint, scorer_settings
 from rlprune.evaluation.scorer import Score
+from rlprune.io.reports import SearchSummary
 from rlprune.pruning import Plan, Structure
 
 log = logging.getLogger("rlprune.searching.pool")
@@ -323,7 +324,9 @@ def pool_for_config(cfg: Any, workers: int, scorer: Any | None = None, trust_mod
     return RayScorer(copy_of_scorer, {"scorer": scorer}, workers, address=cfg.ray_address, threads=cfg.threads)
 
 
-def run_pooled(run: Callable[..., dict[str, Any]], cfg: Any, workers: int, scorer: Any | None, **kw: Any) -> Any:
+def run_pooled(
+    run: Callable[..., SearchSummary], cfg: Any, workers: int, scorer: Any | None, **kw: Any
+) -> SearchSummary:
     """Run ``run(cfg, scorer=pool, **kw)`` (``run_search``) with an actor pool, stopping the actors afterwards."""
     import torch
 

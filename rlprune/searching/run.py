@@ -8,7 +8,6 @@ what a resumed run already recorded, searches, and writes ``summary.json``.
 
 from __future__ import annotations
 
-import json
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -20,8 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 from rlprune.config import SearchConfig, write_resolved
 from rlprune.envs.features import FEATURE_VERSION
 from rlprune.errors import RLPruneError
-from rlprune.io.files import atomic_write_text
-from rlprune.io.safe import json_safe
+from rlprune.io.reports import MultiSearchSummary, SearchSummary
 from rlprune.logs import setup_logging
 from rlprune.pruning import Plan
 from rlprune.searching.identity import prepare_run, record_identity, resumed_features
@@ -43,7 +41,7 @@ class SearchRun(ABC):
         self.run_dir = Path(cfg.output_dir) / cfg.name
         self.features = FEATURE_VERSION
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> SearchSummary | MultiSearchSummary:
         """Take every step of the search; returns its summary (also written to ``summary.json``)."""
         identity = prepare_run(self.cfg, self.run_dir, self.resume, self.searcher)
         if self.cfg.threads:
@@ -63,8 +61,7 @@ class SearchRun(ABC):
             raise RLPruneError("search evaluated no plan")
         summary = self.summarize(recorder, writer, started)
         writer.close()
-        text = json.dumps(json_safe(summary), indent=1, allow_nan=False)
-        atomic_write_text(self.run_dir / "summary.json", text + "\n")
+        summary.save(self.run_dir / "summary.json")
         return summary
 
     @abstractmethod
@@ -85,7 +82,9 @@ class SearchRun(ABC):
         """Play the searcher's or train the agent's episodes; returns the TensorBoard writer for the last figures."""
 
     @abstractmethod
-    def summarize(self, recorder: SearchRecorder, writer: SummaryWriter, started: float) -> dict[str, Any]:
+    def summarize(
+        self, recorder: SearchRecorder, writer: SummaryWriter, started: float
+    ) -> SearchSummary | MultiSearchSummary:
         """The run's summary (``summary.json``) once every episode is recorded; ``started``: when this session's
         search began (``time.perf_counter()``)."""
 
@@ -100,7 +99,7 @@ def remember_records(scorer: Any, records: list[dict[str, Any]]) -> None:
         scorer.remember(Plan.from_dict(rec["plan"]), rec["accuracy"], **extra)
 
 
-def run_stats(recorder: SearchRecorder, started: float) -> dict[str, Any]:
+def run_stats(recorder: SearchRecorder, started: float) -> dict[str, float]:
     """The timing every summary reports: this session's wall time since ``started`` (``time.perf_counter()``), the
     run's, and per episode."""
     return {

@@ -17,6 +17,7 @@ from rlprune.config import SearchConfig
 from rlprune.cost.lut import measured_latency_ratio
 from rlprune.envs.layer_pruning import LayerPruningEnv
 from rlprune.evaluation.scorer import Scorer
+from rlprune.io.reports import SearchBest, SearchSummary, UniformReference
 from rlprune.pruning import Plan
 from rlprune.reporting import outputs
 from rlprune.searching.agent import train_agent
@@ -95,7 +96,7 @@ class SingleModelSearch(SearchRun):
             return self.writer
         return train_agent(cfg, self.env, recorder, self.run_dir, self.resume, self.progress)
 
-    def summarize(self, recorder: SearchRecorder, writer: SummaryWriter, started: float) -> dict[str, Any]:
+    def summarize(self, recorder: SearchRecorder, writer: SummaryWriter, started: float) -> SearchSummary:
         cfg, e, env = self.cfg, self.cfg.env, self.env
         uniform = uniform_reference(env)
         outputs.write_search_figures(
@@ -104,7 +105,7 @@ class SingleModelSearch(SearchRun):
             env.structure,
             target=e.target,
             budget=e.budget,
-            uniform=uniform,
+            uniform=uniform.model_dump(),
             writer=writer,
         )
         summary = _summary(cfg, self.searcher, recorder, uniform, started)
@@ -120,7 +121,7 @@ class SingleModelSearch(SearchRun):
                 threads=cfg.latency.threads,
                 runtime=cfg.latency.runtime,
             )
-            summary["best"]["measured_latency_ratio"] = round(ratio, 4)
+            summary.best.measured_latency_ratio = round(ratio, 4)
         log.info(
             "best: accuracy %.2f%% at %s ratio %.3f (episode %d) -> %s",
             best["accuracy"],
@@ -132,10 +133,12 @@ class SingleModelSearch(SearchRun):
         return summary
 
 
-def single_search(cfg: SearchConfig, **options: Any) -> dict[str, Any]:
+def single_search(cfg: SearchConfig, **options: Any) -> SearchSummary:
     """Run a :class:`SingleModelSearch` with these keyword ``options`` (the caller holds the run directory's lock);
     returns its summary. A worker pool calls it with its own scorer."""
-    return SingleModelSearch(cfg, **options).run()
+    summary = SingleModelSearch(cfg, **options).run()
+    assert isinstance(summary, SearchSummary)
+    return summary
 
 
 def _run_baseline(
@@ -156,39 +159,41 @@ def _run_baseline(
 
 
 def _summary(
-    cfg: SearchConfig, searcher: str | None, recorder: SearchRecorder, uniform: dict[str, Any], started: float
-) -> dict[str, Any]:
+    cfg: SearchConfig, searcher: str | None, recorder: SearchRecorder, uniform: UniformReference, started: float
+) -> SearchSummary:
     best = recorder.best
     assert best is not None
-    return {
-        "name": cfg.name,
-        "searcher": searcher or cfg.agent.algorithm,
-        "episodes": recorder.episodes,
-        "best": {
-            k: best[k]
-            for k in ("episode", "reward", "accuracy", "macs_ratio", "latency_ratio", "target", "budget_cost")
-            if k in best
-        },
-        "budget": cfg.env.budget,
+    return SearchSummary(
+        name=cfg.name,
+        searcher=searcher or cfg.agent.algorithm,
+        episodes=recorder.episodes,
+        best=SearchBest(
+            **{
+                k: best[k]
+                for k in ("episode", "reward", "accuracy", "macs_ratio", "latency_ratio", "target", "budget_cost")
+                if k in best
+            }
+        ),
+        budget=cfg.env.budget,
         **run_stats(recorder, started),
-        "mean_eval_seconds": round(sum(r["eval_seconds"] for r in recorder.records) / recorder.episodes, 3),
-        "uniform": uniform,
-    }
+        mean_eval_seconds=round(sum(r["eval_seconds"] for r in recorder.records) / recorder.episodes, 3),
+        uniform=uniform,
+    )
 
 
-def uniform_reference(env: LayerPruningEnv) -> dict[str, Any]:
+def uniform_reference(env: LayerPruningEnv) -> UniformReference:
     """The uniform plan at the search's target (its mid-point for a range), scored like every searched plan but not
     recorded as an episode: the baseline the search scatter and the summary compare against."""
     low, high = env.target_range
     plan = env.budget.uniform_plan((low + high) / 2, importance=env.scorer.importance)
     result = env.scorer(plan)
     latency = env.budget.latency_ratio(plan.channels)
-    return {
-        "accuracy": round(float(result.accuracy), 4),
-        "budget_cost": round(env.budget.cost(plan.channels), 5),
-        "macs_ratio": round(env.budget.macs_ratio(plan.channels), 5),
-        "latency_ratio": None if math.isnan(latency) else round(latency, 5),
-    }
+    return UniformReference(
+        accuracy=round(float(result.accuracy), 4),
+        budget_cost=round(env.budget.cost(plan.channels), 5),
+        macs_ratio=round(env.budget.macs_ratio(plan.channels), 5),
+        latency_ratio=None if math.isnan(latency) else round(latency, 5),
+    )
 
 
 __all__ = ["SingleModelSearch", "single_search", "uniform_reference"]
