@@ -183,10 +183,15 @@ def test_uniform_guard_keeps_the_uniform_plan_only_when_it_scores_best(
         apply_policy(str(trained["policy"]), dense, example_input(meta), target=0.5, uniform_guard=True)
     out = trained["tmp"] / "applied32_guard"  # from the command line: the proxy on the validation split decides
     args = ["--checkpoint", str(trained["ck32"]), "--target-macs", "0.5", "--uniform-guard", "--out", str(out)]
+    args += ["--adapt", "2"]  # and two episodes of the policy's training continued on this model
     assert main(["apply", "--policy", str(trained["policy"]), *args, "--quiet", "--batch-size", "16"]) == 0
     source = json.loads((out / "report.json").read_text())["source"]
     scores = [c["proxy_val_accuracy"] for c in source["candidates"]]
-    assert len(scores) == 2 and source["chosen"] == ("uniform" if scores[1] > scores[0] else "deterministic")
+    labels = ["deterministic", "adapted", "uniform"]
+    assert len(scores) == 3 and source["chosen"] == labels[max(range(3), key=lambda i: (scores[i], -i))]
+    adapted = trained["tmp"] / "applied32_guard-adapt"
+    assert source["adapt"]["run_dir"] == str(adapted) and source["adapt"]["episodes"] == 2
+    assert len((adapted / "episodes.jsonl").read_text().splitlines()) == 2 and (adapted / "policy.json").is_file()
 
 
 def test_finetune_a_saved_plan(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

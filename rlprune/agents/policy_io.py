@@ -154,6 +154,24 @@ class Policy:
         return act
 
 
+def network_kwargs(meta: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The ``policy_kwargs`` a policy's network was built with, as SB3 takes them (activations rebuilt by name)."""
+    kwargs = {k: v for k, v in meta.get("policy_kwargs", {}).items() if v is not None}
+    if "activation_fn" in kwargs:
+        # only activations named here are rebuilt (nothing named in a file is imported); any other is refused, since
+        # a stand-in would silently change every action (SB3's default is Tanh for PPO, ReLU for DDPG/TD3/SAC)
+        named = kwargs["activation_fn"]
+        if isinstance(named, type):
+            return kwargs
+        if named not in _ACTIVATIONS:
+            raise RLPruneError(
+                f"{source}: policy_kwargs.activation_fn {clip(str(named), 40)!r} is not one rlprune rebuilds "
+                f"(expected one of {', '.join(sorted(_ACTIVATIONS))})"
+            )
+        kwargs["activation_fn"] = _ACTIVATIONS[named]
+    return kwargs
+
+
 def load_policy(path: str | Path) -> Policy:
     """Rebuild a saved policy without unpickling; its observation size is its own feature set's (any version this
     rlprune knows; a newer one is refused in one line)."""
@@ -177,17 +195,7 @@ def load_policy(path: str | Path) -> Policy:
     from rlprune.agents.sb3_agents import policy_class
     from rlprune.io.checkpoint import fit_weights
 
-    kwargs = {k: v for k, v in meta.get("policy_kwargs", {}).items() if v is not None}
-    if "activation_fn" in kwargs:
-        # only activations named here are rebuilt (nothing named in a file is imported); any other is refused, since
-        # a stand-in would silently change every action (SB3's default is Tanh for PPO, ReLU for DDPG/TD3/SAC)
-        named = kwargs["activation_fn"]
-        if named not in _ACTIVATIONS:
-            raise RLPruneError(
-                f"{sidecar}: policy_kwargs.activation_fn {clip(str(named), 40)!r} is not one rlprune rebuilds "
-                f"(expected one of {', '.join(sorted(_ACTIVATIONS))})"
-            )
-        kwargs["activation_fn"] = _ACTIVATIONS[named]
+    kwargs = network_kwargs(meta, str(sidecar))
     obs_space = spaces.Box(0.0, 1.0, (spec.size,), dtype=np.float32)
     act_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
     algorithm = meta["algorithm"]

@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import sys
+from pathlib import Path
 
 from rlprune.config.base import validate
 from rlprune.config.experiment import FinetuneConfig
@@ -223,7 +224,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         policy = load_policy(args.policy)  # after the checkpoint: a model that cannot be pruned is the first error
         source = {"policy": args.policy, "checkpoint": args.checkpoint, "target": target, "budget": budget}
         scorer = None
-        if args.samples or args.uniform_guard:
+        if args.samples or args.uniform_guard or args.adapt:
             importance = policy.info.importance
             granularity = structure.granularity
             scorer = default_proxy(dense, get_splits(), importance, args.device, structure.options, granularity)
@@ -241,11 +242,19 @@ def cmd_apply(args: argparse.Namespace) -> int:
             ignore=structure.options.ignore,
             heads=structure.options.heads,
             uniform_guard=args.uniform_guard,
+            adapt=args.adapt,
+            adapt_dir=adapt_dir(args.out) if args.adapt else None,
         )
-        chosen = picked if args.samples or args.uniform_guard else {"outside_training": picked["outside_training"]}
+        chosen = picked if len(picked) > 2 else {"outside_training": picked["outside_training"]}
         return plan, source | chosen
 
     return finetune_common(args, plan_fn, granularity=saved_granularity(args.policy, "policy.json"))
+
+
+def adapt_dir(out: str | Path) -> Path:
+    """Where ``rlprune apply --adapt`` keeps its adaptation run: beside the output, ``<out>-adapt``."""
+    out = Path(out)
+    return out.with_name(f"{out.name}-adapt")
 
 
 def saved_granularity(path: str, name: str) -> str:

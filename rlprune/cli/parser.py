@@ -184,6 +184,14 @@ def _apply_command(sub: Any) -> None:
         "plans score lower (one more scored plan; a policy can lose to uniform on a family it never saw)",
     )
     p.add_argument(
+        "--adapt",
+        type=_int_at_least(0),
+        default=0,
+        help="continue the policy's training on this model for N episodes (scored by the search's proxy on the "
+        "validation split) and keep its best plan if it scores higher; the run is kept in <--out>-adapt/ and "
+        "resumed there; 0 = no adaptation",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="apply the policy at a target or budget kind outside what it was trained for (refused otherwise)",

@@ -146,6 +146,9 @@ class AgentConfig(Strict):
     episodes: int = Field(300, ge=1)
     checkpoint_every: int = Field(20, ge=0)
     hyperparams: dict[str, Any] = Field(default_factory=dict)
+    # start from this saved policy's weights instead of a fresh network (few-shot adaptation of a learned policy; the
+    # env's action scaling, prior, budget kind and feature set must be the policy's)
+    init_policy: str | None = Field(None, min_length=1, max_length=4096)
 
 
 class FinetuneConfig(Strict):

@@ -33,6 +33,7 @@ from rlprune.evaluation.proxy import ProxyEvaluator
 from rlprune.evaluation.scorer import Scorer
 from rlprune.io.checkpoint import load_checkpoint
 from rlprune.io.schemas import PolicyLatency, PolicyMeta
+from rlprune.jobs.adapt import adapt_policy
 from rlprune.models import build_model
 from rlprune.pruning import Plan, Structure, analyze
 from rlprune.pruning.options import PruneOptions
@@ -208,9 +209,13 @@ def apply_policy(
     heads: Mapping[str, int | str] | None = None,
     latency_runtime: str | None = None,
     uniform_guard: bool = False,
+    adapt: int = 0,
+    adapt_dir: str | Path | None = None,
 ) -> tuple[Plan, dict[str, Any]]:
     """A plan for ``model`` from a learned policy, without a search: the deterministic rollout, or with
     ``samples`` > 0 the best (by ``scorer``, on validation data) of it and ``samples`` plans drawn from the policy.
+    With ``adapt`` > 0 the policy's training also continues on ``model`` for that many episodes (few-shot
+    adaptation, :func:`rlprune.jobs.adapt.adapt_policy`) and the best plan it finds is one more candidate.
 
     A policy is a prior learned on other models; on a family unlike its training ones (depthwise MobileNets for a
     policy trained on ResNets and VGG) it can lose to the uniform plan (docs/generalize.md). ``uniform_guard`` adds
@@ -226,6 +231,9 @@ def apply_policy(
         :class:`~rlprune.MetricScorer` for ``model``); its channel criterion is the plans' (the channels scored are
         the ones :func:`rlprune.prune` keeps).
     :param uniform_guard: also score the uniform plan and keep it if it scores best (``chosen: "uniform"``).
+    :param adapt: episodes of adaptation on ``model`` with ``scorer`` (0: none; ``chosen: "adapted"`` when its best
+        plan scores best). ``record["adapt"]`` says how many episodes and seconds it took.
+    :param adapt_dir: the adaptation's run directory (kept, resumable); None: a temporary one.
     :param force: apply the policy at a target or budget kind outside what it was trained for (else refused).
     :param ignore: module or parameter names (or patterns) to leave unpruned (:func:`rlprune.analyze`; a scorer's
         own structure is used when given).
@@ -239,11 +247,7 @@ def apply_policy(
         plan, _ = rp.apply_policy(result.policy, other_model, torch.zeros(1, 3, 32, 32), target=0.5)
         smaller, plan = rp.prune(other_model, plan, torch.zeros(1, 3, 32, 32))
     """
-    if samples < 0:
-        raise RLPruneError(f"samples: expected >= 0, got {samples}")
-    if (samples or uniform_guard) and scorer is None:
-        what = "samples" if samples else "uniform_guard"
-        raise RLPruneError(f"{what}: choosing among candidate plans needs a scorer for the model")
+    _check_choice(samples, adapt, uniform_guard, scorer)
     policy = policy if isinstance(policy, Policy) else load_policy(policy)  # read once; policy_plans reuses it
     if scorer is not None:
         structure = scorer.structure
@@ -264,9 +268,40 @@ def apply_policy(
         importance=scorer.importance if scorer is not None else None,  # the channels it scores are the ones kept
     )
     outside = outside_training(policy.info, structure)
+    labels: list[int | str] = ["deterministic", *range(1, samples + 1), *(["uniform"] if uniform_guard else [])]
+    adapted = None
+    if adapt:
+        assert scorer is not None
+        plan, adapted = adapt_policy(
+            policy, scorer, target=target, episodes=adapt, budget=budget, seed=seed, run_dir=adapt_dir
+        )
+        plans.insert(len(plans) - int(uniform_guard), plan)  # the uniform plan stays last
+        labels.insert(len(labels) - int(uniform_guard), "adapted")
     if len(plans) == 1:
         return plans[0], {"samples": 0, "outside_training": outside}
     assert scorer is not None
+    best, scores = _choose(plans, scorer, structure)
+    record = {"samples": samples, "uniform_guard": uniform_guard, "candidates": scores, "chosen": labels[best]}
+    if adapted is not None:
+        record["adapt"] = adapted
+    return plans[best], {**record, "outside_training": outside}
+
+
+def _check_choice(samples: int, adapt: int, uniform_guard: bool, scorer: Scorer | None) -> None:
+    """Refuse candidate counts below zero, and candidates with nothing to choose between them."""
+    if samples < 0:
+        raise RLPruneError(f"samples: expected >= 0, got {samples}")
+    if adapt < 0:
+        raise RLPruneError(f"adapt: expected >= 0 episodes, got {adapt}")
+    if adapt and scorer is None:
+        raise RLPruneError("adapt: continuing the policy's training on this model needs a scorer for it")
+    if (samples or uniform_guard) and scorer is None:
+        what = "samples" if samples else "uniform_guard"
+        raise RLPruneError(f"{what}: choosing among candidate plans needs a scorer for the model")
+
+
+def _choose(plans: list[Plan], scorer: Scorer, structure: Structure) -> tuple[int, list[dict[str, float]]]:
+    """The index of the best-scoring plan (the first of equals: the policy's own) and every candidate's score."""
     scores, raw = [], []
     for plan in plans:
         r = scorer(plan)
@@ -276,12 +311,7 @@ def apply_policy(
         scores.append(
             {"proxy_val_accuracy": round(r.accuracy, 4), "macs_ratio": round(plan_macs_ratio(structure, plan), 4)}
         )
-    best = max(range(len(plans)), key=lambda i: raw[i])  # the first of equals: the policy's
-    chosen: int | str = "deterministic" if best == 0 else best
-    if uniform_guard and best == len(plans) - 1:
-        chosen = "uniform"
-    record = {"samples": samples, "uniform_guard": uniform_guard, "candidates": scores, "chosen": chosen}
-    return plans[best], {**record, "outside_training": outside}
+    return max(range(len(plans)), key=lambda i: raw[i]), scores
 
 
 def original_structure(meta: dict[str, Any]) -> Structure:

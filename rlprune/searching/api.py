@@ -115,6 +115,7 @@ def search(
     max_ratio: float = 0.8,
     round_to: int | Literal["auto"] | None = None,
     hyperparams: dict[str, Any] | None = None,
+    init_policy: str | Path | None = None,
     resume: bool = False,
     progress: bool = False,
     **options: Any,
@@ -138,6 +139,9 @@ def search(
         ``"auto"``: this CPU's fp32 vector width (16 with AVX-512: faster still in fp32, but coarser steps that cost
         accuracy; docs/compression.md).
     :param out_dir: the run directory (created; an existing search there is refused unless ``resume``).
+    :param init_policy: start the RL agent from this saved policy's weights (a run directory or ``policy.json``)
+        instead of a fresh network; ``min_ratio``, ``max_ratio``, ``round_to`` and the budget kind must be the ones it
+        was trained with (:func:`rlprune.apply_policy` with ``adapt`` sets them for you).
     :param options: further :class:`~rlprune.config.SearchConfig` sections, e.g. ``latency={"batch_size": 8}`` or
         ``env={"tolerance": 0.02}`` (merged over the arguments above).
     :returns: a :class:`SearchResult`.
@@ -157,12 +161,7 @@ def search(
     if not scorers:
         raise RLPruneError("search: give at least one named scorer")
     first = scorers[0]
-    if len({s.structure.granularity for s in scorers}) > 1 or len({s.importance for s in scorers}) > 1:
-        raise RLPruneError("search: the scorers of several models must share one granularity and importance")
-    if several and budget == "latency":
-        raise RLPruneError("search: several models take MACs or parameter budgets, not latency")
-    if several and agent not in AGENTS:
-        raise RLPruneError(f"search: several models train one RL policy ({', '.join(AGENTS)}), not '{agent}'")
+    _check_scorers(scorers, several, budget, agent)
     reward = reward or (MULTI_MODEL_REWARD if several else "accuracy")
     kind, pattern = kind_and_pattern(first.structure.granularity)
     if kind != "channel" and budget == "macs":
@@ -189,7 +188,7 @@ def search(
             "algorithm": agent if agent in AGENTS else "ppo",
             "episodes": episodes,
             "hyperparams": hyperparams or {},
-            **options.pop("agent", {}),
+            "init_policy": None if init_policy is None else str(init_policy),
         },
         **options,
     }
@@ -198,6 +197,16 @@ def search(
         cfg, searcher=None if agent in AGENTS else agent, resume=resume, progress=progress, scorer=scorer
     )
     return load_result(out, summary)
+
+
+def _check_scorers(scorers: list[Scorer], several: bool, budget: str, agent: str) -> None:
+    """Refuse scorers one search cannot take together."""
+    if len({s.structure.granularity for s in scorers}) > 1 or len({s.importance for s in scorers}) > 1:
+        raise RLPruneError("search: the scorers of several models must share one granularity and importance")
+    if several and budget == "latency":
+        raise RLPruneError("search: several models take MACs or parameter budgets, not latency")
+    if several and agent not in AGENTS:
+        raise RLPruneError(f"search: several models train one RL policy ({', '.join(AGENTS)}), not '{agent}'")
 
 
 def load_result(run_dir: str | Path, summary: SearchSummary | MultiSearchSummary | None = None) -> SearchResult:

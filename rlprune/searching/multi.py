@@ -215,7 +215,9 @@ class MultiModelSearch(SearchRun):
             for e, source in zip(envs, self.sources, strict=True)
         ]
         extra = {"models": self.models}
-        return train_agent(cfg, multi, recorder, self.run_dir, self.resume, self.progress, extra_meta=extra)
+        return train_agent(
+            cfg, multi, recorder, self.run_dir, self.resume, self.progress, extra_meta=extra, start=self.start
+        )
 
     def summarize(self, recorder: SearchRecorder, writer: SummaryWriter, started: float) -> MultiSearchSummary:
         models = zip(self.models, self.envs, strict=True)

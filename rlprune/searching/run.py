@@ -16,12 +16,14 @@ from typing import Any
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from rlprune.agents.policy_io import Policy
 from rlprune.config import SearchConfig, write_resolved
 from rlprune.envs.features import FEATURE_VERSION
 from rlprune.errors import RLPruneError
 from rlprune.io.reports import MultiSearchSummary, SearchSummary
 from rlprune.logs import setup_logging
 from rlprune.pruning import Plan
+from rlprune.searching.agent import starting_policy
 from rlprune.searching.identity import prepare_run, record_identity, resumed_features
 from rlprune.searching.recorder import SearchRecorder
 from rlprune.seeding import seed_everything
@@ -40,14 +42,17 @@ class SearchRun(ABC):
         self.cfg, self.searcher, self.resume, self.progress = cfg, searcher, resume, progress
         self.run_dir = Path(cfg.output_dir) / cfg.name
         self.features = FEATURE_VERSION
+        self.start: Policy | None = None  # the policy the agent starts from (agent.init_policy)
 
     def run(self) -> SearchSummary | MultiSearchSummary:
         """Take every step of the search; returns its summary (also written to ``summary.json``)."""
         identity = prepare_run(self.cfg, self.run_dir, self.resume, self.searcher)
+        self.start = starting_policy(self.cfg, self.searcher)
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         seed_everything(self.cfg.seed)
-        self.features = resumed_features(self.run_dir) if self.resume else FEATURE_VERSION
+        fresh = self.start.info.feature_version if self.start is not None else FEATURE_VERSION
+        self.features = resumed_features(self.run_dir) if self.resume else fresh
         self.build()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(self.run_dir / "search.log", verbose=self.progress)

@@ -94,7 +94,7 @@ class SingleModelSearch(SearchRun):
             assert self.writer is not None
             _run_baseline(cfg, searcher, self.env, recorder, self.writer, self.progress)
             return self.writer
-        return train_agent(cfg, self.env, recorder, self.run_dir, self.resume, self.progress)
+        return train_agent(cfg, self.env, recorder, self.run_dir, self.resume, self.progress, start=self.start)
 
     def summarize(self, recorder: SearchRecorder, writer: SummaryWriter, started: float) -> SearchSummary:
         cfg, e, env = self.cfg, self.cfg.env, self.env
