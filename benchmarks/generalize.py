@@ -113,7 +113,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     args.policy_dir.mkdir(parents=True, exist_ok=True)
     for name in ("policy.json", "policy.safetensors"):
         shutil.copy2(run_dir / name, args.policy_dir / name)
-    return summary
+    return summary.to_dict()
 
 
 # ----------------------------------------------------------------------------------------------------------- proxy

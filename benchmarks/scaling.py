@@ -91,8 +91,8 @@ def real_search(
         "startup_seconds": round(total - search_s, 1),
         "plans_per_min": round(60 * len(recs) / search_s, 2),
         "plans_per_min_end_to_end": round(60 * len(recs) / total, 2),
-        "mean_eval_seconds": summary["mean_eval_seconds"],
-        "best_accuracy": summary["best"]["accuracy"],
+        "mean_eval_seconds": summary.mean_eval_seconds,
+        "best_accuracy": summary.best.accuracy,
         "records": [{k: r[k] for k in ("plan", "accuracy", "reward")} for r in recs],
     }
 

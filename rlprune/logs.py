@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm import tqdm
@@ -30,3 +32,23 @@ def setup_logging(log_file: Path | None = None, verbose: bool = True) -> None:
         fh.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         logger.addHandler(fh)
     logger.propagate = False
+
+
+@contextlib.contextmanager
+def kept_logging() -> Iterator[None]:
+    """Give the ``rlprune`` logger back its handlers, level and propagation afterwards: a job run inside another (an
+    adaptation's search inside an apply) logs to its own run directory without taking over its caller's log."""
+    logger = logging.getLogger("rlprune")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    try:
+        yield
+    finally:
+        for handler in list(logger.handlers):
+            if handler not in handlers:
+                logger.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)  # a file handler closed meanwhile reopens on its next record
+        logger.setLevel(level)
+        logger.propagate = propagate

@@ -108,3 +108,46 @@ def test_a_search_started_from_a_policy_must_match_its_action_scaling(trained: d
             scorer=scorer,
             progress=False,
         )
+
+
+def test_an_adaptation_resumes_only_on_its_own_model_and_leaves_the_callers_log(trained: dict, tmp_path: Path) -> None:
+    import logging
+
+    model, like = _target()
+    scorer = _Weighted(model, like)
+    logger = logging.getLogger("rlprune")
+    before = (list(logger.handlers), logger.propagate)
+    out = tmp_path / "a"
+    rp.apply_policy(trained["policy"], model, X, target=0.5, scorer=scorer, adapt=2, adapt_dir=out)
+    assert (list(logger.handlers), logger.propagate) == before  # its search logged to its own folder only
+    _, again = rp.apply_policy(trained["policy"], model, X, target=0.5, scorer=scorer, adapt=2, adapt_dir=out)
+    assert again["adapt"]["episodes"] == 2  # the same call: the finished adaptation, resumed
+    torch.manual_seed(5)
+    other = build_model("resnet32").eval()  # same architecture, other weights
+    with pytest.raises(RLPruneError, match=r"another model \(weights_sha256"):
+        rp.apply_policy(trained["policy"], other, X, target=0.5, scorer=_Weighted(other, like), adapt=2, adapt_dir=out)
+
+
+class _Weighted(PreferenceScorer):
+    """The same synthetic score for another model (its weights are what the adaptation records)."""
+
+    def __init__(self, model: torch.nn.Module, like: PreferenceScorer) -> None:
+        super().__init__(like.structure, like.protect)
+        self.model = model
+
+
+def test_an_older_policy_resumes_an_interrupted_adaptation_with_its_own_features(tmp_path: Path) -> None:
+    """A policy of an earlier feature set, its adaptation killed before it saved anything: resumed, the agent is
+    built for the policy's features again (not the current set)."""
+    from rlprune.envs.features import FEATURE_VERSION
+
+    older = load_policy("benchmarks/results/policies/resnet20_macs50_ppo_s1")
+    assert older.info.feature_version != FEATURE_VERSION
+    model = build_model("resnet20").eval()
+    scorer = PreferenceScorer(analyze(model, X), {0, 3})
+    out = tmp_path / "old"
+    rp.apply_policy(older, model, X, target=0.5, scorer=scorer, adapt=2, adapt_dir=out)
+    for name in ("policy.json", "policy.safetensors", "agent_state.pt", "summary.json"):
+        (out / name).unlink()  # as if killed after its episodes, before any save
+    _, record = rp.apply_policy(older, model, X, target=0.5, scorer=scorer, adapt=3, adapt_dir=out)
+    assert record["adapt"]["episodes"] == 3 and load_policy(out).info.feature_version == older.info.feature_version

@@ -22,12 +22,17 @@ import torch
 from rlprune.agents.policy_io import Policy, load_policy
 from rlprune.errors import RLPruneError
 from rlprune.evaluation.scorer import Scorer
+from rlprune.io.provenance import tensors_sha256
+from rlprune.io.rundir import RunDir
+from rlprune.io.schemas import PolicyLatency
+from rlprune.logs import kept_logging
 from rlprune.pruning import Plan
 from rlprune.searching.api import SearchResult, search
 
 log = logging.getLogger("rlprune.jobs.adapt")
 
 START = "init_policy"  # the policy the adaptation started from, kept in its run directory
+TARGET = "adapted_model.json"  # the model it adapts to (structure fingerprint, weights hash)
 
 
 def update_every(episodes: int) -> int:
@@ -46,14 +51,21 @@ def adapt_policy(
     seed: int = 0,
     run_dir: str | Path | None = None,
     hyperparams: Mapping[str, Any] | None = None,
+    latency_runtime: str | None = None,
+    threads: int | None = None,
 ) -> tuple[Plan, dict[str, Any]]:
     """Continue ``policy``'s training on ``scorer``'s model for ``episodes`` episodes; returns the best plan found
-    (by reward, i.e. the scorer's validation score) and a record (episodes, seconds, run directory).
+    (by reward: the scorer's validation score, whatever reward the policy was trained with; PPO normalises its
+    advantages, so a value head trained on another scale only shifts them) and a record (episodes, the seconds its
+    episodes took, run directory).
 
     :param run_dir: where the adaptation runs and stays (``episodes.jsonl``, ``policy.json`` of the adapted policy,
-        TensorBoard logs, and ``init_policy.*``, the policy it started from); a finished or interrupted adaptation
-        there is resumed. None: a temporary folder, removed afterwards.
+        TensorBoard logs, and ``init_policy.*``, the policy it started from); the same call resumes a finished or
+        interrupted adaptation there (another policy, model, target or episode count is refused: give another
+        folder). None: a temporary folder, removed afterwards.
     :param hyperparams: the agent's, over the defaults (PPO updates every :func:`update_every` episodes here).
+    :param latency_runtime: for a latency budget, where plans are timed (default: where the policy's training timed
+        them, at its batch size and with as many calibration plans).
     """
     if episodes < 1:
         raise RLPruneError(f"adapt: expected >= 1 episodes, got {episodes}")
@@ -68,12 +80,14 @@ def adapt_policy(
                 seed=seed,
                 run_dir=Path(tmp) / "run",
                 hyperparams=hyperparams,
+                latency_runtime=latency_runtime,
+                threads=threads,
             )
         return plan, {**record, "run_dir": None}
     run_dir = Path(run_dir)
     m = policy.info
     resume = (run_dir / "episodes.jsonl").is_file()
-    _keep_start(policy, run_dir, resume)
+    _keep_start(policy, scorer, run_dir, resume)
     units = len(scorer.structure.units)
     if m.algorithm == "ppo":
         n_steps = units * update_every(episodes)
@@ -81,10 +95,11 @@ def adapt_policy(
     else:
         defaults = {"learning_starts": 0}  # its critic comes with it: nothing to warm up
     latency: dict[str, Any] = {}
-    if budget == "latency":
-        trained = m.config.latency
-        if trained is not None:
-            latency = {"latency": {"batch_size": trained.batch_size, "runtime": trained.runtime}}
+    if budget == "latency":  # timed as the rollouts are (rlprune.jobs.apply.policy_plans)
+        trained = m.config.latency or PolicyLatency()
+        timing = {"batch_size": trained.batch_size, "calibration_plans": trained.calibration_plans}
+        timing["runtime"] = latency_runtime or trained.runtime
+        latency = {"latency": {**timing, **({"threads": threads} if threads else {})}}
     started = time.perf_counter()
     try:
         result = _search(
@@ -101,15 +116,16 @@ def adapt_policy(
         )
     except BaseException:
         if not (run_dir / "episodes.jsonl").is_file():  # refused or failed before its first episode: nothing kept
-            for suffix in (".json", ".safetensors"):
-                (run_dir / f"{START}{suffix}").unlink(missing_ok=True)
+            for name in (f"{START}.json", f"{START}.safetensors", TARGET):
+                (run_dir / name).unlink(missing_ok=True)
         raise
-    seconds = time.perf_counter() - started
+    seconds = result.summary.wall_seconds  # its episodes' time, over every session that ran them
     best = result.best
     log.info(
-        "adapted the policy on %d episodes in %.0f s: best %.2f at %.4f of the %s (%s)",
+        "adapted the policy on %d episodes (%.0f s, %.0f s this time): best %.2f at %.4f of the %s (%s)",
         result.summary.episodes,
         seconds,
+        time.perf_counter() - started,
         best["accuracy"],
         best.get("budget_cost", best["macs_ratio"]),
         budget,
@@ -139,36 +155,47 @@ def _search(
 ) -> SearchResult:
     """The adaptation itself: a search whose agent starts from the policy saved in ``run_dir``, with its settings."""
     m = policy.info
-    return search(
-        scorer,
-        target=target,
-        agent=m.algorithm,
-        episodes=episodes,
-        out_dir=run_dir,
-        seed=seed,
-        budget=budget,
-        min_ratio=m.min_ratio,
-        max_ratio=m.max_ratio,
-        round_to=m.round_to,
-        hyperparams=hyperparams,
-        resume=resume,
-        env={"min_channels": m.min_channels, "prior": m.prior},
-        init_policy=run_dir / START,
-        **latency,
-    )
+    with kept_logging():  # the search logs to its run directory, then the caller's log is its own again
+        return search(
+            scorer,
+            target=target,
+            agent=m.algorithm,
+            episodes=episodes,
+            out_dir=run_dir,
+            seed=seed,
+            budget=budget,
+            min_ratio=m.min_ratio,
+            max_ratio=m.max_ratio,
+            round_to=m.round_to,
+            hyperparams=hyperparams,
+            resume=resume,
+            env={"min_channels": m.min_channels, "prior": m.prior},
+            init_policy=run_dir / START,
+            **latency,
+        )
 
 
-def _keep_start(policy: Policy, run_dir: Path, resume: bool) -> None:
-    """Save the policy the adaptation starts from in its run directory; a resumed one must start from the same."""
+def _keep_start(policy: Policy, scorer: Scorer, run_dir: Path, resume: bool) -> None:
+    """Save the policy the adaptation starts from, and which model it adapts to, in its run directory; a resumed
+    adaptation must be of the same policy on the same model (a search with a scorer records no checkpoint)."""
+    model = getattr(scorer, "model", None)
+    target = {
+        "fingerprint": scorer.structure.fingerprint,
+        "weights_sha256": tensors_sha256(model) if isinstance(model, torch.nn.Module) else None,
+    }
     if resume and (run_dir / f"{START}.json").is_file():
         before = load_policy(run_dir / START).policy.state_dict()
         now = policy.policy.state_dict()
         same = before.keys() == now.keys() and all(torch.equal(before[k], now[k].cpu()) for k in now)
         if not same:
             raise RLPruneError(f"{run_dir}: holds an adaptation of another policy; give another folder")
+        RunDir(run_dir, "adaptation").check_same(
+            RunDir(run_dir).read_json(TARGET, "adapted model"), target, what="model"
+        )
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     policy.save(run_dir / START)
+    RunDir(run_dir).write_json(TARGET, target)
 
 
 __all__ = ["adapt_policy", "update_every"]

@@ -249,6 +249,8 @@ def apply_policy(
     """
     _check_choice(samples, adapt, uniform_guard, scorer)
     policy = policy if isinstance(policy, Policy) else load_policy(policy)  # read once; policy_plans reuses it
+    if adapt and policy.info.budget != budget:  # refused before any rollout (a forced rollout may cross kinds)
+        raise RLPruneError(f"adapt: the policy was trained with a {policy.info.budget} budget, not {budget}")
     if scorer is not None:
         structure = scorer.structure
     else:
@@ -272,9 +274,8 @@ def apply_policy(
     adapted = None
     if adapt:
         assert scorer is not None
-        plan, adapted = adapt_policy(
-            policy, scorer, target=target, episodes=adapt, budget=budget, seed=seed, run_dir=adapt_dir
-        )
+        same = {"budget": budget, "seed": seed, "latency_runtime": latency_runtime, "threads": threads}  # as rollouts
+        plan, adapted = adapt_policy(policy, scorer, target=target, episodes=adapt, run_dir=adapt_dir, **same)
         plans.insert(len(plans) - int(uniform_guard), plan)  # the uniform plan stays last
         labels.insert(len(labels) - int(uniform_guard), "adapted")
     if len(plans) == 1:

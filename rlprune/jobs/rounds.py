@@ -162,7 +162,12 @@ def _round_plan(
         plan.save(round_dir / "plan.json")
         return plan, None
     summary_path = round_dir / "summary.json"
-    summary = SearchSummary.load(summary_path, "round search summary") if summary_path.is_file() else None
+    summary = None
+    if summary_path.is_file():
+        try:
+            summary = SearchSummary.load(summary_path, "round search summary")
+        except RLPruneError as exc:  # another format, or edited: the round's search runs (or resumes) again
+            log.warning("%s", exc)
     if summary is None or summary.episodes < cfg.agent.episodes:
         resume = (round_dir / "episodes.jsonl").is_file()
         found = run_search(cfg, resume=resume, progress=progress, trust_model_code=trust_model_code)

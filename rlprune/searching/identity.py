@@ -91,14 +91,15 @@ def search_request(cfg: SearchConfig, searcher: str | None) -> dict[str, Any]:
     return {**config, "searcher": searcher, "weights_sha256": hashes if cfg.checkpoints is not None else single}
 
 
-def resumed_features(run_dir: Path) -> int:
+def resumed_features(run_dir: Path, fresh: int = FEATURE_VERSION) -> int:
     """The feature set a resumed search's agent was built for (its saved policy's), so that an agent saved by an
-    older rlprune keeps its input size; the current set when nothing was saved yet."""
+    older rlprune keeps its input size; ``fresh`` (the set a new run of this config observes: the current one, or
+    its starting policy's) when nothing was saved yet."""
     path = run_dir / "policy.json"
     if not path.is_file():
-        return FEATURE_VERSION
-    version = read_json(path, "policy metadata").get("feature_version", FEATURE_VERSION)
-    return version if isinstance(version, int) else FEATURE_VERSION
+        return fresh
+    version = read_json(path, "policy metadata").get("feature_version", fresh)
+    return version if isinstance(version, int) else fresh
 
 
 __all__ = [

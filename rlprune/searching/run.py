@@ -52,7 +52,7 @@ class SearchRun(ABC):
             torch.set_num_threads(self.cfg.threads)
         seed_everything(self.cfg.seed)
         fresh = self.start.info.feature_version if self.start is not None else FEATURE_VERSION
-        self.features = resumed_features(self.run_dir) if self.resume else fresh
+        self.features = resumed_features(self.run_dir, fresh) if self.resume else fresh
         self.build()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(self.run_dir / "search.log", verbose=self.progress)
