@@ -39,6 +39,7 @@ TIERS: dict[str, tuple[str, ...]] = {
         "finetune_resnet20_macs50",
         "peers_resnet20_macs50",
         "generalize",
+        "adapt_curve",
         "compression",
         "model_coverage",
         "scaling",
